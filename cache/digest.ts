@@ -1,0 +1,49 @@
+import { createHash } from "node:crypto";
+
+/** A content address: `sha256:` followed by 64 lowercase hex digits. */
+export type Digest = string & { readonly __brand: "Digest" };
+
+const DIGEST_RE = /^sha256:[0-9a-f]{64}$/;
+
+export function isDigest(s: unknown): s is Digest {
+  return typeof s === "string" && DIGEST_RE.test(s);
+}
+
+export function asDigest(s: string): Digest {
+  if (!isDigest(s)) throw new Error(`not a sha256 digest: ${JSON.stringify(s)}`);
+  return s;
+}
+
+/** The 64 hex digits of a digest, used for file names in the store. */
+export function digestHex(d: Digest): string {
+  return d.slice(7);
+}
+
+export function sha256Bytes(data: string | Uint8Array): Digest {
+  return ("sha256:" + createHash("sha256").update(data).digest("hex")) as Digest;
+}
+
+/**
+ * JSON with object keys sorted at every level, no whitespace. Two values that
+ * are equal as data give the same string, whatever order their keys were
+ * written in: this is what keys are hashed over.
+ */
+export function canonicalJson(value: unknown): string {
+  if (value === null || typeof value !== "object") {
+    if (typeof value === "number" && !Number.isFinite(value)) {
+      throw new Error(`cannot hash non-finite number ${value}`);
+    }
+    if (value === undefined) return "null";
+    return JSON.stringify(value);
+  }
+  if (Array.isArray(value)) return "[" + value.map(canonicalJson).join(",") + "]";
+  const obj = value as Record<string, unknown>;
+  const keys = Object.keys(obj)
+    .filter((k) => obj[k] !== undefined)
+    .sort();
+  return "{" + keys.map((k) => JSON.stringify(k) + ":" + canonicalJson(obj[k])).join(",") + "}";
+}
+
+export function hashJson(value: unknown): Digest {
+  return sha256Bytes(canonicalJson(value));
+}

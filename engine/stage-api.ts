@@ -1,0 +1,109 @@
+/**
+ * The whole contract between the engine and a stage kind. A stage kind is a
+ * folder `stages/<kind>/` holding `index.ts` (default export: a StageKind) and
+ * `schema.json` (the JSON Schema of its `with:` params). The engine discovers
+ * kinds by folder, validates params against the schema, builds the key, and
+ * calls `run`. A stage never sees the store: it reads input folders (read-only)
+ * and writes into `ctx.out`, which the engine admits only if `run` resolves.
+ *
+ * Keep module top-levels light: the engine imports only the kinds a pipeline
+ * uses, but a no-op run must stay fast, so import heavy libraries (e.g.
+ * node-llama-cpp) inside `run`.
+ */
+import type { Logger } from "pino";
+import type { Digest } from "../cache/digest.js";
+
+export type Scalar = string | number | boolean;
+/** Matrix coordinates of an instance, e.g. {n: 1000, subset: "easy"}. */
+export type Coords = Record<string, Scalar>;
+
+export interface Resources {
+  /** CPU cores the instance occupies while running. */
+  cpu: number;
+  /** GPUs the instance occupies. */
+  gpu: number;
+  /** Memory in MiB. */
+  memory: number;
+}
+
+/** One upstream artifact as a stage sees it. */
+export interface InputArtifact {
+  /** Instance id of the producer, e.g. `tune@n=1000`. */
+  id: string;
+  coords: Coords;
+  /** Digest of the producer's output tree. */
+  digest: Digest;
+  /** A read-only folder holding the output tree. */
+  path: string;
+}
+
+/** `x` or `x[k=v]` give one artifact; `x[*]` gives a list, in instance-id order. */
+export type StageInput = InputArtifact | InputArtifact[];
+
+export interface ToolInfo {
+  /** Folder with the tool's binaries (e.g. llama.cpp's bin/). */
+  bin: string;
+  /** Folder with shared libraries, if separate. */
+  lib?: string;
+  digest: Digest;
+}
+
+export interface StageContext<P> {
+  instanceId: string;
+  coords: Coords;
+  /** Params after templates and schema defaults. */
+  params: P;
+  inputs: Record<string, StageInput>;
+  /** An empty folder; what is here when `run` resolves becomes the output. */
+  out: string;
+  /**
+   * A folder kept across attempts and runs for the same key (checkpoints, a
+   * resumable request log); removed once the output is admitted.
+   */
+  scratch: string;
+  log: Logger;
+  /** Report progress; shown by the CLI. */
+  progress(done: number, total?: number, note?: string): void;
+  /** Aborted on Ctrl-C or time-out: kill children and return promptly. */
+  signal: AbortSignal;
+  /** Tools the kind declared, resolved (their digests are in the key). */
+  tools: Record<string, ToolInfo>;
+  /** The declared environment variables (and secrets) with their values. */
+  env: Record<string, string>;
+  resources: Resources;
+}
+
+export interface StageResult {
+  /** Headline numbers, stored in the action record and the lockfile. */
+  metrics?: Record<string, unknown>;
+}
+
+export interface ParamIssue {
+  /** Path under `with:`, e.g. ["lora", "rank"]. */
+  path: (string | number)[];
+  message: string;
+}
+
+export interface StageKind<P = Record<string, unknown>> {
+  kind: string;
+  /**
+   * Implementation version, part of every key of this kind: bump it when a
+   * change to `run` would change outputs for the same params and inputs.
+   */
+  version: string;
+  /** Names of tools the kind calls (see ToolInfo); their digests join the key. */
+  tools?: string[];
+  /** Resources an instance needs, given its params; defaults cpu 1, gpu 0, memory 0. */
+  resources?(params: P): Partial<Resources>;
+  /** Checks the schema cannot express; each issue is reported at its YAML location. */
+  check?(params: P): ParamIssue[];
+  run(ctx: StageContext<P>): Promise<StageResult | void>;
+}
+
+/**
+ * Thrown by a stage when its *input* is bad (a truncated GGUF, a record with a
+ * missing field): the run exits 2, like any other bad input, not 1.
+ */
+export class InputError extends Error {
+  override name = "InputError";
+}
