@@ -95,6 +95,12 @@ export interface StageKind<P = Record<string, unknown>> {
   tools?: string[];
   /** Resources an instance needs, given its params; defaults cpu 1, gpu 0, memory 0. */
   resources?(params: P): Partial<Resources>;
+  /**
+   * Extra key material the params alone do not capture, e.g. the digests of
+   * patch or source files kept in the repo that a build applies. Say in a
+   * comment why each field invalidates results.
+   */
+  fingerprint?(params: P): Promise<Record<string, unknown>> | Record<string, unknown>;
   /** Checks the schema cannot express; each issue is reported at its YAML location. */
   check?(params: P): ParamIssue[];
   run(ctx: StageContext<P>): Promise<StageResult | void>;
