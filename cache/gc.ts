@@ -1,0 +1,97 @@
+import { readdirSync, readFileSync, rmSync, existsSync } from "node:fs";
+import { join } from "node:path";
+import { type Digest, isDigest, digestHex } from "./digest.js";
+import type { Store, Manifest } from "./store.js";
+
+export interface GcResult {
+  keptActions: number;
+  removedActions: number;
+  removedObjects: number;
+  removedTrees: number;
+  freedBytes: number;
+}
+
+/**
+ * Mark and sweep. Roots are action keys (from lockfiles and pins); an action
+ * keeps its output tree, that tree's files and its log. Everything else in
+ * objects/, trees/ and actions/ is removed.
+ */
+export function collectGarbage(store: Store, rootKeys: Set<Digest>, rootTrees: Set<Digest>, dryRun: boolean): GcResult {
+  const liveObjects = new Set<string>(); // hex, plus ".x" for executable copies
+  const liveTrees = new Set<string>();
+  const markTree = (tree: Digest) => {
+    liveTrees.add(digestHex(tree));
+    liveObjects.add(digestHex(tree));
+    try {
+      const m = JSON.parse(readFileSync(store.objectPath(tree), "utf8")) as Manifest;
+      for (const e of m.entries) if ("digest" in e) liveObjects.add(digestHex(e.digest) + (e.exec ? ".x" : ""));
+    } catch {
+      // missing manifest: nothing more to keep
+    }
+  };
+  for (const t of rootTrees) markTree(t);
+  let keptActions = 0;
+  let removedActions = 0;
+  for (const f of readdirSync(store.dir("actions"))) {
+    if (!f.endsWith(".json")) continue;
+    const key = ("sha256:" + f.slice(0, -5)) as Digest;
+    if (rootKeys.has(key)) {
+      keptActions++;
+      const rec = store.getAction(key);
+      if (rec) {
+        markTree(rec.outputs.tree);
+        if (rec.log) liveObjects.add(digestHex(rec.log));
+      }
+    } else {
+      removedActions++;
+      if (!dryRun) rmSync(join(store.dir("actions"), f), { force: true });
+    }
+  }
+  let removedObjects = 0;
+  let freedBytes = 0;
+  const objects = store.dir("objects");
+  for (const sub of readdirSync(objects)) {
+    for (const f of readdirSync(join(objects, sub))) {
+      const name = sub + f;
+      if (liveObjects.has(name)) continue;
+      if (f.includes(".tmp-")) continue; // being written by a run right now
+      const p = join(objects, sub, f);
+      removedObjects++;
+      try {
+        freedBytes += readFileSync(p).length;
+      } catch {
+        // vanished
+      }
+      if (!dryRun) {
+        rmSync(p, { force: true });
+        store.stat.forget(p);
+      }
+    }
+  }
+  let removedTrees = 0;
+  for (const t of readdirSync(store.dir("trees"))) {
+    if (liveTrees.has(t)) continue;
+    removedTrees++;
+    if (!dryRun) store.removeTree(join(store.dir("trees"), t));
+  }
+  if (!dryRun) store.stat.save();
+  return { keptActions, removedActions, removedObjects, removedTrees, freedBytes };
+}
+
+/** Pins: files in pins/ holding an action key or a tree digest, kept by gc. */
+export function readPins(store: Store): { keys: Digest[]; trees: Digest[] } {
+  const keys: Digest[] = [];
+  const trees: Digest[] = [];
+  const dir = store.dir("pins");
+  if (!existsSync(dir)) return { keys, trees };
+  for (const f of readdirSync(dir)) {
+    try {
+      const p = JSON.parse(readFileSync(join(dir, f), "utf8")) as { key?: string; tree?: string };
+      if (isDigest(p.key)) keys.push(p.key);
+      if (isDigest(p.tree)) trees.push(p.tree);
+    } catch {
+      // not a pin
+    }
+  }
+  return { keys, trees };
+}

@@ -1,0 +1,85 @@
+import { readFileSync, statSync, type BigIntStats } from "node:fs";
+import type { Digest } from "./digest.js";
+import { hashFileSync } from "./hash.js";
+import { writeFileAtomic } from "./atomic.js";
+
+/**
+ * Remembers the digest of a file together with the stat fields that change
+ * whenever its bytes can have changed (device, inode, size, mtime in ns). A
+ * file whose fields all match is not re-hashed. This is what makes a no-op run
+ * over a large input tree cost a stat per file instead of a read.
+ */
+interface Entry {
+  dev: string;
+  ino: string;
+  size: number;
+  mtimeNs: string;
+  digest: Digest;
+}
+
+export class StatCache {
+  private entries = new Map<string, Entry>();
+  private dirty = false;
+
+  constructor(private readonly file: string) {
+    try {
+      const raw = JSON.parse(readFileSync(file, "utf8")) as Record<string, Entry>;
+      for (const [k, v] of Object.entries(raw)) this.entries.set(k, v);
+    } catch {
+      // Missing or unreadable: start empty; it is only a cache.
+    }
+  }
+
+  private static fields(st: BigIntStats) {
+    return {
+      dev: st.dev.toString(),
+      ino: st.ino.toString(),
+      size: Number(st.size),
+      mtimeNs: st.mtimeNs.toString(),
+    };
+  }
+
+  /** Digest of `path`, re-hashing only if its stat fields changed. */
+  digest(path: string, st?: BigIntStats): { digest: Digest; size: number; hashed: boolean } {
+    st ??= statSync(path, { bigint: true });
+    const f = StatCache.fields(st);
+    const e = this.entries.get(path);
+    if (e && e.dev === f.dev && e.ino === f.ino && e.size === f.size && e.mtimeNs === f.mtimeNs) {
+      return { digest: e.digest, size: e.size, hashed: false };
+    }
+    const { digest, size } = hashFileSync(path);
+    this.remember(path, digest, st);
+    return { digest, size, hashed: true };
+  }
+
+  /** True if `path` still has the stat fields recorded for `digest`. */
+  unchanged(path: string, digest: Digest): boolean {
+    const e = this.entries.get(path);
+    if (!e || e.digest !== digest) return false;
+    let st: BigIntStats;
+    try {
+      st = statSync(path, { bigint: true });
+    } catch {
+      return false;
+    }
+    const f = StatCache.fields(st);
+    return e.dev === f.dev && e.ino === f.ino && e.size === f.size && e.mtimeNs === f.mtimeNs;
+  }
+
+  remember(path: string, digest: Digest, st?: BigIntStats): void {
+    st ??= statSync(path, { bigint: true });
+    this.entries.set(path, { ...StatCache.fields(st), digest });
+    this.dirty = true;
+  }
+
+  forget(path: string): void {
+    if (this.entries.delete(path)) this.dirty = true;
+  }
+
+  /** Writes the cache if it changed. Concurrent runs: last writer wins, which only costs re-hashing. */
+  save(): void {
+    if (!this.dirty) return;
+    writeFileAtomic(this.file, JSON.stringify(Object.fromEntries(this.entries)));
+    this.dirty = false;
+  }
+}

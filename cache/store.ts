@@ -1,0 +1,345 @@
+import {
+  mkdirSync,
+  existsSync,
+  linkSync,
+  chmodSync,
+  renameSync,
+  readdirSync,
+  lstatSync,
+  readlinkSync,
+  readFileSync,
+  unlinkSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  copyFileSync,
+  constants as fsc,
+} from "node:fs";
+import { join, dirname } from "node:path";
+import { randomBytes } from "node:crypto";
+import { hostname } from "node:os";
+import { type Digest, digestHex, sha256Bytes, canonicalJson, isDigest } from "./digest.js";
+import { hashFileSync } from "./hash.js";
+import { writeFileAtomic } from "./atomic.js";
+import { StatCache } from "./stat-cache.js";
+
+/** One entry of a tree manifest; paths use "/" and are relative to the tree root. */
+export type TreeEntry =
+  | { path: string; digest: Digest; size: number; exec?: true }
+  | { path: string; link: string }
+  | { path: string; dir: true };
+
+export interface Manifest {
+  v: 1;
+  entries: TreeEntry[];
+}
+
+/** What the action cache maps a key to (Bazel's ActionResult, in spirit). */
+export interface ActionRecord {
+  v: 1;
+  key: Digest;
+  /** The key's fields, kept so `plan --why` can say which one changed. */
+  fields: Record<string, unknown>;
+  instance: string;
+  kind: string;
+  outputs: { tree: Digest; files: Record<string, Digest> };
+  metrics: Record<string, unknown>;
+  log?: Digest;
+  timings: { start: string; end: string; seconds: number; attempts: number };
+  host: string;
+  engine: string;
+}
+
+function isFileEntry(e: TreeEntry): e is { path: string; digest: Digest; size: number; exec?: true } {
+  return "digest" in e;
+}
+
+/**
+ * The content-addressed store under one cache root:
+ *   objects/ab/cdef…      immutable read-only blobs (".x" suffix: executable copy)
+ *   trees/<hex>/          a tree materialised as read-only hardlinks to objects
+ *   actions/<hex>.json    action records, by key
+ *   history/<hex>.json    the last key recorded per (pipeline, instance id)
+ *   leases/ work/ scratch/ tmp/ corrupt/ pins/
+ * Every write lands under a temporary name and is renamed into place.
+ */
+export class Store {
+  readonly stat: StatCache;
+
+  constructor(readonly root: string) {
+    for (const d of ["objects", "trees", "actions", "history", "leases", "work", "scratch", "tmp", "corrupt", "pins"]) {
+      mkdirSync(join(root, d), { recursive: true });
+    }
+    this.stat = new StatCache(join(root, "statcache.json"));
+  }
+
+  dir(name: string): string {
+    return join(this.root, name);
+  }
+
+  objectPath(d: Digest, exec = false): string {
+    const h = digestHex(d);
+    return join(this.root, "objects", h.slice(0, 2), h.slice(2) + (exec ? ".x" : ""));
+  }
+
+  treePath(d: Digest): string {
+    return join(this.root, "trees", digestHex(d));
+  }
+
+  hasObject(d: Digest, exec = false): boolean {
+    return existsSync(this.objectPath(d, exec));
+  }
+
+  readObject(d: Digest): Buffer {
+    return readFileSync(this.objectPath(d));
+  }
+
+  tmpPath(prefix = "t"): string {
+    return join(this.root, "tmp", `${prefix}-${process.pid}-${randomBytes(6).toString("hex")}`);
+  }
+
+  /** Stores bytes; returns their digest. */
+  putBytes(data: string | Uint8Array): Digest {
+    const d = sha256Bytes(data);
+    const p = this.objectPath(d);
+    if (!existsSync(p)) {
+      mkdirSync(dirname(p), { recursive: true });
+      writeFileAtomic(p, data, 0o444);
+      this.stat.remember(p, d);
+    }
+    return d;
+  }
+
+  /**
+   * Admits a file by hardlinking it as an object (the caller must not write to
+   * it again). If the object exists already, `file` is replaced by a link to
+   * it, so the tree and the store share one inode.
+   */
+  private admitFile(file: string, exec: boolean): { digest: Digest; size: number } {
+    const { digest, size } = hashFileSync(file);
+    const p = this.objectPath(digest, exec);
+    if (existsSync(p)) {
+      unlinkSync(file);
+      linkSync(p, file);
+    } else {
+      chmodSync(file, exec ? 0o555 : 0o444);
+      mkdirSync(dirname(p), { recursive: true });
+      try {
+        linkSync(file, p);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
+        // Another run admitted the same bytes meanwhile: share its inode.
+        unlinkSync(file);
+        linkSync(p, file);
+      }
+      this.stat.remember(p, digest);
+    }
+    return { digest, size };
+  }
+
+  /**
+   * Turns a finished output folder into a tree: every file becomes an object,
+   * the manifest is stored, and the folder itself is renamed to trees/<hex>
+   * (read-only). The folder must be on the cache's filesystem.
+   */
+  admitTree(dir: string): { tree: Digest; files: Record<string, Digest>; manifest: Manifest } {
+    const entries: TreeEntry[] = [];
+    const dirs: string[] = [];
+    const walk = (abs: string, rel: string) => {
+      const names = readdirSync(abs).sort();
+      for (const name of names) {
+        const a = join(abs, name);
+        const r = rel ? `${rel}/${name}` : name;
+        const st = lstatSync(a);
+        if (st.isSymbolicLink()) entries.push({ path: r, link: readlinkSync(a) });
+        else if (st.isDirectory()) {
+          entries.push({ path: r, dir: true });
+          dirs.push(a);
+          walk(a, r);
+        } else if (st.isFile()) {
+          const exec = (st.mode & 0o111) !== 0;
+          const { digest, size } = this.admitFile(a, exec);
+          entries.push(exec ? { path: r, digest, size, exec: true } : { path: r, digest, size });
+        } else {
+          throw new Error(`output ${r} is neither a file, a folder nor a symlink`);
+        }
+      }
+    };
+    walk(dir, "");
+    const manifest: Manifest = { v: 1, entries };
+    const tree = this.putBytes(canonicalJson(manifest));
+    const files: Record<string, Digest> = {};
+    for (const e of entries) if (isFileEntry(e) && !e.path.includes("/")) files[e.path] = e.digest;
+    for (const d of [...dirs].reverse()) chmodSync(d, 0o555);
+    chmodSync(dir, 0o555);
+    const dest = this.treePath(tree);
+    if (existsSync(dest)) this.removeTree(dir);
+    else {
+      try {
+        renameSync(dir, dest);
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code;
+        if (code !== "ENOTEMPTY" && code !== "EEXIST") throw e;
+        this.removeTree(dir); // a concurrent run materialised the same tree
+      }
+    }
+    return { tree, files, manifest };
+  }
+
+  /** Copies a user's folder or file into the store (copy, not link: the user may edit it in place). */
+  importPath(src: string): Digest {
+    const tmp = this.tmpPath("import");
+    mkdirSync(tmp);
+    const copy = (from: string, to: string) => {
+      const st = lstatSync(from);
+      if (st.isDirectory()) {
+        mkdirSync(to, { recursive: true });
+        for (const n of readdirSync(from)) copy(join(from, n), join(to, n));
+      } else if (st.isSymbolicLink()) symlinkSync(readlinkSync(from), to);
+      else copyFileSync(from, to, fsc.COPYFILE_FICLONE);
+    };
+    const st = statSync(src);
+    if (st.isDirectory()) {
+      for (const n of readdirSync(src)) copy(join(src, n), join(tmp, n));
+    } else copy(src, join(tmp, src.split("/").pop() ?? "file"));
+    return this.admitTree(tmp).tree;
+  }
+
+  readManifest(tree: Digest): Manifest {
+    return JSON.parse(this.readObject(tree).toString("utf8")) as Manifest;
+  }
+
+  /**
+   * Checks that a tree is present and every file in it still has its digest.
+   * Files whose stat matches what was recorded at admission are trusted;
+   * others are re-hashed. A corrupt object is moved to corrupt/ together with
+   * the tree, so it is never served again and the producer re-runs.
+   */
+  checkTree(tree: Digest): { ok: true } | { ok: false; reason: string } {
+    let manifest: Manifest;
+    try {
+      if (!this.objectIntact(tree)) return { ok: false, reason: `manifest ${tree} is corrupt` };
+      manifest = this.readManifest(tree);
+    } catch {
+      return { ok: false, reason: `manifest ${tree} is missing` };
+    }
+    const root = this.treePath(tree);
+    if (!existsSync(root)) {
+      const r = this.materialize(tree, manifest);
+      if (!r.ok) return r;
+    }
+    for (const e of manifest.entries) {
+      if (!isFileEntry(e)) continue;
+      if (!this.objectIntact(e.digest, e.exec === true)) {
+        this.quarantineTree(tree);
+        return { ok: false, reason: `object ${e.digest} (${e.path}) is corrupt or missing` };
+      }
+    }
+    return { ok: true };
+  }
+
+  /** True if the object exists with its digest; quarantines it otherwise. */
+  objectIntact(d: Digest, exec = false): boolean {
+    const p = this.objectPath(d, exec);
+    if (this.stat.unchanged(p, d)) return true;
+    let actual: Digest;
+    try {
+      actual = this.stat.digest(p).digest;
+    } catch {
+      return false;
+    }
+    if (actual === d) return true;
+    this.quarantine(p);
+    return false;
+  }
+
+  quarantine(path: string): void {
+    this.stat.forget(path);
+    try {
+      renameSync(path, join(this.root, "corrupt", `${path.split("/").slice(-2).join("")}-${Date.now()}`));
+    } catch {
+      // already moved by another run
+    }
+  }
+
+  quarantineTree(tree: Digest): void {
+    const p = this.treePath(tree);
+    if (!existsSync(p)) return;
+    const dest = join(this.root, "corrupt", `tree-${digestHex(tree)}-${Date.now()}`);
+    try {
+      renameSync(p, dest);
+    } catch {
+      // another run moved it
+    }
+  }
+
+  /** Rebuilds trees/<hex> from objects (after a pull, or after the folder was removed). */
+  materialize(tree: Digest, manifest?: Manifest): { ok: true } | { ok: false; reason: string } {
+    manifest ??= this.readManifest(tree);
+    const tmp = this.tmpPath("tree");
+    mkdirSync(tmp);
+    for (const e of manifest.entries) {
+      const dest = join(tmp, e.path);
+      if ("dir" in e) mkdirSync(dest, { recursive: true });
+      else if ("link" in e) {
+        mkdirSync(dirname(dest), { recursive: true });
+        symlinkSync(e.link, dest);
+      } else {
+        const p = this.objectPath(e.digest, e.exec === true);
+        if (!existsSync(p)) {
+          this.removeTree(tmp);
+          return { ok: false, reason: `object ${e.digest} (${e.path}) is missing` };
+        }
+        mkdirSync(dirname(dest), { recursive: true });
+        linkSync(p, dest);
+      }
+    }
+    const dirs = manifest.entries.filter((e) => "dir" in e).map((e) => join(tmp, e.path));
+    for (const d of dirs.reverse()) chmodSync(d, 0o555);
+    chmodSync(tmp, 0o555);
+    try {
+      renameSync(tmp, this.treePath(tree));
+    } catch {
+      this.removeTree(tmp);
+    }
+    return { ok: true };
+  }
+
+  /** Removes a read-only folder (restoring write permission first, for non-root users). */
+  removeTree(dir: string): void {
+    const unlock = (d: string) => {
+      try {
+        chmodSync(d, 0o755);
+      } catch {
+        return;
+      }
+      for (const n of readdirSync(d)) {
+        const p = join(d, n);
+        if (lstatSync(p).isDirectory()) unlock(p);
+      }
+    };
+    if (existsSync(dir)) unlock(dir);
+    rmSync(dir, { recursive: true, force: true });
+  }
+
+  actionPath(key: Digest): string {
+    return join(this.root, "actions", digestHex(key) + ".json");
+  }
+
+  getAction(key: Digest): ActionRecord | undefined {
+    try {
+      const rec = JSON.parse(readFileSync(this.actionPath(key), "utf8")) as ActionRecord;
+      return rec.key === key && isDigest(rec.outputs?.tree) ? rec : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
+  putAction(rec: ActionRecord): void {
+    writeFileAtomic(this.actionPath(rec.key), JSON.stringify(rec, null, 1));
+  }
+
+  static host(): string {
+    return hostname();
+  }
+}

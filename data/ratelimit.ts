@@ -1,0 +1,90 @@
+/**
+ * Concurrency, requests-per-minute and tokens-per-minute limits for calls to a
+ * model server. RPM/TPM use a sliding 60 s window; a request reserves its
+ * estimated tokens when it starts and settles to the real count when it ends.
+ */
+export interface LimitOptions {
+  concurrency: number;
+  rpm?: number;
+  tpm?: number;
+  signal?: AbortSignal;
+}
+
+interface Entry {
+  t: number;
+  tokens: number;
+}
+
+export class Limiter {
+  private active = 0;
+  private waiters: (() => void)[] = [];
+  private window: Entry[] = [];
+
+  constructor(private o: LimitOptions) {}
+
+  /** Waits for a slot and for room in the rate windows; returns a release function. */
+  async acquire(estTokens: number): Promise<(actualTokens?: number) => void> {
+    while (this.active >= this.o.concurrency) await new Promise<void>((r) => this.waiters.push(r));
+    this.active++;
+    try {
+      for (;;) {
+        const wait = this.waitMs(estTokens);
+        if (wait <= 0) break;
+        await sleep(wait, this.o.signal);
+      }
+    } catch (e) {
+      this.release();
+      throw e;
+    }
+    const entry: Entry = { t: Date.now(), tokens: estTokens };
+    this.window.push(entry);
+    let done = false;
+    return (actual?: number) => {
+      if (done) return;
+      done = true;
+      if (actual !== undefined) entry.tokens = actual;
+      this.release();
+    };
+  }
+
+  private release() {
+    this.active--;
+    this.waiters.shift()?.();
+  }
+
+  private waitMs(est: number): number {
+    const now = Date.now();
+    while (this.window.length && now - this.window[0].t >= 60_000) this.window.shift();
+    let wait = 0;
+    if (this.o.rpm && this.window.length >= this.o.rpm) wait = this.window[0].t + 60_000 - now;
+    if (this.o.tpm) {
+      let used = this.window.reduce((a, e) => a + e.tokens, 0);
+      // A single request larger than the budget may go alone, or it would never run.
+      if (used > 0 && used + est > this.o.tpm) {
+        for (const e of this.window) {
+          used -= e.tokens;
+          if (used + est <= this.o.tpm) {
+            wait = Math.max(wait, e.t + 60_000 - now);
+            break;
+          }
+        }
+      }
+    }
+    return wait > 0 ? wait + 5 : 0;
+  }
+}
+
+export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason ?? new Error("aborted"));
+    const t = setTimeout(() => {
+      signal?.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    const onAbort = () => {
+      clearTimeout(t);
+      reject(signal?.reason ?? new Error("aborted"));
+    };
+    signal?.addEventListener("abort", onAbort, { once: true });
+  });
+}

@@ -1,0 +1,81 @@
+#!/usr/bin/env node
+import { InvalidInput, UsageError } from "./errors.js";
+
+const HELP = `valley: knowledge-distillation experiments as content-addressed YAML DAGs
+
+usage: valley <command> [options]
+
+  run [file]            run a pipeline (--only S, --force S, --dry-run, --jobs N,
+                        --keep-going, --json, -p name=value)
+  plan [file]           what would run (--why: which key field changed; --json)
+  status [file]         cached / to run, by stage
+  dag [file]            the instance graph (--format mermaid|dot)
+  show <instance>       key, params, inputs, outputs, metrics (-f file, --json)
+  logs <instance>       the instance's log (-f file)
+  gc                    remove what no lockfile or pin references (--dry-run)
+  verify                re-hash every stored object; exit 1 if any is corrupt
+  pin <instance>        keep an instance's result through gc
+  schema [kind]         the JSON Schema of pipelines (or of one stage kind)
+  grade <problems.jsonl> <answers.jsonl> [--json]
+                        grade model answers in the sandbox, without a pipeline
+
+file defaults to ./valley.yaml, else the packaged pipelines/demo.yaml.
+The cache is .valley/ beside the pipeline, or $VALLEY_CACHE.
+Exit codes: 0 success, 1 a stage failed, 2 bad usage or invalid input.`;
+
+type Command = (argv: string[]) => Promise<number>;
+
+const commands: Record<string, () => Promise<Command>> = {
+  run: async () => (await import("./commands/run.js")).run,
+  plan: async () => (await import("./commands/run.js")).plan,
+  status: async () => (await import("./commands/run.js")).status,
+  show: async () => (await import("./commands/inspect.js")).show,
+  logs: async () => (await import("./commands/inspect.js")).logs,
+  dag: async () => (await import("./commands/inspect.js")).dag,
+  gc: async () => (await import("./commands/maintain.js")).gc,
+  verify: async () => (await import("./commands/maintain.js")).verify,
+  pin: async () => (await import("./commands/maintain.js")).pin,
+  schema: async () => (await import("./commands/schema.js")).schema,
+  grade: async () => (await import("./commands/grade.js")).main,
+};
+
+async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (!name || name === "help" || name === "--help" || name === "-h") {
+    process.stdout.write(HELP + "\n");
+    return name ? 0 : 2;
+  }
+  if (name === "--version") {
+    process.stdout.write("0.1.0\n");
+    return 0;
+  }
+  const load = commands[name];
+  if (!load) {
+    process.stderr.write(`valley: unknown command "${name}"\n\n${HELP}\n`);
+    return 2;
+  }
+  try {
+    return await (await load())(rest);
+  } catch (e) {
+    if (e instanceof InvalidInput) {
+      process.stderr.write(e.message + "\n");
+      return 2;
+    }
+    if (e instanceof UsageError) {
+      process.stderr.write(`valley ${name}: ${e.message}\n`);
+      return 2;
+    }
+    process.stderr.write(`valley ${name}: ${(e as Error).stack ?? String(e)}\n`);
+    return 1;
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (e: unknown) => {
+    process.stderr.write(String(e) + "\n");
+    process.exitCode = 1;
+  },
+);

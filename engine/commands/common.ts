@@ -1,0 +1,49 @@
+import { existsSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { parseArgs, type ParseArgsConfig } from "node:util";
+import { parse as parseYaml } from "yaml";
+import { UsageError } from "../errors.js";
+import { loadPipeline, type Pipeline } from "../pipeline/expand.js";
+import { PACKAGE_ROOT } from "../root.js";
+import { Engine, cacheRootFor } from "../engine.js";
+
+export function parse<const O extends NonNullable<ParseArgsConfig["options"]>>(argv: string[], options: O, usage: string) {
+  try {
+    return parseArgs({ args: argv, options, allowPositionals: true as const, strict: true as const });
+  } catch (e) {
+    throw new UsageError(`${(e as Error).message}\nusage: ${usage}`);
+  }
+}
+
+/** The pipeline file: the argument, else ./valley.yaml, else the packaged demo. */
+export function pipelineFile(arg: string | undefined): string {
+  if (arg) {
+    if (!existsSync(arg)) throw new UsageError(`no such pipeline file: ${arg}`);
+    return arg;
+  }
+  for (const f of ["valley.yaml", "pipeline.yaml"]) if (existsSync(f)) return f;
+  return join(PACKAGE_ROOT, "pipelines", "demo.yaml");
+}
+
+/** `-p name=value` overrides; values are parsed as YAML scalars/lists (`-p sizes=[1,2]`). */
+export function paramOverrides(list: string[] | undefined): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const item of list ?? []) {
+    const i = item.indexOf("=");
+    if (i <= 0) throw new UsageError(`-p expects name=value, got "${item}"`);
+    out[item.slice(0, i)] = parseYaml(item.slice(i + 1));
+  }
+  return out;
+}
+
+export async function openPipeline(file: string | undefined, params?: string[]): Promise<{ pl: Pipeline; engine: Engine }> {
+  const pl = await loadPipeline(pipelineFile(file), { params: paramOverrides(params) });
+  return { pl, engine: new Engine(pl) };
+}
+
+/** The cache a command without a pipeline works on: --cache, $VALLEY_CACHE, or ./.valley. */
+export function cacheDir(arg: string | undefined, pipelineArg?: string): string {
+  if (arg) return resolve(arg);
+  if (pipelineArg) return cacheRootFor(resolve(pipelineArg, ".."));
+  return cacheRootFor(process.cwd());
+}

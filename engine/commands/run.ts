@@ -1,0 +1,210 @@
+import { cpus } from "node:os";
+import type { ActionRecord } from "../../cache/store.js";
+import { runInstances, selectInstances, type RunSummary } from "../scheduler.js";
+import { writeLockfile } from "../lockfile.js";
+import { Progress } from "../progress.js";
+import { openPipeline, parse } from "./common.js";
+import { UsageError } from "../errors.js";
+import { diffFields } from "../key.js";
+import type { Engine } from "../engine.js";
+import type { Pipeline } from "../pipeline/expand.js";
+
+const USAGE =
+  "valley run [file] [--only STAGE]... [--force STAGE]... [--dry-run] [--jobs N] [--keep-going] [--executor local|slurm] [--json] [-p name=value]...";
+
+export async function run(argv: string[]): Promise<number> {
+  const { values, positionals } = parse(
+    argv,
+    {
+      only: { type: "string", multiple: true },
+      force: { type: "string", multiple: true },
+      "dry-run": { type: "boolean" },
+      jobs: { type: "string", short: "j" },
+      "keep-going": { type: "boolean", short: "k" },
+      executor: { type: "string" },
+      json: { type: "boolean" },
+      param: { type: "string", short: "p", multiple: true },
+      file: { type: "string", short: "f" },
+    },
+    USAGE,
+  );
+  if (values["dry-run"]) return plan([...argv.filter((a) => a !== "--dry-run"), "--why"].filter((a) => !["--keep-going", "-k"].includes(a)));
+  const jobs = values.jobs !== undefined ? Number(values.jobs) : undefined;
+  if (jobs !== undefined && (!Number.isInteger(jobs) || jobs < 1)) throw new UsageError(`--jobs expects a positive integer`);
+  const executor = values.executor ?? "local";
+  if (executor !== "local") throw new UsageError(`--executor ${executor}: only "local" is available in this version`);
+  const { pl, engine } = await openPipeline(values.file ?? positionals[0], values.param);
+  for (const s of [...(values.only ?? []), ...(values.force ?? [])]) {
+    if (!pl.stageOrder.includes(s)) throw new UsageError(`no stage "${s}" in ${pl.file}`);
+  }
+
+  const ac = new AbortController();
+  let interrupts = 0;
+  const onSignal = (sig: NodeJS.Signals) => {
+    interrupts++;
+    if (interrupts > 1) process.exit(130);
+    process.stderr.write(`\n${sig}: stopping; running stages are being killed (again to force)\n`);
+    ac.abort(sig);
+  };
+  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", onSignal);
+
+  const selected = selectInstances(pl.instances, values.only);
+  const progress = new Progress(selected.length, process.stderr, false);
+  const t0 = Date.now();
+  let summary: RunSummary;
+  try {
+    summary = await runInstances(engine, {
+      jobs: jobs ?? Math.max(1, cpus().length),
+      keepGoing: !!values["keep-going"],
+      only: values.only,
+      force: values.force,
+      signal: ac.signal,
+      onEvent: (e) => progress.event(e),
+    });
+  } finally {
+    progress.finish();
+    engine.leases.releaseAll();
+    process.off("SIGINT", onSignal);
+    process.off("SIGTERM", onSignal);
+  }
+  const results = new Map<string, ActionRecord>();
+  for (const [id, o] of summary.outcomes) if (o.status === "cached" || o.status === "executed") results.set(id, o.record);
+  // The lockfile lists every instance with a result, including ones this run did not select.
+  if (!values.only) writeLockfile(pl, results, engine.store.root);
+  const seconds = (Date.now() - t0) / 1000;
+  if (values.json) {
+    const failures = [...summary.outcomes].filter(([, o]) => o.status === "failed").map(([id, o]) => ({ id, error: o.status === "failed" ? o.error.message : "" }));
+    process.stdout.write(
+      JSON.stringify({
+        instances: summary.instances,
+        executed: summary.executed,
+        cached: summary.cached,
+        failed: summary.failed,
+        skipped: summary.skipped,
+        cancelled: summary.cancelled,
+        seconds,
+        failures,
+      }) + "\n",
+    );
+  } else {
+    process.stderr.write(
+      `${summary.instances} instances: ${summary.executed} executed, ${summary.cached} cached, ${summary.failed} failed` +
+        (summary.skipped ? `, ${summary.skipped} skipped` : "") +
+        (summary.cancelled ? `, ${summary.cancelled} cancelled` : "") +
+        ` (${seconds.toFixed(2)}s)\n`,
+    );
+    for (const [id, o] of summary.outcomes) {
+      if (o.status === "failed") process.stderr.write(`\n✗ ${o.error.message}\n  full log: valley logs ${id}${values.file || positionals[0] ? ` -f ${values.file ?? positionals[0]}` : ""}\n`);
+    }
+  }
+  if (ac.signal.aborted) return 130;
+  if (summary.inputError) return 2;
+  return summary.failed > 0 ? 1 : 0;
+}
+
+export interface PlanRow {
+  id: string;
+  stage: string;
+  kind: string;
+  params: Record<string, unknown>;
+  key: string | null;
+  status: "hit" | "miss";
+  /** For a miss: which key fields differ from the last key recorded for this id. */
+  changed: string[];
+  reason: string;
+}
+
+/** What would run, without running or writing anything. */
+export function planRows(pl: Pipeline, engine: Engine, force: string[] = []): PlanRow[] {
+  const results = new Map<string, ActionRecord>();
+  const rows: PlanRow[] = [];
+  const missing = new Set<string>();
+  for (const inst of pl.instances) {
+    const row: PlanRow = { id: inst.id, stage: inst.stage, kind: inst.kind, params: inst.params, key: null, status: "miss", changed: [], reason: "" };
+    rows.push(row);
+    const rk = engine.resolveKey(inst, results, { admit: false });
+    if (!rk) {
+      const ups = inst.deps.filter((d) => missing.has(d));
+      row.reason = `runs after ${ups.join(", ")} (its key depends on their outputs)`;
+      row.changed = ["inputs"];
+      missing.add(inst.id);
+      continue;
+    }
+    row.key = rk.key;
+    const rec = force.includes(inst.stage) ? undefined : engine.lookup(rk.key);
+    if (rec) {
+      row.status = "hit";
+      results.set(inst.id, rec);
+      continue;
+    }
+    missing.add(inst.id);
+    const prev = engine.history(inst.id);
+    if (force.includes(inst.stage)) row.reason = "forced";
+    else if (!prev) row.reason = "never run";
+    else if (prev.key === rk.key) row.reason = "result missing or corrupt in the cache";
+    else {
+      row.changed = diffFields(prev.fields, rk.fields);
+      row.reason = `changed: ${row.changed.join(", ")}`;
+    }
+  }
+  return rows;
+}
+
+export async function plan(argv: string[]): Promise<number> {
+  const { values, positionals } = parse(
+    argv,
+    {
+      why: { type: "boolean" },
+      json: { type: "boolean" },
+      only: { type: "string", multiple: true },
+      force: { type: "string", multiple: true },
+      jobs: { type: "string", short: "j" },
+      param: { type: "string", short: "p", multiple: true },
+      file: { type: "string", short: "f" },
+    },
+    "valley plan [file] [--why] [--json] [-p name=value]...",
+  );
+  const { pl, engine } = await openPipeline(values.file ?? positionals[0], values.param);
+  await engine.prepareFingerprints();
+  const keep = new Set(selectInstances(pl.instances, values.only).map((i) => i.id));
+  const rows = planRows(pl, engine, values.force ?? []).filter((r) => keep.has(r.id));
+  if (values.json) {
+    process.stdout.write(JSON.stringify({ pipeline: pl.name, instances: rows }, null, 1) + "\n");
+    return 0;
+  }
+  const misses = rows.filter((r) => r.status === "miss");
+  for (const r of rows) {
+    if (r.status === "hit" && !values.why) continue;
+    const tag = r.status === "hit" ? "cached" : "run   ";
+    process.stdout.write(`${tag}  ${r.id}${values.why && r.reason ? `  — ${r.reason}` : ""}\n`);
+  }
+  process.stdout.write(`${rows.length} instances: ${misses.length} to run, ${rows.length - misses.length} cached\n`);
+  return 0;
+}
+
+export async function status(argv: string[]): Promise<number> {
+  const { values, positionals } = parse(
+    argv,
+    { json: { type: "boolean" }, param: { type: "string", short: "p", multiple: true }, file: { type: "string", short: "f" } },
+    "valley status [file] [--json]",
+  );
+  const { pl, engine } = await openPipeline(values.file ?? positionals[0], values.param);
+  await engine.prepareFingerprints();
+  const rows = planRows(pl, engine);
+  engine.store.stat.save();
+  const byStage = new Map<string, { hit: number; miss: number }>();
+  for (const r of rows) {
+    const s = byStage.get(r.stage) ?? { hit: 0, miss: 0 };
+    s[r.status === "hit" ? "hit" : "miss"]++;
+    byStage.set(r.stage, s);
+  }
+  if (values.json) {
+    process.stdout.write(JSON.stringify({ pipeline: pl.name, stages: Object.fromEntries(byStage), instances: rows.map((r) => ({ id: r.id, status: r.status, key: r.key })) }) + "\n");
+    return 0;
+  }
+  for (const [stage, s] of byStage) {
+    process.stdout.write(`${stage.padEnd(24)} ${String(s.hit).padStart(5)} cached ${String(s.miss).padStart(5)} to run\n`);
+  }
+  return 0;
+}

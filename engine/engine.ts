@@ -1,0 +1,225 @@
+import { existsSync, readFileSync, readdirSync, lstatSync, readlinkSync } from "node:fs";
+import { join, resolve, basename } from "node:path";
+import { type Digest, hashJson, sha256Bytes, canonicalJson, digestHex } from "../cache/digest.js";
+import { Store, type ActionRecord, type Manifest, type TreeEntry } from "../cache/store.js";
+import { Leases } from "../cache/leases.js";
+import { writeFileAtomic } from "../cache/atomic.js";
+import type { Pipeline, Instance } from "./pipeline/expand.js";
+import type { InputArtifact, StageInput, ToolInfo } from "./stage-api.js";
+import { computeKey, hashToolDir, type KeyFields } from "./key.js";
+
+export const ENGINE_VERSION = "0.1.0";
+
+/** Where a pipeline's cache lives: $VALLEY_CACHE, or .valley/ beside the pipeline file. */
+export function cacheRootFor(pipelineDir: string): string {
+  return resolve(process.env.VALLEY_CACHE ?? join(pipelineDir, ".valley"));
+}
+
+export interface ResolvedKey {
+  key: Digest;
+  fields: KeyFields;
+  inputs: Record<string, StageInput>;
+  tools: Record<string, ToolInfo>;
+  env: Record<string, string>;
+}
+
+interface HistoryEntry {
+  pipeline: string;
+  id: string;
+  key: Digest;
+  fields: KeyFields;
+}
+
+/**
+ * Binds a pipeline to a store: computes keys from upstream results, looks
+ * results up, and remembers the last key per instance id for `plan --why`.
+ * Knows nothing of what a stage does.
+ */
+export class Engine {
+  readonly store: Store;
+  readonly leases: Leases;
+  private toolCache = new Map<string, ToolInfo | undefined>();
+
+  constructor(
+    readonly pipeline: Pipeline,
+    cacheRoot = cacheRootFor(pipeline.dir),
+  ) {
+    this.store = new Store(cacheRoot);
+    this.leases = new Leases(this.store.dir("leases"));
+  }
+
+  /** A tool from `tools.<name>.path` or $VALLEY_<NAME>_BIN, hashed once per run. */
+  tool(name: string): ToolInfo | undefined {
+    if (this.toolCache.has(name)) return this.toolCache.get(name);
+    const spec =
+      this.pipeline.tools[name] ??
+      (process.env[`VALLEY_${name.toUpperCase()}_BIN`]
+        ? { path: resolve(process.env[`VALLEY_${name.toUpperCase()}_BIN`] as string) }
+        : undefined);
+    let info: ToolInfo | undefined;
+    if (spec) {
+      if (!existsSync(spec.path)) throw new Error(`tool "${name}": ${spec.path} does not exist`);
+      const lib = spec.lib ?? (existsSync(join(spec.path, "..", "lib")) ? resolve(spec.path, "..", "lib") : undefined);
+      const dirs = [spec.path, ...(lib ? [lib] : [])];
+      info = { bin: spec.path, lib, digest: hashToolDir(dirs, this.store.stat) };
+    }
+    this.toolCache.set(name, info);
+    return info;
+  }
+
+  /**
+   * The digest a path input would have once copied into the store, computed
+   * from the stat cache without copying (a no-op run over a large input tree
+   * costs one stat per file).
+   */
+  digestPath(abs: string): Digest {
+    const entries: TreeEntry[] = [];
+    const walk = (a: string, rel: string) => {
+      for (const name of readdirSync(a).sort()) {
+        const p = join(a, name);
+        const r = rel ? `${rel}/${name}` : name;
+        const st = lstatSync(p, { bigint: true });
+        if (st.isSymbolicLink()) entries.push({ path: r, link: readlinkSync(p) });
+        else if (st.isDirectory()) {
+          entries.push({ path: r, dir: true });
+          walk(p, r);
+        } else if (st.isFile()) {
+          const { digest, size } = this.store.stat.digest(p, st);
+          entries.push((st.mode & 0o111n) !== 0n ? { path: r, digest, size, exec: true } : { path: r, digest, size });
+        }
+      }
+    };
+    const st = lstatSync(abs);
+    if (st.isDirectory()) walk(abs, "");
+    else {
+      const { digest, size } = this.store.stat.digest(abs);
+      const name = basename(abs);
+      entries.push((st.mode & 0o111) !== 0 ? { path: name, digest, size, exec: true } : { path: name, digest, size });
+    }
+    const manifest: Manifest = { v: 1, entries };
+    return sha256Bytes(canonicalJson(manifest));
+  }
+
+  /** A path input as a tree in the store (copied in only if its content is new). */
+  admitPath(abs: string): Digest {
+    const d = this.digestPath(abs);
+    if (this.store.hasObject(d) && this.store.checkTree(d).ok) return d;
+    const got = this.store.importPath(abs);
+    if (got !== d) throw new Error(`${abs} changed while it was being copied into the cache; run again`);
+    return d;
+  }
+
+  /**
+   * The key of an instance, given the results of its upstream instances.
+   * Returns undefined while an upstream result is unknown. With `admit`
+   * false (plan, status), path inputs are hashed but not copied.
+   */
+  resolveKey(inst: Instance, results: Map<string, ActionRecord>, opts: { admit: boolean }): ResolvedKey | undefined {
+    const kind = this.pipeline.kinds.get(inst.kind);
+    if (!kind) throw new Error(`kind ${inst.kind} not loaded`);
+    const artifact = (id: string): InputArtifact | undefined => {
+      const rec = results.get(id);
+      const up = this.pipeline.byId.get(id);
+      if (!rec || !up) return undefined;
+      return { id, coords: up.coords, digest: rec.outputs.tree, path: this.store.treePath(rec.outputs.tree) };
+    };
+    const inputs: Record<string, StageInput> = {};
+    const keyed: KeyFields["inputs"] = {};
+    for (const [name, spec] of Object.entries(inst.inputs)) {
+      if (spec.type === "path") {
+        if (!existsSync(spec.path)) throw new Error(`${inst.id}: input ${name}: ${spec.path} does not exist`);
+        const d = opts.admit ? this.admitPath(spec.path) : this.digestPath(spec.path);
+        inputs[name] = { id: spec.ref, coords: {}, digest: d, path: this.store.treePath(d) };
+        keyed[name] = d;
+      } else if (spec.type === "one") {
+        const a = artifact(spec.id);
+        if (!a) return undefined;
+        inputs[name] = a;
+        keyed[name] = a.digest;
+      } else {
+        const list: InputArtifact[] = [];
+        for (const id of spec.ids) {
+          const a = artifact(id);
+          if (!a) return undefined;
+          list.push(a);
+        }
+        inputs[name] = list;
+        keyed[name] = list.map((a) => ({ coords: a.coords, digest: a.digest }));
+      }
+    }
+    const tools: Record<string, ToolInfo> = {};
+    for (const t of kind.impl.tools ?? []) {
+      const info = this.tool(t);
+      if (info) tools[t] = info;
+    }
+    const env: Record<string, string> = {};
+    for (const name of inst.env) env[name] = process.env[name] ?? "";
+    return {
+      key: computeKey(this.fieldsFor(inst, keyed, tools, env)),
+      fields: this.fieldsFor(inst, keyed, tools, env),
+      inputs,
+      tools,
+      env,
+    };
+  }
+
+  private fingerprints = new Map<string, Record<string, unknown>>();
+
+  /** Runs each kind's fingerprint hook once per params object. */
+  async prepareFingerprints(): Promise<void> {
+    for (const inst of this.pipeline.instances) {
+      const kind = this.pipeline.kinds.get(inst.kind);
+      if (!kind?.impl.fingerprint) continue;
+      const k = inst.kind + canonicalJson(inst.params);
+      if (!this.fingerprints.has(k)) this.fingerprints.set(k, await kind.impl.fingerprint(inst.params));
+    }
+  }
+
+  private fieldsFor(
+    inst: Instance,
+    inputs: KeyFields["inputs"],
+    tools: Record<string, ToolInfo>,
+    env: Record<string, string>,
+  ): KeyFields {
+    const kind = this.pipeline.kinds.get(inst.kind);
+    return {
+      kind: inst.kind,
+      version: kind?.impl.version ?? "?",
+      params: inst.params,
+      inputs,
+      tools: Object.fromEntries(Object.entries(tools).map(([n, t]) => [n, t.digest])),
+      env,
+      fingerprint: this.fingerprints.get(inst.kind + canonicalJson(inst.params)) ?? {},
+    };
+  }
+
+  /** A valid cached result for `key`: the record exists and its tree is intact. */
+  lookup(key: Digest): ActionRecord | undefined {
+    const rec = this.store.getAction(key);
+    if (!rec) return undefined;
+    return this.store.checkTree(rec.outputs.tree).ok ? rec : undefined;
+  }
+
+  private historyPath(id: string): string {
+    return join(this.store.dir("history"), digestHex(hashJson([this.pipeline.name, id])) + ".json");
+  }
+
+  history(id: string): HistoryEntry | undefined {
+    try {
+      return JSON.parse(readFileSync(this.historyPath(id), "utf8")) as HistoryEntry;
+    } catch {
+      return undefined;
+    }
+  }
+
+  remember(id: string, key: Digest, fields: KeyFields): void {
+    const prev = this.history(id);
+    if (prev?.key === key) return;
+    writeFileAtomic(this.historyPath(id), JSON.stringify({ pipeline: this.pipeline.name, id, key, fields }));
+  }
+
+  /** Path of the log kept for the last failed attempt of a key. */
+  failedLogPath(key: Digest): string {
+    return join(this.store.dir("work"), `${digestHex(key)}.failed.log`);
+  }
+}

@@ -1,0 +1,69 @@
+import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { pathToFileURL } from "node:url";
+import { Ajv, type ValidateFunction, type ErrorObject } from "ajv";
+import type { StageKind } from "./stage-api.js";
+import { PACKAGE_ROOT, DIST_ROOT } from "./root.js";
+
+/**
+ * Stage kinds are discovered, not registered: every folder stages/<kind>/ with
+ * a schema.json is a kind, its code is dist/stages/<kind>/index.js. Adding a
+ * kind means adding a folder and nothing else.
+ */
+export interface LoadedKind {
+  name: string;
+  impl: StageKind<Record<string, unknown>>;
+  schema: Record<string, unknown>;
+  /** Validates (and fills defaults into) a params object. */
+  validate: ValidateFunction;
+}
+
+// One Ajv for all schemas: allErrors so a user sees every problem at once;
+// useDefaults so params after defaults are what gets keyed.
+export const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: false });
+
+const STAGES_DIR = join(PACKAGE_ROOT, "stages");
+
+export function listKinds(): string[] {
+  if (!existsSync(STAGES_DIR)) return [];
+  return readdirSync(STAGES_DIR, { withFileTypes: true })
+    .filter((d) => d.isDirectory() && existsSync(join(STAGES_DIR, d.name, "schema.json")))
+    .map((d) => d.name)
+    .sort();
+}
+
+export function kindSchema(name: string): Record<string, unknown> {
+  const schema = JSON.parse(readFileSync(join(STAGES_DIR, name, "schema.json"), "utf8")) as Record<
+    string,
+    unknown
+  >;
+  // An unknown param is a typo until proven otherwise: close every kind's
+  // top level unless its schema says otherwise.
+  if (schema.type === "object" && schema.additionalProperties === undefined) {
+    schema.additionalProperties = false;
+  }
+  return schema;
+}
+
+const loaded = new Map<string, Promise<LoadedKind>>();
+
+export function loadKind(name: string): Promise<LoadedKind> {
+  let p = loaded.get(name);
+  if (!p) {
+    p = (async () => {
+      const schema = kindSchema(name);
+      const mod = (await import(pathToFileURL(join(DIST_ROOT, "stages", name, "index.js")).href)) as {
+        default: StageKind<Record<string, unknown>>;
+      };
+      if (!mod.default || mod.default.kind !== name) {
+        throw new Error(`stages/${name}/index.ts must default-export a StageKind with kind "${name}"`);
+      }
+      const { $schema: _ignored, ...body } = schema;
+      return { name, impl: mod.default, schema, validate: ajv.compile(body) };
+    })();
+    loaded.set(name, p);
+  }
+  return p;
+}
+
+export type { ErrorObject };

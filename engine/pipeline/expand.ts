@@ -1,0 +1,431 @@
+import { readFileSync } from "node:fs";
+import { basename, dirname, resolve, extname } from "node:path";
+import { Source, type YamlPath } from "./source.js";
+import { InvalidInput, type Problem, didYouMean } from "../errors.js";
+import { ajv, listKinds, loadKind, type LoadedKind, type ErrorObject } from "../kinds.js";
+import type { Coords, Resources, Scalar } from "../stage-api.js";
+import { PACKAGE_ROOT } from "../root.js";
+import { join } from "node:path";
+
+/** How an instance reads one named input. */
+export type InputSpec =
+  | { type: "path"; path: string; ref: string }
+  /** One upstream instance (a mapped reference or a pick). */
+  | { type: "one"; stage: string; id: string; ref: string }
+  /** Every instance of a matrix stage, in id order. */
+  | { type: "all"; stage: string; ids: string[]; ref: string };
+
+/** One runnable unit: a stage at one point of its matrix. */
+export interface Instance {
+  id: string;
+  stage: string;
+  kind: string;
+  coords: Coords;
+  /** Params after templates and schema defaults: exactly what is keyed. */
+  params: Record<string, unknown>;
+  inputs: Record<string, InputSpec>;
+  /** Ids of the instances this one reads. */
+  deps: string[];
+  resources: Resources;
+  retries: number;
+  timeoutMs?: number;
+  env: string[];
+  secrets: string[];
+}
+
+export interface Pipeline {
+  file: string;
+  name: string;
+  dir: string;
+  source: Source;
+  stageOrder: string[];
+  instances: Instance[];
+  byId: Map<string, Instance>;
+  tools: Record<string, { path: string; lib?: string }>;
+  kinds: Map<string, LoadedKind>;
+}
+
+interface RawStage {
+  uses: string;
+  description?: string;
+  with?: Record<string, unknown>;
+  inputs?: Record<string, string>;
+  matrix?: Record<string, Scalar[] | string>;
+  resources?: { cpu?: number; gpu?: number; memory?: number | string };
+  retries?: number;
+  timeout?: number | string;
+  env?: string[];
+  secrets?: string[];
+}
+
+interface RawPipeline {
+  version: 1;
+  name?: string;
+  params?: Record<string, unknown>;
+  tools?: Record<string, { path: string; lib?: string }>;
+  stages: Record<string, RawStage>;
+}
+
+type Ref =
+  | { type: "path"; path: string }
+  | { type: "map"; stage: string }
+  | { type: "all"; stage: string }
+  | { type: "pick"; stage: string; where: Record<string, string> };
+
+const REF_RE = /^([A-Za-z_][A-Za-z0-9_-]*)(?:\[([^\]]*)\])?$/;
+const TEMPLATE_RE = /\$\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_-]*)\s*\}\}/g;
+const WHOLE_TEMPLATE_RE = /^\$\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_-]*)\s*\}\}$/;
+
+let pipelineValidator: ReturnType<typeof ajv.compile> | undefined;
+export function pipelineSchema(): Record<string, unknown> {
+  return JSON.parse(readFileSync(join(PACKAGE_ROOT, "schemas", "pipeline.schema.json"), "utf8")) as Record<
+    string,
+    unknown
+  >;
+}
+
+/** Maps ajv errors (relative to `base`) to located problems. */
+export function ajvProblems(src: Source, base: YamlPath, errors: ErrorObject[] | null | undefined): Problem[] {
+  const out: Problem[] = [];
+  for (const e of errors ?? []) {
+    const rel = e.instancePath
+      .split("/")
+      .slice(1)
+      .map((s) => s.replace(/~1/g, "/").replace(/~0/g, "~"));
+    const path = [...base, ...rel];
+    if (e.keyword === "additionalProperties") {
+      const extra = (e.params as { additionalProperty: string }).additionalProperty;
+      out.push(src.problem([...path, extra], `unknown key "${extra}"`, { key: true }));
+    } else if (e.keyword === "required") {
+      const missing = (e.params as { missingProperty: string }).missingProperty;
+      out.push(src.problem(path, `missing required key "${missing}"`));
+    } else if (e.keyword === "enum") {
+      const allowed = (e.params as { allowedValues: unknown[] }).allowedValues;
+      out.push(src.problem(path, `must be one of ${allowed.map((a) => JSON.stringify(a)).join(", ")}`));
+    } else if (e.keyword === "propertyNames") {
+      const name = (e.params as { propertyName: string }).propertyName;
+      out.push(src.problem([...path, name], `invalid name "${name}"`, { key: true }));
+    } else if (e.keyword === "pattern" && e.schemaPath.includes("propertyNames")) {
+      continue; // reported by the propertyNames error
+    } else {
+      out.push(src.problem(path, e.message ?? "is invalid"));
+    }
+  }
+  return out;
+}
+
+function parseRef(ref: string): Ref | undefined {
+  if (ref.startsWith("./") || ref.startsWith("../") || ref.startsWith("/")) return { type: "path", path: ref };
+  const m = REF_RE.exec(ref.trim());
+  if (!m) return undefined;
+  const [, stage, sel] = m;
+  if (sel === undefined) return { type: "map", stage };
+  if (sel.trim() === "*") return { type: "all", stage };
+  const where: Record<string, string> = {};
+  for (const part of sel.split(",")) {
+    const kv = /^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$/.exec(part);
+    if (!kv) return undefined;
+    where[kv[1]] = kv[2];
+  }
+  return { type: "pick", stage, where };
+}
+
+export function instanceId(stage: string, coords: Coords): string {
+  const parts = Object.entries(coords).map(([k, v]) => `${k}=${String(v)}`);
+  return parts.length ? `${stage}@${parts.join(",")}` : stage;
+}
+
+export function parseMemory(m: number | string | undefined): number {
+  if (m === undefined) return 0;
+  if (typeof m === "number") return m;
+  const r = /^([0-9.]+)\s*([KMGT])/.exec(m.trim().toUpperCase());
+  if (!r) return 0;
+  const n = parseFloat(r[1]);
+  return Math.round(n * { K: 1 / 1024, M: 1, G: 1024, T: 1024 * 1024 }[r[2] as "K" | "M" | "G" | "T"]);
+}
+
+export function parseDuration(t: number | string | undefined): number | undefined {
+  if (t === undefined) return undefined;
+  if (typeof t === "number") return t * 1000;
+  const r = /^([0-9.]+)\s*(ms|s|m|h|d)?$/.exec(t.trim());
+  if (!r) return undefined;
+  const mult = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[(r[2] ?? "s") as "s"];
+  return parseFloat(r[1]) * mult;
+}
+
+/** Substitutes `${{ scope.name }}` templates; a whole-value template keeps its type. */
+function substitute(
+  value: unknown,
+  scopes: Record<string, Record<string, unknown>>,
+  onError: (rel: YamlPath, msg: string) => void,
+  rel: YamlPath = [],
+): unknown {
+  if (typeof value === "string") {
+    const lookup = (scope: string, name: string): unknown => {
+      const s = scopes[scope];
+      if (!s) {
+        onError(rel, `unknown template scope "${scope}" (use params.* or matrix.*)`);
+        return undefined;
+      }
+      if (!(name in s)) {
+        const keys = Object.keys(s);
+        onError(
+          rel,
+          scope === "matrix"
+            ? `template names unknown matrix key "${name}"${didYouMean(name, keys)}; this instance's matrix keys: ${keys.join(", ") || "(none)"}`
+            : `template names unknown ${scope} "${name}"${didYouMean(name, keys)}`,
+        );
+        return undefined;
+      }
+      return s[name];
+    };
+    const whole = WHOLE_TEMPLATE_RE.exec(value);
+    if (whole) return lookup(whole[1], whole[2]);
+    return value.replace(TEMPLATE_RE, (_m, scope: string, name: string) => {
+      const v = lookup(scope, name);
+      return typeof v === "object" && v !== null ? JSON.stringify(v) : String(v);
+    });
+  }
+  if (Array.isArray(value)) return value.map((v, i) => substitute(v, scopes, onError, [...rel, i]));
+  if (value && typeof value === "object") {
+    const out: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(value)) out[k] = substitute(v, scopes, onError, [...rel, k]);
+    return out;
+  }
+  return value;
+}
+
+function product(axes: [string, Scalar[]][]): Coords[] {
+  let out: Coords[] = [{}];
+  for (const [k, vs] of axes) out = out.flatMap((c) => vs.map((v) => ({ ...c, [k]: v })));
+  return out;
+}
+
+function compatible(a: Coords, b: Coords): boolean {
+  for (const k of Object.keys(b)) if (k in a && String(a[k]) !== String(b[k])) return false;
+  return true;
+}
+
+/** Loads, validates and expands a pipeline file. Throws InvalidInput with every problem found. */
+export async function loadPipeline(
+  file: string,
+  opts: { params?: Record<string, unknown>; text?: string } = {},
+): Promise<Pipeline> {
+  const abs = resolve(file);
+  const src = Source.load(file, opts.text);
+  pipelineValidator ??= (() => {
+    const { $schema: _s, $id: _i, ...body } = pipelineSchema();
+    return ajv.compile(body);
+  })();
+  const raw = structuredClone(src.data) as RawPipeline;
+  if (!pipelineValidator(raw)) throw new InvalidInput(ajvProblems(src, [], pipelineValidator.errors));
+
+  const problems: Problem[] = [];
+  const params = { ...(raw.params ?? {}), ...(opts.params ?? {}) };
+  const stages = raw.stages;
+  const names = Object.keys(stages);
+
+  // Kinds.
+  const known = listKinds();
+  const kinds = new Map<string, LoadedKind>();
+  for (const name of names) {
+    const uses = stages[name].uses;
+    if (!known.includes(uses)) {
+      problems.push(
+        src.problem(["stages", name, "uses"], `unknown stage kind "${uses}"${didYouMean(uses, known)}; known kinds: ${known.join(", ")}`),
+      );
+    } else if (!kinds.has(uses)) kinds.set(uses, await loadKind(uses));
+  }
+
+  // References.
+  const refs = new Map<string, Map<string, Ref>>();
+  for (const name of names) {
+    const m = new Map<string, Ref>();
+    for (const [input, text] of Object.entries(stages[name].inputs ?? {})) {
+      const r = parseRef(text);
+      const at: YamlPath = ["stages", name, "inputs", input];
+      if (!r) {
+        problems.push(src.problem(at, `invalid reference "${text}": use stage, stage[*], stage[key=value] or ./path`));
+        continue;
+      }
+      if (r.type !== "path" && !(r.stage in stages)) {
+        problems.push(src.problem(at, `unknown stage "${r.stage}"${didYouMean(r.stage, names)}`));
+        continue;
+      }
+      if (r.type !== "path" && r.stage === name) {
+        problems.push(src.problem(at, `stage "${name}" reads itself (a cycle)`));
+        continue;
+      }
+      m.set(input, r);
+    }
+    refs.set(name, m);
+  }
+  if (problems.length) throw new InvalidInput(problems);
+
+  // Topological order of stages; a cycle is reported at the input that closes it.
+  const order: string[] = [];
+  const state = new Map<string, "visiting" | "done">();
+  const visit = (name: string, trail: string[]): void => {
+    if (state.get(name) === "done") return;
+    state.set(name, "visiting");
+    for (const [input, r] of refs.get(name) ?? []) {
+      if (r.type === "path") continue;
+      if (state.get(r.stage) === "visiting") {
+        const cycle = [...trail.slice(trail.indexOf(r.stage)), name, r.stage];
+        problems.push(src.problem(["stages", name, "inputs", input], `cycle: ${cycle.join(" → ")}`));
+        continue;
+      }
+      visit(r.stage, [...trail, name]);
+    }
+    state.set(name, "done");
+    order.push(name);
+  };
+  for (const name of names) visit(name, []);
+  if (problems.length) throw new InvalidInput(problems);
+
+  // Expansion, stage by stage in dependency order.
+  const byStage = new Map<string, Instance[]>();
+  const instances: Instance[] = [];
+  const seen = new Set<string>();
+  const report = (p: Problem) => {
+    const k = `${p.loc?.line}:${p.loc?.col}:${p.message}`;
+    if (!seen.has(k)) {
+      seen.add(k);
+      problems.push(p);
+    }
+  };
+  const isMatrix = (stage: string) => (byStage.get(stage) ?? []).some((i) => Object.keys(i.coords).length > 0);
+
+  for (const name of order) {
+    const st = stages[name];
+    const base: YamlPath = ["stages", name];
+    const kind = kinds.get(st.uses);
+    const stageRefs = refs.get(name) ?? new Map<string, Ref>();
+
+    // Coordinates inherited from mapped matrix inputs (a natural join).
+    let combos: Coords[] = [{}];
+    for (const [, r] of stageRefs) {
+      if (r.type !== "map" || !isMatrix(r.stage)) continue;
+      const ups = byStage.get(r.stage) ?? [];
+      combos = combos.flatMap((c) => ups.filter((u) => compatible(c, u.coords)).map((u) => ({ ...c, ...u.coords })));
+    }
+    const inherited = new Set(combos.flatMap((c) => Object.keys(c)));
+
+    // Own matrix.
+    const axes: [string, Scalar[]][] = [];
+    for (const [axis, vals] of Object.entries(st.matrix ?? {})) {
+      const at: YamlPath = [...base, "matrix", axis];
+      let list: unknown = vals;
+      if (typeof vals === "string") list = substitute(vals, { params }, (_r, msg) => report(src.problem(at, msg)));
+      if (!Array.isArray(list)) {
+        report(src.problem(at, "a matrix axis must be a list of values (or a template giving one)"));
+        continue;
+      }
+      if (list.length === 0) {
+        report(src.problem(at, `matrix axis "${axis}" is empty: the stage would have no instances`));
+        continue;
+      }
+      if (inherited.has(axis)) {
+        report(src.problem(at, `matrix axis "${axis}" is already an axis of an input stage`, { key: true }));
+        continue;
+      }
+      axes.push([axis, list as Scalar[]]);
+    }
+    combos = combos.flatMap((c) => product(axes).map((o) => ({ ...c, ...o })));
+    if (combos.length === 0) {
+      report(src.problem(base, "no instances: the matrices of its inputs have no combination in common"));
+    }
+
+    const list: Instance[] = [];
+    for (const coords of combos) {
+      const id = instanceId(name, coords);
+      const inputs: Record<string, InputSpec> = {};
+      const deps: string[] = [];
+      for (const [input, r] of stageRefs) {
+        const at: YamlPath = [...base, "inputs", input];
+        const text = st.inputs?.[input] ?? "";
+        if (r.type === "path") {
+          inputs[input] = { type: "path", path: resolve(dirname(abs), r.path), ref: text };
+          continue;
+        }
+        const ups = byStage.get(r.stage) ?? [];
+        if (r.type === "all") {
+          if (!isMatrix(r.stage)) {
+            report(src.problem(at, `"${text}" gathers a stage that has no matrix; write "${r.stage}" instead`));
+            continue;
+          }
+          inputs[input] = { type: "all", stage: r.stage, ids: ups.map((u) => u.id).sort(), ref: text };
+          deps.push(...ups.map((u) => u.id));
+          continue;
+        }
+        let match = ups;
+        if (r.type === "pick") {
+          for (const k of Object.keys(r.where)) {
+            if (!ups.some((u) => k in u.coords)) {
+              report(src.problem(at, `"${r.stage}" has no matrix key "${k}"`));
+            }
+          }
+          match = ups.filter((u) => Object.entries(r.where).every(([k, v]) => String(u.coords[k]) === v));
+          if (match.length > 1) match = match.filter((u) => compatible(coords, u.coords));
+        } else {
+          match = ups.filter((u) => compatible(coords, u.coords));
+        }
+        if (match.length !== 1) {
+          report(
+            src.problem(
+              at,
+              match.length === 0
+                ? `"${text}" matches no instance of "${r.stage}"`
+                : `"${text}" matches ${match.length} instances of "${r.stage}" (${match.map((m) => m.id).join(", ")}); pick one with ${r.stage}[key=value] or gather with ${r.stage}[*]`,
+            ),
+          );
+          continue;
+        }
+        inputs[input] = { type: "one", stage: r.stage, id: match[0].id, ref: text };
+        deps.push(match[0].id);
+      }
+
+      const withAt: YamlPath = [...base, "with"];
+      let templateFailed = false;
+      const p = substitute(st.with ?? {}, { params, matrix: coords }, (rel, msg) => {
+        templateFailed = true;
+        report(src.problem([...withAt, ...rel], msg));
+      }) as Record<string, unknown>;
+      if (kind && !templateFailed) {
+        if (!kind.validate(p)) for (const pr of ajvProblems(src, withAt, kind.validate.errors)) report(pr);
+        else for (const issue of kind.impl.check?.(p) ?? []) report(src.problem([...withAt, ...issue.path], issue.message));
+      }
+      const declared = kind?.impl.resources?.(p) ?? {};
+      const resources: Resources = {
+        cpu: st.resources?.cpu ?? declared.cpu ?? 1,
+        gpu: st.resources?.gpu ?? declared.gpu ?? 0,
+        memory: st.resources?.memory !== undefined ? parseMemory(st.resources.memory) : (declared.memory ?? 0),
+      };
+      list.push({
+        id,
+        stage: name,
+        kind: st.uses,
+        coords,
+        params: p,
+        inputs,
+        deps: [...new Set(deps)],
+        resources,
+        retries: st.retries ?? 0,
+        timeoutMs: parseDuration(st.timeout),
+        env: st.env ?? [],
+        secrets: st.secrets ?? [],
+      });
+    }
+    byStage.set(name, list);
+    instances.push(...list);
+  }
+  if (problems.length) throw new InvalidInput(problems);
+
+  const byId = new Map(instances.map((i) => [i.id, i]));
+  const name = raw.name ?? basename(abs, extname(abs));
+  const tools: Record<string, { path: string; lib?: string }> = {};
+  for (const [t, spec] of Object.entries(raw.tools ?? {})) {
+    tools[t] = { path: resolve(dirname(abs), spec.path), lib: spec.lib ? resolve(dirname(abs), spec.lib) : undefined };
+  }
+  return { file: abs, name, dir: dirname(abs), source: src, stageOrder: order, instances, byId, tools, kinds };
+}

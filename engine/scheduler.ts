@@ -1,0 +1,271 @@
+import PQueue from "p-queue";
+import type { ActionRecord } from "../cache/store.js";
+import type { Digest } from "../cache/digest.js";
+import type { LeaseInfo } from "../cache/leases.js";
+import type { Engine, ResolvedKey } from "./engine.js";
+import type { Instance } from "./pipeline/expand.js";
+import { ResourcePool } from "./resources.js";
+import { AttemptFailed, runAttempt, type AttemptOptions } from "./executors/local.js";
+import type { Resources } from "./stage-api.js";
+
+export type Outcome =
+  | { status: "cached"; key: Digest; record: ActionRecord; waited: boolean }
+  | { status: "executed"; key: Digest; record: ActionRecord }
+  | { status: "failed"; key?: Digest; error: Error; inputError: boolean; logFile?: string }
+  | { status: "skipped"; because: string }
+  | { status: "cancelled" };
+
+export type RunEvent =
+  | { type: "start"; id: string; attempt: number }
+  | { type: "cached"; id: string; waited: boolean }
+  | { type: "done"; id: string; seconds: number }
+  | { type: "failed"; id: string; error: Error; logFile?: string; willRetry: boolean; attempt: number }
+  | { type: "waiting"; id: string; holder: LeaseInfo }
+  | { type: "progress"; id: string; done: number; total?: number; note?: string };
+
+/** Runs one attempt somewhere (this machine, a Slurm node). */
+export type Executor = (engine: Engine, inst: Instance, rk: ResolvedKey, opts: AttemptOptions) => Promise<ActionRecord>;
+
+export interface RunOptions {
+  jobs: number;
+  keepGoing: boolean;
+  /** Run only these stages (and what they need). */
+  only?: string[];
+  /** Re-run these stages even if cached. */
+  force?: string[];
+  signal: AbortSignal;
+  resources?: Partial<Resources>;
+  onEvent?: (e: RunEvent) => void;
+  executor?: Executor;
+  /** First retry waits this long, doubling each time (tests make it small). */
+  backoffMs?: number;
+}
+
+export interface RunSummary {
+  instances: number;
+  executed: number;
+  cached: number;
+  failed: number;
+  skipped: number;
+  cancelled: number;
+  outcomes: Map<string, Outcome>;
+  /** True if a failure was bad input (exit 2 rather than 1). */
+  inputError: boolean;
+}
+
+/** The instances `--only` selects, with everything they need. */
+export function selectInstances(instances: Instance[], only?: string[]): Instance[] {
+  if (!only?.length) return instances;
+  const byId = new Map(instances.map((i) => [i.id, i]));
+  const keep = new Set<string>();
+  const add = (id: string) => {
+    if (keep.has(id)) return;
+    keep.add(id);
+    for (const d of byId.get(id)?.deps ?? []) add(d);
+  };
+  for (const i of instances) if (only.includes(i.stage)) add(i.id);
+  return instances.filter((i) => keep.has(i.id));
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((res) => {
+    const t = setTimeout(res, ms);
+    signal.addEventListener("abort", () => {
+      clearTimeout(t);
+      res();
+    }, { once: true });
+  });
+}
+
+/**
+ * Runs a pipeline's instances in dependency order: an instance whose key has
+ * a valid result is cached at once; others queue for a job slot and their
+ * resources, take the key's lease (or wait for another run's result), and run
+ * with retries and a time-out. A failure stops new launches unless
+ * keepGoing; an abort stops launches and aborts running attempts.
+ */
+export async function runInstances(engine: Engine, opts: RunOptions): Promise<RunSummary> {
+  await engine.prepareFingerprints();
+  const selected = selectInstances(engine.pipeline.instances, opts.only);
+  const ids = new Set(selected.map((i) => i.id));
+  const emit = opts.onEvent ?? (() => {});
+  const executor = opts.executor ?? runAttempt;
+  const pool = ResourcePool.detect(opts.resources);
+  const queue = new PQueue({ concurrency: Math.max(1, opts.jobs) });
+  const results = new Map<string, ActionRecord>();
+  const outcomes = new Map<string, Outcome>();
+  const dependents = new Map<string, Instance[]>();
+  const waitingOn = new Map<string, number>();
+  for (const inst of selected) {
+    waitingOn.set(inst.id, inst.deps.filter((d) => ids.has(d)).length);
+    for (const d of inst.deps) {
+      if (!dependents.has(d)) dependents.set(d, []);
+      dependents.get(d)?.push(inst);
+    }
+  }
+  const force = new Set(opts.force ?? []);
+  let stopLaunching = false;
+  let inputError = false;
+  let finish: () => void = () => {};
+  const allDone = new Promise<void>((res) => (finish = res));
+  const settle = (id: string, o: Outcome) => {
+    if (outcomes.has(id)) return;
+    outcomes.set(id, o);
+    if (outcomes.size === selected.length) finish();
+  };
+  const ready: Instance[] = [];
+  const started = new Set<string>();
+
+  const skipDescendants = (id: string, because: string) => {
+    for (const d of dependents.get(id) ?? []) {
+      if (!ids.has(d.id) || outcomes.has(d.id)) continue;
+      settle(d.id, { status: "skipped", because });
+      skipDescendants(d.id, because);
+    }
+  };
+  const cancel = (inst: Instance) => {
+    settle(inst.id, { status: "cancelled" });
+    skipDescendants(inst.id, "run stopped");
+  };
+  const complete = (inst: Instance, o: Outcome & { record: ActionRecord }, rk: ResolvedKey) => {
+    results.set(inst.id, o.record);
+    engine.remember(inst.id, rk.key, rk.fields);
+    settle(inst.id, o);
+    for (const d of dependents.get(inst.id) ?? []) {
+      if (!ids.has(d.id)) continue;
+      const left = (waitingOn.get(d.id) ?? 1) - 1;
+      waitingOn.set(d.id, left);
+      if (left === 0) ready.push(d);
+    }
+  };
+  const fail = (inst: Instance, error: Error, extra: { key?: Digest; input?: boolean; logFile?: string } = {}) => {
+    if (extra.input) inputError = true;
+    settle(inst.id, { status: "failed", key: extra.key, error, inputError: !!extra.input, logFile: extra.logFile });
+    skipDescendants(inst.id, `${inst.id} failed`);
+    if (!opts.keepGoing) stopLaunching = true;
+  };
+
+  const runOne = async (inst: Instance, rk: ResolvedKey): Promise<void> => {
+    if (stopLaunching || opts.signal.aborted) return cancel(inst);
+    if (inst.resources.gpu > pool.total.gpu) {
+      return fail(inst, new Error(`${inst.id} needs ${inst.resources.gpu} GPU(s); this machine has ${pool.total.gpu} (set VALLEY_GPUS or CUDA_VISIBLE_DEVICES)`), { input: true });
+    }
+    const need = pool.clamp(inst.resources);
+    await pool.acquire(need);
+    try {
+      if (stopLaunching || opts.signal.aborted) return cancel(inst);
+      const forced = force.has(inst.stage);
+      const got = await engine.leases.acquire(rk.key, {
+        signal: opts.signal,
+        ready: () => !forced && engine.store.getAction(rk.key) !== undefined,
+        onWait: (holder) => emit({ type: "waiting", id: inst.id, holder }),
+      });
+      if (got === "ready") {
+        const rec = engine.lookup(rk.key);
+        if (rec) return complete(inst, { status: "cached", key: rk.key, record: rec, waited: true }, rk);
+        return runOne(inst, rk); // the other run's result was invalid: compute it ourselves
+      }
+      try {
+        const prior = forced ? undefined : engine.lookup(rk.key);
+        if (prior) return complete(inst, { status: "cached", key: rk.key, record: prior, waited: true }, rk);
+        for (let attempt = 1; ; attempt++) {
+          emit({ type: "start", id: inst.id, attempt });
+          try {
+            const rec = await executor(engine, inst, rk, {
+              signal: opts.signal,
+              timeoutMs: inst.timeoutMs,
+              attempt,
+              onProgress: (done, total, note) => emit({ type: "progress", id: inst.id, done, total, note }),
+            });
+            emit({ type: "done", id: inst.id, seconds: rec.timings.seconds });
+            return complete(inst, { status: "executed", key: rk.key, record: rec }, rk);
+          } catch (e) {
+            const af = e instanceof AttemptFailed ? e : undefined;
+            const retry = attempt <= inst.retries && af?.kind !== "input" && af?.kind !== "aborted" && !opts.signal.aborted;
+            emit({ type: "failed", id: inst.id, error: e as Error, logFile: af?.logFile, willRetry: retry, attempt });
+            if (opts.signal.aborted) return cancel(inst);
+            if (!retry) {
+              const n = attempt > 1 ? ` (after ${attempt} attempts)` : "";
+              const err = new Error(`${inst.id} failed${n}: ${(e as Error).message}`);
+              return fail(inst, err, { key: rk.key, input: af?.kind === "input", logFile: af?.logFile });
+            }
+            // Exponential backoff with jitter, capped at a minute.
+            const base = opts.backoffMs ?? 1000;
+            await sleep(Math.min(60_000, base * 2 ** (attempt - 1)) * (0.5 + Math.random()), opts.signal);
+          }
+        }
+      } finally {
+        engine.leases.release(got);
+      }
+    } finally {
+      pool.release(need);
+    }
+  };
+
+  const drain = () => {
+    while (ready.length) {
+      const inst = ready.shift() as Instance;
+      if (outcomes.has(inst.id)) continue;
+      if (stopLaunching || opts.signal.aborted) {
+        cancel(inst);
+        continue;
+      }
+      let rk: ResolvedKey | undefined;
+      try {
+        rk = engine.resolveKey(inst, results, { admit: true });
+      } catch (e) {
+        fail(inst, e as Error, { input: true });
+        continue;
+      }
+      if (!rk) {
+        fail(inst, new Error(`${inst.id}: an input has no result`));
+        continue;
+      }
+      const rec = force.has(inst.stage) ? undefined : engine.lookup(rk.key);
+      if (rec) {
+        emit({ type: "cached", id: inst.id, waited: false });
+        complete(inst, { status: "cached", key: rk.key, record: rec, waited: false }, rk);
+        continue;
+      }
+      const key = rk;
+      void queue.add(async () => {
+        started.add(inst.id);
+        try {
+          await runOne(inst, key);
+        } catch (e) {
+          fail(inst, e as Error);
+        }
+        drain();
+      });
+    }
+  };
+
+  const onAbort = () => {
+    stopLaunching = true;
+    queue.clear();
+    // Everything not started ends as cancelled; running attempts are aborted
+    // through the same signal and settle when they return.
+    for (const inst of selected) if (!outcomes.has(inst.id) && !started.has(inst.id)) settle(inst.id, { status: "cancelled" });
+  };
+  opts.signal.addEventListener("abort", onAbort, { once: true });
+
+  for (const inst of selected) if ((waitingOn.get(inst.id) ?? 0) === 0) ready.push(inst);
+  if (selected.length === 0) finish();
+  drain();
+  await allDone;
+  await queue.onIdle();
+  opts.signal.removeEventListener("abort", onAbort);
+  engine.store.stat.save();
+
+  const count = (s: Outcome["status"]) => [...outcomes.values()].filter((o) => o.status === s).length;
+  return {
+    instances: selected.length,
+    executed: count("executed"),
+    cached: count("cached"),
+    failed: count("failed"),
+    skipped: count("skipped"),
+    cancelled: count("cancelled"),
+    outcomes,
+    inputError,
+  };
+}

@@ -1,0 +1,323 @@
+/**
+ * `finetune`: LoRA (valley's own trainer, stages/finetune/native/valley-lora.cpp,
+ * built into the llama-build artifact) or full fine-tuning (upstream
+ * llama-finetune) of a GGUF model on chat examples.
+ *
+ * - `from`: a folder with `model.gguf` (a `model` artifact, or a merged model).
+ * - `data`: a folder with `train.jsonl` ({"messages": [...]} per line).
+ * - `llama` (optional): a llama-build artifact (bin/, lib/).
+ *
+ * Outputs: `adapter.gguf` (lora) or `model.gguf` (full), `metrics.jsonl`
+ * (one row per optimizer step for lora, per epoch for full), `summary.json`.
+ * LoRA checkpoints live in ctx.scratch, so a re-run after a crash resumes.
+ */
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import type {
+  InputArtifact,
+  ParamIssue,
+  StageContext,
+  StageKind,
+  ToolInfo,
+} from "../../engine/stage-api.js";
+import { InputError } from "../../engine/stage-api.js";
+import { CommandError, runCommand } from "../../engine/process.js";
+import { llamaExe, resolveLlama } from "../../llama/toolchain.js";
+
+export interface FinetuneParams {
+  method: "lora" | "full";
+  lora: { rank: number; alpha: number; targets: string[]; seed: number };
+  lr: number;
+  warmup: number;
+  decay: "linear" | "cosine" | "constant";
+  weightDecay: number;
+  epochs: number;
+  batch: number;
+  maxSeqLen: number;
+  overlong: "truncate" | "drop";
+  masking: boolean;
+  checkpointEvery: number;
+  threads: number;
+  ctx: number;
+  device: "auto" | "cpu";
+}
+
+export const DEFAULT_TARGETS = ["attn_q", "attn_output", "ffn_gate", "ffn_up", "ffn_down"];
+
+/** Fills in what the engine's schema defaults would (for callers that bypass the engine). */
+export function withDefaults(
+  p: Partial<FinetuneParams> & { lora?: Partial<FinetuneParams["lora"]> },
+): FinetuneParams {
+  return {
+    method: p.method ?? "lora",
+    lora: {
+      rank: p.lora?.rank ?? 16,
+      alpha: p.lora?.alpha ?? 32,
+      targets: p.lora?.targets ?? DEFAULT_TARGETS,
+      seed: p.lora?.seed ?? 42,
+    },
+    lr: p.lr ?? 1e-4,
+    warmup: p.warmup ?? 0,
+    decay: p.decay ?? "linear",
+    weightDecay: p.weightDecay ?? 0,
+    epochs: p.epochs ?? 1,
+    batch: p.batch ?? 1,
+    maxSeqLen: p.maxSeqLen ?? 2048,
+    overlong: p.overlong ?? "truncate",
+    masking: p.masking ?? true,
+    checkpointEvery: p.checkpointEvery ?? 50,
+    threads: p.threads ?? 0,
+    ctx: p.ctx ?? 0,
+    device: p.device ?? "auto",
+  };
+}
+
+export interface LlamaBinaries {
+  bin: string;
+  lib?: string;
+}
+
+function single(ctx: StageContext<FinetuneParams>, name: string, required: boolean): InputArtifact | undefined {
+  const input = ctx.inputs[name];
+  if (input === undefined) {
+    if (required) throw new InputError(`finetune needs an input \`${name}\``);
+    return undefined;
+  }
+  if (Array.isArray(input)) throw new InputError(`finetune's input \`${name}\` must be one artifact, not a list`);
+  return input;
+}
+
+/** The llama.cpp build: the `llama` input (a llama-build artifact), else the engine's llama tool. */
+export function resolveBinaries(ctx: StageContext<FinetuneParams>): LlamaBinaries {
+  let tool: ToolInfo;
+  try {
+    tool = resolveLlama(ctx);
+  } catch (e) {
+    throw new InputError((e as Error).message);
+  }
+  for (const exe of ["valley-lora", ...(ctx.params.method === "full" ? ["llama-finetune"] : [])]) {
+    try {
+      llamaExe(tool, exe);
+    } catch (e) {
+      throw new InputError((e as Error).message);
+    }
+  }
+  return { bin: tool.bin, lib: tool.lib };
+}
+
+function childEnv(b: LlamaBinaries): Record<string, string> {
+  const libs = [b.lib, b.bin].filter((x): x is string => !!x);
+  return {
+    PATH: process.env.PATH ?? "/usr/bin:/bin",
+    LANG: "C.UTF-8",
+    LD_LIBRARY_PATH: [...libs, process.env.LD_LIBRARY_PATH ?? ""].filter(Boolean).join(":"),
+    DYLD_LIBRARY_PATH: libs.join(":"),
+  };
+}
+
+/** Runs a program; exit code 2 (bad input) becomes an InputError carrying its message. */
+async function run2(
+  ctx: StageContext<FinetuneParams>,
+  file: string,
+  args: string[],
+  b: LlamaBinaries,
+  onLine?: (l: string) => void,
+) {
+  const errors: string[] = [];
+  try {
+    await runCommand(file, args, {
+      signal: ctx.signal,
+      log: ctx.log,
+      env: childEnv(b),
+      cwd: ctx.scratch,
+      onLine: (line) => {
+        if (/error:/.test(line)) errors.push(line.replace(/^.*?error:\s*/, ""));
+        onLine?.(line);
+      },
+    });
+  } catch (e) {
+    if (e instanceof CommandError && e.exitCode === 2 && !ctx.signal.aborted) {
+      throw new InputError(errors.join("; ") || e.tail.join("\n"));
+    }
+    throw e;
+  }
+}
+
+export function checkParams(p: FinetuneParams): ParamIssue[] {
+  const issues: ParamIssue[] = [];
+  if (p.method === "lora") {
+    if (!(p.lora.rank > 0)) issues.push({ path: ["lora", "rank"], message: "rank must be > 0" });
+    p.lora.targets.forEach((t, i) => {
+      if (t === "attn_k" || t === "attn_v") {
+        issues.push({
+          path: ["lora", "targets", i],
+          message: `${t} cannot be trained: K and V reach the loss only through the KV cache, which has no backward pass in this llama.cpp`,
+        });
+      }
+    });
+  }
+  return issues;
+}
+
+interface Summary {
+  first_loss: number | null;
+  last_loss: number | null;
+  min_loss: number | null;
+  steps: number;
+  tokens: number;
+  resumed_from_step: number;
+  dropped: number;
+  truncated: number;
+  [k: string]: unknown;
+}
+
+async function runLora(
+  ctx: StageContext<FinetuneParams>,
+  b: LlamaBinaries,
+  model: string,
+  data: string,
+) {
+  const p = ctx.params;
+  const ckpt = join(ctx.scratch, "checkpoints");
+  mkdirSync(ckpt, { recursive: true });
+  const summaryPath = join(ctx.out, "summary.json");
+  const threads = p.threads > 0 ? p.threads : Math.max(1, ctx.resources.cpu);
+  const args = [
+    "--model", model,
+    "--data", data,
+    "--out", join(ctx.out, "adapter.gguf"),
+    "--metrics", join(ctx.out, "metrics.jsonl"),
+    "--summary", summaryPath,
+    "--checkpoint-dir", ckpt,
+    "--checkpoint-every", String(p.checkpointEvery),
+    "--rank", String(p.lora.rank),
+    "--alpha", String(p.lora.alpha),
+    "--targets", p.lora.targets.join(","),
+    "--seed", String(p.lora.seed),
+    "--lr", String(p.lr),
+    "--warmup", String(p.warmup),
+    "--decay", p.decay,
+    "--weight-decay", String(p.weightDecay),
+    "--epochs", String(p.epochs),
+    "--batch", String(p.batch),
+    "--max-seq-len", String(p.maxSeqLen),
+    "--overlong", p.overlong,
+    "--masking", p.masking ? "on" : "off",
+    "--threads", String(threads),
+    "--ctx", String(p.ctx),
+    "--device", p.device,
+  ]; // prettier-ignore
+  await run2(ctx, join(b.bin, "valley-lora"), args, b, (line) => {
+    const m = /step (\d+)\/(\d+) .*loss ([\d.]+)/.exec(line);
+    if (m) ctx.progress(Number(m[1]), Number(m[2]), `loss ${m[3]}`);
+  });
+  const s = JSON.parse(readFileSync(summaryPath, "utf8")) as Summary;
+  return pick(s);
+}
+
+function pick(s: Summary) {
+  return {
+    first_loss: s.first_loss,
+    last_loss: s.last_loss,
+    min_loss: s.min_loss,
+    steps: s.steps,
+    tokens: s.tokens,
+    resumed_from_step: s.resumed_from_step,
+    dropped: s.dropped,
+    truncated: s.truncated,
+  };
+}
+
+/** Upstream llama-finetune on the chats rendered to text; one metrics row per epoch. */
+async function runFull(
+  ctx: StageContext<FinetuneParams>,
+  b: LlamaBinaries,
+  model: string,
+  data: string,
+) {
+  const p = ctx.params;
+  const text = join(ctx.scratch, "train.txt");
+  await run2(
+    ctx,
+    join(b.bin, "valley-lora"),
+    ["--model", model, "--data", data, "--render-text", text],
+    b,
+  );
+  const n = p.ctx > 0 ? p.ctx : 512;
+  const threads = p.threads > 0 ? p.threads : Math.max(1, ctx.resources.cpu);
+  const rows: Record<string, number>[] = [];
+  const t0 = Date.now();
+  let last = t0;
+  const args = [
+    "-m", model, "-f", text, "-o", join(ctx.out, "model.gguf"),
+    "-c", String(n), "-b", String(n), "-ub", String(n),
+    "-lr", String(p.lr), "-wd", String(p.weightDecay), "-epochs", String(p.epochs),
+    "-opt", "adamw", "-t", String(threads), "-ngl", p.device === "cpu" ? "0" : "999",
+  ]; // prettier-ignore
+  await run2(ctx, join(b.bin, "llama-finetune"), args, b, (line) => {
+    if (!line.includes("train:")) return;
+    const losses = [...line.matchAll(/data=(\d+)\/(\d+) loss=([\d.]+)/g)];
+    const m = losses[losses.length - 1];
+    if (!m) return;
+    const now = Date.now();
+    const epoch = rows.length + 1;
+    // llama-finetune reports windows of n tokens, every token a target
+    rows.push({
+      step: epoch,
+      epoch,
+      loss: Number(m[3]),
+      lr: p.lr,
+      tokens: Number(m[2]) * n,
+      seconds: (now - last) / 1000,
+    });
+    last = now;
+    ctx.progress(epoch, p.epochs, `loss ${m[3]}`);
+  });
+  writeFileSync(
+    join(ctx.out, "metrics.jsonl"),
+    rows.map((r) => JSON.stringify(r)).join("\n") + (rows.length ? "\n" : ""),
+  );
+  const losses = rows.map((r) => r.loss);
+  const s: Summary = {
+    first_loss: losses[0] ?? null,
+    last_loss: losses[losses.length - 1] ?? null,
+    min_loss: losses.length ? Math.min(...losses) : null,
+    steps: rows.length,
+    tokens: rows.reduce((a, r) => a + r.tokens, 0),
+    resumed_from_step: 0,
+    dropped: 0,
+    truncated: 0,
+    train_seconds: (Date.now() - t0) / 1000,
+  };
+  writeFileSync(join(ctx.out, "summary.json"), JSON.stringify(s, null, 2) + "\n");
+  return pick(s);
+}
+
+const finetune: StageKind<FinetuneParams> = {
+  kind: "finetune",
+  version: "1",
+  tools: ["llama"],
+  resources(p) {
+    return { cpu: p.threads > 0 ? p.threads : 2, memory: 2048 };
+  },
+  check: checkParams,
+  async run(ctx) {
+    const issues = checkParams(ctx.params);
+    if (issues.length)
+      throw new InputError(issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; "));
+    const from = single(ctx, "from", true) as InputArtifact;
+    const dataIn = single(ctx, "data", true) as InputArtifact;
+    const model = join(from.path, "model.gguf");
+    const data = join(dataIn.path, "train.jsonl");
+    if (!existsSync(model)) throw new InputError(`input \`from\` (${from.id}) has no model.gguf (an adapter must be merged first: the merge stage)`);
+    if (!existsSync(data)) throw new InputError(`input \`data\` (${dataIn.id}) has no train.jsonl`);
+    const b = resolveBinaries(ctx);
+    const metrics =
+      ctx.params.method === "full"
+        ? await runFull(ctx, b, model, data)
+        : await runLora(ctx, b, model, data);
+    return { metrics };
+  },
+};
+
+export default finetune;

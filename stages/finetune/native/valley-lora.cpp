@@ -1,0 +1,1015 @@
+// valley-lora: LoRA fine-tuning of a GGUF model on chat examples, built on
+// llama.cpp's training API (llama_opt_*), for valley's `finetune` stage.
+//
+// Recipe (see shared notes, "A LoRA trainer against this tree"):
+//   1. write an initial adapter GGUF (lora_a small random, lora_b zero), or take
+//      the adapter of the last checkpoint when resuming;
+//   2. load it with llama_adapter_lora_init BEFORE creating the context (so the
+//      graph's node budget counts the LoRA nodes), attach it to the context;
+//   3. llama_opt_init with a filter that freezes every base weight, then
+//      ggml_set_param on every lora_a / lora_b;
+//   4. one example per window of n_ctx tokens, labels < 0 = not trained on
+//      (prompt tokens and padding; needs patch 0001), `batch` windows per
+//      optimizer step (needs patch 0002);
+//   5. save the adapter with gguf_write_to_file.
+//
+// Exit codes: 0 ok, 1 failure, 2 bad input (a clear message on stderr).
+
+#include "ggml-backend.h"
+#include "ggml-opt.h"
+#include "ggml.h"
+#include "gguf.h"
+#include "llama.h"
+
+#include "llama-adapter.h"  // internal: the adapter's ab_map (the a/b tensors to train)
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdarg>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <random>
+#include <set>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+using json = nlohmann::ordered_json;
+
+namespace {
+
+constexpr const char * TRAINER_VERSION = "valley-lora 1";
+
+struct input_error : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+[[noreturn]] void bad_input(const std::string & msg) {
+    throw input_error(msg);
+}
+
+// ---------------------------------------------------------------------------
+// options
+
+struct options {
+    std::string model;
+    std::string data;
+    std::string out;
+    std::string metrics;
+    std::string summary;
+    std::string checkpoint_dir;
+    int         checkpoint_every = 0;
+    int         rank             = 8;
+    float       alpha            = 16.0f;
+    std::vector<std::string> targets = { "attn_q", "attn_output", "ffn_gate", "ffn_up", "ffn_down" };
+    uint32_t    seed             = 42;
+    float       lr               = 1e-4f;
+    float       warmup           = 0.0f;  // ratio of the total steps
+    std::string decay            = "linear";  // linear | cosine | constant
+    float       weight_decay     = 0.0f;
+    int         epochs           = 1;
+    int         batch            = 1;     // examples per optimizer step
+    int         max_seq_len      = 2048;
+    std::string overlong         = "truncate";  // truncate | drop
+    bool        masking          = true;
+    int         threads          = 0;
+    int         ctx              = 0;     // window; 0 = the longest kept example, rounded up to 256
+    std::string device           = "auto";  // auto | cpu
+    int         max_steps        = 0;     // stop after this many steps (0 = all); for benchmarks
+    bool        eval_assistant   = false; // after training, the assistant-only loss over the data
+    bool        verbose          = false;
+    std::string render_text;              // only render the chats to this text file (for full fine-tuning)
+};
+
+void usage() {
+    fprintf(stderr,
+        "usage: valley-lora --model base.gguf --data train.jsonl --out adapter.gguf [options]\n"
+        "  --metrics F            per-step metrics JSONL (step, epoch, loss, lr, tokens, seconds)\n"
+        "  --summary F            JSON summary of the run\n"
+        "  --checkpoint-dir D     keep checkpoints here; a re-run resumes from the last one\n"
+        "  --checkpoint-every K   steps between checkpoints (0 = none)\n"
+        "  --rank R --alpha A     LoRA rank and alpha (scale = alpha/rank)\n"
+        "  --targets a,b,...      modules (default attn_q,attn_output,ffn_gate,ffn_up,ffn_down; also output)\n"
+        "  --seed N               adapter init and data order\n"
+        "  --lr X --warmup RATIO --decay linear|cosine|constant --weight-decay X\n"
+        "  --epochs N --batch N   examples per optimizer step (gradient accumulation)\n"
+        "  --max-seq-len N --overlong truncate|drop\n"
+        "  --masking on|off       loss on assistant tokens only (on) or on every token (off)\n"
+        "  --threads N --ctx N --device auto|cpu --max-steps N --eval-assistant-loss --verbose\n"
+        "  --render-text F        only write the chats rendered with the model's template to F\n");
+}
+
+std::vector<std::string> split_csv(const std::string & s) {
+    std::vector<std::string> out;
+    std::stringstream ss(s);
+    std::string item;
+    while (std::getline(ss, item, ',')) {
+        if (!item.empty()) {
+            out.push_back(item);
+        }
+    }
+    return out;
+}
+
+options parse_args(int argc, char ** argv) {
+    options o;
+    auto need = [&](int & i) -> std::string {
+        if (i + 1 >= argc) {
+            bad_input(std::string("missing value for ") + argv[i]);
+        }
+        return argv[++i];
+    };
+    auto to_int = [](const std::string & flag, const std::string & v) -> int {
+        char * end = nullptr;
+        const long x = std::strtol(v.c_str(), &end, 10);
+        if (v.empty() || *end != '\0') {
+            bad_input(flag + " needs an integer, got '" + v + "'");
+        }
+        return (int) x;
+    };
+    auto to_float = [](const std::string & flag, const std::string & v) -> float {
+        char * end = nullptr;
+        const float x = std::strtof(v.c_str(), &end);
+        if (v.empty() || *end != '\0' || !std::isfinite(x)) {
+            bad_input(flag + " needs a number, got '" + v + "'");
+        }
+        return x;
+    };
+    for (int i = 1; i < argc; ++i) {
+        const std::string a = argv[i];
+        if      (a == "--model")              { o.model = need(i); }
+        else if (a == "--data")               { o.data = need(i); }
+        else if (a == "--out")                { o.out = need(i); }
+        else if (a == "--metrics")            { o.metrics = need(i); }
+        else if (a == "--summary")            { o.summary = need(i); }
+        else if (a == "--checkpoint-dir")     { o.checkpoint_dir = need(i); }
+        else if (a == "--checkpoint-every")   { o.checkpoint_every = to_int(a, need(i)); }
+        else if (a == "--rank")               { o.rank = to_int(a, need(i)); }
+        else if (a == "--alpha")              { o.alpha = to_float(a, need(i)); }
+        else if (a == "--targets")            { o.targets = split_csv(need(i)); }
+        else if (a == "--seed")               { o.seed = (uint32_t) to_int(a, need(i)); }
+        else if (a == "--lr")                 { o.lr = to_float(a, need(i)); }
+        else if (a == "--warmup")             { o.warmup = to_float(a, need(i)); }
+        else if (a == "--decay")              { o.decay = need(i); }
+        else if (a == "--weight-decay")       { o.weight_decay = to_float(a, need(i)); }
+        else if (a == "--epochs")             { o.epochs = to_int(a, need(i)); }
+        else if (a == "--batch")              { o.batch = to_int(a, need(i)); }
+        else if (a == "--max-seq-len")        { o.max_seq_len = to_int(a, need(i)); }
+        else if (a == "--overlong")           { o.overlong = need(i); }
+        else if (a == "--masking")            { const std::string v = need(i);
+                                                if (v != "on" && v != "off") { bad_input("--masking takes on|off"); }
+                                                o.masking = v == "on"; }
+        else if (a == "--threads")            { o.threads = to_int(a, need(i)); }
+        else if (a == "--ctx")                { o.ctx = to_int(a, need(i)); }
+        else if (a == "--device")             { o.device = need(i); }
+        else if (a == "--max-steps")          { o.max_steps = to_int(a, need(i)); }
+        else if (a == "--eval-assistant-loss") { o.eval_assistant = true; }
+        else if (a == "--verbose")            { o.verbose = true; }
+        else if (a == "--render-text")        { o.render_text = need(i); }
+        else if (a == "-h" || a == "--help")  { usage(); std::exit(0); }
+        else { usage(); bad_input("unknown argument '" + a + "'"); }
+    }
+    if (o.model.empty() || o.data.empty() || (o.out.empty() && o.render_text.empty())) {
+        usage();
+        bad_input("--model, --data and --out (or --render-text) are required");
+    }
+    if (o.rank <= 0)                      { bad_input("--rank must be > 0 (got " + std::to_string(o.rank) + ")"); }
+    if (!(o.alpha > 0.0f))                { bad_input("--alpha must be > 0"); }
+    if (!(o.lr > 0.0f))                   { bad_input("--lr must be > 0"); }
+    if (o.warmup < 0.0f || o.warmup > 1.0f) { bad_input("--warmup is a ratio in [0, 1]"); }
+    if (o.weight_decay < 0.0f || o.weight_decay > 1.0f) { bad_input("--weight-decay must be in [0, 1]"); }
+    if (o.epochs < 1)                     { bad_input("--epochs must be >= 1"); }
+    if (o.batch < 1)                      { bad_input("--batch must be >= 1"); }
+    if (o.max_seq_len < 2)                { bad_input("--max-seq-len must be >= 2"); }
+    if (o.checkpoint_every < 0)           { bad_input("--checkpoint-every must be >= 0"); }
+    if (o.decay != "linear" && o.decay != "cosine" && o.decay != "constant") {
+        bad_input("--decay takes linear|cosine|constant, got '" + o.decay + "'");
+    }
+    if (o.overlong != "truncate" && o.overlong != "drop") {
+        bad_input("--overlong takes truncate|drop, got '" + o.overlong + "'");
+    }
+    if (o.device != "auto" && o.device != "cpu") {
+        bad_input("--device takes auto|cpu, got '" + o.device + "'");
+    }
+    if (o.targets.empty()) {
+        bad_input("--targets is empty");
+    }
+    return o;
+}
+
+// ---------------------------------------------------------------------------
+// logging: llama.cpp's own log only with --verbose (errors always)
+
+bool g_verbose = false;
+
+void log_cb(enum ggml_log_level level, const char * text, void * /*ud*/) {
+    if (g_verbose || level == GGML_LOG_LEVEL_ERROR) {
+        fputs(text, stderr);
+    }
+}
+
+void info(const char * fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("valley-lora: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+// ---------------------------------------------------------------------------
+// files
+
+void write_file_atomic(const std::string & path, const std::string & content) {
+    const std::string tmp = path + ".tmp";
+    {
+        std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
+        if (!f) {
+            throw std::runtime_error("cannot write " + tmp);
+        }
+        f << content;
+        f.flush();
+        if (!f) {
+            throw std::runtime_error("cannot write " + tmp);
+        }
+    }
+    if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+        throw std::runtime_error("cannot rename " + tmp + " to " + path);
+    }
+}
+
+bool file_exists(const std::string & path) {
+    std::ifstream f(path);
+    return f.good();
+}
+
+// ---------------------------------------------------------------------------
+// base model checks from the GGUF header (before loading)
+
+struct base_info {
+    std::string arch;
+    std::map<std::string, std::vector<int64_t>> shapes;  // tensor name -> ne
+    std::map<std::string, ggml_type> types;
+    int n_layer = 0;
+};
+
+base_info read_base_info(const std::string & path) {
+    ggml_context * meta = nullptr;
+    gguf_init_params p = { /*.no_alloc =*/ true, /*.ctx =*/ &meta };
+    gguf_context * g = gguf_init_from_file(path.c_str(), p);
+    if (!g) {
+        bad_input("cannot read the base model " + path + " as GGUF");
+    }
+    base_info bi;
+    const int64_t kid = gguf_find_key(g, "general.architecture");
+    if (kid < 0 || gguf_get_kv_type(g, kid) != GGUF_TYPE_STRING) {
+        gguf_free(g);
+        ggml_free(meta);
+        bad_input("the base model has no general.architecture");
+    }
+    bi.arch = gguf_get_val_str(g, kid);
+
+    auto get_u32 = [&](const std::string & key) -> int64_t {
+        const int64_t id = gguf_find_key(g, key.c_str());
+        if (id < 0) {
+            return -1;
+        }
+        switch (gguf_get_kv_type(g, id)) {
+            case GGUF_TYPE_UINT32: return gguf_get_val_u32(g, id);
+            case GGUF_TYPE_INT32:  return gguf_get_val_i32(g, id);
+            case GGUF_TYPE_UINT64: return (int64_t) gguf_get_val_u64(g, id);
+            default:               return -1;
+        }
+    };
+    const int64_t n_expert = get_u32(bi.arch + ".expert_count");
+    bi.n_layer = (int) get_u32(bi.arch + ".block_count");
+
+    for (int64_t i = 0; i < gguf_get_n_tensors(g); ++i) {
+        const char * name = gguf_get_tensor_name(g, i);
+        const ggml_tensor * t = ggml_get_tensor(meta, name);
+        std::vector<int64_t> ne;
+        for (int d = 0; d < GGML_MAX_DIMS; ++d) {
+            ne.push_back(t->ne[d]);
+        }
+        bi.shapes[name] = ne;
+        bi.types[name] = t->type;
+    }
+    gguf_free(g);
+    ggml_free(meta);
+
+    if (n_expert > 0) {
+        bad_input("architecture '" + bi.arch + "' is a mixture of experts (" + std::to_string(n_expert) +
+                  " experts): it cannot be trained here, MUL_MAT_ID has no backward pass in this llama.cpp");
+    }
+    // RMSNorm + SwiGLU + RoPE decoders: every op of their graph has a backward pass.
+    static const std::set<std::string> trainable = { "llama", "qwen2", "qwen3", "mistral3" };
+    if (trainable.count(bi.arch) == 0) {
+        bad_input("architecture '" + bi.arch + "' cannot be trained here: only llama, qwen2, qwen3 and "
+                  "mistral3 (RMSNorm + SwiGLU + RoPE) are; other architectures use ops without a backward "
+                  "pass in this llama.cpp (NORM, GELU, MUL_MAT_ID, FLASH_ATTN_EXT)");
+    }
+    return bi;
+}
+
+// target module -> the base tensor names it covers
+std::vector<std::string> resolve_targets(const options & o, const base_info & bi) {
+    std::vector<std::string> names;
+    for (const auto & t : o.targets) {
+        if (t == "attn_k" || t == "attn_v") {
+            bad_input("target module '" + t + "' is not supported: K and V reach the loss only through the KV "
+                      "cache (SET_ROWS), which has no backward pass in this llama.cpp, so a LoRA on " + t +
+                      " would get no gradient and never move. Use attn_q, attn_output, ffn_gate, ffn_up, ffn_down, output");
+        }
+        std::vector<std::string> hits;
+        if (t == "output") {
+            if (bi.shapes.count("output.weight")) {
+                hits.push_back("output.weight");
+            }
+        } else {
+            for (int il = 0; il < bi.n_layer; ++il) {
+                const std::string n = "blk." + std::to_string(il) + "." + t + ".weight";
+                if (bi.shapes.count(n)) {
+                    hits.push_back(n);
+                }
+            }
+        }
+        if (hits.empty()) {
+            bad_input("target module '" + t + "' does not exist in this " + bi.arch + " model (no tensor blk.N." + t +
+                      ".weight); known: attn_q, attn_output, ffn_gate, ffn_up, ffn_down, output");
+        }
+        for (const auto & h : hits) {
+            if (bi.shapes.at(h)[2] != 1 || bi.shapes.at(h)[3] != 1) {
+                bad_input("target tensor " + h + " is not a matrix");
+            }
+            names.push_back(h);
+        }
+    }
+    std::sort(names.begin(), names.end());
+    names.erase(std::unique(names.begin(), names.end()), names.end());
+    return names;
+}
+
+// ---------------------------------------------------------------------------
+// adapter files
+
+void write_initial_adapter(const std::string & path, const options & o, const base_info & bi,
+                           const std::vector<std::string> & targets) {
+    size_t n_bytes = 0;
+    for (const auto & n : targets) {
+        const auto & ne = bi.shapes.at(n);
+        n_bytes += (size_t) (ne[0] + ne[1]) * o.rank * sizeof(float) + 2 * ggml_tensor_overhead();
+    }
+    ggml_init_params ip = { /*.mem_size =*/ n_bytes + 1024, /*.mem_buffer =*/ nullptr, /*.no_alloc =*/ false };
+    ggml_context * ctx = ggml_init(ip);
+    gguf_context * g = gguf_init_empty();
+    gguf_set_val_str(g, "general.architecture", bi.arch.c_str());
+    gguf_set_val_str(g, "general.type", "adapter");
+    gguf_set_val_str(g, "adapter.type", "lora");
+    gguf_set_val_f32(g, "adapter.lora.alpha", o.alpha);
+
+    std::mt19937 rng(o.seed);
+    for (const auto & n : targets) {
+        const auto & ne = bi.shapes.at(n);
+        // A: [n_in, r], uniform(-1/sqrt(n_in), 1/sqrt(n_in)) like PEFT's kaiming init; B: [r, n_out], zero,
+        // so the adapter starts as the identity.
+        ggml_tensor * a = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, ne[0], o.rank);
+        ggml_tensor * b = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, o.rank, ne[1]);
+        ggml_set_name(a, (n + ".lora_a").c_str());
+        ggml_set_name(b, (n + ".lora_b").c_str());
+        const float bound = 1.0f / std::sqrt((float) ne[0]);
+        float * ad = (float *) a->data;
+        for (int64_t i = 0; i < ggml_nelements(a); ++i) {
+            // from the raw 32-bit draws, so that the values do not depend on the C++ library
+            ad[i] = bound * (2.0f * (float) ((double) rng() / 4294967296.0) - 1.0f);
+        }
+        memset(b->data, 0, ggml_nbytes(b));
+        gguf_add_tensor(g, a);
+        gguf_add_tensor(g, b);
+    }
+    const std::string tmp = path + ".tmp";
+    if (!gguf_write_to_file(g, tmp.c_str(), false) || std::rename(tmp.c_str(), path.c_str()) != 0) {
+        gguf_free(g);
+        ggml_free(ctx);
+        throw std::runtime_error("cannot write " + path);
+    }
+    gguf_free(g);
+    ggml_free(ctx);
+}
+
+void save_adapter(const std::string & path, llama_adapter_lora * adapter, const std::string & arch, float alpha) {
+    gguf_context * g = gguf_init_empty();
+    gguf_set_val_str(g, "general.architecture", arch.c_str());
+    gguf_set_val_str(g, "general.type", "adapter");
+    gguf_set_val_str(g, "adapter.type", "lora");
+    gguf_set_val_f32(g, "adapter.lora.alpha", alpha);
+    std::vector<std::string> names;
+    for (const auto & it : adapter->ab_map) {
+        names.push_back(it.first);
+    }
+    std::sort(names.begin(), names.end());  // a stable file: the map is unordered
+    for (const auto & n : names) {
+        const auto & w = adapter->ab_map.at(n);
+        gguf_add_tensor(g, w.a);  // gguf copies tensors held in device buffers back to the host
+        gguf_add_tensor(g, w.b);
+    }
+    const std::string tmp = path + ".tmp";
+    const bool ok = gguf_write_to_file(g, tmp.c_str(), false);
+    gguf_free(g);
+    if (!ok || std::rename(tmp.c_str(), path.c_str()) != 0) {
+        throw std::runtime_error("cannot write " + path);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// data: chat examples -> tokens + per-token "trained" flags
+
+struct example {
+    std::string              text;       // the rendered chat
+    std::vector<llama_token> tokens;
+    std::vector<uint8_t>     assistant;  // 1 where the token is part of an assistant turn
+};
+
+std::string message_text(const json & content, size_t line) {
+    if (content.is_string()) {
+        return content.get<std::string>();
+    }
+    if (content.is_array()) {  // OpenAI content parts: keep the text ones
+        std::string s;
+        for (const auto & part : content) {
+            if (part.is_object() && part.value("type", "") == "text" && part.contains("text") && part["text"].is_string()) {
+                s += part["text"].get<std::string>();
+            }
+        }
+        return s;
+    }
+    if (content.is_null()) {
+        return "";
+    }
+    bad_input("line " + std::to_string(line) + ": message content must be a string or a list of text parts");
+}
+
+std::string render(const char * tmpl, const std::vector<llama_chat_message> & msgs, size_t n, bool add_ass) {
+    std::vector<char> buf(4096);
+    int32_t r = llama_chat_apply_template(tmpl, msgs.data(), n, add_ass, buf.data(), (int32_t) buf.size());
+    if (r > (int32_t) buf.size()) {
+        buf.resize((size_t) r);
+        r = llama_chat_apply_template(tmpl, msgs.data(), n, add_ass, buf.data(), (int32_t) buf.size());
+    }
+    if (r < 0) {
+        bad_input("the model's chat template is not supported by llama_chat_apply_template");
+    }
+    return std::string(buf.data(), (size_t) r);
+}
+
+std::vector<llama_token> tokenize(const llama_vocab * vocab, const std::string & text, bool add_special) {
+    std::vector<llama_token> toks(text.size() + 8);
+    int32_t n = llama_tokenize(vocab, text.data(), (int32_t) text.size(), toks.data(), (int32_t) toks.size(), add_special, true);
+    if (n < 0) {
+        toks.resize((size_t) -n);
+        n = llama_tokenize(vocab, text.data(), (int32_t) text.size(), toks.data(), (int32_t) toks.size(), add_special, true);
+    }
+    if (n < 0) {
+        throw std::runtime_error("tokenization failed");
+    }
+    toks.resize((size_t) n);
+    return toks;
+}
+
+example build_example(const json & row, size_t line, const char * tmpl, const llama_vocab * vocab) {
+    if (!row.is_object() || !row.contains("messages") || !row["messages"].is_array()) {
+        bad_input("line " + std::to_string(line) + ": expected an object with a \"messages\" list");
+    }
+    const json & jm = row["messages"];
+    std::vector<std::string> roles, contents;
+    for (const auto & m : jm) {
+        if (!m.is_object() || !m.contains("role") || !m["role"].is_string()) {
+            bad_input("line " + std::to_string(line) + ": every message needs a string \"role\"");
+        }
+        roles.push_back(m["role"].get<std::string>());
+        contents.push_back(message_text(m.contains("content") ? m["content"] : json(nullptr), line));
+    }
+    std::vector<llama_chat_message> msgs;
+    for (size_t i = 0; i < roles.size(); ++i) {
+        msgs.push_back({ roles[i].c_str(), contents[i].c_str() });
+    }
+    // assistant spans: render the chat up to turn i with the generation prompt, then up
+    // to and including turn i; the difference is what the model must produce.
+    const std::string full = render(tmpl, msgs, msgs.size(), false);
+    std::vector<std::pair<size_t, size_t>> spans;
+    for (size_t i = 0; i < msgs.size(); ++i) {
+        if (roles[i] != "assistant") {
+            continue;
+        }
+        const std::string pre  = render(tmpl, msgs, i, true);
+        const std::string upto = render(tmpl, msgs, i + 1, false);
+        if (upto.compare(0, pre.size(), pre) != 0 || full.compare(0, upto.size(), upto) != 0) {
+            bad_input("line " + std::to_string(line) + ": the chat template does not render turn by turn "
+                      "(a shorter chat is not a prefix of a longer one), so assistant spans cannot be found");
+        }
+        if (upto.size() > pre.size()) {
+            spans.emplace_back(pre.size(), upto.size());
+        }
+    }
+    if (spans.empty()) {
+        bad_input("line " + std::to_string(line) + ": the example has no assistant turn (nothing to train on)");
+    }
+    example ex;
+    ex.text = full;
+    size_t pos = 0;
+    auto add = [&](size_t from, size_t to, uint8_t flag) {
+        if (to <= from) {
+            return;
+        }
+        const bool first = ex.tokens.empty();
+        const auto toks = tokenize(vocab, full.substr(from, to - from), first && llama_vocab_get_add_bos(vocab));
+        ex.tokens.insert(ex.tokens.end(), toks.begin(), toks.end());
+        ex.assistant.insert(ex.assistant.end(), toks.size(), flag);
+    };
+    for (const auto & s : spans) {
+        add(pos, s.first, 0);
+        add(s.first, s.second, 1);
+        pos = s.second;
+    }
+    add(pos, full.size(), 0);
+    return ex;
+}
+
+// ---------------------------------------------------------------------------
+// training state shared with the optimizer-parameter callback
+
+struct schedule {
+    float lr = 0.0f, wd = 0.0f;
+    int64_t total = 1, warm = 0;
+    std::string decay;
+    int64_t step = 0;  // the step being taken (0-based)
+
+    float lr_at(int64_t s) const {
+        if (s < warm) {
+            return lr * (float) (s + 1) / (float) warm;
+        }
+        const double p = (double) (s - warm) / (double) std::max<int64_t>(1, total - warm);
+        if (decay == "linear") {
+            return (float) (lr * (1.0 - p));
+        }
+        if (decay == "cosine") {
+            return (float) (lr * 0.5 * (1.0 + std::cos(3.14159265358979323846 * p)));
+        }
+        return lr;
+    }
+};
+
+ggml_opt_optimizer_params opt_pars_cb(void * ud) {
+    const schedule * s = (const schedule *) ud;
+    ggml_opt_optimizer_params p = ggml_opt_get_default_optimizer_params(nullptr);
+    p.adamw.alpha = std::max(s->lr_at(s->step), 1e-12f);
+    p.adamw.wd    = s->wd;
+    return p;
+}
+
+bool freeze_all(const ggml_tensor * /*t*/, void * /*ud*/) {
+    return false;
+}
+
+std::string fmt_num(double x) {
+    if (!std::isfinite(x)) {
+        return "null";
+    }
+    char buf[64];
+    snprintf(buf, sizeof(buf), "%.6g", x);
+    return buf;
+}
+
+int run(const options & o) {
+    g_verbose = o.verbose;
+    llama_log_set(log_cb, nullptr);
+
+    const base_info bi = o.render_text.empty() ? read_base_info(o.model) : base_info{};
+    const std::vector<std::string> target_names = o.render_text.empty() ? resolve_targets(o, bi) : std::vector<std::string>{};
+
+    // read the dataset (before loading the model weights, so bad data fails fast)
+    std::vector<json> rows;
+    {
+        std::ifstream f(o.data);
+        if (!f) {
+            bad_input("cannot read the dataset " + o.data);
+        }
+        std::string line;
+        size_t ln = 0;
+        while (std::getline(f, line)) {
+            ++ln;
+            if (line.find_first_not_of(" \t\r") == std::string::npos) {
+                continue;
+            }
+            try {
+                rows.push_back(json::parse(line));
+            } catch (const std::exception & e) {
+                bad_input("line " + std::to_string(ln) + " of " + o.data + " is not JSON: " + e.what());
+            }
+        }
+    }
+    if (rows.empty()) {
+        bad_input("the dataset " + o.data + " is empty");
+    }
+
+    llama_backend_init();
+
+    size_t n_gpu = 0;
+    for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
+        const auto t = ggml_backend_dev_type(ggml_backend_dev_get(i));
+        n_gpu += t == GGML_BACKEND_DEVICE_TYPE_GPU || t == GGML_BACKEND_DEVICE_TYPE_IGPU;
+    }
+    const bool on_gpu = n_gpu > 0 && o.device != "cpu" && o.render_text.empty();
+    if (on_gpu) {
+        // the backward pass goes through every frozen matrix with OUT_PROD, F32 x F32 only on CUDA
+        for (const auto & it : bi.types) {
+            if (it.first != "token_embd.weight" && bi.shapes.at(it.first)[1] > 1 && it.second != GGML_TYPE_F32) {
+                bad_input("on the GPU the base model must be F32 (OUT_PROD, used by the backward pass, is F32-only "
+                          "there) but " + it.first + " is " + ggml_type_name(it.second) +
+                          "; convert it (llama-quantize --allow-requantize base.gguf base-f32.gguf F32) or train with --device cpu");
+            }
+        }
+    }
+
+    llama_model_params mp = llama_model_default_params();
+    mp.n_gpu_layers = on_gpu ? 999 : 0;
+    mp.vocab_only   = !o.render_text.empty();
+    llama_model * model = llama_model_load_from_file(o.model.c_str(), mp);
+    if (!model) {
+        bad_input("cannot load the base model " + o.model);
+    }
+    const llama_vocab * vocab = llama_model_get_vocab(model);
+    const char * tmpl = llama_model_chat_template(model, nullptr);
+    if (!tmpl) {
+        info("the model has no chat template; using chatml");
+        tmpl = "chatml";
+    }
+
+    if (!o.render_text.empty()) {
+        std::string text;
+        for (size_t i = 0; i < rows.size(); ++i) {
+            text += build_example(rows[i], i + 1, tmpl, vocab).text;
+        }
+        write_file_atomic(o.render_text, text);
+        info("rendered %zu chats (%zu bytes) to %s", rows.size(), text.size(), o.render_text.c_str());
+        llama_model_free(model);
+        llama_backend_free();
+        return 0;
+    }
+
+    // tokenize, apply masking, truncate or drop
+    std::vector<example> exs;
+    int64_t dropped = 0, truncated = 0;
+    for (size_t i = 0; i < rows.size(); ++i) {
+        example ex = build_example(rows[i], i + 1, tmpl, vocab);
+        if ((int) ex.tokens.size() > o.max_seq_len) {
+            if (o.overlong == "drop") {
+                ++dropped;
+                continue;
+            }
+            ex.tokens.resize((size_t) o.max_seq_len);
+            ex.assistant.resize((size_t) o.max_seq_len);
+            // nothing left to learn once the assistant part is cut off
+            if (std::find(ex.assistant.begin() + 1, ex.assistant.end(), 1) == ex.assistant.end()) {
+                ++dropped;
+                continue;
+            }
+            ++truncated;
+        }
+        exs.push_back(std::move(ex));
+    }
+    if (exs.empty()) {
+        bad_input("no example is left to train on (" + std::to_string(dropped) + " dropped as longer than --max-seq-len " +
+                  std::to_string(o.max_seq_len) + ")");
+    }
+    size_t longest = 0;
+    for (const auto & ex : exs) {
+        longest = std::max(longest, ex.tokens.size() - 1);  // inputs: every token but the last
+    }
+    uint32_t n_ctx = (uint32_t) (o.ctx > 0 ? o.ctx : (int) longest);
+    n_ctx = (n_ctx + 255) / 256 * 256;  // llama.cpp rounds the context up to a multiple of 256
+    if (longest > n_ctx) {
+        bad_input("--ctx " + std::to_string(o.ctx) + " is shorter than the longest example (" + std::to_string(longest) + " tokens)");
+    }
+
+    const int64_t n_ex = (int64_t) exs.size();
+    const int64_t steps_per_epoch = (n_ex + o.batch - 1) / o.batch;
+    int64_t total_steps = steps_per_epoch * o.epochs;
+    if (o.max_steps > 0) {
+        total_steps = std::min<int64_t>(total_steps, o.max_steps);
+    }
+
+    // configuration fingerprint: a checkpoint is only resumed by the same run
+    std::ostringstream cfg;
+    cfg << TRAINER_VERSION << '|' << o.model << '|' << o.data << '|' << o.rank << '|' << o.alpha << '|';
+    for (const auto & t : target_names) {
+        cfg << t << ',';
+    }
+    cfg << '|' << o.seed << '|' << o.lr << '|' << o.warmup << '|' << o.decay << '|' << o.weight_decay << '|' << o.epochs
+        << '|' << o.batch << '|' << o.max_seq_len << '|' << o.overlong << '|' << o.masking << '|' << n_ctx << '|' << o.max_steps;
+    const std::string config = cfg.str();
+
+    // resume?
+    int64_t start_step = 0;
+    std::string adapter_in;
+    json metrics_rows = json::array();
+    // a checkpoint: checkpoint-<step>.gguf (the adapter), then checkpoint.json naming it (written last,
+    // atomically), so that a kill at any moment leaves a consistent pair
+    const std::string ckpt_state = o.checkpoint_dir.empty() ? "" : o.checkpoint_dir + "/checkpoint.json";
+    std::string ckpt_adapter;
+    if (!o.checkpoint_dir.empty() && file_exists(ckpt_state)) {
+        try {
+            std::ifstream f(ckpt_state);
+            json st = json::parse(f);
+            ckpt_adapter = o.checkpoint_dir + "/" + st.value("adapter", "");
+            if (st.value("config", "") == config && file_exists(ckpt_adapter)) {
+                start_step   = st.at("step").get<int64_t>();
+                metrics_rows = st.at("metrics");
+                adapter_in   = ckpt_adapter;
+                info("resuming from the checkpoint at step %lld of %lld", (long long) start_step, (long long) total_steps);
+            } else {
+                info("ignoring a checkpoint made with other settings");
+            }
+        } catch (const std::exception & e) {
+            info("ignoring an unreadable checkpoint: %s", e.what());
+        }
+    }
+    if (adapter_in.empty()) {
+        adapter_in = (o.checkpoint_dir.empty() ? o.out : o.checkpoint_dir + "/adapter") + ".init.gguf";
+        write_initial_adapter(adapter_in, o, bi, target_names);
+    }
+
+    // adapter BEFORE the context, so that the graph's node budget counts the LoRA nodes
+    llama_adapter_lora * adapter = llama_adapter_lora_init(model, adapter_in.c_str());
+    if (!adapter) {
+        throw std::runtime_error("cannot load the adapter " + adapter_in);
+    }
+    if (start_step == 0) {
+        std::remove(adapter_in.c_str());
+    }
+
+    llama_context_params cp = llama_context_default_params();
+    cp.n_ctx           = n_ctx;
+    cp.n_batch         = n_ctx;
+    cp.n_ubatch        = n_ctx;
+    cp.n_seq_max       = 1;
+    cp.type_k          = GGML_TYPE_F32;  // OUT_PROD needs F32 K/V
+    cp.type_v          = GGML_TYPE_F32;
+    cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;  // FLASH_ATTN_EXT has no backward pass
+    cp.op_offload      = on_gpu;
+    if (o.threads > 0) {
+        cp.n_threads       = o.threads;
+        cp.n_threads_batch = o.threads;
+    }
+    llama_context * lctx = llama_init_from_model(model, cp);
+    if (!lctx) {
+        throw std::runtime_error("cannot create a context of " + std::to_string(n_ctx) + " tokens");
+    }
+    float one = 1.0f;
+    if (llama_set_adapters_lora(lctx, &adapter, 1, &one) != 0) {
+        throw std::runtime_error("cannot attach the adapter");
+    }
+
+    schedule sched;
+    sched.lr    = o.lr;
+    sched.wd    = o.weight_decay;
+    sched.decay = o.decay;
+    sched.total = total_steps;
+    sched.warm  = (int64_t) std::ceil(o.warmup * (double) total_steps);
+    sched.step  = start_step;
+
+    llama_opt_params op = {};
+    op.n_ctx_train     = n_ctx;
+    op.param_filter    = freeze_all;
+    op.param_filter_ud = nullptr;
+    op.get_opt_pars    = opt_pars_cb;
+    op.get_opt_pars_ud = &sched;
+    op.optimizer_type  = GGML_OPT_OPTIMIZER_TYPE_ADAMW;
+    op.n_accum         = (uint32_t) o.batch;
+    llama_opt_init(lctx, model, op);
+    int64_t n_params = 0;
+    for (auto & it : adapter->ab_map) {
+        ggml_set_param(it.second.a);
+        ggml_set_param(it.second.b);
+        n_params += ggml_nelements(it.second.a) + ggml_nelements(it.second.b);
+    }
+    info("%lld examples (%lld dropped, %lld truncated), window %u tokens, %zu target tensors, %lld trainable parameters, "
+         "%lld steps (%lld per epoch)%s", (long long) n_ex, (long long) dropped, (long long) truncated, n_ctx,
+         target_names.size(), (long long) n_params, (long long) total_steps, (long long) steps_per_epoch,
+         on_gpu ? ", on the GPU" : "");
+
+    const llama_token pad = llama_vocab_eos(vocab) >= 0 ? llama_vocab_eos(vocab) : 0;
+    ggml_opt_dataset_t ds = ggml_opt_dataset_init(GGML_TYPE_I32, GGML_TYPE_I32, n_ctx, n_ctx, o.batch, 1);
+    int32_t * ds_data   = (int32_t *) ggml_opt_dataset_data(ds)->data;
+    int32_t * ds_labels = (int32_t *) ggml_opt_dataset_labels(ds)->data;
+
+    // fill window k of the step dataset with example ex; returns {input tokens, trained labels}
+    auto fill = [&](int k, const example & ex, bool masked) -> std::pair<int64_t, int64_t> {
+        int32_t * d = ds_data + (size_t) k * n_ctx;
+        int32_t * l = ds_labels + (size_t) k * n_ctx;
+        const size_t n_in = ex.tokens.size() - 1;
+        int64_t n_lab = 0;
+        for (size_t p = 0; p < n_ctx; ++p) {
+            if (p < n_in) {
+                d[p] = ex.tokens[p];
+                const bool train = !masked || ex.assistant[p + 1];
+                l[p] = train ? ex.tokens[p + 1] : -1;
+                n_lab += train;
+            } else {
+                d[p] = pad;  // padding: never a target
+                l[p] = -1;
+            }
+        }
+        return { (int64_t) n_in, n_lab };
+    };
+    auto order_of_epoch = [&](int64_t epoch) {
+        std::vector<int64_t> ord((size_t) n_ex);
+        for (int64_t i = 0; i < n_ex; ++i) {
+            ord[(size_t) i] = i;
+        }
+        std::mt19937_64 rng(((uint64_t) o.seed << 20) ^ (uint64_t) (epoch + 1));
+        for (int64_t i = n_ex - 1; i > 0; --i) {  // Fisher-Yates on raw draws: portable
+            std::swap(ord[(size_t) i], ord[(size_t) (rng() % (uint64_t) (i + 1))]);
+        }
+        return ord;
+    };
+
+    FILE * mf = nullptr;
+    if (!o.metrics.empty()) {
+        // rewrite the rows kept by the checkpoint, then append
+        std::string kept;
+        for (const auto & r : metrics_rows) {
+            kept += r.dump() + "\n";
+        }
+        write_file_atomic(o.metrics, kept);
+        mf = fopen(o.metrics.c_str(), "a");
+        if (!mf) {
+            throw std::runtime_error("cannot write " + o.metrics);
+        }
+    }
+
+    ggml_opt_result_t result = ggml_opt_result_init();
+    const auto t_train0 = std::chrono::steady_clock::now();
+    int64_t run_tokens = 0;
+    int64_t cur_epoch = -1;
+    std::vector<int64_t> order;
+    for (int64_t step = start_step; step < total_steps; ++step) {
+        const int64_t epoch = step / steps_per_epoch;
+        const int64_t j     = step % steps_per_epoch;
+        if (epoch != cur_epoch) {
+            order = order_of_epoch(epoch);
+            cur_epoch = epoch;
+        }
+        int64_t step_tokens = 0, step_labels = 0;
+        for (int k = 0; k < o.batch; ++k) {
+            // the last step of an epoch wraps around to the epoch's first examples
+            const auto & ex = exs[(size_t) order[(size_t) ((j * o.batch + k) % n_ex)]];
+            const auto nl = fill(k, ex, o.masking);
+            step_tokens += nl.first;
+            step_labels += nl.second;
+        }
+        sched.step = step;
+        const float lr = sched.lr_at(step);
+        const auto t0 = std::chrono::steady_clock::now();
+        ggml_opt_result_reset(result);
+        llama_opt_epoch(lctx, ds, result, nullptr, o.batch, nullptr, nullptr);
+        const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        double loss = 0.0, unc = 0.0, acc = 0.0, acc_unc = 0.0;
+        ggml_opt_result_loss(result, &loss, &unc);
+        ggml_opt_result_accuracy(result, &acc, &acc_unc);
+        run_tokens += step_tokens;
+
+        json row;
+        row["step"]        = step + 1;
+        row["epoch"]       = epoch + 1;
+        row["loss"]        = std::stod(fmt_num(loss));
+        row["lr"]          = std::stod(fmt_num(lr));
+        row["tokens"]      = step_labels;
+        row["seq_tokens"]  = step_tokens;
+        row["accuracy"]    = std::isfinite(acc) ? std::stod(fmt_num(acc)) : 0.0;
+        row["seconds"]     = std::stod(fmt_num(secs));
+        metrics_rows.push_back(row);
+        if (mf) {
+            fprintf(mf, "%s\n", row.dump().c_str());
+            fflush(mf);
+        }
+        if (!std::isfinite(loss)) {
+            throw std::runtime_error("the loss is not finite at step " + std::to_string(step + 1) + " (lower --lr?)");
+        }
+        if (o.verbose || (step + 1) % 10 == 0 || step + 1 == total_steps) {
+            info("step %lld/%lld epoch %lld loss %.4f lr %.3g %.0f tok/s", (long long) (step + 1), (long long) total_steps,
+                 (long long) (epoch + 1), loss, lr, (double) step_tokens / std::max(secs, 1e-9));
+        }
+        if (!o.checkpoint_dir.empty() && o.checkpoint_every > 0 && (step + 1) % o.checkpoint_every == 0 && step + 1 < total_steps) {
+            const std::string name = "checkpoint-" + std::to_string(step + 1) + ".gguf";
+            save_adapter(o.checkpoint_dir + "/" + name, adapter, bi.arch, o.alpha);
+            json st;
+            st["version"] = TRAINER_VERSION;
+            st["config"]  = config;
+            st["step"]    = step + 1;
+            st["adapter"] = name;
+            st["metrics"] = metrics_rows;
+            write_file_atomic(ckpt_state, st.dump() + "\n");
+            if (!ckpt_adapter.empty() && ckpt_adapter != o.checkpoint_dir + "/" + name) {
+                std::remove(ckpt_adapter.c_str());
+            }
+            ckpt_adapter = o.checkpoint_dir + "/" + name;
+        }
+    }
+    const double train_secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_train0).count();
+    if (mf) {
+        fclose(mf);
+    }
+
+    save_adapter(o.out, adapter, bi.arch, o.alpha);
+
+    // optional: loss on the assistant tokens only, whatever --masking was (forward passes)
+    double eval_loss = NAN, eval_acc = NAN;
+    if (o.eval_assistant) {
+        ggml_opt_result_t res_eval = ggml_opt_result_init();
+        for (int64_t i = 0; i < n_ex; i += o.batch) {
+            for (int k = 0; k < o.batch; ++k) {
+                fill(k, exs[(size_t) ((i + k) % n_ex)], true);
+            }
+            llama_opt_epoch(lctx, ds, nullptr, res_eval, 0, nullptr, nullptr);
+        }
+        double unc = 0.0;
+        ggml_opt_result_loss(res_eval, &eval_loss, &unc);
+        ggml_opt_result_accuracy(res_eval, &eval_acc, &unc);
+        ggml_opt_result_free(res_eval);
+        info("assistant-only loss after training: %.4f (accuracy %.3f)", eval_loss, eval_acc);
+    }
+
+    // summary
+    if (!o.summary.empty()) {
+        double first = NAN, last = NAN, minl = INFINITY;
+        int64_t tokens = 0;
+        std::map<int64_t, std::pair<double, int64_t>> per_epoch;
+        for (const auto & r : metrics_rows) {
+            const double l = r.at("loss").get<double>();
+            if (!std::isfinite(first)) {
+                first = l;
+            }
+            last = l;
+            minl = std::min(minl, l);
+            tokens += r.at("tokens").get<int64_t>();
+            auto & pe = per_epoch[r.at("epoch").get<int64_t>()];
+            pe.first += l;
+            pe.second += 1;
+        }
+        json s;
+        s["trainer"]            = TRAINER_VERSION;
+        s["first_loss"]         = first;
+        s["last_loss"]          = last;
+        s["min_loss"]           = minl;
+        s["steps"]              = (int64_t) metrics_rows.size();
+        s["tokens"]             = tokens;
+        s["resumed_from_step"]  = start_step;
+        s["dropped"]            = dropped;
+        s["truncated"]          = truncated;
+        s["examples"]           = n_ex;
+        s["window"]             = n_ctx;
+        s["trainable_params"]   = n_params;
+        json em = json::array();
+        for (const auto & it : per_epoch) {
+            em.push_back(it.second.first / (double) it.second.second);
+        }
+        s["epoch_mean_loss"]    = em;
+        s["train_seconds"]      = train_secs;
+        s["seq_tokens_per_second"] = train_secs > 0 ? (double) run_tokens / train_secs : 0.0;
+        if (o.eval_assistant) {
+            s["assistant_loss"]     = eval_loss;
+            s["assistant_accuracy"] = eval_acc;
+        }
+        write_file_atomic(o.summary, s.dump(2) + "\n");
+    }
+
+    ggml_opt_result_free(result);
+    ggml_opt_dataset_free(ds);
+    llama_free(lctx);
+    llama_model_free(model);  // frees the adapter too
+    llama_backend_free();
+    return 0;
+}
+
+}  // namespace
+
+int main(int argc, char ** argv) {
+    try {
+        const options o = parse_args(argc, argv);
+        return run(o);
+    } catch (const input_error & e) {
+        fprintf(stderr, "valley-lora: error: %s\n", e.what());
+        return 2;
+    } catch (const std::exception & e) {
+        fprintf(stderr, "valley-lora: failed: %s\n", e.what());
+        return 1;
+    }
+}

@@ -1,0 +1,323 @@
+/**
+ * `llama-build`: llama.cpp built from the source node-llama-cpp ships (a git
+ * bundle, no network needed), with the project's own patches and native
+ * programs (stages/<kind>/native/), as one artifact: bin/, lib/, build.json.
+ *
+ * Native programs: every `stages/<kind>/native/` folder holding a
+ * CMakeLists.txt is copied into the tree as `valley/<kind>/` and added with
+ * add_subdirectory after llama.cpp's own targets, so it can link `llama`,
+ * `llama-common` and `ggml`, and include internal headers from
+ * `${VALLEY_LLAMA_SOURCE_DIR}/src`. Every target it defines is built and its
+ * executables land in bin/ (CMAKE_RUNTIME_OUTPUT_DIRECTORY is llama.cpp's bin/).
+ */
+import { execFile } from "node:child_process";
+import { existsSync } from "node:fs";
+import { appendFile, cp, lstat, mkdir, readdir, readFile, realpath, rm, writeFile, copyFile } from "node:fs/promises";
+import { join, relative } from "node:path";
+import { promisify } from "node:util";
+import { InputError, type ParamIssue, type StageKind } from "../../engine/stage-api.js";
+import { findCuda } from "../../llama/cuda.js";
+import { hashFile, projectRoot, runCommand } from "../../llama/toolchain.js";
+
+export interface LlamaBuildParams {
+  backend: "cpu" | "cuda";
+  /** CMAKE_CUDA_ARCHITECTURES, e.g. "90" (H100/H200); default: llama.cpp's list (slow). */
+  cudaArchitectures?: string;
+  buildType: "Release" | "RelWithDebInfo" | "Debug" | "MinSizeRel";
+  /** Extra cmake -D flags, appended last (they win). */
+  cmakeFlags: string[];
+  /** Parallel compile jobs; default: the instance's CPU allowance. Not in the binaries, so optional. */
+  jobs?: number;
+}
+
+export const LLAMA_TARGETS = [
+  "llama-quantize",
+  "llama-export-lora",
+  "llama-server",
+  "llama-finetune",
+  "llama-perplexity",
+  "llama-cli",
+];
+
+/** Appended to llama.cpp's top-level CMakeLists.txt once per clone. */
+const HOOK =
+  "\n# valley: project-native targets (stages/*/native), appended by the llama-build stage\n" +
+  "add_subdirectory(valley)\n";
+
+const execFileP = promisify(execFile);
+
+function bundlePath(): string {
+  return join(projectRoot(), "node_modules", "node-llama-cpp", "llama", "gitRelease.bundle");
+}
+
+async function listPatches(): Promise<string[]> {
+  const dir = join(projectRoot(), "stages", "llama-build", "patches");
+  if (!existsSync(dir)) return [];
+  // Plain code-point order, the same on every machine and locale.
+  return (await readdir(dir))
+    .filter((f) => f.endsWith(".patch"))
+    .sort()
+    .map((f) => join(dir, f));
+}
+
+async function walk(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const e of await readdir(dir, { withFileTypes: true })) {
+    const p = join(dir, e.name);
+    if (e.isDirectory()) out.push(...(await walk(p)));
+    else if (e.isFile()) out.push(p);
+  }
+  return out.sort();
+}
+
+/** Native folders: kind → absolute path of stages/<kind>/native. */
+async function listNatives(): Promise<Map<string, string>> {
+  const stages = join(projectRoot(), "stages");
+  const found = new Map<string, string>();
+  for (const kind of (await readdir(stages)).sort()) {
+    const dir = join(stages, kind, "native");
+    if (existsSync(join(dir, "CMakeLists.txt"))) found.set(kind, dir);
+  }
+  return found;
+}
+
+async function bundleInfo(): Promise<{ nodeLlamaCpp: string; tag: string }> {
+  const pkgDir = join(projectRoot(), "node_modules", "node-llama-cpp");
+  const pkg = JSON.parse(await readFile(join(pkgDir, "package.json"), "utf8")) as { version: string };
+  const info = JSON.parse(await readFile(join(pkgDir, "llama", "llama.cpp.info.json"), "utf8")) as {
+    tag: string;
+  };
+  return { nodeLlamaCpp: pkg.version, tag: info.tag };
+}
+
+/**
+ * What the binaries depend on beyond the params: the llama.cpp source (the
+ * node-llama-cpp release that ships it), each patch applied to it, and every
+ * file of every native program compiled with it.
+ */
+export async function buildFingerprint(): Promise<Record<string, unknown>> {
+  const patches: Record<string, string> = {};
+  for (const p of await listPatches()) patches[p.split("/").pop() as string] = await hashFile(p);
+  const natives: Record<string, Record<string, string>> = {};
+  for (const [kind, dir] of await listNatives()) {
+    const files: Record<string, string> = {};
+    for (const f of await walk(dir)) files[relative(dir, f)] = await hashFile(f);
+    natives[kind] = files;
+  }
+  return { source: await bundleInfo(), patches, natives };
+}
+
+function paramIssues(p: LlamaBuildParams): ParamIssue[] {
+  const issues: ParamIssue[] = [];
+  if (p.cudaArchitectures !== undefined && p.backend !== "cuda") {
+    issues.push({ path: ["cudaArchitectures"], message: "cudaArchitectures needs backend: cuda" });
+  }
+  (p.cmakeFlags ?? []).forEach((f, i) => {
+    if (!/^-D[A-Za-z_][A-Za-z0-9_]*(:[A-Z]+)?=/.test(f)) {
+      issues.push({ path: ["cmakeFlags", i], message: `expected -DNAME=VALUE, got ${JSON.stringify(f)}` });
+    }
+  });
+  return issues;
+}
+
+/** The cmake configure flags, in order; part of build.json. */
+export function configureFlags(p: LlamaBuildParams): string[] {
+  const flags = [
+    `-DCMAKE_BUILD_TYPE=${p.buildType ?? "Release"}`,
+    "-DLLAMA_CURL=OFF",
+    "-DLLAMA_OPENSSL=OFF",
+    "-DLLAMA_BUILD_TESTS=OFF",
+    // Binaries find their libraries in ../lib (the artifact) or next to
+    // themselves (the build tree), wherever the artifact is mounted.
+    "-DCMAKE_INSTALL_RPATH=$ORIGIN/../lib;$ORIGIN",
+    "-DCMAKE_BUILD_WITH_INSTALL_RPATH=ON",
+  ];
+  if (p.backend === "cuda") {
+    flags.push("-DGGML_CUDA=ON");
+    if (p.cudaArchitectures) flags.push(`-DCMAKE_CUDA_ARCHITECTURES=${p.cudaArchitectures}`);
+  }
+  return [...flags, ...(p.cmakeFlags ?? [])];
+}
+
+interface SourceState {
+  bundle: string;
+  commit: string;
+  patches: string[];
+}
+
+/**
+ * A clone of the bundle with the patches applied, in scratch. Scratch is kept
+ * across attempts of the same key, so a retried build reuses the clone and
+ * compiles only what changed; a clone from other sources or patches is redone.
+ */
+async function prepareSource(
+  scratch: string,
+  log: { info: (o: object, m: string) => void },
+  signal: AbortSignal,
+): Promise<{ src: string; commit: string }> {
+  const src = join(scratch, "src");
+  const stateFile = join(scratch, "source.json");
+  const bundle = bundlePath();
+  if (!existsSync(bundle)) {
+    throw new Error(`${bundle} is missing: install node-llama-cpp@3.21.1 (npm ci)`);
+  }
+  const { stdout } = await execFileP("git", ["ls-remote", bundle, "HEAD"]);
+  const commit = stdout.split(/\s/)[0];
+  const patches = await listPatches();
+  const want: SourceState = {
+    bundle: bundle,
+    commit,
+    patches: await Promise.all(patches.map((p) => hashFile(p))),
+  };
+  if (existsSync(stateFile) && existsSync(src)) {
+    const have = JSON.parse(await readFile(stateFile, "utf8")) as SourceState;
+    if (JSON.stringify(have) === JSON.stringify(want)) return { src, commit };
+  }
+  log.info({ commit, patches: patches.length }, "cloning llama.cpp from node-llama-cpp's bundle");
+  await rm(src, { recursive: true, force: true });
+  await rm(join(scratch, "build"), { recursive: true, force: true });
+  await rm(stateFile, { force: true });
+  await runCommand("git", ["-c", "advice.detachedHead=false", "clone", "-q", bundle, src], { signal });
+  for (const p of patches) {
+    try {
+      await runCommand("git", ["apply", "--whitespace=nowarn", p], { cwd: src, signal });
+    } catch (e) {
+      throw new Error(`patch ${p} does not apply to llama.cpp ${commit}: ${(e as Error).message}`);
+    }
+  }
+  await appendFile(join(src, "CMakeLists.txt"), HOOK);
+  await mkdir(join(src, "valley"), { recursive: true });
+  await writeFile(stateFile, JSON.stringify(want));
+  return { src, commit };
+}
+
+/**
+ * Copies native folders into the tree and writes valley/CMakeLists.txt. Copies
+ * keep their mtimes, so unchanged native sources are not recompiled.
+ */
+async function syncNatives(src: string): Promise<string[]> {
+  const dir = join(src, "valley");
+  const natives = await listNatives();
+  for (const e of await readdir(dir)) {
+    if (e !== "CMakeLists.txt" && !natives.has(e)) await rm(join(dir, e), { recursive: true });
+  }
+  let cmake =
+    "# Generated by valley's llama-build stage. Each stages/<kind>/native folder is\n" +
+    "# copied to valley/<kind> and added here, after llama.cpp's own targets, so it\n" +
+    "# can link llama, llama-common and ggml and include internal headers from\n" +
+    "# VALLEY_LLAMA_SOURCE_DIR/src.\n" +
+    'set(VALLEY_LLAMA_SOURCE_DIR "${PROJECT_SOURCE_DIR}")\n' +
+    "add_custom_target(valley-native)\n" +
+    'set(VALLEY_NATIVE_FILES "")\n';
+  for (const [kind, from] of natives) {
+    await rm(join(dir, kind), { recursive: true, force: true });
+    await cp(from, join(dir, kind), { recursive: true, preserveTimestamps: true });
+    cmake +=
+      `add_subdirectory(${kind})\n` +
+      `get_property(_valley_targets DIRECTORY ${kind} PROPERTY BUILDSYSTEM_TARGETS)\n` +
+      "foreach(_t IN LISTS _valley_targets)\n" +
+      "  get_target_property(_type ${_t} TYPE)\n" +
+      '  if (_type STREQUAL "EXECUTABLE")\n' +
+      "    add_dependencies(valley-native ${_t})\n" +
+      '    list(APPEND VALLEY_NATIVE_FILES "$<TARGET_FILE_NAME:${_t}>")\n' +
+      '  elseif (_type STREQUAL "SHARED_LIBRARY" OR _type STREQUAL "STATIC_LIBRARY")\n' +
+      "    add_dependencies(valley-native ${_t})\n" +
+      "  endif()\n" +
+      "endforeach()\n";
+  }
+  // The stage reads this list to know which executables are native programs.
+  cmake +=
+    'string(REPLACE ";" "\\n" _valley_lines "${VALLEY_NATIVE_FILES}")\n' +
+    'file(GENERATE OUTPUT "${CMAKE_BINARY_DIR}/valley-native.txt" CONTENT "${_valley_lines}\\n")\n';
+  const file = join(dir, "CMakeLists.txt");
+  const old = existsSync(file) ? await readFile(file, "utf8") : "";
+  if (old !== cmake) await writeFile(file, cmake);
+  return [...natives.keys()];
+}
+
+/**
+ * bin/: the programs; lib/: the shared libraries under their SONAMEs
+ * (libggml.so.0, ...), as plain files: an artifact store need not keep symlinks.
+ */
+async function install(build: string, out: string, programs: string[]): Promise<void> {
+  const from = join(build, "bin");
+  await mkdir(join(out, "bin"), { recursive: true });
+  await mkdir(join(out, "lib"), { recursive: true });
+  for (const p of programs) {
+    if (!existsSync(join(from, p))) throw new Error(`build finished but ${p} is missing in ${from}`);
+    await copyFile(join(from, p), join(out, "bin", p));
+  }
+  for (const name of (await readdir(from)).sort()) {
+    const path = join(from, name);
+    const st = await lstat(path);
+    const soname = /^lib.+\.so\.\d+$/.test(name);
+    const unversioned = /^lib.+\.so$/.test(name) && !st.isSymbolicLink();
+    if (soname || unversioned) await copyFile(await realpath(path), join(out, "lib", name));
+  }
+}
+
+const llamaBuild: StageKind<LlamaBuildParams> = {
+  kind: "llama-build",
+  version: "1",
+  resources: (p) => ({ cpu: p.jobs ?? 2, memory: 4096 }),
+  check: paramIssues,
+  fingerprint: () => buildFingerprint(),
+  async run(ctx) {
+    const p = ctx.params;
+    const issues = paramIssues(p);
+    if (issues.length) throw new InputError(issues.map((i) => i.message).join("; "));
+    if (p.backend === "cuda") {
+      const cuda = findCuda();
+      if (Array.isArray(cuda)) {
+        throw new InputError(`backend: cuda, but this machine lacks: ${cuda.join("; ")}`);
+      }
+      ctx.log.info({ nvcc: cuda.nvcc }, "CUDA toolkit found");
+    }
+    const jobs = p.jobs ?? ctx.resources.cpu ?? 2;
+    const { src, commit } = await prepareSource(ctx.scratch, ctx.log, ctx.signal);
+    const natives = await syncNatives(src);
+    const build = join(ctx.scratch, "build");
+    const flags = configureFlags(p);
+    // A build folder configured with other flags is started afresh: cmake keeps
+    // cached values that a changed command line does not always override.
+    const flagsFile = join(build, "valley-flags.json");
+    if (existsSync(flagsFile) && (await readFile(flagsFile, "utf8")) !== JSON.stringify(flags)) {
+      await rm(build, { recursive: true, force: true });
+    }
+    ctx.log.info({ flags, natives }, "configuring llama.cpp");
+    await runCommand("cmake", ["-S", src, "-B", build, ...flags], { signal: ctx.signal, log: ctx.log });
+    await writeFile(flagsFile, JSON.stringify(flags));
+    ctx.log.info({ jobs, targets: LLAMA_TARGETS }, "building llama.cpp");
+    await runCommand(
+      "cmake",
+      ["--build", build, "-j", String(jobs), "--target", ...LLAMA_TARGETS, "valley-native"],
+      {
+        signal: ctx.signal,
+        log: ctx.log,
+        onLine: (line) => {
+          const m = /^\[\s*(\d+)%\]/.exec(line);
+          if (m) ctx.progress(Number(m[1]), 100, "compiling");
+        },
+      },
+    );
+    const nativeList = existsSync(join(build, "valley-native.txt"))
+      ? (await readFile(join(build, "valley-native.txt"), "utf8")).split("\n").filter(Boolean)
+      : [];
+    await install(build, ctx.out, [...LLAMA_TARGETS, ...nativeList]);
+    const info = {
+      backend: p.backend,
+      cudaArchitectures: p.cudaArchitectures ?? null,
+      buildType: p.buildType ?? "Release",
+      commit,
+      ...(await bundleInfo()),
+      flags,
+      programs: [...LLAMA_TARGETS, ...nativeList],
+      natives,
+      patches: (await listPatches()).map((f) => f.split("/").pop()),
+    };
+    await writeFile(join(ctx.out, "build.json"), JSON.stringify(info, null, 2) + "\n");
+    return { metrics: { backend: p.backend, commit: commit.slice(0, 12), programs: info.programs.length } };
+  },
+};
+
+export default llamaBuild;

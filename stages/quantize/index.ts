@@ -1,0 +1,61 @@
+/** `quantize`: llama-quantize over a model artifact. */
+import { join } from "node:path";
+import { InputError, type ParamIssue, type StageKind } from "../../engine/stage-api.js";
+import { checkGguf, recordModel } from "../../llama/model-info.js";
+import { inputFile, singleInput } from "../../llama/inputs.js";
+import { llamaEnv, llamaExe, resolveLlama, runCommand } from "../../llama/toolchain.js";
+
+export interface QuantizeParams {
+  type: string;
+  allowRequantize?: boolean;
+  threads?: number;
+}
+
+/** The types llama-quantize accepts by name (tools/quantize/quantize.cpp, llama.cpp v0.4.0). */
+// prettier-ignore
+export const QUANT_TYPES = [
+  "Q1_0", "Q2_0", "Q4_0", "Q4_1", "MXFP4_MOE", "Q5_0", "Q5_1",
+  "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ1_S", "IQ1_M", "TQ1_0", "TQ2_0",
+  "Q2_K", "Q2_K_S", "IQ3_XXS", "IQ3_S", "IQ3_M", "Q3_K", "IQ3_XS", "Q3_K_S", "Q3_K_M", "Q3_K_L",
+  "IQ4_NL", "IQ4_XS", "Q4_K", "Q4_K_S", "Q4_K_M", "Q5_K", "Q5_K_S", "Q5_K_M", "Q6_K", "Q8_0",
+  "F16", "BF16", "F32", "COPY",
+] as const;
+
+function typeIssues(p: QuantizeParams): ParamIssue[] {
+  if ((QUANT_TYPES as readonly string[]).includes(p.type)) return [];
+  return [
+    {
+      path: ["type"],
+      message: `unknown quantization type ${JSON.stringify(p.type)}; valid types: ${QUANT_TYPES.join(", ")}`,
+    },
+  ];
+}
+
+const quantize: StageKind<QuantizeParams> = {
+  kind: "quantize",
+  version: "1",
+  tools: ["llama"],
+  resources: (p) => ({ cpu: p.threads ?? 2 }),
+  check: typeIssues,
+  async run(ctx) {
+    const p = ctx.params;
+    const issues = typeIssues(p);
+    if (issues.length) throw new InputError(issues[0].message);
+    const llama = resolveLlama(ctx);
+    const src = inputFile(singleInput(ctx.inputs, "model"), "model.gguf", "input model");
+    await checkGguf(src, "input model");
+    const out = join(ctx.out, "model.gguf");
+    const threads = p.threads ?? ctx.resources.cpu ?? 2;
+    const args = [...(p.allowRequantize ? ["--allow-requantize"] : []), src, out, p.type, String(threads)];
+    ctx.log.info({ type: p.type, threads }, "quantizing");
+    await runCommand(llamaExe(llama, "llama-quantize"), args, {
+      env: llamaEnv(llama),
+      signal: ctx.signal,
+      log: ctx.log,
+    });
+    const metrics = await recordModel(ctx.out);
+    return { metrics: { type: p.type, ...metrics } };
+  },
+};
+
+export default quantize;

@@ -1,0 +1,141 @@
+/**
+ * `verify`: labels each teacher trace correct or incorrect by grading the code
+ * in its answer on its problem's tests, so `subsample` can filter by
+ * correctness (the paper's Correct vs Incorrect runs).
+ *
+ * Inputs: `problems` (a folder with problems.jsonl), `traces` (a folder with
+ * traces.jsonl). Output: traces.jsonl, each record plus `verdict`, `correct`
+ * and `verify_policy`. An infrastructure error fails the stage: a trace is
+ * never labelled because the grader broke.
+ */
+import { createWriteStream } from "node:fs";
+import { join } from "node:path";
+import { finished } from "node:stream/promises";
+import { InputError, type InputArtifact, type StageContext, type StageInput, type StageKind } from "../../engine/stage-api.js";
+import type { GradeOptions } from "../../grader/grade.js";
+import type { ExtractionPolicy } from "../../grader/types.js";
+
+export interface VerifyParams {
+  policy: ExtractionPolicy;
+  allTests: boolean;
+  timeoutScale: number;
+  wallFactor: number;
+  defaultTimeLimitS: number;
+  defaultMemoryMb: number;
+  floatTolerance?: number;
+  jobs: number;
+  sandbox: "bwrap" | "none";
+  bwrap: string;
+}
+
+const DEFAULTS: VerifyParams = {
+  policy: "first",
+  allTests: false,
+  timeoutScale: 1,
+  wallFactor: 2,
+  defaultTimeLimitS: 6,
+  defaultMemoryMb: 1024,
+  jobs: 2,
+  sandbox: "bwrap",
+  bwrap: "/usr/bin/bwrap",
+};
+
+function single(inputs: Record<string, StageInput>, name: string): InputArtifact {
+  const a = inputs[name];
+  if (a === undefined) throw new InputError(`verify needs an input named "${name}"`);
+  if (Array.isArray(a)) {
+    if (a.length !== 1) throw new InputError(`verify's "${name}" input must be one artifact, got ${a.length}`);
+    return a[0];
+  }
+  return a;
+}
+
+const verify: StageKind<VerifyParams> = {
+  kind: "verify",
+  // Bump when grading changes verdicts for the same code and tests.
+  version: "1",
+  resources: (p) => ({ cpu: p.jobs ?? DEFAULTS.jobs, memory: (p.jobs ?? DEFAULTS.jobs) * 1024 }),
+  async run(ctx: StageContext<VerifyParams>) {
+    // Imported here: module top-levels stay light for no-op runs.
+    const { gradeMany, ProblemError } = await import("../../grader/grade.js");
+    const { loadProblems, readJsonl, RecordError } = await import("../../grader/records.js");
+    const { probeSandbox } = await import("../../grader/sandbox.js");
+
+    const p: VerifyParams = { ...DEFAULTS, ...ctx.params };
+    const problemsFile = join(single(ctx.inputs, "problems").path, "problems.jsonl");
+    const tracesFile = join(single(ctx.inputs, "traces").path, "traces.jsonl");
+
+    let problems;
+    let traces;
+    try {
+      problems = await loadProblems(problemsFile);
+      traces = await readJsonl(tracesFile);
+    } catch (e) {
+      if (e instanceof RecordError) throw new InputError(e.message);
+      throw e;
+    }
+    const jobs = traces.map(({ line, value }) => {
+      const where = `${tracesFile}:${line}`;
+      const id = value.problem_id;
+      if (typeof id !== "string") throw new InputError(`${where}: missing string "problem_id"`);
+      const problem = problems.get(id);
+      if (!problem) throw new InputError(`${where}: trace for unknown problem ${JSON.stringify(id)}`);
+      if (typeof value.text !== "string") throw new InputError(`${where}: missing string "text"`);
+      return { problem, text: value.text };
+    });
+
+    if (p.sandbox === "none") {
+      ctx.log.warn("verify: sandbox none: untrusted code runs WITHOUT isolation on this host");
+    } else {
+      const why = await probeSandbox(p.sandbox, p.bwrap);
+      if (why) throw new Error(`verify ${ctx.instanceId}: ${why}`);
+    }
+
+    const opts: Partial<GradeOptions> = {
+      policy: p.policy,
+      allTests: p.allTests,
+      timeoutScale: p.timeoutScale,
+      wallFactor: p.wallFactor,
+      defaultTimeLimitS: p.defaultTimeLimitS,
+      defaultMemoryMb: p.defaultMemoryMb,
+      floatTolerance: p.floatTolerance,
+      jobs: p.jobs,
+      sandbox: p.sandbox,
+      bwrap: p.bwrap,
+      signal: ctx.signal,
+    };
+    let done = 0;
+    let results;
+    try {
+      results = await gradeMany(jobs, opts, () => ctx.progress(++done, jobs.length));
+    } catch (e) {
+      if (e instanceof ProblemError) throw new InputError(e.message);
+      throw e;
+    }
+    if (ctx.signal.aborted) throw new Error(`verify ${ctx.instanceId}: aborted`);
+    const ie = results.findIndex((r) => r.verdict === "IE");
+    if (ie >= 0) {
+      throw new Error(
+        `verify ${ctx.instanceId}: the grader failed on ${tracesFile}:${traces[ie].line} ` +
+          `(problem ${jobs[ie].problem.id}): ${results[ie].message ?? "infrastructure error"}`,
+      );
+    }
+
+    const byVerdict: Record<string, number> = {};
+    const out = createWriteStream(join(ctx.out, "traces.jsonl"));
+    traces.forEach(({ value }, k) => {
+      const r = results[k];
+      byVerdict[r.verdict] = (byVerdict[r.verdict] ?? 0) + 1;
+      out.write(JSON.stringify({ ...value, verdict: r.verdict, correct: r.verdict === "AC", verify_policy: r.policy }) + "\n");
+    });
+    out.end();
+    await finished(out);
+    const correct = byVerdict.AC ?? 0;
+    ctx.log.info({ total: traces.length, correct, byVerdict }, "verify: graded traces");
+    return {
+      metrics: { total: traces.length, correct, incorrect: traces.length - correct, by_verdict: byVerdict, policy: p.policy },
+    };
+  },
+};
+
+export default verify;

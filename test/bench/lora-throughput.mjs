@@ -1,0 +1,148 @@
+#!/usr/bin/env node
+// CPU training throughput on the tiny random model: valley-lora (LoRA, our
+// trainer) vs upstream llama-finetune (full fine-tune) on the same chats.
+//
+//   VALLEY_LLAMA_BIN=<llama build>/bin node test/bench/lora-throughput.mjs [--threads 2] [--epochs 2]
+//
+// Needs the compiled project (npm run build, or npx tsc -p
+// tsconfig.finetune.json) for llama/random-model.js.
+//
+// Both run with windows of 256 tokens. Two figures per trainer:
+// - window tokens/s: tokens pushed through forward + backward per second
+//   (valley-lora: one example per window, padding included; llama-finetune:
+//   windows of the concatenated text at stride 128, so each token twice);
+// - data tokens/s: tokens of the dataset per second of one epoch.
+import { spawnSync } from "node:child_process";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath, pathToFileURL } from "node:url";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
+const arg = (name, dflt) => {
+  const i = process.argv.indexOf(name);
+  return i > 0 ? process.argv[i + 1] : dflt;
+};
+const threads = Number(arg("--threads", "2"));
+const epochs = Number(arg("--epochs", "2"));
+const bin = process.env.VALLEY_LLAMA_BIN ?? join(root, ".tmp/lora-src/build/bin");
+for (const b of ["valley-lora", "llama-finetune"]) {
+  if (!existsSync(join(bin, b))) {
+    console.error(
+      `no ${b} in ${bin}: set VALLEY_LLAMA_BIN to a llama.cpp build holding valley-lora`,
+    );
+    process.exit(2);
+  }
+}
+const fixture = ["dist/test/finetune-model.js", ".tmp/dist-finetune/test/finetune-model.js"]
+  .map((p) => join(root, p))
+  .find(existsSync);
+if (!fixture) {
+  console.error(
+    "compile the test fixtures first: npx tsc -p tsconfig.finetune.json (or npm run build)",
+  );
+  process.exit(2);
+}
+const { writeTinyModel } = await import(pathToFileURL(fixture).href);
+
+const work = mkdtempSync(join(tmpdir(), "valley-lora-bench-"));
+try {
+  const model = join(work, "tiny.gguf");
+  const tiny = randomModel(resolveRandomParams({ preset: "tiny", seed: 1 }));
+  await writeGguf(model, tiny.kvs, tiny.tensors);
+  let seed = 12345;
+  const rnd = () => (seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648;
+  const chars = "abcdefghijklmnopqrstuvwxyz0123456789 +-*/=()";
+  const noise = (n) =>
+    Array.from({ length: n }, () => chars[Math.floor(rnd() * chars.length)]).join("");
+  const rows = Array.from({ length: 96 }, () => ({
+    messages: [
+      { role: "user", content: noise(60 + Math.floor(rnd() * 60)) },
+      { role: "assistant", content: noise(60 + Math.floor(rnd() * 60)) },
+    ],
+  }));
+  const data = join(work, "train.jsonl");
+  writeFileSync(data, rows.map((r) => JSON.stringify(r)).join("\n") + "\n");
+
+  const time = (file, args) => {
+    const t0 = process.hrtime.bigint();
+    const r = spawnSync(join(bin, file), args, { encoding: "utf8" });
+    const s = Number(process.hrtime.bigint() - t0) / 1e9;
+    if (r.status !== 0) throw new Error(`${file} failed (${r.status}):\n${r.stderr.slice(-3000)}`);
+    return { s, stderr: r.stderr };
+  };
+
+  // LoRA
+  const summary = join(work, "summary.json");
+  const lora = time("valley-lora", [
+    "--model",
+    model,
+    "--data",
+    data,
+    "--out",
+    join(work, "a.gguf"),
+    "--summary",
+    summary,
+    "--epochs",
+    String(epochs),
+    "--batch",
+    "1",
+    "--ctx",
+    "256",
+    "--threads",
+    String(threads),
+    "--lr",
+    "1e-3",
+  ]);
+  const s = JSON.parse(readFileSync(summary, "utf8"));
+  const loraWindowTps = (s.steps * s.window) / s.train_seconds;
+  const loraDataTps = s.seq_tokens_per_second;
+
+  // full fine-tune on the same chats rendered to text
+  const text = join(work, "train.txt");
+  time("valley-lora", ["--model", model, "--data", data, "--render-text", text]);
+  const full = time("llama-finetune", [
+    "-m",
+    model,
+    "-f",
+    text,
+    "-o",
+    join(work, "full.gguf"),
+    "-c",
+    "256",
+    "-b",
+    "256",
+    "-ub",
+    "256",
+    "-epochs",
+    String(epochs),
+    "-t",
+    String(threads),
+    "-ngl",
+    "0",
+    "-lr",
+    "1e-5",
+  ]);
+  const m = [...full.stderr.matchAll(/data=(\d+)\/(\d+) loss=/g)].pop();
+  if (!m) throw new Error("cannot read llama-finetune's progress");
+  const windows = Number(m[2]);
+  const fullWindowTps = (windows * 256 * epochs) / full.s;
+  // every data token is seen twice per epoch (stride n_ctx/2)
+  const fullDataTps = (windows * 128 * epochs) / full.s;
+
+  const f = (x) => Math.round(x).toLocaleString("en-US");
+  console.log(
+    `tiny random llama (64-dim, 2 layers), ${rows.length} chats, ${epochs} epochs, ${threads} threads, windows of 256`,
+  );
+  console.log(
+    `LoRA (valley-lora, r=8):       window ${f(loraWindowTps)} tok/s, data ${f(loraDataTps)} tok/s (${s.steps} steps, ${lora.s.toFixed(2)} s wall)`,
+  );
+  console.log(
+    `full (llama-finetune):          window ${f(fullWindowTps)} tok/s, data ${f(fullDataTps)} tok/s (${windows} windows/epoch, ${full.s.toFixed(2)} s wall)`,
+  );
+  console.log(
+    `ratio LoRA/full: window tokens/s ${(loraWindowTps / fullWindowTps).toFixed(2)}x, data tokens/s ${(loraDataTps / fullDataTps).toFixed(2)}x`,
+  );
+} finally {
+  rmSync(work, { recursive: true, force: true });
+}
