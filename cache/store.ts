@@ -228,12 +228,26 @@ export class Store {
       const r = this.materialize(tree, manifest);
       if (!r.ok) return r;
     }
+    let relink = false;
     for (const e of manifest.entries) {
       if (!isFileEntry(e)) continue;
       if (!this.objectIntact(e.digest, e.exec === true)) {
         this.quarantineTree(tree);
         return { ok: false, reason: `object ${e.digest} (${e.path}) is corrupt or missing` };
       }
+      // The tree must link the object itself: after a corrupt object was
+      // replaced, an older tree may still hold the bad inode.
+      if (!relink) {
+        try {
+          relink = statSync(join(root, e.path)).ino !== statSync(this.objectPath(e.digest, e.exec === true)).ino;
+        } catch {
+          relink = true;
+        }
+      }
+    }
+    if (relink) {
+      this.quarantineTree(tree);
+      return this.materialize(tree, manifest);
     }
     return { ok: true };
   }

@@ -190,14 +190,16 @@ export async function chatOnce(
 
 /** chatOnce with retries; throws the last ChatError when retries run out. */
 export async function chatWithRetries(
-  url: string,
+  /** A function when the server may move (a restarted llama-server gets a new port). */
+  url: string | (() => string),
   apiKey: string | undefined,
   body: Record<string, unknown>,
   o: RetryOptions,
 ): Promise<ChatAnswer> {
   for (let attempt = 0; ; attempt++) {
     try {
-      return await chatOnce(url, apiKey, body, o.timeoutMs, o.signal, o.secrets);
+      const u = typeof url === "string" ? url : url();
+      return await chatOnce(u, apiKey, body, o.timeoutMs, o.signal, o.secrets);
     } catch (e) {
       if (!(e instanceof ChatError)) throw e;
       o.onAttemptError?.(e, attempt);

@@ -8,6 +8,8 @@ export interface LimitOptions {
   rpm?: number;
   tpm?: number;
   signal?: AbortSignal;
+  /** The rate window; 60 s except in tests. */
+  windowMs?: number;
 }
 
 interface Entry {
@@ -20,7 +22,11 @@ export class Limiter {
   private waiters: (() => void)[] = [];
   private window: Entry[] = [];
 
-  constructor(private o: LimitOptions) {}
+  private readonly win: number;
+
+  constructor(private o: LimitOptions) {
+    this.win = o.windowMs ?? 60_000;
+  }
 
   /** Waits for a slot and for room in the rate windows; returns a release function. */
   async acquire(estTokens: number): Promise<(actualTokens?: number) => void> {
@@ -54,9 +60,9 @@ export class Limiter {
 
   private waitMs(est: number): number {
     const now = Date.now();
-    while (this.window.length && now - this.window[0].t >= 60_000) this.window.shift();
+    while (this.window.length && now - this.window[0].t >= this.win) this.window.shift();
     let wait = 0;
-    if (this.o.rpm && this.window.length >= this.o.rpm) wait = this.window[0].t + 60_000 - now;
+    if (this.o.rpm && this.window.length >= this.o.rpm) wait = this.window[0].t + this.win - now;
     if (this.o.tpm) {
       let used = this.window.reduce((a, e) => a + e.tokens, 0);
       // A single request larger than the budget may go alone, or it would never run.
@@ -64,7 +70,7 @@ export class Limiter {
         for (const e of this.window) {
           used -= e.tokens;
           if (used + est <= this.o.tpm) {
-            wait = Math.max(wait, e.t + 60_000 - now);
+            wait = Math.max(wait, e.t + this.win - now);
             break;
           }
         }

@@ -29,6 +29,7 @@ export class RequestCache {
     private db: Db,
     private getStmt: Stmt,
     private putStmt: Stmt,
+    private hasStmt: Stmt,
   ) {}
 
   static async open(file: string): Promise<RequestCache> {
@@ -44,12 +45,17 @@ export class RequestCache {
       db,
       db.prepare("SELECT response FROM requests WHERE key = ?"),
       db.prepare("INSERT OR REPLACE INTO requests (key, response, created_at) VALUES (?, ?, ?)"),
+      db.prepare("SELECT 1 FROM requests WHERE key = ?"),
     );
   }
 
   get<T>(key: string): T | undefined {
     const row = this.getStmt.get(key) as { response: string } | undefined;
     return row ? (JSON.parse(row.response) as T) : undefined;
+  }
+
+  has(key: string): boolean {
+    return this.hasStmt.get(key) !== undefined;
   }
 
   put(key: string, value: unknown): void {

@@ -10,7 +10,8 @@
  */
 
 // Python's str.strip()/split() whitespace, which is not JavaScript's \s.
-const PY_WS = "\\t\\n\\v\\f\\r\\x1c-\\x20\\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000";
+const PY_WS =
+  "\\t\\n\\v\\f\\r\\x1c-\\x20\\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000";
 const PY_STRIP = new RegExp(`^[${PY_WS}]+|[${PY_WS}]+$`, "g");
 const PY_SPLIT = new RegExp(`[${PY_WS}]+`);
 
@@ -29,7 +30,8 @@ type Dec =
   | { kind: "inf"; neg: boolean }
   | { kind: "nan" };
 
-const DEC_RE = /^([+-]?)(?:(\d(?:_?\d)*)(?:\.((?:\d(?:_?\d)*)?))?|\.(\d(?:_?\d)*))(?:[eE]([+-]?\d(?:_?\d)*))?$/;
+const DEC_RE =
+  /^([+-]?)(?:(\d(?:_?\d)*)(?:\.((?:\d(?:_?\d)*)?))?|\.(\d(?:_?\d)*))(?:[eE]([+-]?\d(?:_?\d)*))?$/;
 
 export function parseDecimal(token: string): Dec | null {
   const t = token.trim();
@@ -94,7 +96,11 @@ export interface CompareResult {
   note?: string;
 }
 
-export function compareStdout(actual: string, expected: string, floatTolerance?: number): CompareResult {
+export function compareStdout(
+  actual: string,
+  expected: string,
+  floatTolerance?: number,
+): CompareResult {
   const got = strippedLines(actual);
   const want = strippedLines(expected);
   if (got.length !== want.length) {
@@ -120,12 +126,12 @@ export function compareStdout(actual: string, expected: string, floatTolerance?:
  * going through a JS number, so 2^64+1 stays 2^64+1.
  */
 export type ExactJson =
-  | null
-  | boolean
-  | string
-  | { num: string }
-  | ExactJson[]
-  | { obj: Map<string, ExactJson> };
+  null | boolean | string | { num: string } | ExactJson[] | { obj: Map<string, ExactJson> };
+
+// Sticky: matched in place at an offset, never on a copied tail (large outputs).
+const NUM = /-?(?:\d+(?:\.\d+)?(?:[eE][+-]?\d+)?|Infinity)|NaN/y;
+// eslint-disable-next-line no-control-regex -- JSON forbids raw control characters in strings
+const STR = /"(?:[^"\\\u0000-\u001f]|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*"/y;
 
 export function parseExactJson(text: string): ExactJson {
   let i = 0;
@@ -200,13 +206,15 @@ export function parseExactJson(text: string): ExactJson {
       }
     }
     // Python's json.dumps writes NaN, Infinity and -Infinity.
-    const m = /^(-?(?:\d+(?:\.\d+)?(?:[eE][+-]?\d+)?|Infinity)|NaN)/.exec(text.slice(i, i + 4096));
+    NUM.lastIndex = i;
+    const m = NUM.exec(text);
     if (!m) fail("unexpected character");
     i += m![0].length;
     return { num: m![0] };
   };
   const str = (): string => {
-    const m = /^"(?:[^"\\\u0000-\u001f]|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*"/.exec(text.slice(i));
+    STR.lastIndex = i;
+    const m = STR.exec(text);
     if (!m) fail("bad string");
     i += m![0].length;
     return JSON.parse(m![0]) as string;

@@ -11,21 +11,27 @@
 # dies with it. After each test it kills everything else, so a daemon forked by
 # test k cannot touch test k+1.
 #
-# Protocol (fd 0 from the host, fd 1 to the host, one JSON document per line):
-#   host -> driver: the request {code, mode, fn_name, tests, limits...}
-#   driver -> host: {"ready": true} or {"ce": "..."}; then per test a result
+# Protocol (fd 0 from the host, fd 1 to the host):
+#   host -> driver: a header line "mode fn_name ntests cpu_s wall_s as_bytes
+#     fsize_bytes nofile nproc stdout_bytes stderr_bytes", then the code and each
+#     test input as "<byte length>\n<bytes>".
+#   driver -> host: one JSON line {"ready":true} or {"ce":"..."}; then one JSON
+#     line per test (byte fields in base64).
 #   host -> driver: "c" (next test) or "q" (stop) after each result.
 # Expected outputs never come here: the host compares.
-import base64
+#
+# Start-up time is the sandbox's main cost, so only C modules are imported
+# here: json, base64, signal and traceback pull in re or enum (~20 ms).
+import binascii
 import io
-import json
 import os
 import resource
 import select
-import signal
 import sys
 import time
-import traceback
+
+SIGKILL = 9
+json = None  # imported in main() for functional tests only
 
 try:
     # Not dumpable: a candidate (same uid) may not ptrace this process or open
@@ -40,8 +46,29 @@ PROTO_IN = sys.stdin.buffer
 PROTO_OUT = os.fdopen(os.dup(1), "wb", buffering=0)
 
 
-def send(obj):
-    PROTO_OUT.write(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
+def b64(data):
+    return binascii.b2a_base64(bytes(data), newline=False).decode()
+
+
+def jstr(text):
+    """A JSON string of arbitrary text, without the json module."""
+    return '"' + b64(text.encode("utf-8", "replace")) + '"'
+
+
+def send(fields):
+    """One JSON line; values are numbers, booleans, None, or already-encoded strings."""
+    parts = []
+    for k, v in fields.items():
+        if v is None:
+            v = "null"
+        elif v is True:
+            v = "true"
+        elif v is False:
+            v = "false"
+        elif isinstance(v, (int, float)):
+            v = repr(v)
+        parts.append('"%s":%s' % (k, v))
+    PROTO_OUT.write(("{" + ",".join(parts) + "}\n").encode())
 
 
 # Outside a sandbox (the explicit `sandbox: none`) this is not PID 1: then
@@ -59,9 +86,9 @@ def kill_others():
     for _ in range(3):
         try:
             if SANDBOXED:
-                os.kill(-1, signal.SIGKILL)
+                os.kill(-1, SIGKILL)
             elif CHILD_PGID[0]:
-                os.killpg(CHILD_PGID[0], signal.SIGKILL)
+                os.killpg(CHILD_PGID[0], SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
         while True:
@@ -152,7 +179,8 @@ def child(req, code_obj, test_input, out_w, err_w, res_w, in_fd):
         g = {"__name__": "__main__", "__builtins__": __builtins__}
         exec(code_obj, g)
         if req["mode"] == "functional":
-            args = [json.loads(line) for line in test_input.split("\n") if line.strip() != ""]
+            text = test_input.decode("utf-8", "surrogateescape")
+            args = [json.loads(line) for line in text.split("\n") if line.strip() != ""]
             fn = req["fn_name"]
             if "Solution" in g:
                 target = getattr(g["Solution"](), fn)
@@ -180,7 +208,8 @@ def child(req, code_obj, test_input, out_w, err_w, res_w, in_fd):
         exc_name = type(e).__name__
         rc = 1
         try:
-            traceback.print_exc()
+            # CPython's own traceback printer, in C: no traceback module to import.
+            sys.__excepthook__(type(e), e, e.__traceback__)
         except BaseException:
             pass
     # What CPython does at exit: join non-daemon threads, run atexit, flush.
@@ -205,8 +234,9 @@ def child(req, code_obj, test_input, out_w, err_w, res_w, in_fd):
     except BaseException:
         pass
     try:
-        data = json.dumps({"exc": exc_name, "result": payload}).encode()
-        os.write(3, data)
+        # "<exception name>\n" then "1<result JSON>" or "0".
+        tail = "0" if payload is None else "1" + payload
+        os.write(3, ((exc_name or "") + "\n" + tail).encode("utf-8", "surrogateescape"))
     except BaseException:
         pass
     os._exit(rc)
@@ -215,7 +245,8 @@ def child(req, code_obj, test_input, out_w, err_w, res_w, in_fd):
 def run_test(req, code_obj, index, test_input):
     lim = req["limits"]
     in_fd = os.memfd_create("stdin")
-    os.write(in_fd, test_input.encode("utf-8", "surrogateescape") if req["mode"] == "stdin" else b"")
+    if req["mode"] == "stdin":
+        os.write(in_fd, test_input)
     os.lseek(in_fd, 0, os.SEEK_SET)
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
@@ -311,14 +342,8 @@ def run_test(req, code_obj, index, test_input):
             exit_code = os.WEXITSTATUS(status)
         elif os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
-    info = {}
-    if bufs[res_r]:
-        try:
-            info = json.loads(bufs[res_r].decode("utf-8", "replace"))
-            if not isinstance(info, dict):
-                info = {}
-        except ValueError:
-            info = {}
+    exc, _, rest = bytes(bufs[res_r]).partition(b"\n")
+    result = rest[1:] if rest[:1] == b"1" else None
     return {
         "i": index,
         "exit_code": exit_code,
@@ -328,24 +353,41 @@ def run_test(req, code_obj, index, test_input):
         "cpu_s": cpu,
         "wall_s": wall,
         "max_rss_kb": ru.ru_maxrss if ru is not None else None,
-        "stdout": base64.b64encode(bytes(bufs[out_r])).decode(),
-        "stderr": base64.b64encode(bytes(bufs[err_r])).decode(),
+        "stdout": '"' + b64(bufs[out_r]) + '"',
+        "stderr": '"' + b64(bufs[err_r]) + '"',
         "stderr_truncated": over[err_r],
-        "exc": info.get("exc") if isinstance(info.get("exc"), str) else None,
-        "result": info.get("result") if isinstance(info.get("result"), str) else None,
+        "exc": '"' + b64(exc) + '"' if exc else None,
+        "result": '"' + b64(result) + '"' if result is not None else None,
     }
 
 
+def read_blob():
+    n = int(PROTO_IN.readline())
+    data = PROTO_IN.read(n)
+    if len(data) != n:
+        raise EOFError("truncated request")
+    return data
+
+
 def main():
-    line = PROTO_IN.readline()
-    req = json.loads(line)
+    global json
+    head = PROTO_IN.readline().decode().split()
+    if not head:
+        return  # an unused warm sandbox being closed
+    keys = ["cpu_s", "wall_s", "as_bytes", "fsize_bytes", "nofile", "nproc", "stdout_bytes", "stderr_bytes"]
+    limits = dict(zip(keys, [float(x) if k == "wall_s" else int(x) for k, x in zip(keys, head[3:])]))
+    req = {"mode": head[0], "fn_name": head[1], "limits": limits}
+    code = read_blob()
+    tests = [read_blob() for _ in range(int(head[2]))]
+    if req["mode"] == "functional":
+        import json  # noqa: F401  (only functional tests need it; it costs ~10 ms)
     try:
-        code_obj = compile(req["code"], "<solution>", "exec", dont_inherit=True)
+        code_obj = compile(code, "<solution>", "exec", dont_inherit=True)
     except (SyntaxError, ValueError) as e:
-        send({"ce": "".join(traceback.format_exception_only(type(e), e)).strip()})
+        send({"ce": jstr("%s: %s" % (type(e).__name__, e))})
         return
     send({"ready": True})
-    for index, test_input in enumerate(req["tests"]):
+    for index, test_input in enumerate(tests):
         send(run_test(req, code_obj, index, test_input))
         cmd = PROTO_IN.readline().strip()
         if cmd != b"c":

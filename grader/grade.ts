@@ -4,8 +4,23 @@
  */
 import { compareFunctional, compareStdout } from "./compare.js";
 import { extractCode } from "./extract.js";
-import { DEFAULT_LIMITS, runSandboxed, type RawRun, type SandboxKind, type SandboxLimits } from "./sandbox.js";
-import type { ExtractionPolicy, Outcome, Problem, SampleResult, TestResult, TestType, Verdict } from "./types.js";
+import {
+  DEFAULT_LIMITS,
+  runSandboxed,
+  SandboxProcess,
+  type RawRun,
+  type SandboxKind,
+  type SandboxLimits,
+} from "./sandbox.js";
+import type {
+  ExtractionPolicy,
+  Outcome,
+  Problem,
+  SampleResult,
+  TestResult,
+  TestType,
+  Verdict,
+} from "./types.js";
 
 export interface GradeOptions {
   /** Which fenced block is the program (LCB: first). */
@@ -74,11 +89,18 @@ function tail(buf: Buffer, n = 2048): string | undefined {
   return buf.subarray(Math.max(0, buf.length - n)).toString("utf8");
 }
 
-function judge(run: RawRun, p: Problem, mode: TestType, cpuLimit: number, tolerance: number | undefined): TestResult {
+function judge(
+  run: RawRun,
+  p: Problem,
+  mode: TestType,
+  cpuLimit: number,
+  tolerance: number | undefined,
+): TestResult {
+  const round = (x: number) => Math.round(x * 1e4) / 1e4;
   const base = {
     index: run.index,
-    cpu_s: run.cpuS,
-    wall_s: run.wallS,
+    cpu_s: run.cpuS === null ? null : round(run.cpuS),
+    wall_s: round(run.wallS),
     exit_code: run.exitCode,
     signal: run.signal,
   };
@@ -91,17 +113,26 @@ function judge(run: RawRun, p: Problem, mode: TestType, cpuLimit: number, tolera
   if (run.outputLimitExceeded) return fail("OLE", "stdout exceeded the output cap");
   const cpu = run.cpuS ?? 0;
   if (run.timedOut) return fail("TLE", "wall-clock limit reached");
-  if (cpu > cpuLimit || run.signal === SIGXCPU || (run.signal === SIGKILL && cpu >= Math.floor(cpuLimit))) {
+  if (
+    cpu > cpuLimit ||
+    run.signal === SIGXCPU ||
+    (run.signal === SIGKILL && cpu >= Math.floor(cpuLimit))
+  ) {
     return fail("TLE", `used ${cpu.toFixed(2)} s of CPU, limit ${cpuLimit} s`);
   }
-  if (run.exception === "MemoryError") return fail("MLE", "MemoryError: the address-space limit was reached");
+  if (run.exception === "MemoryError")
+    return fail("MLE", "MemoryError: the address-space limit was reached");
   if (run.signal !== null) return fail("RE", `killed by signal ${run.signal}`);
   if (run.exitCode !== 0) {
-    return fail("RE", run.exception ? `${run.exception} (exit ${run.exitCode})` : `exit code ${run.exitCode}`);
+    return fail(
+      "RE",
+      run.exception ? `${run.exception} (exit ${run.exitCode})` : `exit code ${run.exitCode}`,
+    );
   }
   const test = p.tests[run.index];
   if (mode === "functional") {
-    if (run.exception === "Unserializable") return fail("WA", "the returned value is not JSON-serialisable");
+    if (run.exception === "Unserializable")
+      return fail("WA", "the returned value is not JSON-serialisable");
     if (run.result === null) return fail("RE", "the function returned no result");
     const c = compareFunctional(run.result, test.output);
     return c.ok ? { ...base, verdict: "AC" } : fail("WA", c.note ?? "wrong answer");
@@ -111,19 +142,33 @@ function judge(run: RawRun, p: Problem, mode: TestType, cpuLimit: number, tolera
 }
 
 function options(o: Partial<GradeOptions>): GradeOptions {
-  return { ...DEFAULT_GRADE_OPTIONS, ...o, limits: { ...DEFAULT_GRADE_OPTIONS.limits, ...o.limits } };
+  return {
+    ...DEFAULT_GRADE_OPTIONS,
+    ...o,
+    limits: { ...DEFAULT_GRADE_OPTIONS.limits, ...o.limits },
+  };
 }
 
 /**
  * Grades one answer. Throws ProblemError for a problem that cannot be graded;
  * everything the program does, and a sandbox that fails, ends in the result.
  */
-export async function gradeSample(problem: Problem, text: string, opts: Partial<GradeOptions> = {}): Promise<SampleResult> {
+export async function gradeSample(
+  problem: Problem,
+  text: string,
+  opts: Partial<GradeOptions> = {},
+  takeSandbox?: () => SandboxProcess,
+): Promise<SampleResult> {
   const o = options(opts);
   const mode = problemMode(problem);
   const code = extractCode(text, o.policy);
   if (code === null) {
-    return { verdict: "NO_CODE", tests: [], policy: o.policy, message: "no fenced Python block outside <think>" };
+    return {
+      verdict: "NO_CODE",
+      tests: [],
+      policy: o.policy,
+      message: "no fenced Python block outside <think>",
+    };
   }
   const cpuLimit = (problem.time_limit_s ?? o.defaultTimeLimitS) * o.timeoutScale;
   const limits: SandboxLimits = {
@@ -136,13 +181,20 @@ export async function gradeSample(problem: Problem, text: string, opts: Partial<
   const tolerance = problem.float_tolerance ?? o.floatTolerance;
   const tests: TestResult[] = [];
   const end = await runSandboxed(
-    { code, mode, fnName: problem.fn_name, inputs: problem.tests.map((t) => t.input), limits },
+    {
+      code,
+      mode,
+      fnName: mode === "functional" ? problem.fn_name : undefined,
+      inputs: problem.tests.map((t) => t.input),
+      limits,
+    },
     (run) => {
       const r = judge(run, problem, mode, cpuLimit, tolerance);
       tests.push(r);
       return o.allTests || r.verdict === "AC";
     },
     { sandbox: o.sandbox, bwrap: o.bwrap, signal: o.signal },
+    takeSandbox?.(),
   );
   const stub = (index: number, verdict: Verdict, note: string): TestResult => ({
     index,
@@ -168,12 +220,18 @@ export async function gradeSample(problem: Problem, text: string, opts: Partial<
       break;
   }
   const failed = tests.find((t) => t.verdict !== "AC");
-  const verdict: Outcome = failed ? failed.verdict : tests.length === problem.tests.length ? "AC" : "IE";
+  const verdict: Outcome = failed
+    ? failed.verdict
+    : tests.length === problem.tests.length
+      ? "AC"
+      : "IE";
   return {
     verdict,
     tests,
     policy: o.policy,
-    ...(verdict === "IE" ? { message: `only ${tests.length} of ${problem.tests.length} tests ran` } : {}),
+    ...(verdict === "IE"
+      ? { message: `only ${tests.length} of ${problem.tests.length} tests ran` }
+      : {}),
   };
 }
 
@@ -194,12 +252,28 @@ export async function gradeMany(
   const o = options(opts);
   for (const j of jobs) problemMode(j.problem); // bad input before any work
   const out = new Array<SampleResult>(jobs.length);
+  // Sandboxes start with limits fixed per run (the size of /tmp, output caps).
+  const spawnLimits: SandboxLimits = { ...DEFAULT_LIMITS, ...o.limits };
+  const start = () =>
+    new SandboxProcess({ sandbox: o.sandbox, bwrap: o.bwrap, limits: spawnLimits });
   let next = 0;
   const worker = async () => {
-    while (next < jobs.length) {
-      const k = next++;
-      out[k] = await gradeSample(jobs[k].problem, jobs[k].text, o);
-      onDone?.(k, out[k]);
+    // Each worker keeps one sandbox started ahead, so its start-up overlaps
+    // the previous candidate's run.
+    let warm: SandboxProcess | undefined;
+    const take = () => {
+      const p = warm ?? start();
+      warm = next < jobs.length && !o.signal?.aborted ? start() : undefined;
+      return p;
+    };
+    try {
+      while (next < jobs.length && !o.signal?.aborted) {
+        const k = next++;
+        out[k] = await gradeSample(jobs[k].problem, jobs[k].text, o, take);
+        onDone?.(k, out[k]);
+      }
+    } finally {
+      await warm?.dispose();
     }
   };
   await Promise.all(Array.from({ length: Math.max(1, Math.min(o.jobs, jobs.length)) }, worker));

@@ -19,7 +19,15 @@ export interface ProblemTally {
  * product ∏_{i=n−c+1..n} (1 − k/i), which neither overflows nor cancels.
  */
 export function passAtK(n: number, c: number, k: number): number {
-  if (!Number.isInteger(n) || !Number.isInteger(c) || !Number.isInteger(k) || n < 0 || c < 0 || c > n || k < 1) {
+  if (
+    !Number.isInteger(n) ||
+    !Number.isInteger(c) ||
+    !Number.isInteger(k) ||
+    n < 0 ||
+    c < 0 ||
+    c > n ||
+    k < 1
+  ) {
     throw new RangeError(`pass@k needs integers 0 ≤ c ≤ n and k ≥ 1, got n=${n} c=${c} k=${k}`);
   }
   if (k > n) throw new RangeError(`pass@${k} needs at least ${k} samples per problem, got ${n}`);
@@ -82,7 +90,8 @@ export function bootstrapPassAt1(
     stats.push(s / per.length);
   }
   stats.sort((a, b) => a - b);
-  const q = (p: number) => stats[Math.min(stats.length - 1, Math.max(0, Math.floor(p * stats.length)))];
+  const q = (p: number) =>
+    stats[Math.min(stats.length - 1, Math.max(0, Math.floor(p * stats.length)))];
   return { low: q((1 - level) / 2), high: q(1 - (1 - level) / 2), level, resamples, seed };
 }
 
@@ -92,7 +101,9 @@ export interface DifficultyRow {
   pass_at_1: number;
 }
 
-export function byDifficulty(tallies: ProblemTally[]): Partial<Record<Difficulty | "unknown", DifficultyRow>> {
+export function byDifficulty(
+  tallies: ProblemTally[],
+): Partial<Record<Difficulty | "unknown", DifficultyRow>> {
   const groups = new Map<Difficulty | "unknown", ProblemTally[]>();
   for (const t of tallies) {
     const d = t.difficulty ?? "unknown";
@@ -109,12 +120,16 @@ export function byDifficulty(tallies: ProblemTally[]): Partial<Record<Difficulty
 
 /** Share of samples that ended on their own (finish_reason "stop") rather than at the token budget. */
 export function completionRate(samples: { finish_reason?: string | null }[]): number {
-  return samples.length === 0 ? NaN : samples.filter((s) => s.finish_reason === "stop").length / samples.length;
+  return samples.length === 0
+    ? NaN
+    : samples.filter((s) => s.finish_reason === "stop").length / samples.length;
 }
 
 /** Share of answers that begin with `<think>` (after leading whitespace). */
 export function thinkTagRate(samples: { text: string }[]): number {
-  return samples.length === 0 ? NaN : samples.filter((s) => startsWithThink(s.text)).length / samples.length;
+  return samples.length === 0
+    ? NaN
+    : samples.filter((s) => startsWithThink(s.text)).length / samples.length;
 }
 
 /** Tallies per problem from graded samples; problems keep first-seen order. */

@@ -13,9 +13,13 @@ export function projectRoot(): string {
   if (root) return root;
   let dir = dirname(fileURLToPath(import.meta.url));
   for (;;) {
-    if (existsSync(join(dir, "package.json")) && existsSync(join(dir, "grader"))) return (root = dir);
+    if (existsSync(join(dir, "package.json")) && existsSync(join(dir, "grader")))
+      return (root = dir);
     const up = dirname(dir);
-    if (up === dir) throw new Error(`cannot find the valley project root above ${fileURLToPath(import.meta.url)}`);
+    if (up === dir)
+      throw new Error(
+        `cannot find the valley project root above ${fileURLToPath(import.meta.url)}`,
+      );
     dir = up;
   }
 }

@@ -12,7 +12,9 @@ export class RecordError extends Error {
 }
 
 /** Parses JSONL into objects; blank lines are skipped. */
-export async function readJsonl(file: string): Promise<{ line: number; value: Record<string, unknown> }[]> {
+export async function readJsonl(
+  file: string,
+): Promise<{ line: number; value: Record<string, unknown> }[]> {
   let text: string;
   try {
     text = await readFile(file, "utf8");
@@ -43,16 +45,23 @@ export async function loadProblems(file: string): Promise<Map<string, Problem>> 
   const problems = new Map<string, Problem>();
   for (const { line, value } of await readJsonl(file)) {
     const where = `${file}:${line}`;
-    if (typeof value.id !== "string" || value.id === "") throw new RecordError(`${where}: missing string "id"`);
-    if (problems.has(value.id)) throw new RecordError(`${where}: duplicate problem id ${JSON.stringify(value.id)}`);
-    if (!Array.isArray(value.tests)) throw new RecordError(`${where}: problem ${value.id} has no "tests" list`);
+    if (typeof value.id !== "string" || value.id === "")
+      throw new RecordError(`${where}: missing string "id"`);
+    if (problems.has(value.id))
+      throw new RecordError(`${where}: duplicate problem id ${JSON.stringify(value.id)}`);
+    if (!Array.isArray(value.tests))
+      throw new RecordError(`${where}: problem ${value.id} has no "tests" list`);
     value.tests.forEach((t: unknown, k: number) => {
       const r = t as Record<string, unknown> | null;
       if (!r || typeof r.input !== "string" || typeof r.output !== "string") {
-        throw new RecordError(`${where}: test ${k} of ${value.id} needs string "input" and "output"`);
+        throw new RecordError(
+          `${where}: test ${k} of ${value.id} needs string "input" and "output"`,
+        );
       }
       if (r.type !== "stdin" && r.type !== "functional") {
-        throw new RecordError(`${where}: test ${k} of ${value.id} has type ${JSON.stringify(r.type)}, expected "stdin" or "functional"`);
+        throw new RecordError(
+          `${where}: test ${k} of ${value.id} has type ${JSON.stringify(r.type)}, expected "stdin" or "functional"`,
+        );
       }
     });
     for (const f of ["time_limit_s", "memory_limit_mb", "float_tolerance"] as const) {
@@ -85,8 +94,10 @@ export async function loadAnswers(file: string, problems: Map<string, Problem>):
   const out: Answer[] = [];
   for (const { line, value } of await readJsonl(file)) {
     const where = `${file}:${line}`;
-    if (typeof value.id !== "string" || value.id === "") throw new RecordError(`${where}: missing string "id"`);
-    if (!problems.has(value.id)) throw new RecordError(`${where}: answer for unknown problem ${JSON.stringify(value.id)}`);
+    if (typeof value.id !== "string" || value.id === "")
+      throw new RecordError(`${where}: missing string "id"`);
+    if (!problems.has(value.id))
+      throw new RecordError(`${where}: answer for unknown problem ${JSON.stringify(value.id)}`);
     if (typeof value.text !== "string") throw new RecordError(`${where}: missing string "text"`);
     const rank = seen.get(value.id) ?? 0;
     seen.set(value.id, rank + 1);

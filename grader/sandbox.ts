@@ -178,6 +178,7 @@ interface DriverTestLine {
   wall_s: number;
   stdout: string;
   stderr: string;
+  /** base64, like every text field the harness sends. */
   exc: string | null;
   result: string | null;
 }
@@ -193,193 +194,337 @@ function toRaw(l: DriverTestLine): RawRun {
     wallS: l.wall_s,
     stdout: Buffer.from(l.stdout, "base64"),
     stderr: Buffer.from(l.stderr, "base64"),
-    exception: l.exc,
-    result: l.result,
+    exception: l.exc === null ? null : Buffer.from(l.exc, "base64").toString("utf8"),
+    result: l.result === null ? null : Buffer.from(l.result, "base64").toString("utf8"),
   };
 }
 
-function killTree(child: ChildProcess): void {
-  if (child.pid === undefined || child.exitCode !== null || child.signalCode !== null) return;
+function alive(child: ChildProcess): child is ChildProcess & { pid: number } {
+  return child.pid !== undefined && child.exitCode === null && child.signalCode === null;
+}
+
+/** Direct children of a process (bwrap's: the sandbox's init). */
+function childrenOf(pid: number): number[] {
   try {
-    // The whole process group: setpriv execs bwrap, so this is bwrap itself.
-    process.kill(-child.pid, "SIGKILL");
+    return readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8")
+      .split(/\s+/)
+      .filter(Boolean)
+      .map(Number);
   } catch {
+    return [];
+  }
+}
+
+/**
+ * Kills a sandbox. The sandbox's init (bwrap's child) goes first: the PID
+ * namespace dies with it, and bwrap, its child gone, exits and is reaped by us.
+ * Killing bwrap first would orphan that init to the host's PID 1, which (in a
+ * container) may never reap it. The whole process group follows shortly after,
+ * in case bwrap itself is stuck.
+ */
+function killTree(child: ChildProcess): void {
+  if (!alive(child)) return;
+  const inits = childrenOf(child.pid);
+  for (const pid of inits) {
     try {
-      child.kill("SIGKILL");
+      process.kill(pid, "SIGKILL");
     } catch {
       /* already gone */
     }
+  }
+  const group = () => {
+    if (!alive(child)) return;
+    try {
+      process.kill(-child.pid, "SIGKILL");
+    } catch {
+      try {
+        child.kill("SIGKILL");
+      } catch {
+        /* already gone */
+      }
+    }
+  };
+  if (inits.length === 0) group();
+  else setTimeout(group, 500).unref();
+}
+
+export interface SpawnOptions {
+  sandbox: SandboxKind;
+  bwrap?: string;
+  /** Only the fields fixed at start-up are used: the size of /tmp and the output caps. */
+  limits: SandboxLimits;
+}
+
+/**
+ * A started sandbox whose harness waits for its request. Starting one costs
+ * most of a sandbox's time (namespaces, the interpreter), so a grader starts
+ * the next while the current one runs. Every event is captured from the
+ * start, so one may sit unused without losing an exit or a spawn error.
+ */
+export class SandboxProcess {
+  readonly child: ChildProcess;
+  readonly file: string;
+  readonly kind: SandboxKind;
+  /** Resolves when the process has exited and its pipes are closed. */
+  readonly closed: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  spawnError: NodeJS.ErrnoException | undefined;
+  private readonly maxLine: number;
+  private lineHandler: ((line: string) => void) | undefined;
+  private readonly queued: string[] = [];
+  private parts: Buffer[] = [];
+  private partBytes = 0;
+  private errChunks: Buffer[] = [];
+  private errBytes = 0;
+  overflow = false;
+  taken = false;
+
+  constructor(opts: SpawnOptions) {
+    const { file, args } = sandboxCommand(opts.sandbox, opts.limits, opts.bwrap);
+    this.file = file;
+    this.kind = opts.sandbox;
+    // A result line carries base64 stdout and stderr: anything longer is a broken protocol.
+    this.maxLine =
+      Math.ceil(((opts.limits.stdoutBytes + opts.limits.stderrBytes) * 4) / 3) + (1 << 20);
+    this.child = spawn(file, args, {
+      stdio: ["pipe", "pipe", "pipe"],
+      detached: true,
+      env: { PATH: "/usr/bin:/bin" },
+    });
+    this.closed = new Promise((resolve) => {
+      this.child.on("close", (code, signal) => resolve({ code, signal }));
+      this.child.on("error", (err: NodeJS.ErrnoException) => {
+        this.spawnError = err;
+        // A process that never started emits no close.
+        if (this.child.pid === undefined) resolve({ code: null, signal: null });
+      });
+    });
+    this.child.stdin?.on("error", () => {
+      /* the harness exits when done; a late write may hit a closed pipe */
+    });
+    // Lines can be megabytes of base64: keep chunks, join only at a newline.
+    this.child.stdout?.on("data", (chunk: Buffer) => {
+      let from = 0;
+      let nl: number;
+      while ((nl = chunk.indexOf(10, from)) >= 0) {
+        this.parts.push(chunk.subarray(from, nl));
+        const line = Buffer.concat(this.parts).toString("utf8");
+        this.parts = [];
+        this.partBytes = 0;
+        from = nl + 1;
+        if (this.lineHandler) this.lineHandler(line);
+        else this.queued.push(line);
+      }
+      if (from < chunk.length) {
+        this.parts.push(chunk.subarray(from));
+        this.partBytes += chunk.length - from;
+      }
+      if (this.partBytes > this.maxLine && !this.overflow) {
+        this.overflow = true;
+        this.kill();
+      }
+    });
+    this.child.stderr?.on("data", (chunk: Buffer) => {
+      if (this.errBytes < 65536) this.errChunks.push(chunk);
+      this.errBytes += chunk.length;
+    });
+  }
+
+  onLine(handler: (line: string) => void): void {
+    this.lineHandler = handler;
+    for (const l of this.queued.splice(0)) handler(l);
+  }
+
+  write(data: string | Buffer): void {
+    const stdin = this.child.stdin;
+    if (stdin && !stdin.destroyed && !stdin.writableEnded) stdin.write(data);
+  }
+
+  endInput(): void {
+    this.child.stdin?.end();
+  }
+
+  stderrText(): string {
+    return Buffer.concat(this.errChunks).toString("utf8").trim().slice(-2000);
+  }
+
+  kill(): void {
+    killTree(this.child);
+  }
+
+  /** Ends an unused warm sandbox (its harness exits on end of input) and waits until it is gone. */
+  async dispose(): Promise<void> {
+    this.endInput();
+    const t = setTimeout(() => this.kill(), 2000);
+    await this.closed;
+    clearTimeout(t);
   }
 }
 
 /**
  * Runs the candidate on each input in order, calling `onTest` as each finishes;
  * `onTest` returns false to stop. Resolves with how the session ended; never
- * rejects for anything the program does.
+ * rejects for anything the program does. `proc` is a sandbox started earlier
+ * with the same options; without one, a sandbox is started here.
  */
-export function runSandboxed(
+export async function runSandboxed(
   req: SandboxRequest,
   onTest: (run: RawRun) => boolean,
   opts: SandboxOptions,
+  proc?: SandboxProcess,
 ): Promise<SessionEnd> {
-  const { file, args } = sandboxCommand(opts.sandbox, req.limits, opts.bwrap);
   const l = req.limits;
-  const request = {
-    code: req.code,
-    mode: req.mode,
-    fn_name: req.fnName ?? null,
-    tests: req.inputs,
-    limits: {
-      cpu_s: Math.max(1, Math.ceil(l.cpuS)),
-      wall_s: l.wallS,
-      as_bytes: l.memoryMb * 1024 * 1024,
-      fsize_bytes: l.fileSizeBytes,
-      nofile: l.openFiles,
-      nproc: l.processes,
-      stdout_bytes: l.stdoutBytes,
-      stderr_bytes: l.stderrBytes,
-    },
+  if (req.fnName !== undefined && !/^[A-Za-z_][A-Za-z0-9_]*$/.test(req.fnName)) {
+    await proc?.dispose();
+    return {
+      kind: "infra",
+      message: `fn_name ${JSON.stringify(req.fnName)} is not a Python identifier`,
+    };
+  }
+  const p = proc ?? new SandboxProcess({ sandbox: opts.sandbox, bwrap: opts.bwrap, limits: l });
+  if (p.taken) throw new Error("a sandbox process runs one candidate only");
+  p.taken = true;
+  // The harness reads a header line, then length-prefixed blobs (see driver.py).
+  const header = [
+    req.mode,
+    req.fnName ?? "-",
+    req.inputs.length,
+    Math.max(1, Math.ceil(l.cpuS)),
+    l.wallS,
+    l.memoryMb * 1024 * 1024,
+    l.fileSizeBytes,
+    l.openFiles,
+    l.processes,
+    l.stdoutBytes,
+    l.stderrBytes,
+  ].join(" ");
+  const blob = (s: string) => {
+    const b = Buffer.from(s, "utf8");
+    return [Buffer.from(`${b.length}\n`), b];
   };
-  // Per test: the harness's own wall clock plus its bookkeeping; then start-up.
-  const hostWallMs = (req.inputs.length * (l.wallS + 2) + 15) * 1000;
-  // A result line carries base64 stdout and stderr: anything longer is a broken protocol.
-  const maxLine = Math.ceil(((l.stdoutBytes + l.stderrBytes) * 4) / 3) + (1 << 20);
+  const request = Buffer.concat([
+    Buffer.from(header + "\n"),
+    ...blob(req.code),
+    ...req.inputs.flatMap(blob),
+  ]);
+  // The host keeps its own clocks, so a harness that stalls (or was tampered
+  // with) cannot stretch a test: start-up, then each test's wall clock + 2 s.
+  const startupMs = 15_000;
+  const perTestMs = (l.wallS + 2) * 1000;
 
-  return new Promise<SessionEnd>((resolve) => {
-    let settled = false;
-    let end: SessionEnd | undefined;
-    let started = false;
-    let nextIndex = 0;
-    let stopped = false;
-    const errChunks: Buffer[] = [];
-    let errBytes = 0;
+  let end: SessionEnd | undefined;
+  let started = false;
+  let nextIndex = 0;
+  let stopped = false;
+  const finish = (e: SessionEnd) => {
+    end ??= e;
+  };
+  const fail = (e: SessionEnd) => {
+    finish(e);
+    p.kill();
+  };
 
-    const child = spawn(file, args, {
-      stdio: ["pipe", "pipe", "pipe"],
-      detached: true,
-      env: { PATH: "/usr/bin:/bin" },
-    });
+  let timer: NodeJS.Timeout | undefined;
+  const arm = (ms: number, what: () => SessionEnd) => {
+    clearTimeout(timer);
+    timer = setTimeout(() => fail(what()), ms);
+  };
+  arm(startupMs, () => ({
+    kind: "infra",
+    message: `the sandbox did not start within ${startupMs / 1000} s`,
+  }));
+  const armTest = () => arm(perTestMs, () => ({ kind: "timeout", index: nextIndex }));
+  const onAbort = () => fail({ kind: "infra", message: "grading was aborted" });
+  opts.signal?.addEventListener("abort", onAbort, { once: true });
+  if (opts.signal?.aborted) onAbort();
 
-    const finish = (e: SessionEnd) => {
-      end ??= e;
-    };
-    const fail = (e: SessionEnd) => {
-      finish(e);
-      killTree(child);
-    };
-
-    const timer = setTimeout(() => fail({ kind: "timeout", index: nextIndex }), hostWallMs);
-    const onAbort = () => fail({ kind: "infra", message: "grading was aborted" });
-    opts.signal?.addEventListener("abort", onAbort, { once: true });
-    if (opts.signal?.aborted) onAbort();
-
-    const send = (s: string) => {
-      if (child.stdin && !child.stdin.destroyed) child.stdin.write(s);
-    };
-    child.stdin?.on("error", () => {
-      /* the harness exits when done; a late write may hit a closed pipe */
-    });
-
-    const handleLine = (line: string) => {
-      let msg: Record<string, unknown>;
-      try {
-        msg = JSON.parse(line) as Record<string, unknown>;
-      } catch {
-        fail({ kind: "infra", message: `sandbox harness sent a malformed line: ${line.slice(0, 200)}` });
-        return;
-      }
-      if (!started) {
-        started = true;
-        if (typeof msg.ce === "string") {
-          finish({ kind: "compile-error", message: msg.ce });
-          return;
-        }
-        if (msg.ready !== true) fail({ kind: "infra", message: `sandbox harness did not start: ${line.slice(0, 200)}` });
-        return;
-      }
-      const run = toRaw(msg as unknown as DriverTestLine);
-      if (run.index !== nextIndex) {
-        fail({ kind: "infra", message: `sandbox harness reported test ${run.index}, expected ${nextIndex}` });
-        return;
-      }
-      nextIndex++;
-      let more = false;
-      try {
-        more = onTest(run) && nextIndex < req.inputs.length;
-      } catch (e) {
-        fail({ kind: "infra", message: `grading callback failed: ${(e as Error).message}` });
-        return;
-      }
-      if (more) send("c\n");
-      else {
-        stopped = true;
-        send("q\n");
-        child.stdin?.end();
-      }
-    };
-
-    // Lines can be megabytes of base64: keep chunks, join only at a newline.
-    let parts: Buffer[] = [];
-    let partBytes = 0;
-    child.stdout?.on("data", (chunk: Buffer) => {
-      let from = 0;
-      let nl: number;
-      while ((nl = chunk.indexOf(10, from)) >= 0) {
-        parts.push(chunk.subarray(from, nl));
-        const line = Buffer.concat(parts).toString("utf8");
-        parts = [];
-        partBytes = 0;
-        from = nl + 1;
-        if (end === undefined) handleLine(line);
-      }
-      if (from < chunk.length) {
-        parts.push(chunk.subarray(from));
-        partBytes += chunk.length - from;
-      }
-      if (partBytes > maxLine) fail({ kind: "infra", message: "sandbox harness sent an oversized line" });
-    });
-    child.stderr?.on("data", (chunk: Buffer) => {
-      if (errBytes < 65536) errChunks.push(chunk);
-      errBytes += chunk.length;
-    });
-
-    const settle = (e: SessionEnd) => {
-      if (settled) return;
-      settled = true;
-      clearTimeout(timer);
-      opts.signal?.removeEventListener("abort", onAbort);
-      killTree(child);
-      resolve(e);
-    };
-
-    child.on("error", (err: NodeJS.ErrnoException) => {
-      const what = err.code === "ENOENT" ? `${file} not found` : err.message;
-      const hint = file.endsWith("bwrap") || file === SETPRIV ? " (install the Debian package bubblewrap; util-linux gives setpriv)" : "";
-      settle({ kind: "infra", message: `cannot start the sandbox: ${what}${hint}` });
-    });
-    child.on("close", (code, sig) => {
-      if (end) return settle(end);
-      const stderr = Buffer.concat(errChunks).toString("utf8").trim().slice(-2000);
-      if (!started) {
-        return settle({
-          kind: "infra",
-          message:
-            `the sandbox did not start (${sig ? `signal ${sig}` : `exit ${code}`})` +
-            (stderr ? `: ${stderr}` : "") +
-            (opts.sandbox === "bwrap" ? ` — command: ${file} … bwrap (is unprivileged user-namespace creation allowed?)` : ""),
-        });
-      }
-      if (stopped || nextIndex >= req.inputs.length) return settle({ kind: "done" });
-      settle({
-        kind: "crashed",
-        index: nextIndex,
-        message: `the sandbox ended while test ${nextIndex} ran (${sig ? `signal ${sig}` : `exit ${code}`})${stderr ? `: ${stderr}` : ""}`,
+  p.onLine((line) => {
+    if (end !== undefined) return;
+    let msg: Record<string, unknown>;
+    try {
+      msg = JSON.parse(line) as Record<string, unknown>;
+    } catch {
+      fail({
+        kind: "infra",
+        message: `sandbox harness sent a malformed line: ${line.slice(0, 200)}`,
       });
-    });
-
-    child.stdin?.write(JSON.stringify(request) + "\n");
-    if (req.inputs.length === 0) child.stdin?.end();
+      return;
+    }
+    if (!started) {
+      started = true;
+      if (typeof msg.ce === "string") {
+        finish({ kind: "compile-error", message: Buffer.from(msg.ce, "base64").toString("utf8") });
+        return;
+      }
+      if (msg.ready !== true)
+        fail({ kind: "infra", message: `sandbox harness did not start: ${line.slice(0, 200)}` });
+      else if (req.inputs.length > 0) armTest();
+      return;
+    }
+    const run = toRaw(msg as unknown as DriverTestLine);
+    if (run.index !== nextIndex) {
+      fail({
+        kind: "infra",
+        message: `sandbox harness reported test ${run.index}, expected ${nextIndex}`,
+      });
+      return;
+    }
+    nextIndex++;
+    let more: boolean;
+    try {
+      more = onTest(run) && nextIndex < req.inputs.length;
+    } catch (e) {
+      fail({ kind: "infra", message: `grading callback failed: ${(e as Error).message}` });
+      return;
+    }
+    if (more) {
+      armTest();
+      p.write("c\n");
+    } else {
+      // Every result is in; a harness that does not exit is simply killed.
+      arm(5000, () => ({ kind: "done" }));
+      stopped = true;
+      p.write("q\n");
+      p.endInput();
+    }
   });
+
+  p.write(request);
+  if (req.inputs.length === 0) p.endInput();
+  const { code, signal } = await p.closed;
+  clearTimeout(timer);
+  opts.signal?.removeEventListener("abort", onAbort);
+  p.kill();
+
+  if (p.spawnError) {
+    const err = p.spawnError;
+    const what = err.code === "ENOENT" ? `${p.file} not found` : err.message;
+    const hint =
+      p.kind === "bwrap"
+        ? " (install the Debian package bubblewrap; util-linux gives setpriv)"
+        : "";
+    return { kind: "infra", message: `cannot start the sandbox: ${what}${hint}` };
+  }
+  if (p.overflow) return { kind: "infra", message: "sandbox harness sent an oversized line" };
+  if (end) return end;
+  const how = signal ? `signal ${signal}` : `exit ${code}`;
+  const stderr = p.stderrText();
+  if (!started) {
+    return {
+      kind: "infra",
+      message:
+        `the sandbox did not start (${how})` +
+        (stderr ? `: ${stderr}` : "") +
+        (p.kind === "bwrap"
+          ? ` — ${p.file} … bwrap: is unprivileged user-namespace creation allowed?`
+          : ""),
+    };
+  }
+  if (stopped || nextIndex >= req.inputs.length) return { kind: "done" };
+  return {
+    kind: "crashed",
+    index: nextIndex,
+    message: `the sandbox ended while test ${nextIndex} ran (${how})${stderr ? `: ${stderr}` : ""}`,
+  };
 }
 
 /** Starts one sandbox with no tests: null when it works, else why not. */
@@ -389,5 +534,9 @@ export async function probeSandbox(kind: SandboxKind, bwrap?: string): Promise<s
     () => false,
     { sandbox: kind, bwrap },
   );
-  return end.kind === "done" ? null : end.kind === "infra" ? end.message : `unexpected probe result ${end.kind}`;
+  return end.kind === "done"
+    ? null
+    : end.kind === "infra"
+      ? end.message
+      : `unexpected probe result ${end.kind}`;
 }

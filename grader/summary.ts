@@ -3,7 +3,14 @@
  * counts per verdict, pass@1 and pass@k, an interval, a difficulty breakdown.
  * Infrastructure errors are counted apart and left out of every rate.
  */
-import { bootstrapPassAt1, byDifficulty, meanPassAtK, passAt1, tally, type Interval } from "./metrics.js";
+import {
+  bootstrapPassAt1,
+  byDifficulty,
+  meanPassAtK,
+  passAt1,
+  tally,
+  type Interval,
+} from "./metrics.js";
 import { VERDICTS, type Difficulty, type Outcome } from "./types.js";
 
 export interface GradeSummary {
@@ -25,7 +32,10 @@ export function summarize(
   difficultyOf: (id: string) => Difficulty | undefined,
   seed = 0,
 ): GradeSummary {
-  const by_verdict = Object.fromEntries([...VERDICTS, "IE"].map((v) => [v, 0])) as Record<Outcome, number>;
+  const by_verdict = Object.fromEntries([...VERDICTS, "IE"].map((v) => [v, 0])) as Record<
+    Outcome,
+    number
+  >;
   for (const s of samples) by_verdict[s.verdict]++;
   const graded = samples.filter((s) => s.verdict !== "IE");
   const tallies = tally(
@@ -34,7 +44,8 @@ export function summarize(
   );
   const minN = tallies.length ? Math.min(...tallies.map((t) => t.n)) : 0;
   const pass_at_k: Record<string, number> = {};
-  for (const k of [1, 2, 5, 10, 16, 32, 64, 100]) if (k <= minN) pass_at_k[String(k)] = meanPassAtK(tallies, k);
+  for (const k of [1, 2, 5, 10, 16, 32, 64, 100])
+    if (k <= minN) pass_at_k[String(k)] = meanPassAtK(tallies, k);
   return {
     samples: samples.length,
     graded: graded.length,

@@ -4,7 +4,13 @@
  * and written, so a 7B-shaped model never has to fit in memory.
  */
 import { open } from "node:fs/promises";
-import { GGML_TYPE_F16, GGML_TYPE_F32, GGUF_DEFAULT_ALIGNMENT, GgufType, tensorBytes } from "./gguf.js";
+import {
+  GGML_TYPE_F16,
+  GGML_TYPE_F32,
+  GGUF_DEFAULT_ALIGNMENT,
+  GgufType,
+  tensorBytes,
+} from "./gguf.js";
 
 export type GgufKv =
   | { key: string; type: GgufType.STRING; value: string }

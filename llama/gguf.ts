@@ -94,7 +94,8 @@ export function tensorBytes(type: number, shape: readonly number[]): number | st
   if (!t) return `unknown ggml type ${type}`;
   const [name, block, bytes] = t;
   const ne0 = shape[0] ?? 1;
-  if (ne0 % block !== 0) return `row of ${ne0} elements is not a multiple of ${name}'s block ${block}`;
+  if (ne0 % block !== 0)
+    return `row of ${ne0} elements is not a multiple of ${name}'s block ${block}`;
   let rows = 1;
   for (const d of shape.slice(1)) rows *= d;
   return (ne0 / block) * bytes * rows;

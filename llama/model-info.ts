@@ -51,7 +51,12 @@ export async function readModelInfo(path: string, summary?: GgufSummary): Promis
     readTensorInfo: true,
     logWarnings: false,
     // The token list of a real model is 150k strings: not needed here.
-    ignoreKeys: ["tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type", "tokenizer.ggml.merges"],
+    ignoreKeys: [
+      "tokenizer.ggml.tokens",
+      "tokenizer.ggml.scores",
+      "tokenizer.ggml.token_type",
+      "tokenizer.ggml.merges",
+    ],
   });
   const md = info.metadata as unknown as Record<string, Record<string, unknown>>;
   const general = (md.general ?? {}) as Record<string, unknown>;

@@ -12,6 +12,9 @@ import type { Readable } from "node:stream";
 import type { Logger } from "pino";
 import type { ToolInfo } from "../engine/stage-api.js";
 import { llamaEnv, llamaExe } from "./toolchain.js";
+// Type-only: puts watchdog.ts into every program that compiles this file (so
+// dist/llama/watchdog.js exists) without running it here.
+import type {} from "./watchdog.js";
 
 export interface LoraSpec {
   path: string;
@@ -75,10 +78,12 @@ export function serverArgs(opts: LlamaServerOptions, port: number): string[] {
   if (opts.parallel) a.push("-np", String(opts.parallel));
   if (opts.contextSize) a.push("-c", String(opts.contextSize));
   if (opts.threads) a.push("-t", String(opts.threads));
-  if (opts.gpuLayers !== undefined) a.push("-ngl", String(opts.gpuLayers === "all" ? 999 : opts.gpuLayers));
+  if (opts.gpuLayers !== undefined)
+    a.push("-ngl", String(opts.gpuLayers === "all" ? 999 : opts.gpuLayers));
   for (const l of opts.lora ?? []) {
     // The flag's value is split on ',' and ':'.
-    if (/[,:]/.test(l.path)) throw new Error(`LoRA path ${l.path} contains ',' or ':', which llama-server cannot parse`);
+    if (/[,:]/.test(l.path))
+      throw new Error(`LoRA path ${l.path} contains ',' or ':', which llama-server cannot parse`);
     a.push("--lora-scaled", `${l.path}:${l.scale ?? 1}`);
   }
   return [...a, ...(opts.extraArgs ?? [])];

@@ -31,13 +31,13 @@ export const HOW_TO_PROVIDE_LLAMA =
  * The llama.cpp build a stage should call: the `llama` input (a llama-build
  * artifact) if the stage has one, else the engine-resolved `ctx.tools.llama`.
  */
-export function resolveLlama(
-  ctx: Pick<StageContext<unknown>, "inputs" | "tools">,
-): ToolInfo {
+export function resolveLlama(ctx: Pick<StageContext<unknown>, "inputs" | "tools">): ToolInfo {
   const input = ctx.inputs.llama;
   if (input !== undefined) {
     if (Array.isArray(input)) {
-      throw new Error(`input \`llama\` must be one llama-build artifact, got a list of ${input.length}`);
+      throw new Error(
+        `input \`llama\` must be one llama-build artifact, got a list of ${input.length}`,
+      );
     }
     return llamaFromArtifact(input);
   }

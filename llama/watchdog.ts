@@ -20,7 +20,9 @@ if (!cmd) {
 
 const setpriv = ["/usr/bin/setpriv", "/bin/setpriv"].find((p) => existsSync(p));
 const child = setpriv
-  ? spawn(setpriv, ["--pdeathsig", "KILL", "--", cmd, ...args], { stdio: ["ignore", "inherit", "inherit"] })
+  ? spawn(setpriv, ["--pdeathsig", "KILL", "--", cmd, ...args], {
+      stdio: ["ignore", "inherit", "inherit"],
+    })
   : spawn(cmd, args, { stdio: ["ignore", "inherit", "inherit"] });
 
 try {
@@ -51,3 +53,4 @@ child.on("error", (e) => {
 child.on("exit", (code, signal) => {
   process.exit(code ?? (signal ? 128 + (signal === "SIGKILL" ? 9 : 15) : 1));
 });
+export {};

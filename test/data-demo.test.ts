@@ -50,6 +50,15 @@ for line in sys.stdin:
 print(json.dumps(out))
 `;
 
+test("demo set: records validate against schemas/problem.schema.json", async () => {
+  const { Ajv } = await import("ajv");
+  const schema = JSON.parse(
+    readFileSync(join(projectRoot(), "schemas/problem.schema.json"), "utf8"),
+  ) as object;
+  const validate = new Ajv({ allErrors: true }).compile(schema);
+  for (const p of problems) assert.ok(validate(p), `${p.id}: ${JSON.stringify(validate.errors)}`);
+});
+
 test("demo set: records match the problem schema", () => {
   const ids = new Set<string>();
   for (const p of problems) {

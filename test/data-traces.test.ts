@@ -296,3 +296,47 @@ test("import backend: demo reference traces and OCR2 generations", async () => {
     ],
   );
 });
+
+test("llama backend: starts the managed llama-server (a stand-in script here) and generates through it", async () => {
+  const { chmodSync } = await import("node:fs");
+  const { asDigest } = await import("../cache/digest.js");
+  const bin = tempDir();
+  // Answers /health and chat completions on the --port it is given, like llama-server.
+  writeFileSync(
+    join(bin, "llama-server"),
+    `#!${process.execPath}
+const http = require("node:http");
+const a = process.argv;
+const port = Number(a[a.indexOf("--port") + 1]);
+const np = a.includes("-np") ? a[a.indexOf("-np") + 1] : "1";
+http.createServer((req, res) => {
+  let b = "";
+  req.on("data", (c) => (b += c));
+  req.on("end", () => {
+    if (req.url === "/health") return res.end('{"status":"ok"}');
+    res.setHeader("content-type", "application/json");
+    res.end(JSON.stringify({ choices: [{ message: { role: "assistant", content: "ok", reasoning_content: "np=" + np }, finish_reason: "stop" }], usage: { prompt_tokens: 1, completion_tokens: 1 } }));
+  });
+}).listen(port, "127.0.0.1");
+`,
+  );
+  chmodSync(join(bin, "llama-server"), 0o755);
+  const modelDir = tempDir();
+  writeFileSync(join(modelDir, "model.gguf"), "GGUF stand-in");
+  const ctx = makeCtx(
+    {
+      ...params("unused"),
+      backend: "llama",
+      baseUrl: undefined,
+      concurrency: 3,
+      timeoutS: 10,
+    } as TracesParams,
+    { problems: artifact(problemsDir(4)), model: artifact(modelDir) },
+  );
+  ctx.tools = { llama: { bin, digest: asDigest("sha256:" + "1".repeat(64)) } };
+  const res = await traces.run(ctx);
+  const ts = readTraces(ctx.out);
+  assert.equal(ts.length, 8);
+  assert.ok(ts.every((t) => t.reasoning === "np=3" && t.answer === "ok"));
+  assert.equal((res!.metrics as { sent: number }).sent, 8);
+});

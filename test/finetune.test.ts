@@ -425,9 +425,21 @@ test("bad input: exit 2 from the trainer and InputError from the stage", { skip 
   // the trainer itself: exit 2 with a clear message
   // metadata-only GGUFs are enough for the trainer's architecture checks
   const moe = join(work, "moe.gguf");
-  await writeGguf(moe, [kv.str("general.architecture", "qwen2moe"), kv.u32("qwen2moe.expert_count", 4), kv.u32("qwen2moe.block_count", 2)], []);
+  await writeGguf(
+    moe,
+    [
+      kv.str("general.architecture", "qwen2moe"),
+      kv.u32("qwen2moe.expert_count", 4),
+      kv.u32("qwen2moe.block_count", 2),
+    ],
+    [],
+  );
   const bert = join(work, "bert.gguf");
-  await writeGguf(bert, [kv.str("general.architecture", "bert"), kv.u32("bert.block_count", 2)], []);
+  await writeGguf(
+    bert,
+    [kv.str("general.architecture", "bert"), kv.u32("bert.block_count", 2)],
+    [],
+  );
   const d = join(good, "train.jsonl");
   const direct: [string[], RegExp][] = [
     [["--model", moe, "--data", d, "--out", join(work, "x.gguf")], /mixture of experts/],

@@ -25,7 +25,8 @@ function sandboxProcesses(): number[] {
       const status = readFileSync(`/proc/${name}/status`, "utf8");
       const uid = Number(/^Uid:\s+(\d+)/m.exec(status)?.[1] ?? 0);
       const cmd = readFileSync(`/proc/${name}/cmdline`, "utf8");
-      if (uid >= 1_000_000 || cmd.includes("PROTO_OUT = os.fdopen") || cmd.includes(MARK)) pids.push(Number(name));
+      if (uid >= 1_000_000 || cmd.includes("PROTO_OUT = os.fdopen") || cmd.includes(MARK))
+        pids.push(Number(name));
     } catch {
       /* exited meanwhile */
     }
@@ -34,7 +35,12 @@ function sandboxProcesses(): number[] {
 }
 
 const py = (code: string) => "Here you go:\n```python\n" + code.trim() + "\n```\n";
-const stdinProblem = (id: string, input: string, output: string, extra: Partial<Problem> = {}): Problem => ({
+const stdinProblem = (
+  id: string,
+  input: string,
+  output: string,
+  extra: Partial<Problem> = {},
+): Problem => ({
   id,
   tests: [{ input, output, type: "stdin" }],
   time_limit_s: 1,
@@ -50,8 +56,18 @@ interface Case {
 }
 
 const cases: Case[] = [
-  { name: "infinite loop", problem: stdinProblem("loop", "", "1"), text: py("while True:\n    pass"), want: "TLE" },
-  { name: "long sleep", problem: stdinProblem("sleep", "", "1"), text: py("import time\ntime.sleep(600)"), want: "TLE" },
+  {
+    name: "infinite loop",
+    problem: stdinProblem("loop", "", "1"),
+    text: py("while True:\n    pass"),
+    want: "TLE",
+  },
+  {
+    name: "long sleep",
+    problem: stdinProblem("sleep", "", "1"),
+    text: py("import time\ntime.sleep(600)"),
+    want: "TLE",
+  },
   {
     name: "fork bomb",
     problem: stdinProblem("forkbomb", "", "1"),
@@ -61,7 +77,9 @@ const cases: Case[] = [
   {
     name: "thread bomb",
     problem: stdinProblem("threadbomb", "", "1"),
-    text: py("import threading, time\nwhile True:\n    threading.Thread(target=time.sleep, args=(100,), daemon=True).start()"),
+    text: py(
+      "import threading, time\nwhile True:\n    threading.Thread(target=time.sleep, args=(100,), daemon=True).start()",
+    ),
     want: "RE",
   },
   {
@@ -80,7 +98,9 @@ const cases: Case[] = [
   {
     name: "deep but legitimate Python recursion",
     problem: stdinProblem("deepok", "", "100000"),
-    text: py("import sys\nsys.setrecursionlimit(10**6)\ndef f(n):\n    return 0 if n == 0 else f(n - 1) + 1\nprint(f(10**5))"),
+    text: py(
+      "import sys\nsys.setrecursionlimit(10**6)\ndef f(n):\n    return 0 if n == 0 else f(n - 1) + 1\nprint(f(10**5))",
+    ),
     want: "AC",
   },
   {
@@ -92,10 +112,17 @@ const cases: Case[] = [
   {
     name: "1 GB of output",
     problem: stdinProblem("gig", "", "1"),
-    text: py("import sys\nblock = 'x' * (1 << 20)\nfor _ in range(1024):\n    sys.stdout.write(block)"),
+    text: py(
+      "import sys\nblock = 'x' * (1 << 20)\nfor _ in range(1024):\n    sys.stdout.write(block)",
+    ),
     want: "OLE",
   },
-  { name: "endless output", problem: stdinProblem("endless", "", "1"), text: py("while True:\n    print('y' * 4096)"), want: "OLE" },
+  {
+    name: "endless output",
+    problem: stdinProblem("endless", "", "1"),
+    text: py("while True:\n    print('y' * 4096)"),
+    want: "OLE",
+  },
   {
     name: "invalid UTF-8 and NUL bytes",
     problem: stdinProblem("badutf8", "", "abc"),
@@ -123,7 +150,9 @@ const cases: Case[] = [
   {
     name: "reading environment variables",
     problem: stdinProblem("envvars", "", SECRET),
-    text: py("import os\nprint(os.environ.get('VALLEY_TEST_SECRET', 'none'))\nprint(' '.join(os.environ))"),
+    text: py(
+      "import os\nprint(os.environ.get('VALLEY_TEST_SECRET', 'none'))\nprint(' '.join(os.environ))",
+    ),
     want: "WA",
   },
   {
@@ -145,13 +174,17 @@ const cases: Case[] = [
   {
     name: "killing the parent",
     problem: stdinProblem("killparent", "2\n", "4"),
-    text: py("import os\ntry:\n    os.kill(os.getppid(), 9)\nexcept OSError:\n    pass\nprint(int(input()) * 2)"),
+    text: py(
+      "import os\ntry:\n    os.kill(os.getppid(), 9)\nexcept OSError:\n    pass\nprint(int(input()) * 2)",
+    ),
     want: "AC",
   },
   {
     name: "killing every process",
     problem: stdinProblem("killall", "2\n", "4"),
-    text: py("import os\ntry:\n    os.kill(-1, 9)\nexcept OSError:\n    pass\nprint(int(input()) * 2)"),
+    text: py(
+      "import os\ntry:\n    os.kill(-1, 9)\nexcept OSError:\n    pass\nprint(int(input()) * 2)",
+    ),
     want: "AC",
   },
   {
@@ -192,7 +225,9 @@ print('done')`,
   {
     name: "filling /tmp",
     problem: stdinProblem("filltmp", "", "1"),
-    text: py("f = open('/tmp/fill', 'wb')\nwhile True:\n    f.write(b'\\0' * (1 << 20))\n    f.flush()"),
+    text: py(
+      "f = open('/tmp/fill', 'wb')\nwhile True:\n    f.write(b'\\0' * (1 << 20))\n    f.flush()",
+    ),
     want: "RE",
   },
   {
@@ -241,9 +276,24 @@ print('done')`,
     text: py("import ctypes\nctypes.string_at(0)"),
     want: "RE",
   },
-  { name: "sys.exit(3)", problem: stdinProblem("exit3", "", "1"), text: py("import sys\nprint(1)\nsys.exit(3)"), want: "RE" },
-  { name: "a syntax error", problem: stdinProblem("syntax", "", "1"), text: py("print(1"), want: "CE" },
-  { name: "no code block", problem: stdinProblem("nocode", "", "1"), text: "print(1)\nI think the answer is 1.", want: "NO_CODE" },
+  {
+    name: "sys.exit(3)",
+    problem: stdinProblem("exit3", "", "1"),
+    text: py("import sys\nprint(1)\nsys.exit(3)"),
+    want: "RE",
+  },
+  {
+    name: "a syntax error",
+    problem: stdinProblem("syntax", "", "1"),
+    text: py("print(1"),
+    want: "CE",
+  },
+  {
+    name: "no code block",
+    problem: stdinProblem("nocode", "", "1"),
+    text: "print(1)\nI think the answer is 1.",
+    want: "NO_CODE",
+  },
   {
     name: "code only inside the think block",
     problem: stdinProblem("thinkonly", "", "1"),
@@ -259,7 +309,9 @@ print('done')`,
   {
     name: "a subprocess shell",
     problem: stdinProblem("shell", "", "ok"),
-    text: py("import subprocess\nprint(subprocess.run(['/bin/sh', '-c', 'echo ok'], capture_output=True, text=True).stdout.strip())"),
+    text: py(
+      "import subprocess\nprint(subprocess.run(['/bin/sh', '-c', 'echo ok'], capture_output=True, text=True).stdout.strip())",
+    ),
     want: "AC",
   },
   {
@@ -315,11 +367,21 @@ describe("hostile programs in the sandbox", { skip: process.platform !== "linux"
   });
 
   it("no process of any sandbox is left", () => {
-    assert.deepEqual(sandboxProcesses(), []);
+    const left = sandboxProcesses().map((pid) => {
+      try {
+        const status = readFileSync(`/proc/${pid}/status`, "utf8");
+        return `${pid} ${/^State:.*$/m.exec(status)?.[0]} ${/^PPid:.*$/m.exec(status)?.[0]} ${/^Name:.*$/m.exec(status)?.[0]} ${readFileSync(`/proc/${pid}/cmdline`, "utf8").slice(0, 120)}`;
+      } catch {
+        return `${pid} (gone)`;
+      }
+    });
+    assert.deepEqual(left, []);
   });
 
   it("the grader keeps going after hostile programs", async () => {
-    const [r] = await gradeMany([{ problem: stdinProblem("after", "20\n", "40"), text: py("print(int(input()) * 2)") }]);
+    const [r] = await gradeMany([
+      { problem: stdinProblem("after", "20\n", "40"), text: py("print(int(input()) * 2)") },
+    ]);
     assert.equal(r.verdict, "AC");
   });
 });

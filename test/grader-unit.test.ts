@@ -20,7 +20,8 @@ describe("extraction", () => {
     assert.equal(stripThink("x<think>never closed ```python\nprint(1)\n```"), "x");
   });
   it("takes the first python block by default and the last by option", () => {
-    const t = "<think>```python\nprint(0)\n```</think>\n```python\nprint(1)\n```\ntext\n```py\nprint(2)\n```\n";
+    const t =
+      "<think>```python\nprint(0)\n```</think>\n```python\nprint(1)\n```\ntext\n```py\nprint(2)\n```\n";
     assert.equal(extractCode(t), "print(1)\n");
     assert.equal(extractCode(t, "last"), "print(2)\n");
   });
@@ -60,7 +61,10 @@ describe("stdin comparison (LiveCodeBench rules)", () => {
     assert.equal(compareStdout("3.2", "3.14160", 1e-4).ok, false);
   });
   it("compares big integers exactly", () => {
-    assert.equal(compareStdout("123456789012345678901234567891", "123456789012345678901234567890").ok, false);
+    assert.equal(
+      compareStdout("123456789012345678901234567891", "123456789012345678901234567890").ok,
+      false,
+    );
     assert.ok(compareStdout("123456789012345678901234567890", "123456789012345678901234567890").ok);
   });
   it("parses decimals as Python does", () => {
@@ -111,7 +115,11 @@ describe("metrics", () => {
     assert.equal(meanPassAtK(t, 1), passAt1(t));
   });
   it("gives a seeded bootstrap interval around pass@1", () => {
-    const t = Array.from({ length: 50 }, (_, i) => ({ id: String(i), n: 1, c: i % 4 === 0 ? 1 : 0 }));
+    const t = Array.from({ length: 50 }, (_, i) => ({
+      id: String(i),
+      n: 1,
+      c: i % 4 === 0 ? 1 : 0,
+    }));
     const a = bootstrapPassAt1(t, { seed: 7 });
     const b = bootstrapPassAt1(t, { seed: 7 });
     assert.deepEqual(a, b);
@@ -133,6 +141,14 @@ describe("metrics", () => {
   });
   it("computes completion and think-tag rates", () => {
     assert.equal(completionRate([{ finish_reason: "stop" }, { finish_reason: "length" }]), 0.5);
-    assert.equal(thinkTagRate([{ text: " <think>a</think>" }, { text: "b" }, { text: "<think>" }, { text: "x<think>" }]), 0.5);
+    assert.equal(
+      thinkTagRate([
+        { text: " <think>a</think>" },
+        { text: "b" },
+        { text: "<think>" },
+        { text: "x<think>" },
+      ]),
+      0.5,
+    );
   });
 });

@@ -18,7 +18,11 @@ const doubler: Problem = {
   tests: [
     { input: "3\n", output: "6\n", type: "stdin" },
     { input: "5\n", output: "10", type: "stdin" },
-    { input: "123456789012345678901234567890\n", output: "246913578024691357802469135780\n", type: "stdin" },
+    {
+      input: "123456789012345678901234567890\n",
+      output: "246913578024691357802469135780\n",
+      type: "stdin",
+    },
   ],
 };
 
@@ -42,7 +46,11 @@ describe("grading correct and wrong answers", () => {
   });
 
   it("accepts CRLF, trailing spaces and blank lines in the output", async () => {
-    const r = await gradeSample(doubler, py("import sys\nsys.stdout.write('\\n' + str(int(input()) * 2) + '   \\r\\n\\r\\n')"), fast);
+    const r = await gradeSample(
+      doubler,
+      py("import sys\nsys.stdout.write('\\n' + str(int(input()) * 2) + '   \\r\\n\\r\\n')"),
+      fast,
+    );
     assert.equal(r.verdict, "AC");
   });
 
@@ -63,12 +71,18 @@ describe("grading correct and wrong answers", () => {
   });
 
   it("calls Solution().<fn_name>(*args) and compares big integers exactly", async () => {
-    const ok = await gradeSample(bigFn, py("class Solution:\n    def mul(self, a, b):\n        return a * b"), fast);
+    const ok = await gradeSample(
+      bigFn,
+      py("class Solution:\n    def mul(self, a, b):\n        return a * b"),
+      fast,
+    );
     assert.equal(ok.verdict, "AC");
     // Off by one at 2^54: a float-based comparison would call this equal.
     const off = await gradeSample(
       bigFn,
-      py("class Solution:\n    def mul(self, a, b):\n        return a * b if a < 100 else a * b + 1"),
+      py(
+        "class Solution:\n    def mul(self, a, b):\n        return a * b if a < 100 else a * b + 1",
+      ),
       fast,
     );
     assert.equal(off.verdict, "WA");
@@ -81,12 +95,22 @@ describe("grading correct and wrong answers", () => {
       tests: [{ input: "[1, 2]", output: "[2, 1]", type: "functional" }],
       time_limit_s: 2,
     };
-    const r = await gradeSample(p, py("from typing import List\nclass Solution:\n    def pair(self, xs: List[int]):\n        return (xs[1], xs[0])"), fast);
+    const r = await gradeSample(
+      p,
+      py(
+        "from typing import List\nclass Solution:\n    def pair(self, xs: List[int]):\n        return (xs[1], xs[0])",
+      ),
+      fast,
+    );
     assert.equal(r.verdict, "AC");
   });
 
   it("applies a per-problem float tolerance", async () => {
-    const p: Problem = { id: "pi", tests: [{ input: "", output: "3.14159265", type: "stdin" }], time_limit_s: 2 };
+    const p: Problem = {
+      id: "pi",
+      tests: [{ input: "", output: "3.14159265", type: "stdin" }],
+      time_limit_s: 2,
+    };
     const code = py("print('%.5f' % 3.14159265)");
     assert.equal((await gradeSample(p, code, fast)).verdict, "WA");
     assert.equal((await gradeSample({ ...p, float_tolerance: 1e-5 }, code, fast)).verdict, "AC");
@@ -105,13 +129,19 @@ describe("grading correct and wrong answers", () => {
   });
 
   it("reports a sandbox that cannot start as an infrastructure error", async () => {
-    const r = await gradeSample(doubler, py("print(int(input()) * 2)"), { ...fast, bwrap: "/nonexistent/bwrap" });
+    const r = await gradeSample(doubler, py("print(int(input()) * 2)"), {
+      ...fast,
+      bwrap: "/nonexistent/bwrap",
+    });
     assert.equal(r.verdict, "IE");
     assert.match(r.message ?? "", /sandbox/);
   });
 
   it("runs without a sandbox only when asked", async () => {
-    const r = await gradeSample(doubler, py("print(int(input()) * 2)"), { ...fast, sandbox: "none" });
+    const r = await gradeSample(doubler, py("print(int(input()) * 2)"), {
+      ...fast,
+      sandbox: "none",
+    });
     assert.equal(r.verdict, "AC");
   });
 });
@@ -121,7 +151,10 @@ describe("valley grade", () => {
   after(() => rmSync(dir, { recursive: true, force: true }));
   const file = (name: string, lines: unknown[] | string) => {
     const f = join(dir, name);
-    writeFileSync(f, typeof lines === "string" ? lines : lines.map((l) => JSON.stringify(l)).join("\n") + "\n");
+    writeFileSync(
+      f,
+      typeof lines === "string" ? lines : lines.map((l) => JSON.stringify(l)).join("\n") + "\n",
+    );
     return f;
   };
   const problems = file("problems.jsonl", [doubler, bigFn]);
@@ -145,14 +178,27 @@ describe("valley grade", () => {
     const answers = file("answers.jsonl", [
       { id: "double", sample: 0, text: py("print(int(input()) * 2)") },
       { id: "double", sample: 1, text: "no code here" },
-      { id: "bigfn", sample: 0, text: py("class Solution:\n    def mul(self, a, b):\n        return a * b") },
-      { id: "bigfn", sample: 1, text: py("class Solution:\n    def mul(self, a, b):\n        return a + b") },
+      {
+        id: "bigfn",
+        sample: 0,
+        text: py("class Solution:\n    def mul(self, a, b):\n        return a * b"),
+      },
+      {
+        id: "bigfn",
+        sample: 1,
+        text: py("class Solution:\n    def mul(self, a, b):\n        return a + b"),
+      },
     ]);
     const { code, out } = await run([problems, answers, "--json"]);
     assert.equal(code, 0);
     const doc = JSON.parse(out) as {
       results: { id: string; sample: number; verdict: string; tests: unknown[] }[];
-      summary: { by_verdict: Record<string, number>; pass_at_1: number; pass_at_k: Record<string, number>; samples: number };
+      summary: {
+        by_verdict: Record<string, number>;
+        pass_at_1: number;
+        pass_at_k: Record<string, number>;
+        samples: number;
+      };
     };
     assert.deepEqual(
       doc.results.map((r) => [r.id, r.sample, r.verdict]),
@@ -171,7 +217,9 @@ describe("valley grade", () => {
   });
 
   it("prints a table without --json", async () => {
-    const answers = file("answers-table.jsonl", [{ id: "double", text: py("print(int(input()) * 2)") }]);
+    const answers = file("answers-table.jsonl", [
+      { id: "double", text: py("print(int(input()) * 2)") },
+    ]);
     const { code, out } = await run([problems, answers]);
     assert.equal(code, 0);
     assert.match(out, /double\s+0\s+AC/);
@@ -180,12 +228,27 @@ describe("valley grade", () => {
 
   const bad: [string, () => string[], RegExp][] = [
     ["an unreadable file", () => [problems, join(dir, "missing.jsonl")], /cannot read/],
-    ["bad JSON, with file:line", () => [problems, file("bad.jsonl", '{"id":"double","text":"x"}\n{oops\n')], /bad\.jsonl:2: invalid JSON/],
-    ["a missing id", () => [problems, file("noid.jsonl", [{ text: "x" }])], /noid\.jsonl:1: missing string "id"/],
-    ["an answer for an unknown problem", () => [problems, file("unknown.jsonl", [{ id: "nope", text: "x" }])], /unknown problem "nope"/],
+    [
+      "bad JSON, with file:line",
+      () => [problems, file("bad.jsonl", '{"id":"double","text":"x"}\n{oops\n')],
+      /bad\.jsonl:2: invalid JSON/,
+    ],
+    [
+      "a missing id",
+      () => [problems, file("noid.jsonl", [{ text: "x" }])],
+      /noid\.jsonl:1: missing string "id"/,
+    ],
+    [
+      "an answer for an unknown problem",
+      () => [problems, file("unknown.jsonl", [{ id: "nope", text: "x" }])],
+      /unknown problem "nope"/,
+    ],
     [
       "a problem with zero tests",
-      () => [file("zero.jsonl", [{ id: "z", tests: [] }]), file("za.jsonl", [{ id: "z", text: "x" }])],
+      () => [
+        file("zero.jsonl", [{ id: "z", tests: [] }]),
+        file("za.jsonl", [{ id: "z", text: "x" }]),
+      ],
       /zero\.jsonl:1: problem z has no tests/,
     ],
     ["a wrong argument count", () => [problems], /expected 2 files/],

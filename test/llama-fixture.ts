@@ -8,6 +8,9 @@
  * test files running at the same time wait on a lock instead of building twice.
  * Scratch (the clone and cmake folder) is kept there too, so a changed patch
  * or native source recompiles only what it touches.
+ *
+ * VALLEY_LLAMA_BIN (a folder of llama.cpp programs) skips the build and uses
+ * that instead, as the engine would.
  */
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { mkdir, mkdtemp, rename, rm, writeFile, readFile } from "node:fs/promises";
@@ -74,19 +77,39 @@ export function testLlama(): Promise<BuiltLlama> {
 }
 
 async function buildOrReuse(): Promise<BuiltLlama> {
+  // A build of your own, as the engine takes it (bin/ with lib/ beside it):
+  // skips the test build, e.g. while iterating on code that only calls llama.cpp.
+  const own = process.env.VALLEY_LLAMA_BIN;
+  if (own) {
+    const dir = join(own, "..");
+    const lib = existsSync(join(dir, "lib")) ? join(dir, "lib") : own;
+    return { dir, bin: own, lib, digest: hashJson({ own }) };
+  }
   const root = cacheRoot();
   await mkdir(root, { recursive: true });
   const fp = await llamaBuild.fingerprint!(TEST_BUILD_PARAMS);
-  const key = hashJson({ kind: llamaBuild.kind, version: llamaBuild.version, params: TEST_BUILD_PARAMS, fp });
+  const key = hashJson({
+    kind: llamaBuild.kind,
+    version: llamaBuild.version,
+    params: TEST_BUILD_PARAMS,
+    fp,
+  });
   const dir = join(root, key.slice(7, 23));
-  const result = (): BuiltLlama => ({ dir, bin: join(dir, "bin"), lib: join(dir, "lib"), digest: key });
+  const result = (): BuiltLlama => ({
+    dir,
+    bin: join(dir, "bin"),
+    lib: join(dir, "lib"),
+    digest: key,
+  });
   if (existsSync(join(dir, "build.json"))) return result();
   return withLock(join(root, "build.lock"), async () => {
     if (existsSync(join(dir, "build.json"))) return result();
     const partial = `${dir}.partial`;
     await rm(partial, { recursive: true, force: true });
     await mkdir(partial, { recursive: true });
-    process.stderr.write(`# building llama.cpp for the tests into ${dir} (about 7 min on 2 cores)\n`);
+    process.stderr.write(
+      `# building llama.cpp for the tests into ${dir} (about 7 min on 2 cores)\n`,
+    );
     let last = -10;
     const { ctx } = await makeCtx(TEST_BUILD_PARAMS, {
       out: partial,

@@ -53,11 +53,20 @@ test("same params give the same bytes; another seed does not", async () => {
 
 test("qwen2 F16 has q/k/v biases and F16 matrices", async () => {
   const { out } = await runModel({
-    random: { architecture: "qwen2", type: "F16", n_embd: 64, n_layer: 1, n_head: 4, n_head_kv: 2, n_ff: 96 },
+    random: {
+      architecture: "qwen2",
+      type: "F16",
+      n_embd: 64,
+      n_layer: 1,
+      n_head: 4,
+      n_head_kv: 2,
+      n_ff: 96,
+    },
   });
   const s = await inspectGguf(join(out, "model.gguf"));
   const names = s.tensors.map((t) => t.name);
-  for (const b of ["attn_q.bias", "attn_k.bias", "attn_v.bias"]) assert.ok(names.includes(`blk.0.${b}`));
+  for (const b of ["attn_q.bias", "attn_k.bias", "attn_v.bias"])
+    assert.ok(names.includes(`blk.0.${b}`));
   const k = s.tensors.find((t) => t.name === "blk.0.attn_k.weight");
   assert.deepEqual(k?.shape, [64, 32]);
   assert.equal(k?.type, 1);
@@ -68,8 +77,8 @@ test("qwen2 F16 has q/k/v biases and F16 matrices", async () => {
 
 test("a random model loads in node-llama-cpp, tokenizes by character and generates", async () => {
   const { out } = await runModel(TINY);
-  const { getLlama, LlamaCompletion } = await import("node-llama-cpp");
-  const llama = await getLlama({ gpu: false, build: "never", logLevel: "error" as never });
+  const { getLlama, LlamaCompletion, LlamaLogLevel } = await import("node-llama-cpp");
+  const llama = await getLlama({ gpu: false, build: "never", logLevel: LlamaLogLevel.error });
   const m = await llama.loadModel({ modelPath: join(out, "model.gguf") });
   try {
     const text = "def f(x):\n\treturn x ≤ 3 <think>é</think>";
@@ -137,11 +146,17 @@ test("impossible shapes and source mix-ups are caught by check() and run()", asy
   assert.equal(issues.length, 1);
   assert.deepEqual(issues[0].path, ["random", "n_embd"]);
   assert.match(issues[0].message, /not divisible by n_head/);
-  assert.match(model.check!({ random: { n_head: 6, n_head_kv: 4, n_embd: 48 } })[0].message, /n_head_kv/);
+  assert.match(
+    model.check!({ random: { n_head: 6, n_head_kv: 4, n_embd: 48 } })[0].message,
+    /n_head_kv/,
+  );
   assert.match(model.check!({})[0].message, /give one model source/);
   assert.match(model.check!({ path: "a", random: {} })[0].message, /exactly one/);
   const { ctx } = await makeCtx(bad);
-  await assert.rejects(model.run(ctx), (e: Error) => e instanceof InputError && /divisible/.test(e.message));
+  await assert.rejects(
+    model.run(ctx),
+    (e: Error) => e instanceof InputError && /divisible/.test(e.message),
+  );
 });
 
 test("F32 → F16 conversion rounds like IEEE", () => {

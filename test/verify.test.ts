@@ -48,9 +48,16 @@ describe("verify stage", () => {
 
   function setup(name: string, traces: unknown[], probs: unknown[] = problems) {
     const base = join(root, name);
-    for (const d of ["problems", "traces", "out", "scratch"]) mkdirSync(join(base, d), { recursive: true });
-    writeFileSync(join(base, "problems", "problems.jsonl"), probs.map((p) => JSON.stringify(p)).join("\n") + "\n");
-    writeFileSync(join(base, "traces", "traces.jsonl"), traces.map((t) => JSON.stringify(t)).join("\n") + "\n");
+    for (const d of ["problems", "traces", "out", "scratch"])
+      mkdirSync(join(base, d), { recursive: true });
+    writeFileSync(
+      join(base, "problems", "problems.jsonl"),
+      probs.map((p) => JSON.stringify(p)).join("\n") + "\n",
+    );
+    writeFileSync(
+      join(base, "traces", "traces.jsonl"),
+      traces.map((t) => JSON.stringify(t)).join("\n") + "\n",
+    );
     const digest = ("sha256:" + "0".repeat(64)) as Digest;
     const ctx: StageContext<VerifyParams> = {
       instanceId: `verify@${name}`,
@@ -116,18 +123,27 @@ describe("verify stage", () => {
 
   it("rejects a trace for an unknown problem as bad input", async () => {
     const ctx = setup("unknown", [{ ...trace(0, "x"), problem_id: "nope" }]);
-    await assert.rejects(verify.run(ctx), (e: Error) => e instanceof InputError && /unknown problem "nope"/.test(e.message));
+    await assert.rejects(
+      verify.run(ctx),
+      (e: Error) => e instanceof InputError && /unknown problem "nope"/.test(e.message),
+    );
   });
 
   it("rejects a problem with zero tests as bad input", async () => {
     const ctx = setup("zero", [trace(0, "x")], [{ ...problems[0], tests: [] }]);
-    await assert.rejects(verify.run(ctx), (e: Error) => e instanceof InputError && /no tests/.test(e.message));
+    await assert.rejects(
+      verify.run(ctx),
+      (e: Error) => e instanceof InputError && /no tests/.test(e.message),
+    );
   });
 
   it("fails, rather than labels, when the sandbox cannot run", async () => {
     const ctx = setup("ie", [trace(0, py("print(3)"))]);
     ctx.params.bwrap = "/nonexistent/bwrap";
-    await assert.rejects(verify.run(ctx), (e: Error) => !(e instanceof InputError) && /sandbox/.test(e.message));
+    await assert.rejects(
+      verify.run(ctx),
+      (e: Error) => !(e instanceof InputError) && /sandbox/.test(e.message),
+    );
     assert.throws(() => readFileSync(join(ctx.out, "traces.jsonl")), "no labels written");
   });
 

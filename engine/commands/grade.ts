@@ -15,8 +15,8 @@ import type { SampleResult } from "../../grader/types.js";
 
 /** Where the command writes; tests swap these to capture output without touching process.stdout. */
 export const io = {
-  stdout: (s: string): void => void io.stdout(s),
-  stderr: (s: string): void => void io.stderr(s),
+  stdout: (s: string): void => void process.stdout.write(s),
+  stderr: (s: string): void => void process.stderr.write(s),
 };
 
 const USAGE = `usage: valley grade <problems.jsonl> <answers.jsonl> [--json] [--policy first|last]
@@ -77,7 +77,9 @@ function table(rows: { id: string; sample: number; r: SampleResult }[]): string 
     const failed = r.tests.find((t) => t.verdict !== "AC");
     const note = (r.message ?? failed?.note ?? "").split("\n")[0].slice(0, 80);
     const passed = r.tests.filter((t) => t.verdict === "AC").length;
-    lines.push(`${id.padEnd(w)}  ${String(sample).padStart(6)}  ${r.verdict.padEnd(7)}  ${String(passed).padStart(5)}  ${note}`);
+    lines.push(
+      `${id.padEnd(w)}  ${String(sample).padStart(6)}  ${r.verdict.padEnd(7)}  ${String(passed).padStart(5)}  ${note}`,
+    );
   }
   return lines.join("\n");
 }
@@ -143,7 +145,9 @@ export async function main(argv: string[]): Promise<number> {
     io.stdout(
       `${table(rows)}\n\n${summary.samples} samples, ${summary.problems} problems: ${counts}\n` +
         `pass@1 ${summary.pass_at_1.toFixed(4)} (95% CI ${ci.low.toFixed(4)}–${ci.high.toFixed(4)}), extraction: ${summary.policy} block\n` +
-        (summary.infrastructure_errors > 0 ? `${summary.infrastructure_errors} infrastructure error(s), left out of pass@1\n` : ""),
+        (summary.infrastructure_errors > 0
+          ? `${summary.infrastructure_errors} infrastructure error(s), left out of pass@1\n`
+          : ""),
     );
   }
   return 0;

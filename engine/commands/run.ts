@@ -61,6 +61,8 @@ export async function run(argv: string[]): Promise<number> {
       force: values.force,
       signal: ac.signal,
       onEvent: (e) => progress.event(e),
+      // For tests and impatient users: the first retry's delay (doubles each time).
+      backoffMs: process.env.VALLEY_BACKOFF_MS ? Number(process.env.VALLEY_BACKOFF_MS) : undefined,
     });
   } finally {
     progress.finish();
@@ -73,8 +75,8 @@ export async function run(argv: string[]): Promise<number> {
   // The lockfile lists every instance with a result, including ones this run did not select.
   if (!values.only) writeLockfile(pl, results, engine.store.root);
   const seconds = (Date.now() - t0) / 1000;
+  const failures = [...summary.outcomes].flatMap(([id, o]) => (o.status === "failed" ? [{ id, error: o.error.message }] : []));
   if (values.json) {
-    const failures = [...summary.outcomes].filter(([, o]) => o.status === "failed").map(([id, o]) => ({ id, error: o.status === "failed" ? o.error.message : "" }));
     process.stdout.write(
       JSON.stringify({
         instances: summary.instances,
@@ -87,16 +89,16 @@ export async function run(argv: string[]): Promise<number> {
         failures,
       }) + "\n",
     );
-  } else {
-    process.stderr.write(
-      `${summary.instances} instances: ${summary.executed} executed, ${summary.cached} cached, ${summary.failed} failed` +
-        (summary.skipped ? `, ${summary.skipped} skipped` : "") +
-        (summary.cancelled ? `, ${summary.cancelled} cancelled` : "") +
-        ` (${seconds.toFixed(2)}s)\n`,
-    );
-    for (const [id, o] of summary.outcomes) {
-      if (o.status === "failed") process.stderr.write(`\n✗ ${o.error.message}\n  full log: valley logs ${id}${values.file || positionals[0] ? ` -f ${values.file ?? positionals[0]}` : ""}\n`);
-    }
+  }
+  process.stderr.write(
+    `${summary.instances} instances: ${summary.executed} executed, ${summary.cached} cached, ${summary.failed} failed` +
+      (summary.skipped ? `, ${summary.skipped} skipped` : "") +
+      (summary.cancelled ? `, ${summary.cancelled} cancelled` : "") +
+      ` (${seconds.toFixed(2)}s)\n`,
+  );
+  const fileArg = values.file ?? positionals[0];
+  for (const f of failures) {
+    process.stderr.write(`\n✗ ${f.error}\n  full log: valley logs ${f.id}${fileArg ? ` -f ${fileArg}` : ""}\n`);
   }
   if (ac.signal.aborted) return 130;
   if (summary.inputError) return 2;

@@ -77,13 +77,18 @@ export interface LlamaBinaries {
   lib?: string;
 }
 
-function single(ctx: StageContext<FinetuneParams>, name: string, required: boolean): InputArtifact | undefined {
+function single(
+  ctx: StageContext<FinetuneParams>,
+  name: string,
+  required: boolean,
+): InputArtifact | undefined {
   const input = ctx.inputs[name];
   if (input === undefined) {
     if (required) throw new InputError(`finetune needs an input \`${name}\``);
     return undefined;
   }
-  if (Array.isArray(input)) throw new InputError(`finetune's input \`${name}\` must be one artifact, not a list`);
+  if (Array.isArray(input))
+    throw new InputError(`finetune's input \`${name}\` must be one artifact, not a list`);
   return input;
 }
 
@@ -309,7 +314,10 @@ const finetune: StageKind<FinetuneParams> = {
     const dataIn = single(ctx, "data", true) as InputArtifact;
     const model = join(from.path, "model.gguf");
     const data = join(dataIn.path, "train.jsonl");
-    if (!existsSync(model)) throw new InputError(`input \`from\` (${from.id}) has no model.gguf (an adapter must be merged first: the merge stage)`);
+    if (!existsSync(model))
+      throw new InputError(
+        `input \`from\` (${from.id}) has no model.gguf (an adapter must be merged first: the merge stage)`,
+      );
     if (!existsSync(data)) throw new InputError(`input \`data\` (${dataIn.id}) has no train.jsonl`);
     const b = resolveBinaries(ctx);
     const metrics =

@@ -12,7 +12,18 @@
  */
 import { execFile } from "node:child_process";
 import { existsSync } from "node:fs";
-import { appendFile, cp, lstat, mkdir, readdir, readFile, realpath, rm, writeFile, copyFile } from "node:fs/promises";
+import {
+  appendFile,
+  cp,
+  lstat,
+  mkdir,
+  readdir,
+  readFile,
+  realpath,
+  rm,
+  writeFile,
+  copyFile,
+} from "node:fs/promises";
 import { join, relative } from "node:path";
 import { promisify } from "node:util";
 import { InputError, type ParamIssue, type StageKind } from "../../engine/stage-api.js";
@@ -83,7 +94,9 @@ async function listNatives(): Promise<Map<string, string>> {
 
 async function bundleInfo(): Promise<{ nodeLlamaCpp: string; tag: string }> {
   const pkgDir = join(projectRoot(), "node_modules", "node-llama-cpp");
-  const pkg = JSON.parse(await readFile(join(pkgDir, "package.json"), "utf8")) as { version: string };
+  const pkg = JSON.parse(await readFile(join(pkgDir, "package.json"), "utf8")) as {
+    version: string;
+  };
   const info = JSON.parse(await readFile(join(pkgDir, "llama", "llama.cpp.info.json"), "utf8")) as {
     tag: string;
   };
@@ -114,7 +127,10 @@ function paramIssues(p: LlamaBuildParams): ParamIssue[] {
   }
   (p.cmakeFlags ?? []).forEach((f, i) => {
     if (!/^-D[A-Za-z_][A-Za-z0-9_]*(:[A-Z]+)?=/.test(f)) {
-      issues.push({ path: ["cmakeFlags", i], message: `expected -DNAME=VALUE, got ${JSON.stringify(f)}` });
+      issues.push({
+        path: ["cmakeFlags", i],
+        message: `expected -DNAME=VALUE, got ${JSON.stringify(f)}`,
+      });
     }
   });
   return issues;
@@ -137,6 +153,17 @@ export function configureFlags(p: LlamaBuildParams): string[] {
     if (p.cudaArchitectures) flags.push(`-DCMAKE_CUDA_ARCHITECTURES=${p.cudaArchitectures}`);
   }
   return [...flags, ...(p.cmakeFlags ?? [])];
+}
+
+/** Is `src` a clone whose HEAD is `commit`? */
+async function cloneAt(src: string, commit: string): Promise<boolean> {
+  if (!existsSync(join(src, ".git"))) return false;
+  try {
+    const { stdout } = await execFileP("git", ["rev-parse", "HEAD"], { cwd: src });
+    return stdout.trim() === commit;
+  } catch {
+    return false;
+  }
 }
 
 interface SourceState {
@@ -173,16 +200,28 @@ async function prepareSource(
     const have = JSON.parse(await readFile(stateFile, "utf8")) as SourceState;
     if (JSON.stringify(have) === JSON.stringify(want)) return { src, commit };
   }
-  log.info({ commit, patches: patches.length }, "cloning llama.cpp from node-llama-cpp's bundle");
-  await rm(src, { recursive: true, force: true });
-  await rm(join(scratch, "build"), { recursive: true, force: true });
   await rm(stateFile, { force: true });
-  await runCommand("git", ["-c", "advice.detachedHead=false", "clone", "-q", bundle, src], { signal });
+  if (await cloneAt(src, commit)) {
+    // Same source, other patches: reset the tree instead of cloning again, so
+    // files no patch touches keep their mtimes and are not recompiled.
+    log.info({ commit, patches: patches.length }, "resetting the llama.cpp clone");
+    await runCommand("git", ["reset", "-q", "--hard", commit], { cwd: src, signal });
+    await runCommand("git", ["clean", "-q", "-f", "-d", "-x"], { cwd: src, signal });
+  } else {
+    log.info({ commit, patches: patches.length }, "cloning llama.cpp from node-llama-cpp's bundle");
+    await rm(src, { recursive: true, force: true });
+    await rm(join(scratch, "build"), { recursive: true, force: true });
+    await runCommand("git", ["-c", "advice.detachedHead=false", "clone", "-q", bundle, src], {
+      signal,
+    });
+  }
   for (const p of patches) {
     try {
       await runCommand("git", ["apply", "--whitespace=nowarn", p], { cwd: src, signal });
     } catch (e) {
-      throw new Error(`patch ${p} does not apply to llama.cpp ${commit}: ${(e as Error).message}`);
+      throw new Error(`patch ${p} does not apply to llama.cpp ${commit}: ${(e as Error).message}`, {
+        cause: e,
+      });
     }
   }
   await appendFile(join(src, "CMakeLists.txt"), HOOK);
@@ -244,7 +283,8 @@ async function install(build: string, out: string, programs: string[]): Promise<
   await mkdir(join(out, "bin"), { recursive: true });
   await mkdir(join(out, "lib"), { recursive: true });
   for (const p of programs) {
-    if (!existsSync(join(from, p))) throw new Error(`build finished but ${p} is missing in ${from}`);
+    if (!existsSync(join(from, p)))
+      throw new Error(`build finished but ${p} is missing in ${from}`);
     await copyFile(join(from, p), join(out, "bin", p));
   }
   for (const name of (await readdir(from)).sort()) {
@@ -285,7 +325,10 @@ const llamaBuild: StageKind<LlamaBuildParams> = {
       await rm(build, { recursive: true, force: true });
     }
     ctx.log.info({ flags, natives }, "configuring llama.cpp");
-    await runCommand("cmake", ["-S", src, "-B", build, ...flags], { signal: ctx.signal, log: ctx.log });
+    await runCommand("cmake", ["-S", src, "-B", build, ...flags], {
+      signal: ctx.signal,
+      log: ctx.log,
+    });
     await writeFile(flagsFile, JSON.stringify(flags));
     ctx.log.info({ jobs, targets: LLAMA_TARGETS }, "building llama.cpp");
     await runCommand(
@@ -316,7 +359,9 @@ const llamaBuild: StageKind<LlamaBuildParams> = {
       patches: (await listPatches()).map((f) => f.split("/").pop()),
     };
     await writeFile(join(ctx.out, "build.json"), JSON.stringify(info, null, 2) + "\n");
-    return { metrics: { backend: p.backend, commit: commit.slice(0, 12), programs: info.programs.length } };
+    return {
+      metrics: { backend: p.backend, commit: commit.slice(0, 12), programs: info.programs.length },
+    };
   },
 };
 

@@ -63,26 +63,40 @@ async function fromHf(
   uri: string,
   dir: string,
   out: string,
-  ctx: { signal: AbortSignal; env: Record<string, string>; progress: (d: number, t?: number, n?: string) => void },
+  ctx: {
+    signal: AbortSignal;
+    env: Record<string, string>;
+    progress: (d: number, t?: number, n?: string) => void;
+  },
 ): Promise<void> {
   const { createModelDownloader } = await import("node-llama-cpp");
   await mkdir(dir, { recursive: true });
   const token = ctx.env.HF_TOKEN ?? process.env.HF_TOKEN;
-  const downloader = await createModelDownloader({
-    modelUri: uri,
-    dirPath: dir,
-    showCliProgress: false,
-    // Scratch survives retries of the same key: a finished file is not fetched again.
-    skipExisting: true,
-    tokens: token ? { huggingFace: token } : undefined,
-    onProgress: (s) => ctx.progress(s.downloadedSize, s.totalSize, "download"),
-  });
-  if (downloader.totalFiles > 1) {
-    throw new InputError(
-      `${uri} is split into ${downloader.totalFiles} GGUF files; merge them with llama-gguf-split --merge and use path:`,
+  let file: string;
+  try {
+    const downloader = await createModelDownloader({
+      modelUri: uri,
+      dirPath: dir,
+      showCliProgress: false,
+      // Scratch survives retries of the same key: a finished file is not fetched again.
+      skipExisting: true,
+      tokens: token ? { huggingFace: token } : undefined,
+      onProgress: (s) => ctx.progress(s.downloadedSize, s.totalSize, "download"),
+    });
+    if (downloader.totalFiles > 1) {
+      throw new InputError(
+        `${uri} is split into ${downloader.totalFiles} GGUF files; merge them with llama-gguf-split --merge and use path:`,
+      );
+    }
+    file = await downloader.download({ signal: ctx.signal });
+  } catch (e) {
+    if (e instanceof InputError || ctx.signal.aborted) throw e;
+    throw new Error(
+      `cannot download ${uri}: ${(e as Error).message} ` +
+        "(the hf source needs network access to Hugging Face; set HF_TOKEN for gated models)",
+      { cause: e },
     );
   }
-  const file = await downloader.download({ signal: ctx.signal });
   await checkGguf(file, uri);
   // Move, not copy: scratch is on the same filesystem as the output folder.
   try {

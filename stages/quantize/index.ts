@@ -46,7 +46,13 @@ const quantize: StageKind<QuantizeParams> = {
     await checkGguf(src, "input model");
     const out = join(ctx.out, "model.gguf");
     const threads = p.threads ?? ctx.resources.cpu ?? 2;
-    const args = [...(p.allowRequantize ? ["--allow-requantize"] : []), src, out, p.type, String(threads)];
+    const args = [
+      ...(p.allowRequantize ? ["--allow-requantize"] : []),
+      src,
+      out,
+      p.type,
+      String(threads),
+    ];
     ctx.log.info({ type: p.type, threads }, "quantizing");
     await runCommand(llamaExe(llama, "llama-quantize"), args, {
       env: llamaEnv(llama),

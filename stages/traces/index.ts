@@ -141,21 +141,29 @@ async function generate(
   ctx: StageContext<TracesParams>,
   problems: Problem[],
   prompt: PromptTemplate,
-  baseUrl: string,
+  baseUrl: string | (() => string),
   identity: unknown,
   apiKey: string | undefined,
-): Promise<{ traces: Trace[]; metrics: Record<string, unknown> }> {
+  /** Writes the output; called while the cache is open, traces read lazily from it. */
+  write: (traces: Iterable<Trace>) => Promise<void>,
+): Promise<Record<string, unknown>> {
   const p = ctx.params;
-  const cacheFile = process.env.VALLEY_REQUEST_CACHE || join(ctx.scratch, "requests.sqlite");
+  const cacheFile =
+    ctx.env.VALLEY_REQUEST_CACHE ||
+    process.env.VALLEY_REQUEST_CACHE ||
+    join(ctx.scratch, "requests.sqlite");
   const cache = await RequestCache.open(cacheFile);
-  const url = chatUrl(baseUrl);
+  const url = typeof baseUrl === "string" ? chatUrl(baseUrl) : () => chatUrl(baseUrl());
   const secrets = apiKey ? [apiKey] : [];
-  const results = new Map<string, Trace>();
+  // Only keys are held in memory; answers live in the cache (30K long traces would not fit).
+  const all: { problem: number; sample: number; key: string }[] = [];
+  const rendered: Message[][] = [];
   const jobs: Job[] = [];
   let cached = 0;
   try {
-    for (const problem of problems) {
+    for (const [pi, problem] of problems.entries()) {
       const messages = renderPrompt(prompt, problem);
+      rendered.push(messages);
       for (let sample = 0; sample < p.samples; sample++) {
         const sampling = {
           temperature: p.temperature,
@@ -165,23 +173,23 @@ async function generate(
           ...(p.extraBody ?? {}),
         };
         const key = requestKey({ model: identity, request: { messages }, sampling, sample });
-        const hit = cache.get<ChatAnswer>(key);
-        const id = `${problem.id}\u0000${sample}`;
-        if (hit) {
-          results.set(id, { problem_id: problem.id, sample, messages, ...hit });
-          cached++;
-        } else
+        all.push({ problem: pi, sample, key });
+        if (cache.has(key)) cached++;
+        else
           jobs.push({
             problem,
             sample,
             messages,
             key,
-            body: { model: p.model ?? "default", messages, ...sampling },
+            body: { model: p.model ?? "teacher", messages, ...sampling },
           });
       }
     }
     const total = cached + jobs.length;
-    ctx.log.info({ total, cached, toSend: jobs.length, url }, "traces: requests");
+    ctx.log.info(
+      { total, cached, toSend: jobs.length, url: typeof url === "string" ? url : url() },
+      "traces: requests",
+    );
     ctx.progress(cached, total);
 
     const limiter = new Limiter({
@@ -222,12 +230,6 @@ async function generate(
         sent++;
         used = (ans.prompt_tokens ?? 0) + (ans.completion_tokens ?? 0) || undefined;
         cache.put(job.key, ans);
-        results.set(`${job.problem.id}\u0000${job.sample}`, {
-          problem_id: job.problem.id,
-          sample: job.sample,
-          messages: job.messages,
-          ...ans,
-        });
         ctx.progress(++done, total);
       } catch (e) {
         if (signal.aborted) return;
@@ -264,22 +266,17 @@ async function generate(
           `Last error: ${lastError}. ${done} of ${total} requests are answered and cached; a re-run resumes from there.`,
       );
     }
-    const traces: Trace[] = [];
-    for (const problem of problems)
-      for (let s = 0; s < p.samples; s++) {
-        const t = results.get(`${problem.id}\u0000${s}`);
-        if (t) traces.push(t);
-      }
-    return {
-      traces,
-      metrics: {
-        requests: total,
-        cached,
-        sent,
-        failed: failed.length,
-        attempt_errors: attemptErrors,
-      },
-    };
+    await write(
+      (function* () {
+        for (const r of all) {
+          const ans = cache.get<ChatAnswer>(r.key);
+          if (!ans) continue; // failed within the failure budget
+          const messages = rendered[r.problem];
+          yield { problem_id: problems[r.problem].id, sample: r.sample, messages, ...ans };
+        }
+      })(),
+    );
+    return { requests: total, cached, sent, failed: failed.length, attempt_errors: attemptErrors };
   } finally {
     cache.close();
   }
@@ -294,6 +291,8 @@ async function findGguf(dir: string): Promise<string> {
 const kind: StageKind<TracesParams> = {
   kind: "traces",
   version: "1",
+  // Needed by the llama backend only; the engine skips a tool it cannot find.
+  tools: ["llama"],
   resources: (p) => ({ cpu: p.backend === "llama" ? 4 : 1, memory: 1024 }),
   check(p) {
     const issues = [];
@@ -313,10 +312,32 @@ const kind: StageKind<TracesParams> = {
     const p: TracesParams = { ...TRACES_DEFAULTS, ...ctx.params };
     const problems = await loadProblems(ctx);
     const prompt = p.prompt ?? DEFAULT_PROMPT;
-    let traces: Trace[];
+    const tally = {
+      traces: 0,
+      with_reasoning: 0,
+      finish_reason: {} as Record<string, number>,
+      prompt_tokens: 0,
+      completion_tokens: 0,
+    };
+    // Streams traces to traces.jsonl, counting as they pass.
+    const write = (traces: Iterable<Trace>) =>
+      writeJsonl(
+        join(ctx.out, "traces.jsonl"),
+        (function* () {
+          for (const t of traces) {
+            tally.traces++;
+            if (t.reasoning !== "") tally.with_reasoning++;
+            const f = t.finish_reason ?? "none";
+            tally.finish_reason[f] = (tally.finish_reason[f] ?? 0) + 1;
+            tally.prompt_tokens += t.prompt_tokens ?? 0;
+            tally.completion_tokens += t.completion_tokens ?? 0;
+            yield t;
+          }
+        })(),
+      ).then(() => undefined);
     let metrics: Record<string, unknown> = {};
     if (p.backend === "import") {
-      traces = importTraces(problems, p, prompt);
+      await write(importTraces(problems, p, prompt));
     } else if (p.backend === "openai") {
       let apiKey: string | undefined;
       if (p.apiKeyEnv) {
@@ -325,58 +346,34 @@ const kind: StageKind<TracesParams> = {
           throw new InputError(`environment variable ${p.apiKeyEnv} (apiKeyEnv) is not set`);
       }
       const identity = { backend: "openai", model: p.modelIdentity ?? `${p.model} @ ${p.baseUrl}` };
-      ({ traces, metrics } = await generate(ctx, problems, prompt, p.baseUrl!, identity, apiKey));
+      metrics = await generate(ctx, problems, prompt, p.baseUrl!, identity, apiKey, write);
     } else {
-      // UNFINISHED: written against llama/server.ts's planned
-      // `withLlamaServer(opts, fn)`; its option names may still change.
+      // The engine-managed llama-server (llama/server.ts) with N parallel slots.
       const model = one(ctx, "model");
       const gguf = await findGguf(model.path);
-      const modPath = "../../llama/server.js";
-      let mod: {
-        withLlamaServer?: (
-          o: Record<string, unknown>,
-          fn: (baseUrl: string) => Promise<unknown>,
-        ) => Promise<unknown>;
-      };
-      try {
-        mod = (await import(modPath)) as typeof mod;
-      } catch (e) {
-        throw new Error(
-          `the llama backend needs llama/server.ts (withLlamaServer), which is not available: ${(e as Error).message}`,
-          { cause: e },
+      const llama = ctx.tools.llama;
+      if (!llama)
+        throw new InputError(
+          "the llama backend needs the llama tool (tools.llama.path in the pipeline, or VALLEY_LLAMA_BIN)",
         );
-      }
-      if (!mod.withLlamaServer) throw new Error("llama/server.js does not export withLlamaServer");
+      const { withLlamaServer } = await import("../../llama/server.js");
+      const parallel = p.parallel ?? p.concurrency;
+      // The GGUF's digest identifies the model in the request cache, whatever its path.
       const identity = { backend: "llama", model: p.modelIdentity ?? model.digest };
-      let out!: Awaited<ReturnType<typeof generate>>;
-      await mod.withLlamaServer(
+      metrics = await withLlamaServer(
         {
+          llama,
           model: gguf,
-          parallel: p.parallel ?? p.concurrency,
-          ctxSize: p.ctxSize,
-          tools: ctx.tools,
-          log: ctx.log,
+          parallel,
+          contextSize: p.ctxSize ? p.ctxSize * parallel : undefined,
+          alias: p.model ?? "teacher",
           signal: ctx.signal,
+          log: ctx.log,
         },
-        async (baseUrl) => {
-          out = await generate(ctx, problems, prompt, baseUrl, identity, undefined);
-        },
+        (server) => generate(ctx, problems, prompt, () => server.url, identity, undefined, write),
       );
-      ({ traces, metrics } = out);
     }
-    await writeJsonl(join(ctx.out, "traces.jsonl"), traces);
-    const finish: Record<string, number> = {};
-    for (const t of traces)
-      finish[t.finish_reason ?? "none"] = (finish[t.finish_reason ?? "none"] ?? 0) + 1;
-    const m = {
-      problems: problems.length,
-      traces: traces.length,
-      with_reasoning: traces.filter((t) => t.reasoning !== "").length,
-      finish_reason: finish,
-      prompt_tokens: traces.reduce((a, t) => a + (t.prompt_tokens ?? 0), 0),
-      completion_tokens: traces.reduce((a, t) => a + (t.completion_tokens ?? 0), 0),
-      ...metrics,
-    };
+    const m = { problems: problems.length, ...tally, ...metrics };
     ctx.log.info(m, "traces written");
     return { metrics: m };
   },

@@ -11,7 +11,13 @@
 import { createWriteStream } from "node:fs";
 import { join } from "node:path";
 import { finished } from "node:stream/promises";
-import { InputError, type InputArtifact, type StageContext, type StageInput, type StageKind } from "../../engine/stage-api.js";
+import {
+  InputError,
+  type InputArtifact,
+  type StageContext,
+  type StageInput,
+  type StageKind,
+} from "../../engine/stage-api.js";
 import type { GradeOptions } from "../../grader/grade.js";
 import type { ExtractionPolicy } from "../../grader/types.js";
 
@@ -44,7 +50,8 @@ function single(inputs: Record<string, StageInput>, name: string): InputArtifact
   const a = inputs[name];
   if (a === undefined) throw new InputError(`verify needs an input named "${name}"`);
   if (Array.isArray(a)) {
-    if (a.length !== 1) throw new InputError(`verify's "${name}" input must be one artifact, got ${a.length}`);
+    if (a.length !== 1)
+      throw new InputError(`verify's "${name}" input must be one artifact, got ${a.length}`);
     return a[0];
   }
   return a;
@@ -79,7 +86,8 @@ const verify: StageKind<VerifyParams> = {
       const id = value.problem_id;
       if (typeof id !== "string") throw new InputError(`${where}: missing string "problem_id"`);
       const problem = problems.get(id);
-      if (!problem) throw new InputError(`${where}: trace for unknown problem ${JSON.stringify(id)}`);
+      if (!problem)
+        throw new InputError(`${where}: trace for unknown problem ${JSON.stringify(id)}`);
       if (typeof value.text !== "string") throw new InputError(`${where}: missing string "text"`);
       return { problem, text: value.text };
     });
@@ -126,14 +134,27 @@ const verify: StageKind<VerifyParams> = {
     traces.forEach(({ value }, k) => {
       const r = results[k];
       byVerdict[r.verdict] = (byVerdict[r.verdict] ?? 0) + 1;
-      out.write(JSON.stringify({ ...value, verdict: r.verdict, correct: r.verdict === "AC", verify_policy: r.policy }) + "\n");
+      out.write(
+        JSON.stringify({
+          ...value,
+          verdict: r.verdict,
+          correct: r.verdict === "AC",
+          verify_policy: r.policy,
+        }) + "\n",
+      );
     });
     out.end();
     await finished(out);
     const correct = byVerdict.AC ?? 0;
     ctx.log.info({ total: traces.length, correct, byVerdict }, "verify: graded traces");
     return {
-      metrics: { total: traces.length, correct, incorrect: traces.length - correct, by_verdict: byVerdict, policy: p.policy },
+      metrics: {
+        total: traces.length,
+        correct,
+        incorrect: traces.length - correct,
+        by_verdict: byVerdict,
+        policy: p.policy,
+      },
     };
   },
 };

@@ -18,7 +18,10 @@ const testsPer = Number(arg("tests", 5));
 const jobs = Number(arg("jobs", 2));
 const root = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 const dist =
-  arg("dist") ?? [join(root, ".tmp/dist-grader"), join(root, "dist")].find((d) => existsSync(join(d, "grader/grade.js")));
+  arg("dist") ??
+  [join(root, ".tmp/dist-grader"), join(root, "dist")].find((d) =>
+    existsSync(join(d, "grader/grade.js")),
+  );
 if (!dist) {
   console.error("build first: npx tsc -p tsconfig.grader.json");
   process.exit(2);
@@ -36,7 +39,10 @@ const problem = (k) => ({
     type: "stdin",
   })),
 });
-const work = Array.from({ length: programs }, (_, k) => ({ problem: problem(k), text: "```python\n" + code + "```" }));
+const work = Array.from({ length: programs }, (_, k) => ({
+  problem: problem(k),
+  text: "```python\n" + code + "```",
+}));
 
 function bare(input) {
   return new Promise((res, rej) => {
@@ -88,6 +94,12 @@ const bareRate = programs / median(bareS);
 const boxRate = programs / median(boxS);
 const bad = verdicts.filter((v) => v !== "AC").length;
 console.log(`programs ${programs} × ${testsPer} tests, jobs ${jobs}, rounds ${rounds} (median)`);
-console.log(`bare python3 -I spawns: ${bareRate.toFixed(1)} programs/s (${((median(bareS) * 1000) / (programs * testsPer)).toFixed(1)} ms per test run)`);
-console.log(`sandboxed grading:      ${boxRate.toFixed(1)} programs/s (${((median(boxS) * 1000) / programs).toFixed(1)} ms per program)`);
-console.log(`ratio sandboxed/bare:   ${(boxRate / bareRate).toFixed(2)}x${bad ? ` (WARNING: ${bad} not AC)` : ""}`);
+console.log(
+  `bare python3 -I spawns: ${bareRate.toFixed(1)} programs/s (${((median(bareS) * 1000) / (programs * testsPer)).toFixed(1)} ms per test run)`,
+);
+console.log(
+  `sandboxed grading:      ${boxRate.toFixed(1)} programs/s (${((median(boxS) * 1000) / programs).toFixed(1)} ms per program)`,
+);
+console.log(
+  `ratio sandboxed/bare:   ${(boxRate / bareRate).toFixed(2)}x${bad ? ` (WARNING: ${bad} not AC)` : ""}`,
+);

@@ -34,16 +34,17 @@ for (const b of ["valley-lora", "llama-finetune"]) {
     process.exit(2);
   }
 }
-const fixture = ["dist/test/finetune-model.js", ".tmp/dist-finetune/test/finetune-model.js"]
+const dist = ["dist", ".tmp/dist-finetune"]
   .map((p) => join(root, p))
-  .find(existsSync);
-if (!fixture) {
-  console.error(
-    "compile the test fixtures first: npx tsc -p tsconfig.finetune.json (or npm run build)",
-  );
+  .find((d) => existsSync(join(d, "llama/random-model.js")));
+if (!dist) {
+  console.error("compile the project first: npm run build (or npx tsc -p tsconfig.finetune.json)");
   process.exit(2);
 }
-const { writeTinyModel } = await import(pathToFileURL(fixture).href);
+const { randomModel, resolveRandomParams } = await import(
+  pathToFileURL(join(dist, "llama/random-model.js")).href
+);
+const { writeGguf } = await import(pathToFileURL(join(dist, "llama/gguf-writer.js")).href);
 
 const work = mkdtempSync(join(tmpdir(), "valley-lora-bench-"));
 try {

@@ -1,0 +1,99 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { readdirSync, readFileSync, existsSync, copyFileSync, mkdtempSync } from "node:fs";
+import { join } from "node:path";
+import { tmpdir } from "node:os";
+import { PACKAGE_ROOT } from "../engine/root.js";
+import { valley, project } from "./helpers/valley.js";
+
+const BAD = join(PACKAGE_ROOT, "test", "fixtures", "bad");
+
+test("every malformed pipeline exits 2 with file:line:col and the key, and writes no cache", () => {
+  const files = readdirSync(BAD).filter((f) => f.endsWith(".yaml"));
+  assert.ok(files.length >= 25, `corpus has ${files.length} pipelines`);
+  for (const f of files) {
+    const dir = mkdtempSync(join(tmpdir(), "valley-bad-"));
+    const file = join(dir, f);
+    copyFileSync(join(BAD, f), file);
+    const header = readFileSync(file, "utf8").split("\n")[0];
+    const m = /^# expect: (\d+:\d+) (.*)$/.exec(header);
+    assert.ok(m, `${f}: header "# expect: LINE:COL text"`);
+    for (const cmd of [["plan", file], ["run", file]]) {
+      const r = valley(cmd, { cwd: dir });
+      assert.equal(r.code, 2, `${f} (${cmd[0]}): exit ${r.code}\n${r.stderr}`);
+      const hit = r.stderr.split("\n").find((l) => l.startsWith(`${file}:${m[1]}:`) && l.includes(m[2]));
+      assert.ok(hit, `${f} (${cmd[0]}): expected "${file}:${m[1]}: … ${m[2]}" in:\n${r.stderr}`);
+    }
+    assert.equal(existsSync(join(dir, ".valley")), false, `${f}: a cache was created`);
+    assert.equal(existsSync(file.replace(/\.yaml$/, ".lock")), false, `${f}: a lockfile was written`);
+  }
+});
+
+test("matrix expansion: readable ids, mapping, natural join, gather and pick", () => {
+  const dir = project({
+    "p.yaml": `
+version: 1
+stages:
+  data:
+    uses: shell
+    matrix: {n: [100, 300], subset: [easy, hard]}
+    with: {run: "true"}
+  tune:
+    uses: shell
+    inputs: {d: data}
+    matrix: {lr: [0.1]}
+    with: {run: "echo \${{ matrix.n }} \${{ matrix.subset }} \${{ matrix.lr }}"}
+  base:
+    uses: shell
+    matrix: {n: [100, 300]}
+    with: {run: "true"}
+  joined:
+    uses: shell
+    inputs: {t: tune, b: base}
+    with: {run: "true"}
+  picked:
+    uses: shell
+    inputs: {t: "tune[n=300,subset=easy]"}
+    with: {run: "true"}
+  report:
+    uses: shell
+    inputs: {all: "joined[*]"}
+    with: {run: "true"}
+`,
+  });
+  const r = valley(["plan", "p.yaml", "--json"], { cwd: dir });
+  assert.equal(r.code, 0, r.stderr);
+  const rows = (JSON.parse(r.stdout) as { instances: { id: string; params: { run: string } }[] }).instances;
+  const ids = rows.map((x) => x.id);
+  assert.deepEqual(ids.filter((i) => i.startsWith("tune@")).sort(), [
+    "tune@n=100,subset=easy,lr=0.1",
+    "tune@n=100,subset=hard,lr=0.1",
+    "tune@n=300,subset=easy,lr=0.1",
+    "tune@n=300,subset=hard,lr=0.1",
+  ]);
+  // joined: tune × base joined on n → 4 instances, not 8.
+  assert.equal(ids.filter((i) => i.startsWith("joined@")).length, 4);
+  assert.ok(ids.includes("picked"));
+  assert.ok(ids.includes("report"));
+  const t = rows.find((x) => x.id === "tune@n=300,subset=hard,lr=0.1");
+  assert.equal(t?.params.run, "echo 300 hard 0.1");
+  assert.equal(existsSync(join(dir, ".valley", "actions")) && readdirSync(join(dir, ".valley", "actions")).length > 0, false);
+});
+
+test("valley schema prints the pipeline schema with every stage kind folded in; the committed copy is current", () => {
+  const r = valley(["schema"]);
+  assert.equal(r.code, 0, r.stderr);
+  const s = JSON.parse(r.stdout) as { definitions: { stage: { allOf: unknown[]; properties: { uses: { enum: string[] } } } } };
+  assert.ok(s.definitions.stage.properties.uses.enum.includes("shell"));
+  assert.equal(s.definitions.stage.allOf.length, s.definitions.stage.properties.uses.enum.length);
+  const committed = readFileSync(join(PACKAGE_ROOT, "schemas", "valley.schema.json"), "utf8");
+  assert.equal(committed, r.stdout, "schemas/valley.schema.json is stale: run `node dist/engine/cli.js schema > schemas/valley.schema.json`");
+  assert.equal(valley(["schema", "shell"]).code, 0);
+  assert.equal(valley(["schema", "nope"]).code, 2);
+});
+
+test("usage errors exit 2", () => {
+  assert.equal(valley(["frobnicate"]).code, 2);
+  assert.equal(valley(["run", "/nonexistent.yaml"]).code, 2);
+  assert.equal(valley(["run", "--jobs", "zero", "/nonexistent.yaml"]).code, 2);
+});

@@ -1,0 +1,210 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { readFileSync, writeFileSync, existsSync, statSync, readdirSync, mkdirSync, utimesSync } from "node:fs";
+import { join } from "node:path";
+import { valley, project, lines } from "./helpers/valley.js";
+
+/** A pipeline whose commands append to `side` so tests can count executions. */
+function pipeline(side: string, opts: { greeting?: string; sizes?: string; extra?: string } = {}): string {
+  return `
+version: 1
+name: demo
+params:
+  greeting: ${opts.greeting ?? "hello"}
+stages:
+  gen:
+    uses: shell
+    matrix:
+      n: ${opts.sizes ?? "[1, 2, 3]"}
+    with:
+      run: echo gen \${{ matrix.n }} >> ${side}; echo "\${{ params.greeting }} \${{ matrix.n }}" > $OUT/x.txt
+  sub:
+    uses: shell
+    inputs:
+      g: gen
+    with:
+      run: echo sub >> ${side}; tr a-z A-Z < $IN_G/x.txt > $OUT/y.txt
+  all:
+    uses: shell
+    inputs:
+      s: sub[*]
+    with:
+      run: echo all >> ${side}; for d in $IN_S/*; do cat $d/y.txt; done > $OUT/all.txt
+${opts.extra ?? ""}`;
+}
+
+function runJson(dir: string, args: string[] = []) {
+  const r = valley(["run", "p.yaml", "--json", ...args], { cwd: dir });
+  assert.ok(r.code === 0, `exit ${r.code}: ${r.stderr}`);
+  return JSON.parse(r.stdout) as { instances: number; executed: number; cached: number; failed: number };
+}
+
+test("run, then a no-op re-run; lockfile, show, logs, dag, status", () => {
+  const dir = project({});
+  const side = join(dir, "side.log");
+  writeFileSync(join(dir, "p.yaml"), pipeline(side));
+  const first = runJson(dir);
+  assert.deepEqual(first, { ...first, instances: 7, executed: 7, cached: 0, failed: 0 });
+  assert.equal(lines(side).length, 7);
+  const again = runJson(dir);
+  assert.deepEqual(again, { ...again, instances: 7, executed: 0, cached: 7, failed: 0 });
+  assert.equal(lines(side).length, 7, "a no-op run executed something");
+
+  const lock = JSON.parse(readFileSync(join(dir, "p.lock"), "utf8")) as {
+    instances: Record<string, { key: string; tree: string; files: Record<string, string> }>;
+  };
+  assert.deepEqual(Object.keys(lock.instances), ["all", "gen@n=1", "gen@n=2", "gen@n=3", "sub@n=1", "sub@n=2", "sub@n=3"]);
+  assert.match(lock.instances.all.key, /^sha256:[0-9a-f]{64}$/);
+
+  const show = valley(["show", "all", "-f", "p.yaml", "--json"], { cwd: dir });
+  assert.equal(show.code, 0, show.stderr);
+  const s = JSON.parse(show.stdout) as {
+    key: string;
+    params: { run: string };
+    inputs: { s: { coords: { n: number }; digest: string }[] };
+    outputs: Record<string, { digest: string; path: string }>;
+    timings: { seconds: number };
+  };
+  assert.equal(s.key, lock.instances.all.key);
+  assert.equal(s.inputs.s.length, 3);
+  const out = s.outputs["all.txt"];
+  assert.equal(readFileSync(out.path, "utf8"), "HELLO 1\nHELLO 2\nHELLO 3\n");
+  assert.equal(statSync(out.path).mode & 0o222, 0, "stored outputs are read-only");
+  assert.equal(out.digest, lock.instances.all.files["all.txt"]);
+
+  const logs = valley(["logs", "sub@n=2", "-f", "p.yaml"], { cwd: dir });
+  assert.equal(logs.code, 0, logs.stderr);
+  assert.match(logs.stdout, /start sub@n=2/);
+
+  const mermaid = valley(["dag", "p.yaml"], { cwd: dir }).stdout;
+  assert.match(mermaid, /^flowchart LR/);
+  assert.equal((mermaid.match(/-->/g) ?? []).length, 6);
+  const dot = valley(["dag", "p.yaml", "--format", "dot"], { cwd: dir }).stdout;
+  assert.match(dot, /digraph valley/);
+  const st = valley(["status", "p.yaml", "--json"], { cwd: dir });
+  assert.deepEqual(JSON.parse(st.stdout).stages.sub, { hit: 3, miss: 0 });
+});
+
+test("changing one matrix cell re-runs that cell and its descendants only; plan --why names the field", () => {
+  const dir = project({});
+  const side = join(dir, "side.log");
+  writeFileSync(join(dir, "p.yaml"), pipeline(side, { sizes: "[1, 2, 3]" }));
+  runJson(dir);
+  writeFileSync(join(dir, "p.yaml"), pipeline(side, { sizes: "[1, 2, 4]" }));
+  const plan = valley(["plan", "p.yaml", "--json"], { cwd: dir });
+  const rows = (JSON.parse(plan.stdout) as { instances: { id: string; status: string; changed: string[] }[] }).instances;
+  const miss = rows.filter((r) => r.status === "miss").map((r) => r.id);
+  assert.deepEqual(miss.sort(), ["all", "gen@n=4", "sub@n=4"]);
+  const before = lines(side).length;
+  const r = runJson(dir);
+  assert.equal(r.executed, 3);
+  assert.deepEqual(lines(side).slice(before).sort(), ["all", "gen 4", "sub"]);
+
+  // A param every gen reads: all of them re-run; --why says which field.
+  writeFileSync(join(dir, "p.yaml"), pipeline(side, { sizes: "[1, 2, 4]", greeting: "bye" }));
+  const why = valley(["plan", "p.yaml", "--why"], { cwd: dir });
+  assert.match(why.stdout, /run\s+gen@n=1\s+— changed: params\.run\n/);
+  assert.match(why.stdout, /sub@n=1\s+— runs after gen@n=1 /);
+});
+
+test("reformatting, reordering keys, comments and renaming a stage re-run nothing", () => {
+  const dir = project({});
+  const side = join(dir, "side.log");
+  writeFileSync(join(dir, "p.yaml"), pipeline(side));
+  runJson(dir);
+  const n = lines(side).length;
+  const variant = `
+# a comment
+version: 1
+name: demo
+params: {greeting: "hello"}   # flow style now
+stages:
+  all:    # moved first
+    with: {run: 'echo all >> ${side}; for d in $IN_S/*; do cat $d/y.txt; done > $OUT/all.txt'}
+    inputs: {s: "tr[*]"}
+    uses: shell
+  tr:                      # was "sub"
+    inputs: {g: generate}
+    uses: shell
+    with:
+      run: >-
+        echo sub >> ${side}; tr a-z A-Z < $IN_G/x.txt > $OUT/y.txt
+  generate:                # was "gen"
+    uses: shell
+    with:
+      shell: bash          # the default, spelt out
+      run: echo gen \${{ matrix.n }} >> ${side}; echo "\${{ params.greeting }} \${{ matrix.n }}" > $OUT/x.txt
+    matrix: {n: [1, 2, 3]}
+`;
+  writeFileSync(join(dir, "p.yaml"), variant);
+  const r = runJson(dir);
+  assert.equal(r.executed, 0, "something re-ran");
+  assert.equal(r.cached, 7);
+  assert.equal(lines(side).length, n);
+});
+
+test("declared env values are keyed, undeclared ones are not; secrets reach the stage but never the cache, logs or lockfile", () => {
+  const secret = "sk-test-" + Math.random().toString(36).slice(2);
+  const dir = project({
+    "p.yaml": `
+version: 1
+stages:
+  a:
+    uses: shell
+    env: [MODE]
+    secrets: [API_KEY]
+    with:
+      run: 'echo "mode=$MODE"; echo "key=$API_KEY"; echo "$API_KEY" | wc -c > $OUT/len.txt; echo "mode=$MODE home=$UNDECLARED" > $OUT/o.txt'
+`,
+  });
+  const env = { MODE: "fast", API_KEY: secret, UNDECLARED: "x" };
+  let r = valley(["run", "p.yaml", "--json"], { cwd: dir, env });
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(JSON.parse(r.stdout).executed, 1);
+  r = valley(["run", "p.yaml", "--json"], { cwd: dir, env: { ...env, UNDECLARED: "y", API_KEY: secret + "2" } });
+  assert.equal(JSON.parse(r.stdout).executed, 0, "an undeclared variable or a secret changed the key");
+  r = valley(["run", "p.yaml", "--json"], { cwd: dir, env: { ...env, MODE: "slow" } });
+  assert.equal(JSON.parse(r.stdout).executed, 1, "a declared variable did not change the key");
+  const show = JSON.parse(valley(["show", "a", "-f", "p.yaml", "--json"], { cwd: dir, env }).stdout) as {
+    outputs: Record<string, { path: string }>;
+  };
+  assert.equal(readFileSync(show.outputs["o.txt"].path, "utf8"), "mode=slow home=\n", "an undeclared variable leaked in");
+  assert.equal(Number(readFileSync(show.outputs["len.txt"].path, "utf8")), secret.length + 1, "the secret did not reach the stage");
+  const logs = valley(["logs", "a", "-f", "p.yaml", "--raw"], { cwd: dir, env });
+  assert.match(logs.stdout, /key=\*\*\*/);
+  // Nothing under the cache or the lockfile holds the secret.
+  const grep = (d: string): string[] =>
+    readdirSync(d, { withFileTypes: true }).flatMap((e) => {
+      const p = join(d, e.name);
+      if (e.isDirectory()) return grep(p);
+      return e.isFile() && readFileSync(p, "utf8").includes(secret) ? [p] : [];
+    });
+  assert.deepEqual(grep(join(dir, ".valley")), []);
+  assert.equal(readFileSync(join(dir, "p.lock"), "utf8").includes(secret), false);
+});
+
+test("path inputs are hashed by content: touching a file re-runs nothing, editing it re-runs", () => {
+  const dir = project({ "data/a.txt": "one\n", "data/sub/b.txt": "two\n" });
+  const side = join(dir, "side.log");
+  writeFileSync(
+    join(dir, "p.yaml"),
+    `
+version: 1
+stages:
+  count:
+    uses: shell
+    inputs: {src: ./data}
+    with: {run: "echo x >> ${side}; cat $IN_SRC/a.txt $IN_SRC/sub/b.txt | wc -l > $OUT/n.txt"}
+`,
+  );
+  assert.equal(runJson(dir).executed, 1);
+  const now = new Date(Date.now() + 5000);
+  utimesSync(join(dir, "data/a.txt"), now, now);
+  assert.equal(runJson(dir).executed, 0, "an mtime change re-ran the stage");
+  writeFileSync(join(dir, "data/a.txt"), "one\nmore\n");
+  assert.equal(runJson(dir).executed, 1);
+  mkdirSync(join(dir, "data/empty"));
+  assert.equal(runJson(dir).executed, 1, "a new folder is part of the input");
+  assert.ok(existsSync(join(dir, ".valley")));
+});
+
