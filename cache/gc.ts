@@ -16,7 +16,12 @@ export interface GcResult {
  * keeps its output tree, that tree's files and its log. Everything else in
  * objects/, trees/ and actions/ is removed.
  */
-export function collectGarbage(store: Store, rootKeys: Set<Digest>, rootTrees: Set<Digest>, dryRun: boolean): GcResult {
+export function collectGarbage(
+  store: Store,
+  rootKeys: Set<Digest>,
+  rootTrees: Set<Digest>,
+  dryRun: boolean,
+): GcResult {
   const liveObjects = new Set<string>(); // hex, plus ".x" for executable copies
   const liveTrees = new Set<string>();
   const markTree = (tree: Digest) => {
@@ -24,7 +29,8 @@ export function collectGarbage(store: Store, rootKeys: Set<Digest>, rootTrees: S
     liveObjects.add(digestHex(tree));
     try {
       const m = JSON.parse(readFileSync(store.objectPath(tree), "utf8")) as Manifest;
-      for (const e of m.entries) if ("digest" in e) liveObjects.add(digestHex(e.digest) + (e.exec ? ".x" : ""));
+      for (const e of m.entries)
+        if ("digest" in e) liveObjects.add(digestHex(e.digest) + (e.exec ? ".x" : ""));
     } catch {
       // missing manifest: nothing more to keep
     }

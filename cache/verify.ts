@@ -16,7 +16,10 @@ export interface Corrupt {
  * record names a stored tree. Corrupt objects are quarantined so that no run
  * serves them; their producers re-run.
  */
-export function verifyStore(store: Store, opts: { onProgress?: (n: number) => void } = {}): { checked: number; corrupt: Corrupt[]; brokenActions: string[] } {
+export function verifyStore(
+  store: Store,
+  opts: { onProgress?: (n: number) => void } = {},
+): { checked: number; corrupt: Corrupt[]; brokenActions: string[] } {
   const corrupt: Corrupt[] = [];
   let checked = 0;
   const objects = store.dir("objects");
@@ -43,7 +46,9 @@ export function verifyStore(store: Store, opts: { onProgress?: (n: number) => vo
   for (const f of readdirSync(store.dir("actions"))) {
     if (!f.endsWith(".json")) continue;
     try {
-      const rec = JSON.parse(readFileSync(join(store.dir("actions"), f), "utf8")) as { outputs: { tree: Digest } };
+      const rec = JSON.parse(readFileSync(join(store.dir("actions"), f), "utf8")) as {
+        outputs: { tree: Digest };
+      };
       if (!store.hasObject(rec.outputs.tree)) brokenActions.push(f.slice(0, -5));
     } catch {
       brokenActions.push(f.slice(0, -5));
@@ -54,8 +59,11 @@ export function verifyStore(store: Store, opts: { onProgress?: (n: number) => vo
     const expected = c.expected;
     for (const t of readdirSync(store.dir("trees"))) {
       try {
-        const m = JSON.parse(readFileSync(store.objectPath(("sha256:" + t) as Digest), "utf8")) as { entries: { digest?: string }[] };
-        if (m.entries.some((e) => e.digest === expected)) store.quarantineTree(("sha256:" + t) as Digest);
+        const m = JSON.parse(readFileSync(store.objectPath(("sha256:" + t) as Digest), "utf8")) as {
+          entries: { digest?: string }[];
+        };
+        if (m.entries.some((e) => e.digest === expected))
+          store.quarantineTree(("sha256:" + t) as Digest);
       } catch {
         // manifest itself missing or corrupt: checkTree will refuse it
       }

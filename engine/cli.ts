@@ -55,7 +55,9 @@ async function main(argv: string[]): Promise<number> {
     return 2;
   }
   try {
-    return await (await load())(rest);
+    return await (
+      await load()
+    )(rest);
   } catch (e) {
     if (e instanceof InvalidInput) {
       process.stderr.write(e.message + "\n");

@@ -59,7 +59,9 @@ export class Engine {
     let info: ToolInfo | undefined;
     if (spec) {
       if (!existsSync(spec.path)) throw new Error(`tool "${name}": ${spec.path} does not exist`);
-      const lib = spec.lib ?? (existsSync(join(spec.path, "..", "lib")) ? resolve(spec.path, "..", "lib") : undefined);
+      const lib =
+        spec.lib ??
+        (existsSync(join(spec.path, "..", "lib")) ? resolve(spec.path, "..", "lib") : undefined);
       const dirs = [spec.path, ...(lib ? [lib] : [])];
       info = { bin: spec.path, lib, digest: hashToolDir(dirs, this.store.stat) };
     }
@@ -85,7 +87,11 @@ export class Engine {
           walk(p, r);
         } else if (st.isFile()) {
           const { digest, size } = this.store.stat.digest(p, st);
-          entries.push((st.mode & 0o111n) !== 0n ? { path: r, digest, size, exec: true } : { path: r, digest, size });
+          entries.push(
+            (st.mode & 0o111n) !== 0n
+              ? { path: r, digest, size, exec: true }
+              : { path: r, digest, size },
+          );
         }
       }
     };
@@ -94,7 +100,11 @@ export class Engine {
     else {
       const { digest, size } = this.store.stat.digest(abs);
       const name = basename(abs);
-      entries.push((st.mode & 0o111) !== 0 ? { path: name, digest, size, exec: true } : { path: name, digest, size });
+      entries.push(
+        (st.mode & 0o111) !== 0
+          ? { path: name, digest, size, exec: true }
+          : { path: name, digest, size },
+      );
     }
     const manifest: Manifest = { v: 1, entries };
     return sha256Bytes(canonicalJson(manifest));
@@ -105,7 +115,8 @@ export class Engine {
     const d = this.digestPath(abs);
     if (this.store.hasObject(d) && this.store.checkTree(d).ok) return d;
     const got = this.store.importPath(abs);
-    if (got !== d) throw new Error(`${abs} changed while it was being copied into the cache; run again`);
+    if (got !== d)
+      throw new Error(`${abs} changed while it was being copied into the cache; run again`);
     return d;
   }
 
@@ -114,20 +125,30 @@ export class Engine {
    * Returns undefined while an upstream result is unknown. With `admit`
    * false (plan, status), path inputs are hashed but not copied.
    */
-  resolveKey(inst: Instance, results: Map<string, ActionRecord>, opts: { admit: boolean }): ResolvedKey | undefined {
+  resolveKey(
+    inst: Instance,
+    results: Map<string, ActionRecord>,
+    opts: { admit: boolean },
+  ): ResolvedKey | undefined {
     const kind = this.pipeline.kinds.get(inst.kind);
     if (!kind) throw new Error(`kind ${inst.kind} not loaded`);
     const artifact = (id: string): InputArtifact | undefined => {
       const rec = results.get(id);
       const up = this.pipeline.byId.get(id);
       if (!rec || !up) return undefined;
-      return { id, coords: up.coords, digest: rec.outputs.tree, path: this.store.treePath(rec.outputs.tree) };
+      return {
+        id,
+        coords: up.coords,
+        digest: rec.outputs.tree,
+        path: this.store.treePath(rec.outputs.tree),
+      };
     };
     const inputs: Record<string, StageInput> = {};
     const keyed: KeyFields["inputs"] = {};
     for (const [name, spec] of Object.entries(inst.inputs)) {
       if (spec.type === "path") {
-        if (!existsSync(spec.path)) throw new Error(`${inst.id}: input ${name}: ${spec.path} does not exist`);
+        if (!existsSync(spec.path))
+          throw new Error(`${inst.id}: input ${name}: ${spec.path} does not exist`);
         const d = opts.admit ? this.admitPath(spec.path) : this.digestPath(spec.path);
         inputs[name] = { id: spec.ref, coords: {}, digest: d, path: this.store.treePath(d) };
         keyed[name] = d;
@@ -154,9 +175,10 @@ export class Engine {
     }
     const env: Record<string, string> = {};
     for (const name of inst.env) env[name] = process.env[name] ?? "";
+    const fields = this.fieldsFor(inst, keyed, tools, env);
     return {
-      key: computeKey(this.fieldsFor(inst, keyed, tools, env)),
-      fields: this.fieldsFor(inst, keyed, tools, env),
+      key: computeKey(fields),
+      fields,
       inputs,
       tools,
       env,
@@ -171,7 +193,8 @@ export class Engine {
       const kind = this.pipeline.kinds.get(inst.kind);
       if (!kind?.impl.fingerprint) continue;
       const k = inst.kind + canonicalJson(inst.params);
-      if (!this.fingerprints.has(k)) this.fingerprints.set(k, await kind.impl.fingerprint(inst.params));
+      if (!this.fingerprints.has(k))
+        this.fingerprints.set(k, await kind.impl.fingerprint(inst.params));
     }
   }
 
@@ -200,22 +223,50 @@ export class Engine {
     return this.store.checkTree(rec.outputs.tree).ok ? rec : undefined;
   }
 
-  private historyPath(id: string): string {
-    return join(this.store.dir("history"), digestHex(hashJson([this.pipeline.name, id])) + ".json");
+  // History: the last key and key fields per instance id of this pipeline,
+  // one file per pipeline (read once, written once per run), for plan --why.
+  private historyCache: Record<string, HistoryEntry> | undefined;
+  private historyDirty = new Map<string, HistoryEntry>();
+
+  private historyPath(): string {
+    return join(this.store.dir("history"), digestHex(hashJson(this.pipeline.name)) + ".json");
+  }
+
+  private historyAll(): Record<string, HistoryEntry> {
+    if (!this.historyCache) {
+      try {
+        this.historyCache = JSON.parse(readFileSync(this.historyPath(), "utf8")) as Record<string, HistoryEntry>;
+      } catch {
+        this.historyCache = {};
+      }
+    }
+    return this.historyCache;
   }
 
   history(id: string): HistoryEntry | undefined {
-    try {
-      return JSON.parse(readFileSync(this.historyPath(id), "utf8")) as HistoryEntry;
-    } catch {
-      return undefined;
-    }
+    return this.historyAll()[id];
   }
 
   remember(id: string, key: Digest, fields: KeyFields): void {
-    const prev = this.history(id);
-    if (prev?.key === key) return;
-    writeFileAtomic(this.historyPath(id), JSON.stringify({ pipeline: this.pipeline.name, id, key, fields }));
+    if (this.historyAll()[id]?.key === key) return;
+    const e = { pipeline: this.pipeline.name, id, key, fields };
+    this.historyAll()[id] = e;
+    this.historyDirty.set(id, e);
+  }
+
+  /** Writes remembered keys, merging with what a concurrent run wrote meanwhile. */
+  saveHistory(): void {
+    if (this.historyDirty.size === 0) return;
+    let onDisk: Record<string, HistoryEntry> = {};
+    try {
+      onDisk = JSON.parse(readFileSync(this.historyPath(), "utf8")) as Record<string, HistoryEntry>;
+    } catch {
+      // first write
+    }
+    for (const [id, e] of this.historyDirty) onDisk[id] = e;
+    writeFileAtomic(this.historyPath(), JSON.stringify(onDisk));
+    this.historyCache = onDisk;
+    this.historyDirty.clear();
   }
 
   /** Path of the log kept for the last failed attempt of a key. */

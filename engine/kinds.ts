@@ -52,11 +52,15 @@ export function loadKind(name: string): Promise<LoadedKind> {
   if (!p) {
     p = (async () => {
       const schema = kindSchema(name);
-      const mod = (await import(pathToFileURL(join(DIST_ROOT, "stages", name, "index.js")).href)) as {
+      const mod = (await import(
+        pathToFileURL(join(DIST_ROOT, "stages", name, "index.js")).href
+      )) as {
         default: StageKind<Record<string, unknown>>;
       };
       if (!mod.default || mod.default.kind !== name) {
-        throw new Error(`stages/${name}/index.ts must default-export a StageKind with kind "${name}"`);
+        throw new Error(
+          `stages/${name}/index.ts must default-export a StageKind with kind "${name}"`,
+        );
       }
       const { $schema: _ignored, ...body } = schema;
       return { name, impl: mod.default, schema, validate: ajv.compile(body) };

@@ -11,7 +11,14 @@ export interface Lockfile {
   pipeline: string;
   instances: Record<
     string,
-    { stage: string; kind: string; key: Digest; tree: Digest; files: Record<string, Digest>; metrics: Record<string, unknown> }
+    {
+      stage: string;
+      kind: string;
+      key: Digest;
+      tree: Digest;
+      files: Record<string, Digest>;
+      metrics: Record<string, unknown>;
+    }
   >;
 }
 
@@ -24,7 +31,11 @@ function sortKeys<T>(o: Record<string, T>): Record<string, T> {
 }
 
 /** Writes the lockfile (only if its content changed) and registers it as a gc root. */
-export function writeLockfile(pl: Pipeline, results: Map<string, ActionRecord>, cacheRoot: string): string {
+export function writeLockfile(
+  pl: Pipeline,
+  results: Map<string, ActionRecord>,
+  cacheRoot: string,
+): string {
   const path = lockfilePath(pl.file);
   const instances: Lockfile["instances"] = {};
   for (const inst of pl.instances) {
@@ -66,7 +77,9 @@ const rootsFile = (cacheRoot: string) => join(cacheRoot, "roots.json");
 /** Lockfiles written with this cache: gc keeps what they reference. */
 export function roots(cacheRoot: string): string[] {
   try {
-    return (JSON.parse(readFileSync(rootsFile(cacheRoot), "utf8")) as string[]).filter((p) => existsSync(p));
+    return (JSON.parse(readFileSync(rootsFile(cacheRoot), "utf8")) as string[]).filter((p) =>
+      existsSync(p),
+    );
   } catch {
     return [];
   }

@@ -1,7 +1,6 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { createInterface } from "node:readline";
-import { execa } from "execa";
 import type { Logger } from "pino";
 
 /**
@@ -14,7 +13,10 @@ let reaper: ChildProcess | undefined;
 function reaperProcess(): ChildProcess {
   if (!reaper || reaper.exitCode !== null) {
     const script = fileURLToPath(new URL("./reaper-child.js", import.meta.url));
-    reaper = spawn(process.execPath, [script], { stdio: ["pipe", "ignore", "ignore"], detached: true });
+    reaper = spawn(process.execPath, [script], {
+      stdio: ["pipe", "ignore", "ignore"],
+      detached: true,
+    });
     reaper.unref();
     (reaper.stdin as NodeJS.WritableStream & { unref?: () => void }).on("error", () => {});
     // The pipe must not keep the engine alive; the watchdog is detached so
@@ -71,8 +73,13 @@ export interface RunCommandOptions {
  * line. On abort the whole group gets SIGTERM, then SIGKILL; after the program
  * exits, any process it left in its group is killed too.
  */
-export async function runCommand(file: string, args: string[], opts: RunCommandOptions): Promise<void> {
+export async function runCommand(
+  file: string,
+  args: string[],
+  opts: RunCommandOptions,
+): Promise<void> {
   const tail: string[] = [];
+  const { execa } = await import("execa");
   const child = execa(file, args, {
     env: opts.env,
     extendEnv: false,
@@ -88,7 +95,12 @@ export async function runCommand(file: string, args: string[], opts: RunCommandO
   const pid = child.pid;
   if (pid === undefined) {
     const r = await child;
-    throw new CommandError(`cannot start ${file}: ${r.message ?? "spawn failed"}`, undefined, undefined, []);
+    throw new CommandError(
+      `cannot start ${file}: ${r.message ?? "spawn failed"}`,
+      undefined,
+      undefined,
+      [],
+    );
   }
   watchGroup(pid);
   const onAbort = () => {
@@ -116,7 +128,12 @@ export async function runCommand(file: string, args: string[], opts: RunCommandO
   unwatchGroup(pid);
   const code = r.exitCode;
   if (opts.signal.aborted) {
-    throw new CommandError(`${r.escapedCommand} was stopped (${String(opts.signal.reason ?? "aborted")})`, code, r.signal, tail);
+    throw new CommandError(
+      `${r.escapedCommand} was stopped (${String(opts.signal.reason ?? "aborted")})`,
+      code,
+      r.signal,
+      tail,
+    );
   }
   if (code === 0 || (code !== undefined && opts.okCodes?.includes(code))) return;
   const how = r.signal ? `was killed by ${r.signal}` : `failed with exit code ${code}`;

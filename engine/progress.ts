@@ -36,7 +36,9 @@ export class Progress {
     if (!force && now - this.lastDraw < 100) return;
     this.lastDraw = now;
     const left = this.total - this.done - this.running.size;
-    const names = [...this.running.entries()].slice(0, 3).map(([id, note]) => (note ? `${id} ${note}` : id));
+    const names = [...this.running.entries()]
+      .slice(0, 3)
+      .map(([id, note]) => (note ? `${id} ${note}` : id));
     const s = `[${this.done}/${this.total} done, ${this.running.size} running, ${left} left, ${this.elapsed()}] ${names.join("  ")}`;
     this.out.write("\r\x1b[K" + s.slice(0, (this.out.columns ?? 120) - 1));
   }

@@ -7,7 +7,8 @@ function findRoot(): string {
   for (;;) {
     if (existsSync(join(dir, "package.json")) && existsSync(join(dir, "schemas"))) return dir;
     const up = dirname(dir);
-    if (up === dir) throw new Error("valley: cannot find the package root (package.json + schemas/)");
+    if (up === dir)
+      throw new Error("valley: cannot find the package root (package.json + schemas/)");
     dir = up;
   }
 }

@@ -19,12 +19,24 @@ export type RunEvent =
   | { type: "start"; id: string; attempt: number }
   | { type: "cached"; id: string; waited: boolean }
   | { type: "done"; id: string; seconds: number }
-  | { type: "failed"; id: string; error: Error; logFile?: string; willRetry: boolean; attempt: number }
+  | {
+      type: "failed";
+      id: string;
+      error: Error;
+      logFile?: string;
+      willRetry: boolean;
+      attempt: number;
+    }
   | { type: "waiting"; id: string; holder: LeaseInfo }
   | { type: "progress"; id: string; done: number; total?: number; note?: string };
 
 /** Runs one attempt somewhere (this machine, a Slurm node). */
-export type Executor = (engine: Engine, inst: Instance, rk: ResolvedKey, opts: AttemptOptions) => Promise<ActionRecord>;
+export type Executor = (
+  engine: Engine,
+  inst: Instance,
+  rk: ResolvedKey,
+  opts: AttemptOptions,
+) => Promise<ActionRecord>;
 
 export interface RunOptions {
   jobs: number;
@@ -70,10 +82,14 @@ export function selectInstances(instances: Instance[], only?: string[]): Instanc
 function sleep(ms: number, signal: AbortSignal): Promise<void> {
   return new Promise((res) => {
     const t = setTimeout(res, ms);
-    signal.addEventListener("abort", () => {
-      clearTimeout(t);
-      res();
-    }, { once: true });
+    signal.addEventListener(
+      "abort",
+      () => {
+        clearTimeout(t);
+        res();
+      },
+      { once: true },
+    );
   });
 }
 
@@ -138,9 +154,19 @@ export async function runInstances(engine: Engine, opts: RunOptions): Promise<Ru
       if (left === 0) ready.push(d);
     }
   };
-  const fail = (inst: Instance, error: Error, extra: { key?: Digest; input?: boolean; logFile?: string } = {}) => {
+  const fail = (
+    inst: Instance,
+    error: Error,
+    extra: { key?: Digest; input?: boolean; logFile?: string } = {},
+  ) => {
     if (extra.input) inputError = true;
-    settle(inst.id, { status: "failed", key: extra.key, error, inputError: !!extra.input, logFile: extra.logFile });
+    settle(inst.id, {
+      status: "failed",
+      key: extra.key,
+      error,
+      inputError: !!extra.input,
+      logFile: extra.logFile,
+    });
     skipDescendants(inst.id, `${inst.id} failed`);
     if (!opts.keepGoing) stopLaunching = true;
   };
@@ -148,7 +174,13 @@ export async function runInstances(engine: Engine, opts: RunOptions): Promise<Ru
   const runOne = async (inst: Instance, rk: ResolvedKey): Promise<void> => {
     if (stopLaunching || opts.signal.aborted) return cancel(inst);
     if (inst.resources.gpu > pool.total.gpu) {
-      return fail(inst, new Error(`${inst.id} needs ${inst.resources.gpu} GPU(s); this machine has ${pool.total.gpu} (set VALLEY_GPUS or CUDA_VISIBLE_DEVICES)`), { input: true });
+      return fail(
+        inst,
+        new Error(
+          `${inst.id} needs ${inst.resources.gpu} GPU(s); this machine has ${pool.total.gpu} (set VALLEY_GPUS or CUDA_VISIBLE_DEVICES)`,
+        ),
+        { input: true },
+      );
     }
     const need = pool.clamp(inst.resources);
     await pool.acquire(need);
@@ -162,12 +194,14 @@ export async function runInstances(engine: Engine, opts: RunOptions): Promise<Ru
       });
       if (got === "ready") {
         const rec = engine.lookup(rk.key);
-        if (rec) return complete(inst, { status: "cached", key: rk.key, record: rec, waited: true }, rk);
+        if (rec)
+          return complete(inst, { status: "cached", key: rk.key, record: rec, waited: true }, rk);
         return runOne(inst, rk); // the other run's result was invalid: compute it ourselves
       }
       try {
         const prior = forced ? undefined : engine.lookup(rk.key);
-        if (prior) return complete(inst, { status: "cached", key: rk.key, record: prior, waited: true }, rk);
+        if (prior)
+          return complete(inst, { status: "cached", key: rk.key, record: prior, waited: true }, rk);
         for (let attempt = 1; ; attempt++) {
           emit({ type: "start", id: inst.id, attempt });
           try {
@@ -175,23 +209,42 @@ export async function runInstances(engine: Engine, opts: RunOptions): Promise<Ru
               signal: opts.signal,
               timeoutMs: inst.timeoutMs,
               attempt,
-              onProgress: (done, total, note) => emit({ type: "progress", id: inst.id, done, total, note }),
+              onProgress: (done, total, note) =>
+                emit({ type: "progress", id: inst.id, done, total, note }),
             });
             emit({ type: "done", id: inst.id, seconds: rec.timings.seconds });
             return complete(inst, { status: "executed", key: rk.key, record: rec }, rk);
           } catch (e) {
             const af = e instanceof AttemptFailed ? e : undefined;
-            const retry = attempt <= inst.retries && af?.kind !== "input" && af?.kind !== "aborted" && !opts.signal.aborted;
-            emit({ type: "failed", id: inst.id, error: e as Error, logFile: af?.logFile, willRetry: retry, attempt });
+            const retry =
+              attempt <= inst.retries &&
+              af?.kind !== "input" &&
+              af?.kind !== "aborted" &&
+              !opts.signal.aborted;
+            emit({
+              type: "failed",
+              id: inst.id,
+              error: e as Error,
+              logFile: af?.logFile,
+              willRetry: retry,
+              attempt,
+            });
             if (opts.signal.aborted) return cancel(inst);
             if (!retry) {
               const n = attempt > 1 ? ` (after ${attempt} attempts)` : "";
               const err = new Error(`${inst.id} failed${n}: ${(e as Error).message}`);
-              return fail(inst, err, { key: rk.key, input: af?.kind === "input", logFile: af?.logFile });
+              return fail(inst, err, {
+                key: rk.key,
+                input: af?.kind === "input",
+                logFile: af?.logFile,
+              });
             }
             // Exponential backoff with jitter, capped at a minute.
             const base = opts.backoffMs ?? 1000;
-            await sleep(Math.min(60_000, base * 2 ** (attempt - 1)) * (0.5 + Math.random()), opts.signal);
+            await sleep(
+              Math.min(60_000, base * 2 ** (attempt - 1)) * (0.5 + Math.random()),
+              opts.signal,
+            );
           }
         }
       } finally {
@@ -245,7 +298,8 @@ export async function runInstances(engine: Engine, opts: RunOptions): Promise<Ru
     queue.clear();
     // Everything not started ends as cancelled; running attempts are aborted
     // through the same signal and settle when they return.
-    for (const inst of selected) if (!outcomes.has(inst.id) && !started.has(inst.id)) settle(inst.id, { status: "cancelled" });
+    for (const inst of selected)
+      if (!outcomes.has(inst.id) && !started.has(inst.id)) settle(inst.id, { status: "cancelled" });
   };
   opts.signal.addEventListener("abort", onAbort, { once: true });
 
@@ -256,8 +310,10 @@ export async function runInstances(engine: Engine, opts: RunOptions): Promise<Ru
   await queue.onIdle();
   opts.signal.removeEventListener("abort", onAbort);
   engine.store.stat.save();
+  engine.saveHistory();
 
-  const count = (s: Outcome["status"]) => [...outcomes.values()].filter((o) => o.status === s).length;
+  const count = (s: Outcome["status"]) =>
+    [...outcomes.values()].filter((o) => o.status === s).length;
   return {
     instances: selected.length,
     executed: count("executed"),

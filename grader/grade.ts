@@ -118,7 +118,7 @@ function judge(
     run.signal === SIGXCPU ||
     (run.signal === SIGKILL && cpu >= Math.floor(cpuLimit))
   ) {
-    return fail("TLE", `used ${cpu.toFixed(2)} s of CPU, limit ${cpuLimit} s`);
+    return fail("TLE", `CPU-time limit of ${cpuLimit} s reached (${cpu.toFixed(2)} s measured)`);
   }
   if (run.exception === "MemoryError")
     return fail("MLE", "MemoryError: the address-space limit was reached");

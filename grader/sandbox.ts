@@ -14,7 +14,7 @@
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { randomInt } from "node:crypto";
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { projectFile } from "./paths.js";
 import type { TestType } from "./types.js";
 
@@ -248,6 +248,34 @@ function killTree(child: ChildProcess): void {
   else setTimeout(group, 500).unref();
 }
 
+let ownCount: { at: number; n: number } | undefined;
+/**
+ * When we are not root the sandbox runs under our own uid, whose other
+ * processes count against RLIMIT_NPROC too: the limit is raised by their
+ * number (re-counted at most once a second). As root it is 0: each sandbox has
+ * a uid of its own.
+ */
+function processesOfOwnUid(): number {
+  const uid = process.getuid?.();
+  if (uid === undefined || uid === 0) return 0;
+  const now = Date.now();
+  if (ownCount && now - ownCount.at < 1000) return ownCount.n;
+  let n = 0;
+  for (const name of readdirSync("/proc")) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      if (statSync(`/proc/${name}`).uid === uid)
+        n += Number(
+          readFileSync(`/proc/${name}/status`, "utf8").match(/^Threads:\s+(\d+)/m)?.[1] ?? 1,
+        );
+    } catch {
+      /* exited meanwhile */
+    }
+  }
+  ownCount = { at: now, n };
+  return n;
+}
+
 export interface SpawnOptions {
   sandbox: SandboxKind;
   bwrap?: string;
@@ -393,7 +421,7 @@ export async function runSandboxed(
     l.memoryMb * 1024 * 1024,
     l.fileSizeBytes,
     l.openFiles,
-    l.processes,
+    l.processes + processesOfOwnUid(),
     l.stdoutBytes,
     l.stderrBytes,
   ].join(" ");

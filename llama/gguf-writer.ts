@@ -191,6 +191,7 @@ export async function writeGguf(
   kvs: readonly GgufKv[],
   tensors: readonly TensorSpec[],
   signal?: AbortSignal,
+  onProgress?: (bytesWritten: number, bytesTotal: number) => void,
 ): Promise<number> {
   const alignment = GGUF_DEFAULT_ALIGNMENT;
   const h = new Bytes();
@@ -213,6 +214,7 @@ export async function writeGguf(
     offset += Math.ceil(bytes / alignment) * alignment;
   }
   h.pad(alignment);
+  const total = h.len + offset;
 
   const fh = await open(path, "w");
   try {
@@ -242,6 +244,7 @@ export async function writeGguf(
       }
       const padded = Math.ceil(sizes[i] / alignment) * alignment;
       if (padded > sizes[i]) await put(new Uint8Array(padded - sizes[i]));
+      onProgress?.(pos, total);
     }
     return pos;
   } finally {

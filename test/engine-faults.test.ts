@@ -1,12 +1,34 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { readFileSync, writeFileSync, existsSync, readdirSync, openSync, writeSync, closeSync } from "node:fs";
+import {
+  readFileSync,
+  writeFileSync,
+  existsSync,
+  readdirSync,
+  openSync,
+  writeSync,
+  closeSync,
+} from "node:fs";
 import { join } from "node:path";
-import { valley, valleyChild, project, lines, waitFor, processesWith, sleep } from "./helpers/valley.js";
+import {
+  valley,
+  valleyChild,
+  project,
+  lines,
+  waitFor,
+  processesWith,
+  sleep,
+} from "./helpers/valley.js";
 
 function json(r: { code: number; stdout: string; stderr: string }) {
   assert.ok(r.stdout.trim(), `no JSON on stdout (exit ${r.code}): ${r.stderr}`);
-  return JSON.parse(r.stdout) as { instances: number; executed: number; cached: number; failed: number; skipped: number };
+  return JSON.parse(r.stdout) as {
+    instances: number;
+    executed: number;
+    cached: number;
+    failed: number;
+    skipped: number;
+  };
 }
 
 test("kill -9 mid-run: finished instances are reused, the killed one re-runs, the store verifies clean, no child survives", async () => {
@@ -29,7 +51,11 @@ stages:
   await waitFor(() => lines(side).includes("start 3"), 60_000, "instance 3 to start");
   child.kill("SIGKILL");
   await done;
-  await waitFor(() => processesWith(marker).length === 0, 10_000, "the killed run's children to die");
+  await waitFor(
+    () => processesWith(marker).length === 0,
+    10_000,
+    "the killed run's children to die",
+  );
   const ended = lines(side).filter((l) => l.startsWith("end")).length;
   assert.equal(ended, 2, `instances 1 and 2 finished before the kill: ${lines(side).join("|")}`);
 
@@ -94,10 +120,18 @@ stages:
 `,
   );
   assert.equal(json(valley(["run", "p.yaml", "--json"], { cwd: dir })).executed, 2);
-  const show = JSON.parse(valley(["show", "make", "-f", "p.yaml", "--json"], { cwd: dir }).stdout) as {
+  const show = JSON.parse(
+    valley(["show", "make", "-f", "p.yaml", "--json"], { cwd: dir }).stdout,
+  ) as {
     outputs: Record<string, { path: string; digest: string }>;
   };
-  const obj = join(dir, ".valley", "objects", show.outputs["data.bin"].digest.slice(7, 9), show.outputs["data.bin"].digest.slice(9));
+  const obj = join(
+    dir,
+    ".valley",
+    "objects",
+    show.outputs["data.bin"].digest.slice(7, 9),
+    show.outputs["data.bin"].digest.slice(9),
+  );
   const fd = openSync(obj, "r+");
   writeSync(fd, Buffer.from("X"), 0, 1, 3);
   closeSync(fd);
@@ -107,16 +141,26 @@ stages:
   const r = json(valley(["run", "p.yaml", "--json"], { cwd: dir }));
   assert.equal(r.executed, 1, "the producer should re-run");
   assert.deepEqual(lines(side), ["make", "use", "make"]);
-  const use = JSON.parse(valley(["show", "use", "-f", "p.yaml", "--json"], { cwd: dir }).stdout) as {
+  const use = JSON.parse(
+    valley(["show", "use", "-f", "p.yaml", "--json"], { cwd: dir }).stdout,
+  ) as {
     outputs: Record<string, { path: string }>;
   };
   assert.equal(readFileSync(use.outputs["copy.bin"].path, "utf8"), "payload-0123456789");
 
   // verify finds a corruption even when the stat cache is fooled (same size, mtime restored).
-  const show2 = JSON.parse(valley(["show", "make", "-f", "p.yaml", "--json"], { cwd: dir }).stdout) as {
+  const show2 = JSON.parse(
+    valley(["show", "make", "-f", "p.yaml", "--json"], { cwd: dir }).stdout,
+  ) as {
     outputs: Record<string, { digest: string }>;
   };
-  const obj2 = join(dir, ".valley", "objects", show2.outputs["data.bin"].digest.slice(7, 9), show2.outputs["data.bin"].digest.slice(9));
+  const obj2 = join(
+    dir,
+    ".valley",
+    "objects",
+    show2.outputs["data.bin"].digest.slice(7, 9),
+    show2.outputs["data.bin"].digest.slice(9),
+  );
   const { atime, mtime } = require_stat(obj2);
   const fd2 = openSync(obj2, "r+");
   writeSync(fd2, Buffer.from("Y"), 0, 1, 5);
@@ -125,7 +169,11 @@ stages:
   const v = valley(["verify", "--cache", join(dir, ".valley")]);
   assert.equal(v.code, 1);
   assert.match(v.stdout, new RegExp(`CORRUPT .*${show2.outputs["data.bin"].digest.slice(9)}`));
-  assert.equal(valley(["verify", "--cache", join(dir, ".valley")]).code, 0, "the corrupt object was not moved aside");
+  assert.equal(
+    valley(["verify", "--cache", join(dir, ".valley")]).code,
+    0,
+    "the corrupt object was not moved aside",
+  );
   const again = json(valley(["run", "p.yaml", "--json"], { cwd: dir }));
   assert.equal(again.executed, 1, "the producer of the quarantined object should re-run");
 });
@@ -237,7 +285,12 @@ stages:
   assert.equal(r.code, 130, r.stderr);
   assert.deepEqual(processesWith(marker), []);
   assert.equal(lines(side).length, 2, "new instances were launched after Ctrl-C");
-  assert.equal(existsSync(join(dir, ".valley", "leases")) && readdirSync(join(dir, ".valley", "leases")).length, 0, "leases left behind");
+  assert.equal(
+    existsSync(join(dir, ".valley", "leases")) &&
+      readdirSync(join(dir, ".valley", "leases")).length,
+    0,
+    "leases left behind",
+  );
 });
 
 test("gc keeps what the lockfile and pins reference and removes the rest", () => {
@@ -260,7 +313,11 @@ stages:
   const g = valley(["gc", "--cache", join(dir, ".valley")]);
   assert.equal(g.code, 0, g.stderr);
   assert.match(g.stdout, /removed 1 result/);
-  assert.equal(readdirSync(join(dir, ".valley", "actions")).length, 2, "the pinned and the locked results stay");
+  assert.equal(
+    readdirSync(join(dir, ".valley", "actions")).length,
+    2,
+    "the pinned and the locked results stay",
+  );
   assert.equal(json(valley(["run", "p.yaml", "--json"], { cwd: dir })).cached, 1);
   assert.equal(valley(["verify", "--cache", join(dir, ".valley")]).code, 0);
 });

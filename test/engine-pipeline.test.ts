@@ -18,14 +18,23 @@ test("every malformed pipeline exits 2 with file:line:col and the key, and write
     const header = readFileSync(file, "utf8").split("\n")[0];
     const m = /^# expect: (\d+:\d+) (.*)$/.exec(header);
     assert.ok(m, `${f}: header "# expect: LINE:COL text"`);
-    for (const cmd of [["plan", file], ["run", file]]) {
+    for (const cmd of [
+      ["plan", file],
+      ["run", file],
+    ]) {
       const r = valley(cmd, { cwd: dir });
       assert.equal(r.code, 2, `${f} (${cmd[0]}): exit ${r.code}\n${r.stderr}`);
-      const hit = r.stderr.split("\n").find((l) => l.startsWith(`${file}:${m[1]}:`) && l.includes(m[2]));
+      const hit = r.stderr
+        .split("\n")
+        .find((l) => l.startsWith(`${file}:${m[1]}:`) && l.includes(m[2]));
       assert.ok(hit, `${f} (${cmd[0]}): expected "${file}:${m[1]}: … ${m[2]}" in:\n${r.stderr}`);
     }
     assert.equal(existsSync(join(dir, ".valley")), false, `${f}: a cache was created`);
-    assert.equal(existsSync(file.replace(/\.yaml$/, ".lock")), false, `${f}: a lockfile was written`);
+    assert.equal(
+      existsSync(file.replace(/\.yaml$/, ".lock")),
+      false,
+      `${f}: a lockfile was written`,
+    );
   }
 });
 
@@ -63,7 +72,8 @@ stages:
   });
   const r = valley(["plan", "p.yaml", "--json"], { cwd: dir });
   assert.equal(r.code, 0, r.stderr);
-  const rows = (JSON.parse(r.stdout) as { instances: { id: string; params: { run: string } }[] }).instances;
+  const rows = (JSON.parse(r.stdout) as { instances: { id: string; params: { run: string } }[] })
+    .instances;
   const ids = rows.map((x) => x.id);
   assert.deepEqual(ids.filter((i) => i.startsWith("tune@")).sort(), [
     "tune@n=100,subset=easy,lr=0.1",
@@ -77,17 +87,27 @@ stages:
   assert.ok(ids.includes("report"));
   const t = rows.find((x) => x.id === "tune@n=300,subset=hard,lr=0.1");
   assert.equal(t?.params.run, "echo 300 hard 0.1");
-  assert.equal(existsSync(join(dir, ".valley", "actions")) && readdirSync(join(dir, ".valley", "actions")).length > 0, false);
+  assert.equal(
+    existsSync(join(dir, ".valley", "actions")) &&
+      readdirSync(join(dir, ".valley", "actions")).length > 0,
+    false,
+  );
 });
 
 test("valley schema prints the pipeline schema with every stage kind folded in; the committed copy is current", () => {
   const r = valley(["schema"]);
   assert.equal(r.code, 0, r.stderr);
-  const s = JSON.parse(r.stdout) as { definitions: { stage: { allOf: unknown[]; properties: { uses: { enum: string[] } } } } };
+  const s = JSON.parse(r.stdout) as {
+    definitions: { stage: { allOf: unknown[]; properties: { uses: { enum: string[] } } } };
+  };
   assert.ok(s.definitions.stage.properties.uses.enum.includes("shell"));
   assert.equal(s.definitions.stage.allOf.length, s.definitions.stage.properties.uses.enum.length);
   const committed = readFileSync(join(PACKAGE_ROOT, "schemas", "valley.schema.json"), "utf8");
-  assert.equal(committed, r.stdout, "schemas/valley.schema.json is stale: run `node dist/engine/cli.js schema > schemas/valley.schema.json`");
+  assert.equal(
+    committed,
+    r.stdout,
+    "schemas/valley.schema.json is stale: run `node dist/engine/cli.js schema > schemas/valley.schema.json`",
+  );
   assert.equal(valley(["schema", "shell"]).code, 0);
   assert.equal(valley(["schema", "nope"]).code, 2);
 });

@@ -1,11 +1,22 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { readFileSync, writeFileSync, existsSync, statSync, readdirSync, mkdirSync, utimesSync } from "node:fs";
+import {
+  readFileSync,
+  writeFileSync,
+  existsSync,
+  statSync,
+  readdirSync,
+  mkdirSync,
+  utimesSync,
+} from "node:fs";
 import { join } from "node:path";
 import { valley, project, lines } from "./helpers/valley.js";
 
 /** A pipeline whose commands append to `side` so tests can count executions. */
-function pipeline(side: string, opts: { greeting?: string; sizes?: string; extra?: string } = {}): string {
+function pipeline(
+  side: string,
+  opts: { greeting?: string; sizes?: string; extra?: string } = {},
+): string {
   return `
 version: 1
 name: demo
@@ -36,7 +47,12 @@ ${opts.extra ?? ""}`;
 function runJson(dir: string, args: string[] = []) {
   const r = valley(["run", "p.yaml", "--json", ...args], { cwd: dir });
   assert.ok(r.code === 0, `exit ${r.code}: ${r.stderr}`);
-  return JSON.parse(r.stdout) as { instances: number; executed: number; cached: number; failed: number };
+  return JSON.parse(r.stdout) as {
+    instances: number;
+    executed: number;
+    cached: number;
+    failed: number;
+  };
 }
 
 test("run, then a no-op re-run; lockfile, show, logs, dag, status", () => {
@@ -53,7 +69,15 @@ test("run, then a no-op re-run; lockfile, show, logs, dag, status", () => {
   const lock = JSON.parse(readFileSync(join(dir, "p.lock"), "utf8")) as {
     instances: Record<string, { key: string; tree: string; files: Record<string, string> }>;
   };
-  assert.deepEqual(Object.keys(lock.instances), ["all", "gen@n=1", "gen@n=2", "gen@n=3", "sub@n=1", "sub@n=2", "sub@n=3"]);
+  assert.deepEqual(Object.keys(lock.instances), [
+    "all",
+    "gen@n=1",
+    "gen@n=2",
+    "gen@n=3",
+    "sub@n=1",
+    "sub@n=2",
+    "sub@n=3",
+  ]);
   assert.match(lock.instances.all.key, /^sha256:[0-9a-f]{64}$/);
 
   const show = valley(["show", "all", "-f", "p.yaml", "--json"], { cwd: dir });
@@ -92,7 +116,9 @@ test("changing one matrix cell re-runs that cell and its descendants only; plan 
   runJson(dir);
   writeFileSync(join(dir, "p.yaml"), pipeline(side, { sizes: "[1, 2, 4]" }));
   const plan = valley(["plan", "p.yaml", "--json"], { cwd: dir });
-  const rows = (JSON.parse(plan.stdout) as { instances: { id: string; status: string; changed: string[] }[] }).instances;
+  const rows = (
+    JSON.parse(plan.stdout) as { instances: { id: string; status: string; changed: string[] }[] }
+  ).instances;
   const miss = rows.filter((r) => r.status === "miss").map((r) => r.id);
   assert.deepEqual(miss.sort(), ["all", "gen@n=4", "sub@n=4"]);
   const before = lines(side).length;
@@ -161,15 +187,32 @@ stages:
   let r = valley(["run", "p.yaml", "--json"], { cwd: dir, env });
   assert.equal(r.code, 0, r.stderr);
   assert.equal(JSON.parse(r.stdout).executed, 1);
-  r = valley(["run", "p.yaml", "--json"], { cwd: dir, env: { ...env, UNDECLARED: "y", API_KEY: secret + "2" } });
-  assert.equal(JSON.parse(r.stdout).executed, 0, "an undeclared variable or a secret changed the key");
+  r = valley(["run", "p.yaml", "--json"], {
+    cwd: dir,
+    env: { ...env, UNDECLARED: "y", API_KEY: secret + "2" },
+  });
+  assert.equal(
+    JSON.parse(r.stdout).executed,
+    0,
+    "an undeclared variable or a secret changed the key",
+  );
   r = valley(["run", "p.yaml", "--json"], { cwd: dir, env: { ...env, MODE: "slow" } });
   assert.equal(JSON.parse(r.stdout).executed, 1, "a declared variable did not change the key");
-  const show = JSON.parse(valley(["show", "a", "-f", "p.yaml", "--json"], { cwd: dir, env }).stdout) as {
+  const show = JSON.parse(
+    valley(["show", "a", "-f", "p.yaml", "--json"], { cwd: dir, env }).stdout,
+  ) as {
     outputs: Record<string, { path: string }>;
   };
-  assert.equal(readFileSync(show.outputs["o.txt"].path, "utf8"), "mode=slow home=\n", "an undeclared variable leaked in");
-  assert.equal(Number(readFileSync(show.outputs["len.txt"].path, "utf8")), secret.length + 1, "the secret did not reach the stage");
+  assert.equal(
+    readFileSync(show.outputs["o.txt"].path, "utf8"),
+    "mode=slow home=\n",
+    "an undeclared variable leaked in",
+  );
+  assert.equal(
+    Number(readFileSync(show.outputs["len.txt"].path, "utf8")),
+    secret.length + 1,
+    "the secret did not reach the stage",
+  );
   const logs = valley(["logs", "a", "-f", "p.yaml", "--raw"], { cwd: dir, env });
   assert.match(logs.stdout, /key=\*\*\*/);
   // Nothing under the cache or the lockfile holds the secret.
@@ -207,4 +250,3 @@ stages:
   assert.equal(runJson(dir).executed, 1, "a new folder is part of the input");
   assert.ok(existsSync(join(dir, ".valley")));
 });
-

@@ -7,9 +7,18 @@ import { loadPipeline, type Pipeline } from "../pipeline/expand.js";
 import { PACKAGE_ROOT } from "../root.js";
 import { Engine, cacheRootFor } from "../engine.js";
 
-export function parse<const O extends NonNullable<ParseArgsConfig["options"]>>(argv: string[], options: O, usage: string) {
+export function parse<const O extends NonNullable<ParseArgsConfig["options"]>>(
+  argv: string[],
+  options: O,
+  usage: string,
+) {
   try {
-    return parseArgs({ args: argv, options, allowPositionals: true as const, strict: true as const });
+    return parseArgs({
+      args: argv,
+      options,
+      allowPositionals: true as const,
+      strict: true as const,
+    });
   } catch (e) {
     throw new UsageError(`${(e as Error).message}\nusage: ${usage}`);
   }
@@ -36,7 +45,10 @@ export function paramOverrides(list: string[] | undefined): Record<string, unkno
   return out;
 }
 
-export async function openPipeline(file: string | undefined, params?: string[]): Promise<{ pl: Pipeline; engine: Engine }> {
+export async function openPipeline(
+  file: string | undefined,
+  params?: string[],
+): Promise<{ pl: Pipeline; engine: Engine }> {
   const pl = await loadPipeline(pipelineFile(file), { params: paramOverrides(params) });
   return { pl, engine: new Engine(pl) };
 }

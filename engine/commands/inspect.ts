@@ -7,9 +7,14 @@ import type { Engine } from "../engine.js";
 import type { Pipeline, Instance } from "../pipeline/expand.js";
 
 /** The recorded result of an instance: its last key (history) if still valid. */
-function findRecord(pl: Pipeline, engine: Engine, id: string): { inst: Instance; rec?: ActionRecord; key?: string } {
+function findRecord(
+  pl: Pipeline,
+  engine: Engine,
+  id: string,
+): { inst: Instance; rec?: ActionRecord; key?: string } {
   const inst = pl.byId.get(id);
-  if (!inst) throw new UsageError(`no instance "${id}" in ${pl.file}${didYouMean(id, pl.byId.keys())}`);
+  if (!inst)
+    throw new UsageError(`no instance "${id}" in ${pl.file}${didYouMean(id, pl.byId.keys())}`);
   const h = engine.history(id);
   if (!h) return { inst };
   return { inst, rec: engine.store.getAction(h.key), key: h.key };
@@ -18,7 +23,11 @@ function findRecord(pl: Pipeline, engine: Engine, id: string): { inst: Instance;
 export async function show(argv: string[]): Promise<number> {
   const { values, positionals } = parse(
     argv,
-    { json: { type: "boolean" }, file: { type: "string", short: "f" }, param: { type: "string", short: "p", multiple: true } },
+    {
+      json: { type: "boolean" },
+      file: { type: "string", short: "f" },
+      param: { type: "string", short: "p", multiple: true },
+    },
     "valley show <instance> [-f file] [--json]",
   );
   const id = positionals[0];
@@ -26,14 +35,25 @@ export async function show(argv: string[]): Promise<number> {
   const { pl, engine } = await openPipeline(values.file ?? positionals[1], values.param);
   const { inst, rec, key } = findRecord(pl, engine, id);
   if (!rec) {
-    if (values.json) process.stdout.write(JSON.stringify({ id, stage: inst.stage, kind: inst.kind, params: inst.params, key: key ?? null, status: "not run" }) + "\n");
+    if (values.json)
+      process.stdout.write(
+        JSON.stringify({
+          id,
+          stage: inst.stage,
+          kind: inst.kind,
+          params: inst.params,
+          key: key ?? null,
+          status: "not run",
+        }) + "\n",
+      );
     else process.stdout.write(`${id}: no result yet (run the pipeline first)\n`);
     return 1;
   }
   const fields = rec.fields as { inputs?: Record<string, unknown> };
   const outputs: Record<string, { digest: string; path: string }> = {};
   const treePath = engine.store.treePath(rec.outputs.tree);
-  for (const [name, d] of Object.entries(rec.outputs.files)) outputs[name] = { digest: d, path: join(treePath, name) };
+  for (const [name, d] of Object.entries(rec.outputs.files))
+    outputs[name] = { digest: d, path: join(treePath, name) };
   const obj = {
     id,
     stage: inst.stage,
@@ -56,7 +76,9 @@ export async function show(argv: string[]): Promise<number> {
     `instance  ${id}  (${inst.kind})`,
     `key       ${rec.key}`,
     `params    ${JSON.stringify(inst.params)}`,
-    ...Object.entries(obj.inputs).map(([n, d]) => `input     ${n} = ${typeof d === "string" ? d : JSON.stringify(d)}`),
+    ...Object.entries(obj.inputs).map(
+      ([n, d]) => `input     ${n} = ${typeof d === "string" ? d : JSON.stringify(d)}`,
+    ),
     `output    ${treePath}  (${rec.outputs.tree})`,
     ...Object.entries(outputs).map(([n, o]) => `          ${n}  ${o.digest}`),
     ...Object.entries(rec.metrics).map(([k, v]) => `metric    ${k} = ${JSON.stringify(v)}`),
@@ -68,26 +90,47 @@ export async function show(argv: string[]): Promise<number> {
 
 function formatLog(text: string, raw: boolean): string {
   if (raw) return text;
-  return text
-    .split("\n")
-    .filter(Boolean)
-    .map((l) => {
-      try {
-        const o = JSON.parse(l) as { time?: number; level?: number; msg?: string; stream?: string };
-        const t = o.time ? new Date(o.time).toISOString().slice(11, 23) : "";
-        const lvl = ({ 10: "trace", 20: "debug", 30: "info", 40: "warn", 50: "error", 60: "fatal" } as Record<number, string>)[o.level ?? 30] ?? "";
-        return `${t} ${o.stream ?? lvl} ${o.msg ?? ""}`;
-      } catch {
-        return l;
-      }
-    })
-    .join("\n") + "\n";
+  return (
+    text
+      .split("\n")
+      .filter(Boolean)
+      .map((l) => {
+        try {
+          const o = JSON.parse(l) as {
+            time?: number;
+            level?: number;
+            msg?: string;
+            stream?: string;
+          };
+          const t = o.time ? new Date(o.time).toISOString().slice(11, 23) : "";
+          const lvl =
+            (
+              {
+                10: "trace",
+                20: "debug",
+                30: "info",
+                40: "warn",
+                50: "error",
+                60: "fatal",
+              } as Record<number, string>
+            )[o.level ?? 30] ?? "";
+          return `${t} ${o.stream ?? lvl} ${o.msg ?? ""}`;
+        } catch {
+          return l;
+        }
+      })
+      .join("\n") + "\n"
+  );
 }
 
 export async function logs(argv: string[]): Promise<number> {
   const { values, positionals } = parse(
     argv,
-    { raw: { type: "boolean" }, file: { type: "string", short: "f" }, param: { type: "string", short: "p", multiple: true } },
+    {
+      raw: { type: "boolean" },
+      file: { type: "string", short: "f" },
+      param: { type: "string", short: "p", multiple: true },
+    },
     "valley logs <instance> [-f file] [--raw]",
   );
   const id = positionals[0];
@@ -120,22 +163,29 @@ export async function logs(argv: string[]): Promise<number> {
 export async function dag(argv: string[]): Promise<number> {
   const { values, positionals } = parse(
     argv,
-    { format: { type: "string" }, file: { type: "string", short: "f" }, param: { type: "string", short: "p", multiple: true } },
+    {
+      format: { type: "string" },
+      file: { type: "string", short: "f" },
+      param: { type: "string", short: "p", multiple: true },
+    },
     "valley dag [file] [--format mermaid|dot]",
   );
   const format = values.format ?? "mermaid";
-  if (format !== "mermaid" && format !== "dot") throw new UsageError(`--format must be mermaid or dot`);
+  if (format !== "mermaid" && format !== "dot")
+    throw new UsageError(`--format must be mermaid or dot`);
   const { pl } = await openPipeline(values.file ?? positionals[0], values.param);
   const n = new Map(pl.instances.map((i, k) => [i.id, `n${k}`]));
   const out: string[] = [];
   if (format === "mermaid") {
     out.push("flowchart LR");
     for (const i of pl.instances) out.push(`  ${n.get(i.id)}["${i.id.replace(/"/g, "'")}"]`);
-    for (const i of pl.instances) for (const d of i.deps) out.push(`  ${n.get(d)} --> ${n.get(i.id)}`);
+    for (const i of pl.instances)
+      for (const d of i.deps) out.push(`  ${n.get(d)} --> ${n.get(i.id)}`);
   } else {
     out.push("digraph valley {", "  rankdir=LR;");
     for (const i of pl.instances) out.push(`  ${n.get(i.id)} [label=${JSON.stringify(i.id)}];`);
-    for (const i of pl.instances) for (const d of i.deps) out.push(`  ${n.get(d)} -> ${n.get(i.id)};`);
+    for (const i of pl.instances)
+      for (const d of i.deps) out.push(`  ${n.get(d)} -> ${n.get(i.id)};`);
     out.push("}");
   }
   process.stdout.write(out.join("\n") + "\n");

@@ -15,20 +15,42 @@ function openStore(dir: string): Store {
 }
 
 export async function gc(argv: string[]): Promise<number> {
-  const { values } = parse(argv, { cache: { type: "string" }, "dry-run": { type: "boolean" }, file: { type: "string", short: "f" } }, "valley gc [--cache DIR] [--dry-run]");
+  const { values } = parse(
+    argv,
+    {
+      cache: { type: "string" },
+      "dry-run": { type: "boolean" },
+      file: { type: "string", short: "f" },
+    },
+    "valley gc [--cache DIR] [--dry-run]",
+  );
   const store = openStore(cacheDir(values.cache, values.file));
   const leaseDir = store.dir("leases");
-  const live = new Leases(leaseDir).liveHolders(readdirSync(leaseDir).filter((f) => f.endsWith(".lock")).map((f) => join(leaseDir, f)));
+  const live = new Leases(leaseDir).liveHolders(
+    readdirSync(leaseDir)
+      .filter((f) => f.endsWith(".lock"))
+      .map((f) => join(leaseDir, f)),
+  );
   if (live.length) {
-    process.stderr.write(`valley gc: a run is active (${live.map((h) => `${h.host} pid ${h.pid}`).join(", ")}); try again when it ends\n`);
+    process.stderr.write(
+      `valley gc: a run is active (${live.map((h) => `${h.host} pid ${h.pid}`).join(", ")}); try again when it ends\n`,
+    );
     return 1;
   }
   const keys = new Set<Digest>();
   const lockfiles = roots(store.root);
-  for (const lf of lockfiles) for (const i of Object.values(readLockfile(lf)?.instances ?? {})) keys.add(i.key);
+  for (const lf of lockfiles)
+    for (const i of Object.values(readLockfile(lf)?.instances ?? {})) keys.add(i.key);
   const pins = readPins(store);
   for (const k of pins.keys) keys.add(k);
   const r = collectGarbage(store, keys, new Set(pins.trees), !!values["dry-run"]);
+  if (!values["dry-run"]) {
+    store.emptyTrash();
+    // Scratch folders of keys that have a result are leftovers of interrupted attempts.
+    for (const f of readdirSync(store.dir("scratch"))) {
+      if (existsSync(join(store.dir("actions"), f + ".json"))) store.removeTree(join(store.dir("scratch"), f));
+    }
+  }
   const verb = values["dry-run"] ? "would remove" : "removed";
   process.stdout.write(
     `roots: ${lockfiles.length} lockfile(s), ${pins.keys.length + pins.trees.length} pin(s); kept ${r.keptActions} result(s)\n` +
@@ -38,27 +60,42 @@ export async function gc(argv: string[]): Promise<number> {
 }
 
 export async function verify(argv: string[]): Promise<number> {
-  const { values } = parse(argv, { cache: { type: "string" }, json: { type: "boolean" }, file: { type: "string", short: "f" } }, "valley verify [--cache DIR] [--json]");
+  const { values } = parse(
+    argv,
+    { cache: { type: "string" }, json: { type: "boolean" }, file: { type: "string", short: "f" } },
+    "valley verify [--cache DIR] [--json]",
+  );
   const store = openStore(cacheDir(values.cache, values.file));
   const r = verifyStore(store);
   if (values.json) process.stdout.write(JSON.stringify(r) + "\n");
   else {
-    for (const c of r.corrupt) process.stdout.write(`CORRUPT ${c.path}: expected ${c.expected}, got ${c.actual} (moved to corrupt/)\n`);
-    for (const a of r.brokenActions) process.stdout.write(`BROKEN  action ${a}: its output tree is missing\n`);
+    for (const c of r.corrupt)
+      process.stdout.write(
+        `CORRUPT ${c.path}: expected ${c.expected}, got ${c.actual} (moved to corrupt/)\n`,
+      );
+    for (const a of r.brokenActions)
+      process.stdout.write(`BROKEN  action ${a}: its output tree is missing\n`);
     process.stdout.write(`${r.checked} objects checked, ${r.corrupt.length} corrupt\n`);
   }
   return r.corrupt.length || r.brokenActions.length ? 1 : 0;
 }
 
 export async function pin(argv: string[]): Promise<number> {
-  const { values, positionals } = parse(argv, { file: { type: "string", short: "f" }, name: { type: "string" } }, "valley pin <instance> [-f file] [--name NAME]");
+  const { values, positionals } = parse(
+    argv,
+    { file: { type: "string", short: "f" }, name: { type: "string" } },
+    "valley pin <instance> [-f file] [--name NAME]",
+  );
   const id = positionals[0];
   if (!id) throw new UsageError("usage: valley pin <instance> [-f file]");
   const { engine } = await openPipeline(values.file);
   const h = engine.history(id);
   if (!h || !engine.store.getAction(h.key)) throw new UsageError(`${id} has no result to pin`);
   const name = (values.name ?? id).replace(/[^A-Za-z0-9@=,._-]/g, "_");
-  writeFileSync(join(engine.store.dir("pins"), name + ".json"), JSON.stringify({ key: h.key, instance: id }) + "\n");
+  writeFileSync(
+    join(engine.store.dir("pins"), name + ".json"),
+    JSON.stringify({ key: h.key, instance: id }) + "\n",
+  );
   process.stdout.write(`pinned ${id} (${h.key})\n`);
   return 0;
 }

@@ -28,11 +28,18 @@ export async function run(argv: string[]): Promise<number> {
     },
     USAGE,
   );
-  if (values["dry-run"]) return plan([...argv.filter((a) => a !== "--dry-run"), "--why"].filter((a) => !["--keep-going", "-k"].includes(a)));
+  if (values["dry-run"])
+    return plan(
+      [...argv.filter((a) => a !== "--dry-run"), "--why"].filter(
+        (a) => !["--keep-going", "-k"].includes(a),
+      ),
+    );
   const jobs = values.jobs !== undefined ? Number(values.jobs) : undefined;
-  if (jobs !== undefined && (!Number.isInteger(jobs) || jobs < 1)) throw new UsageError(`--jobs expects a positive integer`);
+  if (jobs !== undefined && (!Number.isInteger(jobs) || jobs < 1))
+    throw new UsageError(`--jobs expects a positive integer`);
   const executor = values.executor ?? "local";
-  if (executor !== "local") throw new UsageError(`--executor ${executor}: only "local" is available in this version`);
+  if (executor !== "local")
+    throw new UsageError(`--executor ${executor}: only "local" is available in this version`);
   const { pl, engine } = await openPipeline(values.file ?? positionals[0], values.param);
   for (const s of [...(values.only ?? []), ...(values.force ?? [])]) {
     if (!pl.stageOrder.includes(s)) throw new UsageError(`no stage "${s}" in ${pl.file}`);
@@ -71,11 +78,14 @@ export async function run(argv: string[]): Promise<number> {
     process.off("SIGTERM", onSignal);
   }
   const results = new Map<string, ActionRecord>();
-  for (const [id, o] of summary.outcomes) if (o.status === "cached" || o.status === "executed") results.set(id, o.record);
+  for (const [id, o] of summary.outcomes)
+    if (o.status === "cached" || o.status === "executed") results.set(id, o.record);
   // The lockfile lists every instance with a result, including ones this run did not select.
   if (!values.only) writeLockfile(pl, results, engine.store.root);
   const seconds = (Date.now() - t0) / 1000;
-  const failures = [...summary.outcomes].flatMap(([id, o]) => (o.status === "failed" ? [{ id, error: o.error.message }] : []));
+  const failures = [...summary.outcomes].flatMap(([id, o]) =>
+    o.status === "failed" ? [{ id, error: o.error.message }] : [],
+  );
   if (values.json) {
     process.stdout.write(
       JSON.stringify({
@@ -98,7 +108,9 @@ export async function run(argv: string[]): Promise<number> {
   );
   const fileArg = values.file ?? positionals[0];
   for (const f of failures) {
-    process.stderr.write(`\n✗ ${f.error}\n  full log: valley logs ${f.id}${fileArg ? ` -f ${fileArg}` : ""}\n`);
+    process.stderr.write(
+      `\n✗ ${f.error}\n  full log: valley logs ${f.id}${fileArg ? ` -f ${fileArg}` : ""}\n`,
+    );
   }
   if (ac.signal.aborted) return 130;
   if (summary.inputError) return 2;
@@ -123,7 +135,16 @@ export function planRows(pl: Pipeline, engine: Engine, force: string[] = []): Pl
   const rows: PlanRow[] = [];
   const missing = new Set<string>();
   for (const inst of pl.instances) {
-    const row: PlanRow = { id: inst.id, stage: inst.stage, kind: inst.kind, params: inst.params, key: null, status: "miss", changed: [], reason: "" };
+    const row: PlanRow = {
+      id: inst.id,
+      stage: inst.stage,
+      kind: inst.kind,
+      params: inst.params,
+      key: null,
+      status: "miss",
+      changed: [],
+      reason: "",
+    };
     rows.push(row);
     const rk = engine.resolveKey(inst, results, { admit: false });
     if (!rk) {
@@ -181,14 +202,20 @@ export async function plan(argv: string[]): Promise<number> {
     const tag = r.status === "hit" ? "cached" : "run   ";
     process.stdout.write(`${tag}  ${r.id}${values.why && r.reason ? `  — ${r.reason}` : ""}\n`);
   }
-  process.stdout.write(`${rows.length} instances: ${misses.length} to run, ${rows.length - misses.length} cached\n`);
+  process.stdout.write(
+    `${rows.length} instances: ${misses.length} to run, ${rows.length - misses.length} cached\n`,
+  );
   return 0;
 }
 
 export async function status(argv: string[]): Promise<number> {
   const { values, positionals } = parse(
     argv,
-    { json: { type: "boolean" }, param: { type: "string", short: "p", multiple: true }, file: { type: "string", short: "f" } },
+    {
+      json: { type: "boolean" },
+      param: { type: "string", short: "p", multiple: true },
+      file: { type: "string", short: "f" },
+    },
     "valley status [file] [--json]",
   );
   const { pl, engine } = await openPipeline(values.file ?? positionals[0], values.param);
@@ -202,11 +229,19 @@ export async function status(argv: string[]): Promise<number> {
     byStage.set(r.stage, s);
   }
   if (values.json) {
-    process.stdout.write(JSON.stringify({ pipeline: pl.name, stages: Object.fromEntries(byStage), instances: rows.map((r) => ({ id: r.id, status: r.status, key: r.key })) }) + "\n");
+    process.stdout.write(
+      JSON.stringify({
+        pipeline: pl.name,
+        stages: Object.fromEntries(byStage),
+        instances: rows.map((r) => ({ id: r.id, status: r.status, key: r.key })),
+      }) + "\n",
+    );
     return 0;
   }
   for (const [stage, s] of byStage) {
-    process.stdout.write(`${stage.padEnd(24)} ${String(s.hit).padStart(5)} cached ${String(s.miss).padStart(5)} to run\n`);
+    process.stdout.write(
+      `${stage.padEnd(24)} ${String(s.hit).padStart(5)} cached ${String(s.miss).padStart(5)} to run\n`,
+    );
   }
   return 0;
 }

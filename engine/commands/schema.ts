@@ -13,10 +13,16 @@ export function fullSchema(): Record<string, unknown> {
   const defs = schema.definitions as Record<string, Record<string, unknown>>;
   const stage = defs.stage;
   const kinds = listKinds();
-  (stage.properties as Record<string, unknown>).uses = { description: "The stage kind.", enum: kinds };
+  (stage.properties as Record<string, unknown>).uses = {
+    description: "The stage kind.",
+    enum: kinds,
+  };
   stage.allOf = kinds.map((k) => {
     const { $schema: _s, ...body } = kindSchema(k);
-    return { if: { properties: { uses: { const: k } }, required: ["uses"] }, then: { properties: { with: body } } };
+    return {
+      if: { properties: { uses: { const: k } }, required: ["uses"] },
+      then: { properties: { with: body } },
+    };
   });
   return schema;
 }
@@ -26,7 +32,8 @@ export async function schema(argv: string[]): Promise<number> {
   const kind = positionals[0];
   if (kind) {
     const kinds = listKinds();
-    if (!kinds.includes(kind)) throw new UsageError(`unknown stage kind "${kind}"${didYouMean(kind, kinds)}`);
+    if (!kinds.includes(kind))
+      throw new UsageError(`unknown stage kind "${kind}"${didYouMean(kind, kinds)}`);
     process.stdout.write(JSON.stringify(kindSchema(kind), null, 2) + "\n");
   } else {
     process.stdout.write(JSON.stringify(fullSchema(), null, 2) + "\n");

@@ -1,7 +1,7 @@
-import { mkdirSync, appendFileSync, existsSync, renameSync, rmSync, readFileSync } from "node:fs";
+import { mkdirSync, existsSync, renameSync, rmSync, readFileSync, openSync, writeSync, closeSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import { randomBytes } from "node:crypto";
-import { pino, type Logger } from "pino";
+import type { Logger } from "pino";
 import { digestHex } from "../../cache/digest.js";
 import { Store, type ActionRecord } from "../../cache/store.js";
 import type { Engine, ResolvedKey } from "../engine.js";
@@ -22,14 +22,18 @@ export class AttemptFailed extends Error {
   }
 }
 
-/** A pino destination that writes synchronously and blanks secret values. */
+/** A pino destination that writes synchronously to one open file and blanks secret values. */
 function scrubbingDestination(file: string, secrets: string[]) {
   const values = secrets.filter((s) => s.length >= 4);
+  const fd = openSync(file, "a");
   return {
     write(chunk: string) {
       let s = chunk;
       for (const v of values) s = s.split(v).join("***");
-      appendFileSync(file, s);
+      writeSync(fd, s);
+    },
+    close() {
+      closeSync(fd);
     },
   };
 }
@@ -46,23 +50,30 @@ export interface AttemptOptions {
  * the stage's run(), then admission of the output and the log into the store
  * and the action record. Nothing enters the store unless run() resolved.
  */
-export async function runAttempt(engine: Engine, inst: Instance, rk: ResolvedKey, opts: AttemptOptions): Promise<ActionRecord> {
+export async function runAttempt(
+  engine: Engine,
+  inst: Instance,
+  rk: ResolvedKey,
+  opts: AttemptOptions,
+): Promise<ActionRecord> {
   const store = engine.store;
   const kind = engine.pipeline.kinds.get(inst.kind);
   if (!kind) throw new Error(`kind ${inst.kind} not loaded`);
   const hex = digestHex(rk.key);
-  const work = join(store.dir("work"), `${hex}-${process.pid}-${randomBytes(4).toString("hex")}`);
-  const out = join(work, "out");
-  const logFile = join(work, "log.ndjson");
+  // The output folder is renamed into the store on success, so it is created
+  // directly under work/ (no wrapper folder to remove: see Store.discard).
+  const attemptName = `${hex}-${process.pid}-${randomBytes(4).toString("hex")}`;
+  const out = join(store.dir("work"), attemptName);
+  const logFile = join(store.dir("work"), attemptName + ".log");
   const scratch = join(store.dir("scratch"), hex);
-  mkdirSync(out, { recursive: true });
+  mkdirSync(out);
   mkdirSync(scratch, { recursive: true });
 
+  // pino is loaded on first execution only: a no-op run never needs it.
+  const { pino } = await import("pino");
   const secretValues = inst.secrets.map((n) => process.env[n] ?? "").filter(Boolean);
-  const log: Logger = pino(
-    { base: { instance: inst.id }, level: process.env.VALLEY_LOG_LEVEL ?? "info" },
-    scrubbingDestination(logFile, secretValues),
-  );
+  const dest = scrubbingDestination(logFile, secretValues);
+  const log: Logger = pino({ base: { instance: inst.id }, level: process.env.VALLEY_LOG_LEVEL ?? "info" }, dest);
   const env = { ...rk.env };
   for (const n of inst.secrets) if (process.env[n] !== undefined) env[n] = process.env[n] as string;
 
@@ -99,27 +110,39 @@ export async function runAttempt(engine: Engine, inst: Instance, rk: ResolvedKey
     let result: Awaited<ReturnType<typeof kind.impl.run>>;
     try {
       const aborted = new Promise<never>((_, rej) =>
-        ac.signal.addEventListener("abort", () => setTimeout(() => rej(new Error(String(ac.signal.reason))), 10_000).unref(), {
-          once: true,
-        }),
+        ac.signal.addEventListener(
+          "abort",
+          () => setTimeout(() => rej(new Error(String(ac.signal.reason))), 10_000).unref(),
+          {
+            once: true,
+          },
+        ),
       );
       // A stage gets 10 s after abort to clean up and return; then we stop waiting.
       result = await Promise.race([kind.impl.run(ctx), aborted]);
       if (ac.signal.aborted) throw new Error(String(ac.signal.reason));
     } catch (e) {
-      const why = timedOut ? "timeout" : opts.signal.aborted ? "aborted" : e instanceof InputError ? "input" : "error";
+      const why = timedOut
+        ? "timeout"
+        : opts.signal.aborted
+          ? "aborted"
+          : e instanceof InputError
+            ? "input"
+            : "error";
       log.error({ err: e }, `failed: ${(e as Error).message}`);
+      dest.close();
       const kept = engine.failedLogPath(rk.key);
       try {
         renameSync(logFile, kept);
       } catch {
         // no log written
       }
-      rmSync(work, { recursive: true, force: true });
+      store.discard(out);
       throw new AttemptFailed((e as Error).message, e, why, kept);
     }
     const end = new Date();
     log.info({ seconds: (end.getTime() - start.getTime()) / 1000 }, "done");
+    dest.close();
     const admitted = store.admitTree(out);
     const logDigest = existsSync(logFile) ? store.putBytes(readFileSync(logFile)) : undefined;
     const rec: ActionRecord = {
@@ -141,12 +164,15 @@ export async function runAttempt(engine: Engine, inst: Instance, rk: ResolvedKey
       engine: ENGINE_VERSION,
     };
     store.putAction(rec);
-    rmSync(work, { recursive: true, force: true });
-    store.removeTree(scratch);
-    rmSync(engine.failedLogPath(rk.key), { force: true });
+    rmSync(logFile, { force: true });
+    // An empty scratch folder is set aside for gc (cheap); a used one (checkpoints) is removed now.
+    if (readdirSync(scratch).length === 0) store.discard(scratch);
+    else store.removeTree(scratch);
+    if (opts.attempt > 1) rmSync(engine.failedLogPath(rk.key), { force: true });
     return rec;
   } finally {
     if (timer) clearTimeout(timer);
     opts.signal.removeEventListener("abort", onOuter);
   }
 }
+

@@ -78,14 +78,17 @@ const WHOLE_TEMPLATE_RE = /^\$\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z
 
 let pipelineValidator: ReturnType<typeof ajv.compile> | undefined;
 export function pipelineSchema(): Record<string, unknown> {
-  return JSON.parse(readFileSync(join(PACKAGE_ROOT, "schemas", "pipeline.schema.json"), "utf8")) as Record<
-    string,
-    unknown
-  >;
+  return JSON.parse(
+    readFileSync(join(PACKAGE_ROOT, "schemas", "pipeline.schema.json"), "utf8"),
+  ) as Record<string, unknown>;
 }
 
 /** Maps ajv errors (relative to `base`) to located problems. */
-export function ajvProblems(src: Source, base: YamlPath, errors: ErrorObject[] | null | undefined): Problem[] {
+export function ajvProblems(
+  src: Source,
+  base: YamlPath,
+  errors: ErrorObject[] | null | undefined,
+): Problem[] {
   const out: Problem[] = [];
   for (const e of errors ?? []) {
     const rel = e.instancePath
@@ -101,7 +104,9 @@ export function ajvProblems(src: Source, base: YamlPath, errors: ErrorObject[] |
       out.push(src.problem(path, `missing required key "${missing}"`));
     } else if (e.keyword === "enum") {
       const allowed = (e.params as { allowedValues: unknown[] }).allowedValues;
-      out.push(src.problem(path, `must be one of ${allowed.map((a) => JSON.stringify(a)).join(", ")}`));
+      out.push(
+        src.problem(path, `must be one of ${allowed.map((a) => JSON.stringify(a)).join(", ")}`),
+      );
     } else if (e.keyword === "propertyNames") {
       const name = (e.params as { propertyName: string }).propertyName;
       out.push(src.problem([...path, name], `invalid name "${name}"`, { key: true }));
@@ -115,7 +120,8 @@ export function ajvProblems(src: Source, base: YamlPath, errors: ErrorObject[] |
 }
 
 function parseRef(ref: string): Ref | undefined {
-  if (ref.startsWith("./") || ref.startsWith("../") || ref.startsWith("/")) return { type: "path", path: ref };
+  if (ref.startsWith("./") || ref.startsWith("../") || ref.startsWith("/"))
+    return { type: "path", path: ref };
   const m = REF_RE.exec(ref.trim());
   if (!m) return undefined;
   const [, stage, sel] = m;
@@ -141,7 +147,9 @@ export function parseMemory(m: number | string | undefined): number {
   const r = /^([0-9.]+)\s*([KMGT])/.exec(m.trim().toUpperCase());
   if (!r) return 0;
   const n = parseFloat(r[1]);
-  return Math.round(n * { K: 1 / 1024, M: 1, G: 1024, T: 1024 * 1024 }[r[2] as "K" | "M" | "G" | "T"]);
+  return Math.round(
+    n * { K: 1 / 1024, M: 1, G: 1024, T: 1024 * 1024 }[r[2] as "K" | "M" | "G" | "T"],
+  );
 }
 
 export function parseDuration(t: number | string | undefined): number | undefined {
@@ -189,7 +197,8 @@ function substitute(
   if (Array.isArray(value)) return value.map((v, i) => substitute(v, scopes, onError, [...rel, i]));
   if (value && typeof value === "object") {
     const out: Record<string, unknown> = {};
-    for (const [k, v] of Object.entries(value)) out[k] = substitute(v, scopes, onError, [...rel, k]);
+    for (const [k, v] of Object.entries(value))
+      out[k] = substitute(v, scopes, onError, [...rel, k]);
     return out;
   }
   return value;
@@ -218,7 +227,8 @@ export async function loadPipeline(
     return ajv.compile(body);
   })();
   const raw = structuredClone(src.data) as RawPipeline;
-  if (!pipelineValidator(raw)) throw new InvalidInput(ajvProblems(src, [], pipelineValidator.errors));
+  if (!pipelineValidator(raw))
+    throw new InvalidInput(ajvProblems(src, [], pipelineValidator.errors));
 
   const problems: Problem[] = [];
   const params = { ...(raw.params ?? {}), ...(opts.params ?? {}) };
@@ -232,7 +242,10 @@ export async function loadPipeline(
     const uses = stages[name].uses;
     if (!known.includes(uses)) {
       problems.push(
-        src.problem(["stages", name, "uses"], `unknown stage kind "${uses}"${didYouMean(uses, known)}; known kinds: ${known.join(", ")}`),
+        src.problem(
+          ["stages", name, "uses"],
+          `unknown stage kind "${uses}"${didYouMean(uses, known)}; known kinds: ${known.join(", ")}`,
+        ),
       );
     } else if (!kinds.has(uses)) kinds.set(uses, await loadKind(uses));
   }
@@ -245,7 +258,12 @@ export async function loadPipeline(
       const r = parseRef(text);
       const at: YamlPath = ["stages", name, "inputs", input];
       if (!r) {
-        problems.push(src.problem(at, `invalid reference "${text}": use stage, stage[*], stage[key=value] or ./path`));
+        problems.push(
+          src.problem(
+            at,
+            `invalid reference "${text}": use stage, stage[*], stage[key=value] or ./path`,
+          ),
+        );
         continue;
       }
       if (r.type !== "path" && !(r.stage in stages)) {
@@ -272,7 +290,9 @@ export async function loadPipeline(
       if (r.type === "path") continue;
       if (state.get(r.stage) === "visiting") {
         const cycle = [...trail.slice(trail.indexOf(r.stage)), name, r.stage];
-        problems.push(src.problem(["stages", name, "inputs", input], `cycle: ${cycle.join(" → ")}`));
+        problems.push(
+          src.problem(["stages", name, "inputs", input], `cycle: ${cycle.join(" → ")}`),
+        );
         continue;
       }
       visit(r.stage, [...trail, name]);
@@ -294,7 +314,26 @@ export async function loadPipeline(
       problems.push(p);
     }
   };
-  const isMatrix = (stage: string) => (byStage.get(stage) ?? []).some((i) => Object.keys(i.coords).length > 0);
+  // Mapped inputs resolve by coordinates; an index keeps wide matrices linear.
+  const indexes = new Map<string, { axes: string[]; byCoords: Map<string, Instance[]> }>();
+  const lookupMapped = (stage: string, coords: Coords): Instance[] => {
+    let ix = indexes.get(stage);
+    const ups = byStage.get(stage) ?? [];
+    if (!ix) {
+      const axes = Object.keys(ups[0]?.coords ?? {});
+      const byCoords = new Map<string, Instance[]>();
+      for (const u of ups) {
+        const k = axes.map((a) => String(u.coords[a])).join("\0");
+        byCoords.set(k, [...(byCoords.get(k) ?? []), u]);
+      }
+      ix = { axes, byCoords };
+      indexes.set(stage, ix);
+    }
+    if (!ix.axes.every((a) => a in coords)) return ups.filter((u) => compatible(coords, u.coords));
+    return ix.byCoords.get(ix.axes.map((a) => String(coords[a])).join("\0")) ?? [];
+  };
+  const isMatrix = (stage: string) =>
+    (byStage.get(stage) ?? []).some((i) => Object.keys(i.coords).length > 0);
 
   for (const name of order) {
     const st = stages[name];
@@ -307,7 +346,9 @@ export async function loadPipeline(
     for (const [, r] of stageRefs) {
       if (r.type !== "map" || !isMatrix(r.stage)) continue;
       const ups = byStage.get(r.stage) ?? [];
-      combos = combos.flatMap((c) => ups.filter((u) => compatible(c, u.coords)).map((u) => ({ ...c, ...u.coords })));
+      combos = combos.flatMap((c) =>
+        ups.filter((u) => compatible(c, u.coords)).map((u) => ({ ...c, ...u.coords })),
+      );
     }
     const inherited = new Set(combos.flatMap((c) => Object.keys(c)));
 
@@ -316,24 +357,35 @@ export async function loadPipeline(
     for (const [axis, vals] of Object.entries(st.matrix ?? {})) {
       const at: YamlPath = [...base, "matrix", axis];
       let list: unknown = vals;
-      if (typeof vals === "string") list = substitute(vals, { params }, (_r, msg) => report(src.problem(at, msg)));
+      if (typeof vals === "string")
+        list = substitute(vals, { params }, (_r, msg) => report(src.problem(at, msg)));
       if (!Array.isArray(list)) {
-        report(src.problem(at, "a matrix axis must be a list of values (or a template giving one)"));
+        report(
+          src.problem(at, "a matrix axis must be a list of values (or a template giving one)"),
+        );
         continue;
       }
       if (list.length === 0) {
-        report(src.problem(at, `matrix axis "${axis}" is empty: the stage would have no instances`));
+        report(
+          src.problem(at, `matrix axis "${axis}" is empty: the stage would have no instances`),
+        );
         continue;
       }
       if (inherited.has(axis)) {
-        report(src.problem(at, `matrix axis "${axis}" is already an axis of an input stage`, { key: true }));
+        report(
+          src.problem(at, `matrix axis "${axis}" is already an axis of an input stage`, {
+            key: true,
+          }),
+        );
         continue;
       }
       axes.push([axis, list as Scalar[]]);
     }
     combos = combos.flatMap((c) => product(axes).map((o) => ({ ...c, ...o })));
     if (combos.length === 0) {
-      report(src.problem(base, "no instances: the matrices of its inputs have no combination in common"));
+      report(
+        src.problem(base, "no instances: the matrices of its inputs have no combination in common"),
+      );
     }
 
     const list: Instance[] = [];
@@ -351,24 +403,36 @@ export async function loadPipeline(
         const ups = byStage.get(r.stage) ?? [];
         if (r.type === "all") {
           if (!isMatrix(r.stage)) {
-            report(src.problem(at, `"${text}" gathers a stage that has no matrix; write "${r.stage}" instead`));
+            report(
+              src.problem(
+                at,
+                `"${text}" gathers a stage that has no matrix; write "${r.stage}" instead`,
+              ),
+            );
             continue;
           }
-          inputs[input] = { type: "all", stage: r.stage, ids: ups.map((u) => u.id).sort(), ref: text };
+          inputs[input] = {
+            type: "all",
+            stage: r.stage,
+            ids: ups.map((u) => u.id).sort(),
+            ref: text,
+          };
           deps.push(...ups.map((u) => u.id));
           continue;
         }
-        let match = ups;
+        let match: Instance[];
         if (r.type === "pick") {
           for (const k of Object.keys(r.where)) {
             if (!ups.some((u) => k in u.coords)) {
               report(src.problem(at, `"${r.stage}" has no matrix key "${k}"`));
             }
           }
-          match = ups.filter((u) => Object.entries(r.where).every(([k, v]) => String(u.coords[k]) === v));
+          match = ups.filter((u) =>
+            Object.entries(r.where).every(([k, v]) => String(u.coords[k]) === v),
+          );
           if (match.length > 1) match = match.filter((u) => compatible(coords, u.coords));
         } else {
-          match = ups.filter((u) => compatible(coords, u.coords));
+          match = lookupMapped(r.stage, coords);
         }
         if (match.length !== 1) {
           report(
@@ -392,14 +456,20 @@ export async function loadPipeline(
         report(src.problem([...withAt, ...rel], msg));
       }) as Record<string, unknown>;
       if (kind && !templateFailed) {
-        if (!kind.validate(p)) for (const pr of ajvProblems(src, withAt, kind.validate.errors)) report(pr);
-        else for (const issue of kind.impl.check?.(p) ?? []) report(src.problem([...withAt, ...issue.path], issue.message));
+        if (!kind.validate(p))
+          for (const pr of ajvProblems(src, withAt, kind.validate.errors)) report(pr);
+        else
+          for (const issue of kind.impl.check?.(p) ?? [])
+            report(src.problem([...withAt, ...issue.path], issue.message));
       }
       const declared = kind?.impl.resources?.(p) ?? {};
       const resources: Resources = {
         cpu: st.resources?.cpu ?? declared.cpu ?? 1,
         gpu: st.resources?.gpu ?? declared.gpu ?? 0,
-        memory: st.resources?.memory !== undefined ? parseMemory(st.resources.memory) : (declared.memory ?? 0),
+        memory:
+          st.resources?.memory !== undefined
+            ? parseMemory(st.resources.memory)
+            : (declared.memory ?? 0),
       };
       list.push({
         id,
@@ -425,7 +495,20 @@ export async function loadPipeline(
   const name = raw.name ?? basename(abs, extname(abs));
   const tools: Record<string, { path: string; lib?: string }> = {};
   for (const [t, spec] of Object.entries(raw.tools ?? {})) {
-    tools[t] = { path: resolve(dirname(abs), spec.path), lib: spec.lib ? resolve(dirname(abs), spec.lib) : undefined };
+    tools[t] = {
+      path: resolve(dirname(abs), spec.path),
+      lib: spec.lib ? resolve(dirname(abs), spec.lib) : undefined,
+    };
   }
-  return { file: abs, name, dir: dirname(abs), source: src, stageOrder: order, instances, byId, tools, kinds };
+  return {
+    file: abs,
+    name,
+    dir: dirname(abs),
+    source: src,
+    stageOrder: order,
+    instances,
+    byId,
+    tools,
+    kinds,
+  };
 }

@@ -21,7 +21,9 @@ export class Source {
     try {
       src = text ?? readFileSync(file, "utf8");
     } catch (e) {
-      throw new InvalidInput([{ message: `cannot read pipeline ${file}: ${(e as Error).message}` }]);
+      throw new InvalidInput([
+        { message: `cannot read pipeline ${file}: ${(e as Error).message}` },
+      ]);
     }
     const lines = new LineCounter();
     // uniqueKeys: a duplicated key is an error, not a silent override.
@@ -37,7 +39,10 @@ export class Source {
     const data: unknown = doc.toJS({ maxAliasCount: 100 });
     if (data === null || typeof data !== "object" || Array.isArray(data)) {
       throw new InvalidInput([
-        { loc: { file, line: 1, col: 1 }, message: "a pipeline must be a YAML mapping with `version` and `stages`" },
+        {
+          loc: { file, line: 1, col: 1 },
+          message: "a pipeline must be a YAML mapping with `version` and `stages`",
+        },
       ]);
     }
     return new Source(file, doc, lines, data);

@@ -257,13 +257,14 @@ async function runFull(
     "-m", model, "-f", text, "-o", join(ctx.out, "model.gguf"),
     "-c", String(n), "-b", String(n), "-ub", String(n),
     "-lr", String(p.lr), "-wd", String(p.weightDecay), "-epochs", String(p.epochs),
-    "-opt", "adamw", "-t", String(threads), "-ngl", p.device === "cpu" ? "0" : "999",
+    "-opt", "adamw", "-val-split", "0", "-t", String(threads), "-ngl", p.device === "cpu" ? "0" : "999",
   ]; // prettier-ignore
   await run2(ctx, join(b.bin, "llama-finetune"), args, b, (line) => {
     if (!line.includes("train:")) return;
     const losses = [...line.matchAll(/data=(\d+)\/(\d+) loss=([\d.]+)/g)];
     const m = losses[losses.length - 1];
-    if (!m) return;
+    // one progress line per window; the epoch's running mean is final on its last window
+    if (!m || m[1] !== m[2]) return;
     const now = Date.now();
     const epoch = rows.length + 1;
     // llama-finetune reports windows of n tokens, every token a target

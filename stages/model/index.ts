@@ -142,7 +142,9 @@ const model: StageKind<ModelParams> = {
         "writing random model",
       );
       try {
-        await writeGguf(out, m.kvs, m.tensors, ctx.signal);
+        await writeGguf(out, m.kvs, m.tensors, ctx.signal, (done, total) =>
+          ctx.progress(done, total, "writing weights"),
+        );
       } catch (e) {
         await rm(out, { force: true });
         throw e;

@@ -75,25 +75,10 @@ try {
 
   // LoRA
   const summary = join(work, "summary.json");
+  // prettier-ignore
   const lora = time("valley-lora", [
-    "--model",
-    model,
-    "--data",
-    data,
-    "--out",
-    join(work, "a.gguf"),
-    "--summary",
-    summary,
-    "--epochs",
-    String(epochs),
-    "--batch",
-    "1",
-    "--ctx",
-    "256",
-    "--threads",
-    String(threads),
-    "--lr",
-    "1e-3",
+    "--model", model, "--data", data, "--out", join(work, "a.gguf"), "--summary", summary,
+    "--epochs", String(epochs), "--batch", "1", "--ctx", "256", "--threads", String(threads), "--lr", "1e-3",
   ]);
   const s = JSON.parse(readFileSync(summary, "utf8"));
   const loraWindowTps = (s.steps * s.window) / s.train_seconds;
@@ -102,29 +87,12 @@ try {
   // full fine-tune on the same chats rendered to text
   const text = join(work, "train.txt");
   time("valley-lora", ["--model", model, "--data", data, "--render-text", text]);
+  // prettier-ignore
   const full = time("llama-finetune", [
-    "-m",
-    model,
-    "-f",
-    text,
-    "-o",
-    join(work, "full.gguf"),
-    "-c",
-    "256",
-    "-b",
-    "256",
-    "-ub",
-    "256",
-    "-epochs",
-    String(epochs),
-    "-t",
-    String(threads),
-    "-ngl",
-    "0",
-    "-lr",
-    "1e-5",
+    "-m", model, "-f", text, "-o", join(work, "full.gguf"), "-c", "256", "-b", "256", "-ub", "256",
+    "-epochs", String(epochs), "-t", String(threads), "-ngl", "0", "-lr", "1e-5", "-val-split", "0",
   ]);
-  const m = [...full.stderr.matchAll(/data=(\d+)\/(\d+) loss=/g)].pop();
+  const m = [...full.stderr.matchAll(/train: \[[^\]]*\] data=(\d+)\/(\d+) loss=/g)].pop();
   if (!m) throw new Error("cannot read llama-finetune's progress");
   const windows = Number(m[2]);
   const fullWindowTps = (windows * 256 * epochs) / full.s;

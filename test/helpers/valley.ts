@@ -13,26 +13,43 @@ export interface Result {
 }
 
 /** Runs the real CLI in a child process, as a user would. */
-export function valley(args: string[], opts: { cwd?: string; env?: Record<string, string> } = {}): Result {
+export function valley(
+  args: string[],
+  opts: { cwd?: string; env?: Record<string, string> } = {},
+): Result {
   const env = { ...process.env, ...(opts.env ?? {}) };
   delete env.VALLEY_CACHE;
   if (opts.env?.VALLEY_CACHE) env.VALLEY_CACHE = opts.env.VALLEY_CACHE;
-  const r = spawnSync(process.execPath, [CLI, ...args], { cwd: opts.cwd, env, encoding: "utf8", timeout: 300_000 });
+  const r = spawnSync(process.execPath, [CLI, ...args], {
+    cwd: opts.cwd,
+    env,
+    encoding: "utf8",
+    timeout: 300_000,
+  });
   return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
 }
 
-export function valleyChild(args: string[], opts: { cwd?: string; env?: Record<string, string> } = {}): {
+export function valleyChild(
+  args: string[],
+  opts: { cwd?: string; env?: Record<string, string> } = {},
+): {
   child: ChildProcess;
   done: Promise<Result>;
 } {
   const env = { ...process.env, ...(opts.env ?? {}) };
   if (!opts.env?.VALLEY_CACHE) delete env.VALLEY_CACHE;
-  const child = spawn(process.execPath, [CLI, ...args], { cwd: opts.cwd, env, stdio: ["ignore", "pipe", "pipe"] });
+  const child = spawn(process.execPath, [CLI, ...args], {
+    cwd: opts.cwd,
+    env,
+    stdio: ["ignore", "pipe", "pipe"],
+  });
   let stdout = "";
   let stderr = "";
   child.stdout?.on("data", (d: Buffer) => (stdout += d.toString()));
   child.stderr?.on("data", (d: Buffer) => (stderr += d.toString()));
-  const done = new Promise<Result>((res) => child.on("close", (code, sig) => res({ code: code ?? (sig ? 128 : -1), stdout, stderr })));
+  const done = new Promise<Result>((res) =>
+    child.on("close", (code, sig) => res({ code: code ?? (sig ? 128 : -1), stdout, stderr })),
+  );
   return { child, done };
 }
 

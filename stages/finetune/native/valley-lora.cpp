@@ -641,6 +641,9 @@ int run(const options & o) {
     llama_model_params mp = llama_model_default_params();
     mp.n_gpu_layers = on_gpu ? 999 : 0;
     mp.vocab_only   = !o.render_text.empty();
+    // repacked weights (AMX, CPU_REPACK buffers) support the forward ops only: the backward pass
+    // (OUT_PROD through the frozen matrices) would find no backend for them
+    mp.use_extra_bufts = false;
     llama_model * model = llama_model_load_from_file(o.model.c_str(), mp);
     if (!model) {
         bad_input("cannot load the base model " + o.model);
