@@ -71,6 +71,13 @@ export interface StageContext<P> {
   /** The declared environment variables (and secrets) with their values. */
   env: Record<string, string>;
   resources: Resources;
+  /**
+   * A SQLite file shared by every run on this cache, for stages that cache
+   * each model request (teacher traces, student answers): an interrupted
+   * stage resumes without re-sending answered requests, and a larger N sends
+   * only the new ones. Not part of any key.
+   */
+  requestCache?: string;
 }
 
 export interface StageResult {

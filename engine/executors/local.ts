@@ -103,6 +103,7 @@ export async function runAttempt(
     tools: rk.tools,
     env,
     resources: inst.resources,
+    requestCache: join(store.root, "requests.sqlite"),
   };
   const start = new Date();
   log.info({ attempt: opts.attempt, key: rk.key }, `start ${inst.id}`);

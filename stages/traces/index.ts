@@ -150,6 +150,7 @@ async function generate(
   const p = ctx.params;
   const cacheFile =
     ctx.env.VALLEY_REQUEST_CACHE ||
+    ctx.requestCache ||
     process.env.VALLEY_REQUEST_CACHE ||
     join(ctx.scratch, "requests.sqlite");
   const cache = await RequestCache.open(cacheFile);

@@ -551,6 +551,12 @@ struct schedule {
     std::string decay;
     int64_t step = 0;  // the step being taken (0-based)
 
+    // optimizer state to restore from a checkpoint: the moments exist only once the first
+    // optimizer step has been built, so it is restored from the callback of that step
+    llama_context * lctx = nullptr;
+    int64_t pending_iter = 0;
+    std::vector<std::pair<ggml_tensor *, std::vector<float>>> pending_m, pending_v;
+
     float lr_at(int64_t s) const {
         if (s < warm) {
             return lr * (float) (s + 1) / (float) warm;
@@ -566,8 +572,29 @@ struct schedule {
     }
 };
 
+void restore_optimizer(schedule * s) {
+    ggml_opt_context_t oc = llama_opt_get_context(s->lctx);
+    for (int which = 0; which < 2; ++which) {
+        for (auto & pv : which == 0 ? s->pending_m : s->pending_v) {
+            ggml_tensor * t = which == 0 ? ggml_opt_adamw_m(oc, pv.first) : ggml_opt_adamw_v(oc, pv.first);
+            if (!t || (size_t) ggml_nelements(t) != pv.second.size()) {
+                fprintf(stderr, "valley-lora: failed: cannot restore the optimizer state of %s\n", pv.first->name);
+                std::exit(1);
+            }
+            ggml_backend_tensor_set(t, pv.second.data(), 0, pv.second.size() * sizeof(float));
+        }
+    }
+    ggml_opt_set_iter(oc, s->pending_iter);
+    s->pending_iter = 0;
+    s->pending_m.clear();
+    s->pending_v.clear();
+}
+
 ggml_opt_optimizer_params opt_pars_cb(void * ud) {
-    const schedule * s = (const schedule *) ud;
+    schedule * s = (schedule *) ud;
+    if (s->pending_iter > 0) {
+        restore_optimizer(s);
+    }
     ggml_opt_optimizer_params p = ggml_opt_get_default_optimizer_params(nullptr);
     p.adamw.alpha = std::max(s->lr_at(s->step), 1e-12f);
     p.adamw.wd    = s->wd;
@@ -576,6 +603,81 @@ ggml_opt_optimizer_params opt_pars_cb(void * ud) {
 
 bool freeze_all(const ggml_tensor * /*t*/, void * /*ud*/) {
     return false;
+}
+
+// AdamW state: the iteration count and both moments of every adapter tensor
+void save_optimizer(const std::string & path, llama_context * lctx, llama_adapter_lora * adapter) {
+    ggml_opt_context_t oc = llama_opt_get_context(lctx);
+    std::vector<ggml_tensor *> params;
+    std::vector<std::string> names;
+    for (const auto & it : adapter->ab_map) {
+        names.push_back(it.first);
+    }
+    std::sort(names.begin(), names.end());
+    for (const auto & n : names) {
+        params.push_back(adapter->ab_map.at(n).a);
+        params.push_back(adapter->ab_map.at(n).b);
+    }
+    size_t bytes = 0;
+    for (auto * p : params) {
+        bytes += 2 * (ggml_nbytes(p) + ggml_tensor_overhead());
+    }
+    ggml_init_params ip = { /*.mem_size =*/ bytes + 1024, /*.mem_buffer =*/ nullptr, /*.no_alloc =*/ false };
+    ggml_context * ctx = ggml_init(ip);
+    gguf_context * g = gguf_init_empty();
+    gguf_set_val_u64(g, "valley.opt.iter", (uint64_t) ggml_opt_get_iter(oc));
+    for (auto * p : params) {
+        for (int which = 0; which < 2; ++which) {
+            ggml_tensor * src = which == 0 ? ggml_opt_adamw_m(oc, p) : ggml_opt_adamw_v(oc, p);
+            if (!src) {
+                gguf_free(g);
+                ggml_free(ctx);
+                throw std::runtime_error(std::string("no optimizer state for ") + p->name);
+            }
+            ggml_tensor * t = ggml_dup_tensor(ctx, src);
+            ggml_set_name(t, (std::string(p->name) + (which == 0 ? ".m" : ".v")).c_str());
+            ggml_backend_tensor_get(src, t->data, 0, ggml_nbytes(t));
+            gguf_add_tensor(g, t);
+        }
+    }
+    const std::string tmp = path + ".tmp";
+    const bool ok = gguf_write_to_file(g, tmp.c_str(), false);
+    gguf_free(g);
+    ggml_free(ctx);
+    if (!ok || std::rename(tmp.c_str(), path.c_str()) != 0) {
+        throw std::runtime_error("cannot write " + path);
+    }
+}
+
+void load_optimizer(const std::string & path, llama_adapter_lora * adapter, schedule & s) {
+    ggml_context * ctx = nullptr;
+    gguf_init_params p = { /*.no_alloc =*/ false, /*.ctx =*/ &ctx };
+    gguf_context * g = gguf_init_from_file(path.c_str(), p);
+    if (!g) {
+        throw std::runtime_error("cannot read the optimizer state " + path);
+    }
+    const int64_t kid = gguf_find_key(g, "valley.opt.iter");
+    s.pending_iter = kid >= 0 ? (int64_t) gguf_get_val_u64(g, kid) : 0;
+    for (auto & it : adapter->ab_map) {
+        for (ggml_tensor * param : { it.second.a, it.second.b }) {
+            for (int which = 0; which < 2; ++which) {
+                const std::string n = std::string(param->name) + (which == 0 ? ".m" : ".v");
+                const ggml_tensor * t = ggml_get_tensor(ctx, n.c_str());
+                if (!t || ggml_nelements(t) != ggml_nelements(param)) {
+                    gguf_free(g);
+                    ggml_free(ctx);
+                    throw std::runtime_error("the optimizer state " + path + " lacks " + n);
+                }
+                const float * d = (const float *) t->data;
+                (which == 0 ? s.pending_m : s.pending_v).emplace_back(param, std::vector<float>(d, d + ggml_nelements(t)));
+            }
+        }
+    }
+    gguf_free(g);
+    ggml_free(ctx);
+    if (s.pending_iter < 1) {
+        throw std::runtime_error("the optimizer state " + path + " has no iteration count");
+    }
 }
 
 std::string fmt_num(double x) {
@@ -727,12 +829,14 @@ int run(const options & o) {
     // atomically), so that a kill at any moment leaves a consistent pair
     const std::string ckpt_state = o.checkpoint_dir.empty() ? "" : o.checkpoint_dir + "/checkpoint.json";
     std::string ckpt_adapter;
+    std::string ckpt_opt;
     if (!o.checkpoint_dir.empty() && file_exists(ckpt_state)) {
         try {
             std::ifstream f(ckpt_state);
             json st = json::parse(f);
             ckpt_adapter = o.checkpoint_dir + "/" + st.value("adapter", "");
-            if (st.value("config", "") == config && file_exists(ckpt_adapter)) {
+            ckpt_opt     = o.checkpoint_dir + "/" + st.value("optimizer", "");
+            if (st.value("config", "") == config && file_exists(ckpt_adapter) && file_exists(ckpt_opt)) {
                 start_step   = st.at("step").get<int64_t>();
                 metrics_rows = st.at("metrics");
                 adapter_in   = ckpt_adapter;
@@ -787,6 +891,10 @@ int run(const options & o) {
     sched.total = total_steps;
     sched.warm  = (int64_t) std::ceil(o.warmup * (double) total_steps);
     sched.step  = start_step;
+    sched.lctx  = lctx;
+    if (start_step > 0) {
+        load_optimizer(ckpt_opt, adapter, sched);
+    }
 
     llama_opt_params op = {};
     op.n_ctx_train     = n_ctx;
@@ -912,18 +1020,25 @@ int run(const options & o) {
         }
         if (!o.checkpoint_dir.empty() && o.checkpoint_every > 0 && (step + 1) % o.checkpoint_every == 0 && step + 1 < total_steps) {
             const std::string name = "checkpoint-" + std::to_string(step + 1) + ".gguf";
+            const std::string opt_name = "checkpoint-" + std::to_string(step + 1) + ".opt.gguf";
             save_adapter(o.checkpoint_dir + "/" + name, adapter, bi.arch, o.alpha);
+            save_optimizer(o.checkpoint_dir + "/" + opt_name, lctx, adapter);
             json st;
             st["version"] = TRAINER_VERSION;
             st["config"]  = config;
             st["step"]    = step + 1;
             st["adapter"] = name;
+            st["optimizer"] = opt_name;
             st["metrics"] = metrics_rows;
             write_file_atomic(ckpt_state, st.dump() + "\n");
             if (!ckpt_adapter.empty() && ckpt_adapter != o.checkpoint_dir + "/" + name) {
                 std::remove(ckpt_adapter.c_str());
             }
+            if (!ckpt_opt.empty() && ckpt_opt != o.checkpoint_dir + "/" + opt_name) {
+                std::remove(ckpt_opt.c_str());
+            }
             ckpt_adapter = o.checkpoint_dir + "/" + name;
+            ckpt_opt     = o.checkpoint_dir + "/" + opt_name;
         }
     }
     const double train_secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_train0).count();
