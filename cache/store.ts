@@ -13,6 +13,9 @@ import {
   statSync,
   symlinkSync,
   copyFileSync,
+  openSync,
+  closeSync,
+  fstatSync,
   constants as fsc,
 } from "node:fs";
 import { join, dirname } from "node:path";
@@ -42,7 +45,13 @@ export interface ActionRecord {
   fields: Record<string, unknown>;
   instance: string;
   kind: string;
-  outputs: { tree: Digest; files: Record<string, Digest> };
+  outputs: {
+    tree: Digest;
+    /** Top-level files of the tree by name. */
+    files: Record<string, Digest>;
+    /** The tree's manifest entries, so a cache hit is checked without reading the manifest. */
+    entries?: TreeEntry[];
+  };
   metrics: Record<string, unknown>;
   log?: Digest;
   timings: { start: string; end: string; seconds: number; attempts: number };
@@ -397,12 +406,53 @@ export class Store {
   }
 
   getAction(key: Digest): ActionRecord | undefined {
+    return this.readAction(key)?.rec;
+  }
+
+  private readAction(key: Digest): { rec: ActionRecord; mtimeNs: bigint } | undefined {
+    let fd: number | undefined;
     try {
-      const rec = JSON.parse(readFileSync(this.actionPath(key), "utf8")) as ActionRecord;
-      return rec.key === key && isDigest(rec.outputs?.tree) ? rec : undefined;
+      fd = openSync(this.actionPath(key), "r");
+      const mtimeNs = fstatSync(fd, { bigint: true }).mtimeNs;
+      const rec = JSON.parse(readFileSync(fd, "utf8")) as ActionRecord;
+      return rec.key === key && isDigest(rec.outputs?.tree) ? { rec, mtimeNs } : undefined;
     } catch {
       return undefined;
+    } finally {
+      if (fd !== undefined) closeSync(fd);
     }
+  }
+
+  /**
+   * A valid result for `key`, or undefined. The fast path trusts a tree whose
+   * files all have their recorded size and were not modified after the action
+   * record was written (any write to a stored file moves its mtime past it);
+   * otherwise the full check re-hashes what changed and quarantines what is
+   * corrupt.
+   */
+  lookupAction(key: Digest): ActionRecord | undefined {
+    const got = this.readAction(key);
+    if (!got) return undefined;
+    const { rec, mtimeNs } = got;
+    const entries = rec.outputs.entries;
+    if (entries) {
+      const root = this.treePath(rec.outputs.tree);
+      let fresh = true;
+      try {
+        for (const e of entries) {
+          if (!isFileEntry(e)) continue;
+          const st = statSync(join(root, e.path), { bigint: true });
+          if (Number(st.size) !== e.size || st.mtimeNs > mtimeNs) {
+            fresh = false;
+            break;
+          }
+        }
+      } catch {
+        fresh = false;
+      }
+      if (fresh) return rec;
+    }
+    return this.checkTree(rec.outputs.tree).ok ? rec : undefined;
   }
 
   putAction(rec: ActionRecord): void {

@@ -24,10 +24,9 @@ export interface ResolvedKey {
 }
 
 interface HistoryEntry {
-  pipeline: string;
-  id: string;
   key: Digest;
-  fields: KeyFields;
+  /** Key fields of that key, from its action record (absent once gc removed it). */
+  fields?: KeyFields;
 }
 
 /**
@@ -218,24 +217,22 @@ export class Engine {
 
   /** A valid cached result for `key`: the record exists and its tree is intact. */
   lookup(key: Digest): ActionRecord | undefined {
-    const rec = this.store.getAction(key);
-    if (!rec) return undefined;
-    return this.store.checkTree(rec.outputs.tree).ok ? rec : undefined;
+    return this.store.lookupAction(key);
   }
 
   // History: the last key and key fields per instance id of this pipeline,
   // one file per pipeline (read once, written once per run), for plan --why.
-  private historyCache: Record<string, HistoryEntry> | undefined;
-  private historyDirty = new Map<string, HistoryEntry>();
+  private historyCache: Record<string, Digest> | undefined;
+  private historyDirty = new Map<string, Digest>();
 
   private historyPath(): string {
     return join(this.store.dir("history"), digestHex(hashJson(this.pipeline.name)) + ".json");
   }
 
-  private historyAll(): Record<string, HistoryEntry> {
+  private historyAll(): Record<string, Digest> {
     if (!this.historyCache) {
       try {
-        this.historyCache = JSON.parse(readFileSync(this.historyPath(), "utf8")) as Record<string, HistoryEntry>;
+        this.historyCache = JSON.parse(readFileSync(this.historyPath(), "utf8")) as Record<string, Digest>;
       } catch {
         this.historyCache = {};
       }
@@ -244,22 +241,24 @@ export class Engine {
   }
 
   history(id: string): HistoryEntry | undefined {
-    return this.historyAll()[id];
+    const key = this.historyAll()[id];
+    if (!key) return undefined;
+    const fields = this.store.getAction(key)?.fields as KeyFields | undefined;
+    return { key, fields };
   }
 
-  remember(id: string, key: Digest, fields: KeyFields): void {
-    if (this.historyAll()[id]?.key === key) return;
-    const e = { pipeline: this.pipeline.name, id, key, fields };
-    this.historyAll()[id] = e;
-    this.historyDirty.set(id, e);
+  remember(id: string, key: Digest): void {
+    if (this.historyAll()[id] === key) return;
+    this.historyAll()[id] = key;
+    this.historyDirty.set(id, key);
   }
 
   /** Writes remembered keys, merging with what a concurrent run wrote meanwhile. */
   saveHistory(): void {
     if (this.historyDirty.size === 0) return;
-    let onDisk: Record<string, HistoryEntry> = {};
+    let onDisk: Record<string, Digest> = {};
     try {
-      onDisk = JSON.parse(readFileSync(this.historyPath(), "utf8")) as Record<string, HistoryEntry>;
+      onDisk = JSON.parse(readFileSync(this.historyPath(), "utf8")) as Record<string, Digest>;
     } catch {
       // first write
     }

@@ -145,7 +145,7 @@ export async function runInstances(engine: Engine, opts: RunOptions): Promise<Ru
   };
   const complete = (inst: Instance, o: Outcome & { record: ActionRecord }, rk: ResolvedKey) => {
     results.set(inst.id, o.record);
-    engine.remember(inst.id, rk.key, rk.fields);
+    engine.remember(inst.id, rk.key);
     settle(inst.id, o);
     for (const d of dependents.get(inst.id) ?? []) {
       if (!ids.has(d.id)) continue;

@@ -2,7 +2,6 @@
  * Finding and running llama.cpp binaries for stage kinds that declare
  * `tools: ["llama"]`.
  */
-import { spawn } from "node:child_process";
 import { createReadStream, existsSync } from "node:fs";
 import { createHash } from "node:crypto";
 import { dirname, join, delimiter } from "node:path";
@@ -10,6 +9,7 @@ import { fileURLToPath } from "node:url";
 import type { Logger } from "pino";
 import type { InputArtifact, StageContext, ToolInfo } from "../engine/stage-api.js";
 import type { Digest } from "../cache/digest.js";
+import { runCommand } from "../engine/process.js";
 
 /** The repository root (the folder holding package.json), for schema and patch files. */
 export function projectRoot(): string {
@@ -74,80 +74,34 @@ export function llamaEnv(tool: ToolInfo, base: NodeJS.ProcessEnv = process.env):
   return { ...base, LD_LIBRARY_PATH: [...dirs, ...(old ? [old] : [])].join(delimiter) };
 }
 
-export class CommandError extends Error {
-  override name = "CommandError";
-  constructor(
-    message: string,
-    readonly code: number | null,
-    readonly output: string,
-  ) {
-    super(message);
-  }
+/** The process environment as plain strings (what the engine's runCommand takes). */
+export function envStrings(env: NodeJS.ProcessEnv = process.env): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(env)) if (v !== undefined) out[k] = v;
+  return out;
 }
 
-export interface RunOptions {
+export interface LlamaRunOptions {
+  signal: AbortSignal;
+  log: Logger;
   cwd?: string;
-  env?: NodeJS.ProcessEnv;
-  signal?: AbortSignal;
-  log?: Logger;
-  /** Called with each output line (stdout and stderr). */
   onLine?: (line: string) => void;
 }
 
 /**
- * Runs a program to completion, logging its output at debug level. On abort it
- * gets SIGTERM, then SIGKILL after 5 s, and the promise rejects with the
- * signal's reason. A non-zero exit rejects with the last lines of output.
+ * Runs one llama.cpp program through the engine's runCommand: its own process
+ * group, killed on abort and by the engine's reaper if the engine dies.
  */
-export function runCommand(cmd: string, args: string[], opts: RunOptions = {}): Promise<string> {
-  return new Promise((resolve, reject) => {
-    opts.signal?.throwIfAborted();
-    const child = spawn(cmd, args, {
-      cwd: opts.cwd,
-      env: opts.env ?? process.env,
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    const tail: string[] = [];
-    let partial = "";
-    const onData = (chunk: Buffer) => {
-      const text = partial + chunk.toString("utf8");
-      const lines = text.split("\n");
-      partial = lines.pop() ?? "";
-      for (const line of lines) {
-        tail.push(line);
-        if (tail.length > 60) tail.shift();
-        opts.log?.debug({ cmd: cmd.split("/").pop() }, line);
-        opts.onLine?.(line);
-      }
-    };
-    child.stdout.on("data", onData);
-    child.stderr.on("data", onData);
-    let killTimer: NodeJS.Timeout | undefined;
-    const onAbort = () => {
-      child.kill("SIGTERM");
-      killTimer = setTimeout(() => child.kill("SIGKILL"), 5000);
-    };
-    opts.signal?.addEventListener("abort", onAbort, { once: true });
-    child.on("error", (err) => {
-      opts.signal?.removeEventListener("abort", onAbort);
-      reject(new CommandError(`cannot run ${cmd}: ${err.message}`, null, ""));
-    });
-    child.on("close", (code, sig) => {
-      opts.signal?.removeEventListener("abort", onAbort);
-      if (killTimer) clearTimeout(killTimer);
-      if (partial) tail.push(partial);
-      const output = tail.join("\n");
-      if (opts.signal?.aborted) return reject(opts.signal.reason);
-      if (code === 0) return resolve(output);
-      const how = sig ? `was killed by ${sig}` : `exited with code ${code}`;
-      reject(
-        new CommandError(
-          `${cmd.split("/").pop()} ${how}; last output:\n${tail.slice(-20).join("\n")}`,
-          code,
-          output,
-        ),
-      );
-    });
+export async function runLlama(
+  tool: ToolInfo,
+  program: string,
+  args: string[],
+  opts: LlamaRunOptions,
+): Promise<void> {
+  await runCommand(llamaExe(tool, program), args, {
+    ...opts,
+    env: envStrings(llamaEnv(tool)),
+    onLine: opts.onLine && ((line) => opts.onLine?.(line)),
   });
 }
 

@@ -9,7 +9,7 @@
  *
  * Writes the server's pid as a line on fd 3 for the owner.
  */
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { existsSync, writeSync } from "node:fs";
 
 const [cmd, ...args] = process.argv.slice(2);
@@ -18,7 +18,10 @@ if (!cmd) {
   process.exit(2);
 }
 
-const setpriv = ["/usr/bin/setpriv", "/bin/setpriv"].find((p) => existsSync(p));
+// util-linux < 2.33 has setpriv without --pdeathsig: use it only if it says it has it.
+const setpriv = ["/usr/bin/setpriv", "/bin/setpriv"]
+  .filter((p) => existsSync(p))
+  .find((p) => spawnSync(p, ["--help"], { encoding: "utf8" }).stdout?.includes("--pdeathsig"));
 const child = setpriv
   ? spawn(setpriv, ["--pdeathsig", "KILL", "--", cmd, ...args], {
       stdio: ["ignore", "inherit", "inherit"],

@@ -5,7 +5,7 @@
 import { before, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
-import { existsSync, lstatSync, readdirSync } from "node:fs";
+import { existsSync, lstatSync, readdirSync, readFileSync } from "node:fs";
 import { readFile, readdir, mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import { InputError, type ToolInfo } from "../engine/stage-api.js";
@@ -240,6 +240,33 @@ test("managed llama-server answers an OpenAI chat request", async () => {
   assert.deepEqual(await waitGone(marker), [], "no server left after the run");
 });
 
+test("managed llama-server with a LoRA adapter", async () => {
+  const { tmp } = await makeCtx({});
+  const adapter = join(tmp, "adapter.gguf");
+  await writeAdapter(adapter, 3);
+  await withLlamaServer(
+    {
+      llama,
+      model: join(modelDir, "model.gguf"),
+      lora: [{ path: adapter, scale: 0.5 }],
+      contextSize: 256,
+    },
+    async (s) => {
+      const r = await fetch(`${s.url}/lora-adapters`);
+      assert.equal(r.status, 200);
+      const list = (await r.json()) as { path: string; scale: number }[];
+      assert.equal(list.length, 1);
+      assert.equal(list[0].scale, 0.5);
+      const c = await fetch(`${s.url}/v1/chat/completions`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ messages: [{ role: "user", content: "x" }], max_tokens: 4 }),
+      });
+      assert.equal(c.status, 200, await c.text());
+    },
+  );
+});
+
 test("a crashed server is restarted", async () => {
   const s = await startLlamaServer({
     llama,
@@ -253,6 +280,39 @@ test("a crashed server is restarted", async () => {
     await s.ready();
     assert.equal(s.restarts, 1);
     assert.notEqual(s.pid, first);
+    assert.equal((await fetch(`${s.url}/health`)).status, 200);
+  } finally {
+    await s.stop();
+  }
+});
+
+test("the server dies with its watchdog (PR_SET_PDEATHSIG), and is restarted", async (t) => {
+  if (!existsSync("/usr/bin/setpriv")) return t.skip("no setpriv here");
+  const s = await startLlamaServer({
+    llama,
+    model: join(modelDir, "model.gguf"),
+    contextSize: 256,
+  });
+  try {
+    const server = s.pid!;
+    const stat = readFileSync(`/proc/${server}/stat`, "utf8");
+    const watchdog = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+    process.kill(watchdog, "SIGKILL");
+    for (
+      let i = 0;
+      i < 100 &&
+      existsSync(`/proc/${server}/cmdline`) &&
+      readFileSync(`/proc/${server}/cmdline`, "utf8");
+      i++
+    ) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.equal(
+      existsSync(`/proc/${server}/cmdline`) ? readFileSync(`/proc/${server}/cmdline`, "utf8") : "",
+      "",
+    );
+    for (let i = 0; i < 100 && s.restarts === 0; i++) await new Promise((r) => setTimeout(r, 50));
+    await s.ready();
     assert.equal((await fetch(`${s.url}/health`)).status, 200);
   } finally {
     await s.stop();

@@ -166,6 +166,7 @@ export function planRows(pl: Pipeline, engine: Engine, force: string[] = []): Pl
     if (force.includes(inst.stage)) row.reason = "forced";
     else if (!prev) row.reason = "never run";
     else if (prev.key === rk.key) row.reason = "result missing or corrupt in the cache";
+    else if (!prev.fields) row.reason = "changed (the previous result is no longer in the cache to compare)";
     else {
       row.changed = diffFields(prev.fields, rk.fields);
       row.reason = `changed: ${row.changed.join(", ")}`;

@@ -152,7 +152,7 @@ export async function runAttempt(
       fields: rk.fields as unknown as Record<string, unknown>,
       instance: inst.id,
       kind: inst.kind,
-      outputs: { tree: admitted.tree, files: admitted.files },
+      outputs: { tree: admitted.tree, files: admitted.files, entries: admitted.manifest.entries },
       metrics: (result && result.metrics) ?? {},
       log: logDigest,
       timings: {

@@ -22,7 +22,7 @@ import type {
 } from "../../engine/stage-api.js";
 import { InputError } from "../../engine/stage-api.js";
 import { CommandError, runCommand } from "../../engine/process.js";
-import { llamaExe, resolveLlama } from "../../llama/toolchain.js";
+import { llamaEnv, llamaExe, resolveLlama } from "../../llama/toolchain.js";
 
 export interface FinetuneParams {
   method: "lora" | "full";
@@ -110,14 +110,12 @@ export function resolveBinaries(ctx: StageContext<FinetuneParams>): LlamaBinarie
   return { bin: tool.bin, lib: tool.lib };
 }
 
+/** The engine's environment (CUDA_VISIBLE_DEVICES and the like) plus llama.cpp's library folders. */
 function childEnv(b: LlamaBinaries): Record<string, string> {
-  const libs = [b.lib, b.bin].filter((x): x is string => !!x);
-  return {
-    PATH: process.env.PATH ?? "/usr/bin:/bin",
-    LANG: "C.UTF-8",
-    LD_LIBRARY_PATH: [...libs, process.env.LD_LIBRARY_PATH ?? ""].filter(Boolean).join(":"),
-    DYLD_LIBRARY_PATH: libs.join(":"),
-  };
+  const env = llamaEnv({ bin: b.bin, lib: b.lib, digest: "" as ToolInfo["digest"] });
+  return Object.fromEntries(
+    Object.entries(env).filter((e): e is [string, string] => typeof e[1] === "string"),
+  );
 }
 
 /** Runs a program; exit code 2 (bad input) becomes an InputError carrying its message. */
@@ -181,6 +179,7 @@ async function runLora(
   b: LlamaBinaries,
   model: string,
   data: string,
+  fingerprint: string,
 ) {
   const p = ctx.params;
   const ckpt = join(ctx.scratch, "checkpoints");
@@ -211,6 +210,8 @@ async function runLora(
     "--threads", String(threads),
     "--ctx", String(p.ctx),
     "--device", p.device,
+    // checkpoints belong to this model and data, wherever the engine puts them
+    "--fingerprint", fingerprint,
   ]; // prettier-ignore
   await run2(ctx, join(b.bin, "valley-lora"), args, b, (line) => {
     const m = /step (\d+)\/(\d+) .*loss ([\d.]+)/.exec(line);
@@ -324,7 +325,7 @@ const finetune: StageKind<FinetuneParams> = {
     const metrics =
       ctx.params.method === "full"
         ? await runFull(ctx, b, model, data)
-        : await runLora(ctx, b, model, data);
+        : await runLora(ctx, b, model, data, `${from.digest}+${dataIn.digest}`);
     return { metrics };
   },
 };

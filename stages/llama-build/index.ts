@@ -11,7 +11,7 @@
  * executables land in bin/ (CMAKE_RUNTIME_OUTPUT_DIRECTORY is llama.cpp's bin/).
  */
 import { execFile } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import {
   appendFile,
   cp,
@@ -27,8 +27,11 @@ import {
 import { join, relative } from "node:path";
 import { promisify } from "node:util";
 import { InputError, type ParamIssue, type StageKind } from "../../engine/stage-api.js";
+import { sha256Bytes } from "../../cache/digest.js";
 import { findCuda } from "../../llama/cuda.js";
-import { hashFile, projectRoot, runCommand } from "../../llama/toolchain.js";
+import type { Logger } from "pino";
+import { runCommand } from "../../engine/process.js";
+import { envStrings, hashFile, projectRoot } from "../../llama/toolchain.js";
 
 export interface LlamaBuildParams {
   backend: "cpu" | "cuda";
@@ -108,6 +111,26 @@ async function bundleInfo(): Promise<{ nodeLlamaCpp: string; tag: string }> {
  * node-llama-cpp release that ships it), each patch applied to it, and every
  * file of every native program compiled with it.
  */
+/**
+ * With GGML_NATIVE on (llama.cpp's default) the compiler targets this CPU
+ * (-march=native): such binaries may die with SIGILL on another machine
+ * sharing the cache, so the CPU's feature flags join the key. With
+ * -DGGML_NATIVE=OFF the build is portable and the key host-independent.
+ */
+export function hostCpu(p: Pick<LlamaBuildParams, "cmakeFlags">): string | undefined {
+  if ((p.cmakeFlags ?? []).some((f) => /^-DGGML_NATIVE(:BOOL)?=(OFF|0|FALSE|NO)$/i.test(f))) {
+    return undefined;
+  }
+  let flags = "";
+  try {
+    const info = readFileSync("/proc/cpuinfo", "utf8");
+    flags = /^(flags|Features)\s*:\s*(.*)$/m.exec(info)?.[2] ?? "";
+  } catch {
+    // not Linux: the architecture alone
+  }
+  return sha256Bytes(`${process.arch}\n${flags.split(/\s+/).sort().join(" ")}`);
+}
+
 export async function buildFingerprint(): Promise<Record<string, unknown>> {
   const patches: Record<string, string> = {};
   for (const p of await listPatches()) patches[p.split("/").pop() as string] = await hashFile(p);
@@ -179,9 +202,9 @@ interface SourceState {
  */
 async function prepareSource(
   scratch: string,
-  log: { info: (o: object, m: string) => void },
+  log: Logger,
   signal: AbortSignal,
-): Promise<{ src: string; commit: string }> {
+): Promise<{ src: string; commit: string; patches: Record<string, string> }> {
   const src = join(scratch, "src");
   const stateFile = join(scratch, "source.json");
   const bundle = bundlePath();
@@ -189,6 +212,8 @@ async function prepareSource(
     throw new Error(`${bundle} is missing: install node-llama-cpp@3.21.1 (npm ci)`);
   }
   const { stdout } = await execFileP("git", ["ls-remote", bundle, "HEAD"]);
+  const run = (args: string[], cwd?: string) =>
+    runCommand("git", args, { cwd, signal, log, env: envStrings() });
   const commit = stdout.split(/\s/)[0];
   const patches = await listPatches();
   const want: SourceState = {
@@ -196,28 +221,30 @@ async function prepareSource(
     commit,
     patches: await Promise.all(patches.map((p) => hashFile(p))),
   };
+  // What was applied, for build.json (the folder may change while we build).
+  const applied = Object.fromEntries(
+    patches.map((p, i) => [p.split("/").pop() as string, want.patches[i]]),
+  );
   if (existsSync(stateFile) && existsSync(src)) {
     const have = JSON.parse(await readFile(stateFile, "utf8")) as SourceState;
-    if (JSON.stringify(have) === JSON.stringify(want)) return { src, commit };
+    if (JSON.stringify(have) === JSON.stringify(want)) return { src, commit, patches: applied };
   }
   await rm(stateFile, { force: true });
   if (await cloneAt(src, commit)) {
     // Same source, other patches: reset the tree instead of cloning again, so
     // files no patch touches keep their mtimes and are not recompiled.
     log.info({ commit, patches: patches.length }, "resetting the llama.cpp clone");
-    await runCommand("git", ["reset", "-q", "--hard", commit], { cwd: src, signal });
-    await runCommand("git", ["clean", "-q", "-f", "-d", "-x"], { cwd: src, signal });
+    await run(["reset", "-q", "--hard", commit], src);
+    await run(["clean", "-q", "-f", "-d", "-x"], src);
   } else {
     log.info({ commit, patches: patches.length }, "cloning llama.cpp from node-llama-cpp's bundle");
     await rm(src, { recursive: true, force: true });
     await rm(join(scratch, "build"), { recursive: true, force: true });
-    await runCommand("git", ["-c", "advice.detachedHead=false", "clone", "-q", bundle, src], {
-      signal,
-    });
+    await run(["-c", "advice.detachedHead=false", "clone", "-q", bundle, src]);
   }
   for (const p of patches) {
     try {
-      await runCommand("git", ["apply", "--whitespace=nowarn", p], { cwd: src, signal });
+      await run(["apply", "--whitespace=nowarn", p], src);
     } catch (e) {
       throw new Error(`patch ${p} does not apply to llama.cpp ${commit}: ${(e as Error).message}`, {
         cause: e,
@@ -227,7 +254,7 @@ async function prepareSource(
   await appendFile(join(src, "CMakeLists.txt"), HOOK);
   await mkdir(join(src, "valley"), { recursive: true });
   await writeFile(stateFile, JSON.stringify(want));
-  return { src, commit };
+  return { src, commit, patches: applied };
 }
 
 /**
@@ -301,7 +328,7 @@ const llamaBuild: StageKind<LlamaBuildParams> = {
   version: "1",
   resources: (p) => ({ cpu: p.jobs ?? 2, memory: 4096 }),
   check: paramIssues,
-  fingerprint: () => buildFingerprint(),
+  fingerprint: async (p) => ({ ...(await buildFingerprint()), hostCpu: hostCpu(p) }),
   async run(ctx) {
     const p = ctx.params;
     const issues = paramIssues(p);
@@ -314,7 +341,7 @@ const llamaBuild: StageKind<LlamaBuildParams> = {
       ctx.log.info({ nvcc: cuda.nvcc }, "CUDA toolkit found");
     }
     const jobs = p.jobs ?? ctx.resources.cpu ?? 2;
-    const { src, commit } = await prepareSource(ctx.scratch, ctx.log, ctx.signal);
+    const { src, commit, patches } = await prepareSource(ctx.scratch, ctx.log, ctx.signal);
     const natives = await syncNatives(src);
     const build = join(ctx.scratch, "build");
     const flags = configureFlags(p);
@@ -328,6 +355,7 @@ const llamaBuild: StageKind<LlamaBuildParams> = {
     await runCommand("cmake", ["-S", src, "-B", build, ...flags], {
       signal: ctx.signal,
       log: ctx.log,
+      env: envStrings(),
     });
     await writeFile(flagsFile, JSON.stringify(flags));
     ctx.log.info({ jobs, targets: LLAMA_TARGETS }, "building llama.cpp");
@@ -337,6 +365,7 @@ const llamaBuild: StageKind<LlamaBuildParams> = {
       {
         signal: ctx.signal,
         log: ctx.log,
+        env: envStrings(),
         onLine: (line) => {
           const m = /^\[\s*(\d+)%\]/.exec(line);
           if (m) ctx.progress(Number(m[1]), 100, "compiling");
@@ -356,7 +385,7 @@ const llamaBuild: StageKind<LlamaBuildParams> = {
       flags,
       programs: [...LLAMA_TARGETS, ...nativeList],
       natives,
-      patches: (await listPatches()).map((f) => f.split("/").pop()),
+      patches,
     };
     await writeFile(join(ctx.out, "build.json"), JSON.stringify(info, null, 2) + "\n");
     return {

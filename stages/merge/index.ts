@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { InputError, type InputArtifact, type StageKind } from "../../engine/stage-api.js";
 import { inputFile, inputList, singleInput } from "../../llama/inputs.js";
 import { checkGguf, recordModel } from "../../llama/model-info.js";
-import { llamaEnv, llamaExe, resolveLlama, runCommand } from "../../llama/toolchain.js";
+import { resolveLlama, runLlama } from "../../llama/toolchain.js";
 
 export interface MergeParams {
   scales?: number | number[] | Record<string, number>;
@@ -60,11 +60,7 @@ const merge: StageKind<MergeParams> = {
     }
     args.push("-t", String(ctx.params.threads ?? ctx.resources.cpu ?? 2));
     ctx.log.info({ adapters: adapters.map((a, i) => `${a.id}×${scales[i]}`) }, "merging");
-    await runCommand(llamaExe(llama, "llama-export-lora"), args, {
-      env: llamaEnv(llama),
-      signal: ctx.signal,
-      log: ctx.log,
-    });
+    await runLlama(llama, "llama-export-lora", args, { signal: ctx.signal, log: ctx.log });
     const metrics = await recordModel(ctx.out);
     return { metrics: { adapters: adapters.length, ...metrics } };
   },

@@ -3,7 +3,7 @@ import { join } from "node:path";
 import { InputError, type ParamIssue, type StageKind } from "../../engine/stage-api.js";
 import { checkGguf, recordModel } from "../../llama/model-info.js";
 import { inputFile, singleInput } from "../../llama/inputs.js";
-import { llamaEnv, llamaExe, resolveLlama, runCommand } from "../../llama/toolchain.js";
+import { resolveLlama, runLlama } from "../../llama/toolchain.js";
 
 export interface QuantizeParams {
   type: string;
@@ -54,11 +54,7 @@ const quantize: StageKind<QuantizeParams> = {
       String(threads),
     ];
     ctx.log.info({ type: p.type, threads }, "quantizing");
-    await runCommand(llamaExe(llama, "llama-quantize"), args, {
-      env: llamaEnv(llama),
-      signal: ctx.signal,
-      log: ctx.log,
-    });
+    await runLlama(llama, "llama-quantize", args, { signal: ctx.signal, log: ctx.log });
     const metrics = await recordModel(ctx.out);
     return { metrics: { type: p.type, ...metrics } };
   },

@@ -87,6 +87,7 @@ struct options {
     bool        eval_assistant   = false; // after training, the assistant-only loss over the data
     bool        verbose          = false;
     std::string render_text;              // only render the chats to this text file (for full fine-tuning)
+    std::string fingerprint;              // identifies model + data for checkpoints (default: their paths)
 };
 
 void usage() {
@@ -104,7 +105,8 @@ void usage() {
         "  --max-seq-len N --overlong truncate|drop\n"
         "  --masking on|off       loss on assistant tokens only (on) or on every token (off)\n"
         "  --threads N --ctx N --device auto|cpu --max-steps N --eval-assistant-loss --verbose\n"
-        "  --render-text F        only write the chats rendered with the model's template to F\n");
+        "  --render-text F        only write the chats rendered with the model's template to F\n"
+        "  --fingerprint S        names model + data for checkpoints (default: their paths), e.g. content digests\n");
 }
 
 std::vector<std::string> split_csv(const std::string & s) {
@@ -174,6 +176,7 @@ options parse_args(int argc, char ** argv) {
         else if (a == "--eval-assistant-loss") { o.eval_assistant = true; }
         else if (a == "--verbose")            { o.verbose = true; }
         else if (a == "--render-text")        { o.render_text = need(i); }
+        else if (a == "--fingerprint")        { o.fingerprint = need(i); }
         else if (a == "-h" || a == "--help")  { usage(); std::exit(0); }
         else { usage(); bad_input("unknown argument '" + a + "'"); }
     }
@@ -732,7 +735,9 @@ int run(const options & o) {
     if (on_gpu) {
         // the backward pass goes through every frozen matrix with OUT_PROD, F32 x F32 only on CUDA
         for (const auto & it : bi.types) {
-            if (it.first != "token_embd.weight" && bi.shapes.at(it.first)[1] > 1 && it.second != GGML_TYPE_F32) {
+            // token_embd only feeds GET_ROWS, unless it is also the output layer (tied embeddings)
+            const bool skip = it.first == "token_embd.weight" && bi.shapes.count("output.weight") > 0;
+            if (!skip && bi.shapes.at(it.first)[1] > 1 && it.second != GGML_TYPE_F32) {
                 bad_input("on the GPU the base model must be F32 (OUT_PROD, used by the backward pass, is F32-only "
                           "there) but " + it.first + " is " + ggml_type_name(it.second) +
                           "; convert it (llama-quantize --allow-requantize base.gguf base-f32.gguf F32) or train with --device cpu");
@@ -791,8 +796,9 @@ int run(const options & o) {
         exs.push_back(std::move(ex));
     }
     if (exs.empty()) {
-        bad_input("no example is left to train on (" + std::to_string(dropped) + " dropped as longer than --max-seq-len " +
-                  std::to_string(o.max_seq_len) + ")");
+        bad_input("no example is left to train on: " + std::to_string(dropped) + " dropped, " +
+                  (o.overlong == "drop" ? "longer than --max-seq-len " + std::to_string(o.max_seq_len)
+                                        : "no assistant token left once cut to --max-seq-len " + std::to_string(o.max_seq_len)));
     }
     size_t longest = 0;
     for (const auto & ex : exs) {
@@ -813,7 +819,8 @@ int run(const options & o) {
 
     // configuration fingerprint: a checkpoint is only resumed by the same run
     std::ostringstream cfg;
-    cfg << TRAINER_VERSION << '|' << o.model << '|' << o.data << '|' << o.rank << '|' << o.alpha << '|';
+    cfg << TRAINER_VERSION << '|' << (o.fingerprint.empty() ? o.model + '|' + o.data : o.fingerprint) << '|' << o.rank
+        << '|' << o.alpha << '|';
     for (const auto & t : target_names) {
         cfg << t << ',';
     }

@@ -1,0 +1,177 @@
+/**
+ * report: gathers `evaluate` artifacts into tables (Markdown, CSV, JSON), the
+ * valley plot and a rates plot (SVG + PNG), and a static HTML page that shows,
+ * for every row, the digests of the artifacts behind its numbers.
+ *
+ * Inputs: `evals` (required; `evaluate[*]`), and optionally `models`,
+ * `adapters`, `datasets`, `traces`, matched to each evaluation by shared
+ * coordinates. Vega, Vega-Lite and resvg are imported inside `run`.
+ */
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import {
+  InputError,
+  type InputArtifact,
+  type StageInput,
+  type StageKind,
+} from "../../engine/stage-api.js";
+import { page } from "./html.js";
+import { ratesSpec, toPng, toSvg, valleySpec, fontOptions } from "./plots.js";
+import {
+  PROVENANCE_ROLES,
+  ROLE_INPUT,
+  compareRows,
+  csv,
+  defaultFacets,
+  jsonTable,
+  markdown,
+  matchProvenance,
+  readMetrics,
+  xOf,
+  type Layout,
+  type Role,
+  type Row,
+} from "./rows.js";
+
+export interface ReportParams {
+  x: string;
+  series: string;
+  facets?: string[];
+  title: string;
+  decimals: number;
+  width: number;
+  height: number;
+  pngScale: number;
+  columns: number;
+}
+
+function asList(input: StageInput | undefined): InputArtifact[] {
+  if (input === undefined) return [];
+  return Array.isArray(input) ? input : [input];
+}
+
+const report: StageKind<ReportParams> = {
+  kind: "report",
+  version: "1",
+  resources: () => ({ cpu: 1, memory: 512 }),
+  check(params) {
+    const issues = [];
+    if (params.x === params.series)
+      issues.push({ path: ["series"], message: "series and x name the same coordinate" });
+    for (const [i, f] of (params.facets ?? []).entries())
+      if (f === params.x || f === params.series)
+        issues.push({ path: ["facets", i], message: `${f} is already the x or series coordinate` });
+    return issues;
+  },
+  async run(ctx) {
+    const p = ctx.params;
+    const evals = asList(ctx.inputs.evals);
+    if (evals.length === 0) {
+      throw new InputError("report: input `evals` is missing or empty (use `evals: evaluate[*]`)");
+    }
+    const layout: Layout = {
+      x: p.x,
+      series: p.series,
+      facets: p.facets ?? defaultFacets(evals, p.x, p.series),
+    };
+    const roles: Role[] = PROVENANCE_ROLES.filter((r) => ctx.inputs[ROLE_INPUT[r]] !== undefined);
+    const total = evals.length + 3;
+    ctx.progress(0, total, "reading metrics");
+
+    const rows: Row[] = evals.map((a, i) => {
+      ctx.signal.throwIfAborted();
+      const metrics = readMetrics(a);
+      const x = xOf(a, p.x);
+      const provenance: Row["provenance"] = {};
+      for (const role of roles) {
+        provenance[role] = matchProvenance(
+          a.coords,
+          x === null,
+          role,
+          asList(ctx.inputs[ROLE_INPUT[role]]),
+        );
+      }
+      ctx.progress(i + 1, total, a.id);
+      return {
+        id: a.id,
+        digest: a.digest,
+        coords: a.coords,
+        series: a.coords[p.series] ?? null,
+        x,
+        facets: Object.fromEntries(layout.facets.map((f) => [f, a.coords[f] ?? null])),
+        metrics,
+        provenance,
+      };
+    });
+    rows.sort((a, b) => compareRows(a, b, layout));
+    for (let i = 1; i < rows.length; i++) {
+      if (compareRows({ ...rows[i - 1], id: "" }, { ...rows[i], id: "" }, layout) === 0) {
+        throw new InputError(
+          `evals: ${rows[i - 1].id} and ${rows[i].id} sit at the same place (${layout.series}, ${layout.x}, ${layout.facets.join(", ") || "no facets"}); name the coordinate that tells them apart in \`facets\``,
+        );
+      }
+    }
+
+    let best: Row | undefined;
+    for (const r of rows)
+      if (r.metrics.pass_at_1 !== null && (!best || r.metrics.pass_at_1 > best.metrics.pass_at_1!))
+        best = r;
+
+    writeFileSync(join(ctx.out, "table.md"), markdown(rows, layout, p.decimals, p.title));
+    writeFileSync(join(ctx.out, "table.csv"), csv(rows, layout, roles));
+    writeFileSync(
+      join(ctx.out, "table.json"),
+      JSON.stringify(jsonTable(rows, layout, best), null, 2) + "\n",
+    );
+
+    const opts = { title: p.title, width: p.width, height: p.height, columns: p.columns };
+    const font = fontOptions();
+    if (!font.file) ctx.log.warn("no DejaVu Sans font found; PNG text uses system fonts");
+    const plots: Record<string, string> = {};
+    for (const [name, spec] of [
+      ["valley", valleySpec(rows, layout, opts)],
+      ["rates", ratesSpec(rows, layout, opts)],
+    ] as const) {
+      ctx.signal.throwIfAborted();
+      ctx.progress(evals.length + (name === "valley" ? 1 : 2), total, `plot ${name}`);
+      const svg = await toSvg(spec);
+      plots[name] = svg;
+      writeFileSync(join(ctx.out, `${name}.vl.json`), JSON.stringify(spec, null, 2) + "\n");
+      writeFileSync(join(ctx.out, `${name}.svg`), svg);
+      writeFileSync(join(ctx.out, `${name}.png`), await toPng(svg, p.pngScale));
+    }
+
+    const artifacts: [string, string, string][] = [];
+    for (const name of ["evals", ...roles.map((r) => ROLE_INPUT[r])])
+      for (const a of asList(ctx.inputs[name])) artifacts.push([name, a.id, a.digest]);
+    writeFileSync(
+      join(ctx.out, "index.html"),
+      page({
+        title: p.title,
+        rows,
+        layout,
+        decimals: p.decimals,
+        roles,
+        valleySvg: plots.valley,
+        ratesSvg: plots.rates,
+        best,
+        artifacts,
+      }),
+    );
+    ctx.progress(total, total, "done");
+    ctx.log.info(
+      { rows: rows.length, best: best?.id, pass_at_1: best?.metrics.pass_at_1 },
+      "report written",
+    );
+    return {
+      metrics: {
+        rows: rows.length,
+        best_pass_at_1: best?.metrics.pass_at_1 ?? null,
+        best_instance: best?.id ?? null,
+        best_coords: best?.coords ?? null,
+      },
+    };
+  },
+};
+
+export default report;
