@@ -7,6 +7,7 @@ import { after, before, describe, it } from "node:test";
 import { InputError, type InputArtifact, type StageResult } from "../engine/stage-api.js";
 import report from "../stages/report/index.js";
 import { inlineSvg } from "../stages/report/html.js";
+import { ciLevel, type Row } from "../stages/report/rows.js";
 import {
   artifact,
   ctxFor,
@@ -105,6 +106,7 @@ describe("report stage", () => {
       assert.equal(Number(r.pass_at_1), PAPER[r.student][i]);
       assert.equal(Number(r.pass_at_1_ci_low), (m.pass_at_1_ci as number[])[0]);
       assert.equal(Number(r.pass_at_1_ci_high), (m.pass_at_1_ci as number[])[1]);
+      assert.equal(r.pass_at_1_ci_level, "0.95");
       assert.equal(Number(r.pass_at_5), (m.pass_at_k as Record<string, number>)["5"]);
       assert.equal(Number(r.completion_rate), m.completion_rate);
       assert.equal(Number(r.mean_completion_tokens), m.mean_completion_tokens);
@@ -358,5 +360,12 @@ describe("report stage", () => {
       s,
       '<svg role="img" aria-label="x" a="1"><clipPath id="valley-clip1"/><g clip-path="url(#valley-clip1)"/></svg>',
     );
+  });
+  it("the interval's level comes from metrics.json", () => {
+    const row = (level: number | null) =>
+      ({ metrics: { pass_at_1_ci: [0.1, 0.2], pass_at_1_ci_level: level } }) as unknown as Row;
+    assert.deepEqual(ciLevel([row(0.9), row(0.9)]), { header: "90% CI", perCell: false });
+    assert.deepEqual(ciLevel([row(null)]), { header: "95% CI", perCell: false });
+    assert.deepEqual(ciLevel([row(0.9), row(0.95)]), { header: "CI", perCell: true });
   });
 });

@@ -5,7 +5,7 @@
  * in a title attribute).
  */
 import type { Row, Layout, Role, Source } from "./rows.js";
-import { displayTable, shortDigest } from "./rows.js";
+import { ciLevel, displayTable, shortDigest } from "./rows.js";
 
 export function esc(s: string): string {
   return s
@@ -106,7 +106,7 @@ export function page(p: PageInput): string {
 <p class="muted">${p.rows.length} evaluations. ${best} Files: <a href="table.csv">table.csv</a>, <a href="table.json">table.json</a>, <a href="table.md">table.md</a>, <a href="valley.png">valley.png</a>, <a href="rates.png">rates.png</a>.</p>
 <h2>pass@1 vs training examples</h2>
 <figure id="valley-plot">${inlineSvg(p.valleySvg, "pass@1 against training examples", "valley")}
-<figcaption>Log scale; the untuned base at the left (shaded) and as a dashed reference line. Bars: 95% interval of pass@1.</figcaption></figure>
+<figcaption>Log scale; the untuned base at the left (shaded) and as a dashed reference line. Bars: ${esc(ciLevel(p.rows).header.replace(/ CI$/, ""))} interval of pass@1.</figcaption></figure>
 <h2>Completion and think-tag rates</h2>
 <figure id="rates-plot">${inlineSvg(p.ratesSvg, "completion and think-tag rates against training examples", "rates")}
 <figcaption>Completion: answers that end within the token budget. Think-tag: answers that begin with &lt;think&gt;.</figcaption></figure>

@@ -65,7 +65,9 @@ const report: StageKind<ReportParams> = {
   },
   async run(ctx) {
     const p = ctx.params;
-    const evals = asList(ctx.inputs.evals);
+    // `base`: evaluations of untuned models from another stage (one or a
+    // gathered list); they have no x coordinate, so they land at the left.
+    const evals = [...asList(ctx.inputs.evals), ...asList(ctx.inputs.base)];
     if (evals.length === 0) {
       throw new InputError("report: input `evals` is missing or empty (use `evals: evaluate[*]`)");
     }

@@ -10,7 +10,7 @@
  */
 import { existsSync } from "node:fs";
 import type { Row, Layout } from "./rows.js";
-import { scalarText } from "./rows.js";
+import { ciLevel, scalarText } from "./rows.js";
 
 export interface PlotOptions {
   title: string;
@@ -162,7 +162,7 @@ export function valleySpec(
   const y = {
     field: "pass",
     type: "quantitative",
-    title: "pass@1 (95% CI)",
+    title: `pass@1 (${ciLevel(rows).header})`,
     scale: { zero: true, nice: true },
     axis: { format: ".0%" },
   };
@@ -181,7 +181,7 @@ export function valleySpec(
       mark: { type: "errorbar", ticks: { size: 8 }, thickness: 1.5 },
       encoding: {
         x: xEncoding(ax, layout),
-        y: { field: "lo", type: "quantitative", title: "pass@1 (95% CI)" },
+        y: { field: "lo", type: "quantitative", title: `pass@1 (${ciLevel(rows).header})` },
         y2: { field: "hi" },
         color,
       },

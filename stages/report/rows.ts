@@ -27,6 +27,8 @@ export const ROLE_INPUT: Record<Role, string> = {
 export interface Metrics {
   pass_at_1: number | null;
   pass_at_1_ci: [number, number] | null;
+  /** Confidence level of pass_at_1_ci (e.g. 0.95), when metrics.json states it. */
+  pass_at_1_ci_level: number | null;
   pass_at_k: Record<string, number>;
   completion_rate: number | null;
   think_rate: number | null;
@@ -119,6 +121,7 @@ export function readMetrics(a: InputArtifact): Metrics {
   return {
     pass_at_1: num(a, m, "pass_at_1"),
     pass_at_1_ci: ci,
+    pass_at_1_ci_level: num(a, m, "pass_at_1_ci_level"),
     pass_at_k: passAtK,
     completion_rate: num(a, m, "completion_rate"),
     think_rate: num(a, m, "think_rate"),
@@ -226,14 +229,30 @@ export interface DisplayTable {
   cells: string[][];
 }
 
+/**
+ * The interval's level for the header: the one every row states (95% when none
+ * says); when rows disagree the header says "CI" and each cell its own level.
+ */
+export function ciLevel(rows: Row[]): { header: string; perCell: boolean } {
+  const levels = new Set(
+    rows.filter((r) => r.metrics.pass_at_1_ci).map((r) => r.metrics.pass_at_1_ci_level ?? 0.95),
+  );
+  if (levels.size <= 1) {
+    const l = levels.size ? [...levels][0] : 0.95;
+    return { header: `${+(l * 100).toFixed(2)}% CI`, perCell: false };
+  }
+  return { header: "CI", perCell: true };
+}
+
 export function displayTable(rows: Row[], layout: Layout, decimals: number): DisplayTable {
   const ks = kColumns(rows);
+  const level = ciLevel(rows);
   const header = [
     layout.series,
     layout.x,
     ...layout.facets,
     "pass@1",
-    "95% CI",
+    level.header,
     ...ks.map((k) => `pass@${k}`),
     "completion",
     "think-tag",
@@ -249,7 +268,8 @@ export function displayTable(rows: Row[], layout: Layout, decimals: number): Dis
       ...layout.facets.map((f) => scalarText(r.facets[f])),
       fixed(m.pass_at_1, decimals),
       m.pass_at_1_ci
-        ? `[${m.pass_at_1_ci[0].toFixed(decimals)}, ${m.pass_at_1_ci[1].toFixed(decimals)}]`
+        ? `[${m.pass_at_1_ci[0].toFixed(decimals)}, ${m.pass_at_1_ci[1].toFixed(decimals)}]` +
+          (level.perCell ? ` (${+((m.pass_at_1_ci_level ?? 0.95) * 100).toFixed(2)}%)` : "")
         : MISSING,
       ...ks.map((k) => fixed(m.pass_at_k[k] ?? null, decimals)),
       fixed(m.completion_rate, decimals),
@@ -273,7 +293,7 @@ export function markdown(rows: Row[], layout: Layout, decimals: number, title: s
   const lines = [
     `# ${title}`,
     "",
-    `${rows.length} evaluations. pass@1 with its 95% interval; completion and think-tag rates; mean completion tokens. ${MISSING}: not reported.`,
+    `${rows.length} evaluations. pass@1 with its ${ciLevel(rows).header.replace(/ CI$/, "")} interval; completion and think-tag rates; mean completion tokens. ${MISSING}: not reported.`,
     "",
     "| " + header.map(esc).join(" | ") + " |",
     "|" +
@@ -304,6 +324,7 @@ export function csv(rows: Row[], layout: Layout, roles: Role[]): string {
     "pass_at_1",
     "pass_at_1_ci_low",
     "pass_at_1_ci_high",
+    "pass_at_1_ci_level",
     ...ks.map((k) => `pass_at_${k}`),
     "completion_rate",
     "think_rate",
@@ -326,6 +347,7 @@ export function csv(rows: Row[], layout: Layout, roles: Role[]): string {
       m.pass_at_1,
       m.pass_at_1_ci?.[0] ?? null,
       m.pass_at_1_ci?.[1] ?? null,
+      m.pass_at_1_ci_level,
       ...ks.map((k) => m.pass_at_k[k] ?? null),
       m.completion_rate,
       m.think_rate,

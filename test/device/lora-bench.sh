@@ -86,7 +86,7 @@ for i in range(L):
 w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
 # chats of about seq tokens (one token per character): half user, half assistant
 alpha = 'abcdefghijklmnopqrstuvwxyz0123456789+-*/=()'
-n = (seq - 16) // 2
+n = (seq - 48) // 2  # room for the template's tokens
 with open(f'{work}/train.jsonl', 'w') as f:
     for _ in range(64):
         u = ''.join(rng.choice(list(alpha), n)); a = ''.join(rng.choice(list(alpha), n))

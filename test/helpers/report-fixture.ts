@@ -30,6 +30,7 @@ export function metricsFor(student: string, i: number): Record<string, unknown> 
   const m: Record<string, unknown> = {
     pass_at_1: p,
     pass_at_1_ci: [Math.max(0, p - 0.04), p + 0.04],
+    pass_at_1_ci_level: 0.95,
     pass_at_k: { "1": p, "5": Math.min(1, p * 1.8) },
     by_difficulty: { easy: { pass_at_1: p * 1.5, problems: 10 } },
     completion_rate: (student === "qwen" ? 0.5 : 0.4) + 0.15 * i,
