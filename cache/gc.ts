@@ -1,7 +1,7 @@
 import { readdirSync, readFileSync, rmSync, existsSync } from "node:fs";
 import { join } from "node:path";
 import { type Digest, isDigest, digestHex } from "./digest.js";
-import type { Store, Manifest } from "./store.js";
+import type { Store, Manifest, ActionRecord } from "./store.js";
 
 export interface GcResult {
   keptActions: number;
@@ -9,6 +9,43 @@ export interface GcResult {
   removedObjects: number;
   removedTrees: number;
   freedBytes: number;
+}
+
+/**
+ * The mark half of mark-and-sweep, shared by local gc and `gc --remote`:
+ * what the root keys (action records) and root trees keep alive. Object
+ * names are hex digests, plus ".x" for executable copies; trees are hex.
+ * The callbacks return undefined (or throw) for what is not there.
+ */
+export function markLive(
+  rootKeys: Iterable<Digest>,
+  rootTrees: Iterable<Digest>,
+  getAction: (key: Digest) => ActionRecord | undefined,
+  getManifest: (tree: Digest) => Manifest | undefined,
+): { objects: Set<string>; trees: Set<string>; actions: Set<string> } {
+  const objects = new Set<string>();
+  const trees = new Set<string>();
+  const actions = new Set<string>();
+  const markTree = (tree: Digest) => {
+    trees.add(digestHex(tree));
+    objects.add(digestHex(tree));
+    try {
+      const m = getManifest(tree);
+      for (const e of m?.entries ?? [])
+        if ("digest" in e) objects.add(digestHex(e.digest) + (e.exec ? ".x" : ""));
+    } catch {
+      // missing manifest: nothing more to keep
+    }
+  };
+  for (const t of rootTrees) markTree(t);
+  for (const k of rootKeys) {
+    const rec = getAction(k);
+    if (!rec) continue;
+    actions.add(digestHex(k));
+    markTree(rec.outputs.tree);
+    if (rec.log) objects.add(digestHex(rec.log));
+  }
+  return { objects, trees, actions };
 }
 
 /**
@@ -22,20 +59,12 @@ export function collectGarbage(
   rootTrees: Set<Digest>,
   dryRun: boolean,
 ): GcResult {
-  const liveObjects = new Set<string>(); // hex, plus ".x" for executable copies
-  const liveTrees = new Set<string>();
-  const markTree = (tree: Digest) => {
-    liveTrees.add(digestHex(tree));
-    liveObjects.add(digestHex(tree));
-    try {
-      const m = JSON.parse(readFileSync(store.objectPath(tree), "utf8")) as Manifest;
-      for (const e of m.entries)
-        if ("digest" in e) liveObjects.add(digestHex(e.digest) + (e.exec ? ".x" : ""));
-    } catch {
-      // missing manifest: nothing more to keep
-    }
-  };
-  for (const t of rootTrees) markTree(t);
+  const { objects: liveObjects, trees: liveTrees } = markLive(
+    rootKeys,
+    rootTrees,
+    (k) => store.getAction(k),
+    (t) => JSON.parse(readFileSync(store.objectPath(t), "utf8")) as Manifest,
+  );
   let keptActions = 0;
   let removedActions = 0;
   for (const f of readdirSync(store.dir("actions"))) {
@@ -43,11 +72,6 @@ export function collectGarbage(
     const key = ("sha256:" + f.slice(0, -5)) as Digest;
     if (rootKeys.has(key)) {
       keptActions++;
-      const rec = store.getAction(key);
-      if (rec) {
-        markTree(rec.outputs.tree);
-        if (rec.log) liveObjects.add(digestHex(rec.log));
-      }
     } else {
       removedActions++;
       if (!dryRun) rmSync(join(store.dir("actions"), f), { force: true });

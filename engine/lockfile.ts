@@ -85,7 +85,7 @@ export function roots(cacheRoot: string): string[] {
   }
 }
 
-function registerRoot(cacheRoot: string, lock: string): void {
+export function registerRoot(cacheRoot: string, lock: string): void {
   const abs = resolve(lock);
   const list = roots(cacheRoot);
   if (list.includes(abs)) return;

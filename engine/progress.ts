@@ -70,10 +70,19 @@ export class Progress {
       case "waiting":
         this.line(`wait    ${e.id}: computed by ${e.holder.host} pid ${e.holder.pid}`);
         break;
-      case "progress":
-        this.running.set(e.id, e.total ? `${e.done}/${e.total}` : `${e.done}`);
+      case "progress": {
+        // A note without a count is a state (e.g. "slurm job 12 PENDING"): shown as
+        // it is, and printed as a line when it changes if there is no status line.
+        const state = !e.total && !e.done && e.note;
+        if (state && !this.tty && this.running.get(e.id) !== state)
+          this.line(`state   ${e.id}: ${state}`);
+        this.running.set(
+          e.id,
+          state || (e.total ? `${e.done}/${e.total}` : `${e.done}`) + (e.note ? ` ${e.note}` : ""),
+        );
         this.draw();
         break;
+      }
     }
   }
 

@@ -51,6 +51,11 @@ export interface RunOptions {
   executor?: Executor;
   /** First retry waits this long, doubling each time (tests make it small). */
   backoffMs?: number;
+  /**
+   * `run --pull`: asked, under the key's lease, for a key that has no local
+   * result; a record it returns (already admitted to the store) counts as cached.
+   */
+  fetch?: (key: Digest) => Promise<ActionRecord | undefined>;
 }
 
 export interface RunSummary {
@@ -202,6 +207,11 @@ export async function runInstances(engine: Engine, opts: RunOptions): Promise<Ru
         const prior = forced ? undefined : engine.lookup(rk.key);
         if (prior)
           return complete(inst, { status: "cached", key: rk.key, record: prior, waited: true }, rk);
+        const pulled = forced || !opts.fetch ? undefined : await opts.fetch(rk.key);
+        if (pulled) {
+          emit({ type: "cached", id: inst.id, waited: false });
+          return complete(inst, { status: "cached", key: rk.key, record: pulled, waited: false }, rk);
+        }
         for (let attempt = 1; ; attempt++) {
           emit({ type: "start", id: inst.id, attempt });
           try {

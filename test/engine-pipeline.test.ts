@@ -94,6 +94,53 @@ stages:
   );
 });
 
+test("matrix include/exclude: per-cell params and inputs, dropped combinations", () => {
+  const dir = project({
+    "p.yaml": `
+version: 1
+stages:
+  pick:
+    uses: shell
+    with: {run: "echo picked > $OUT/p"}
+  data:
+    uses: shell
+    matrix:
+      subset: [correct, hard]
+      n: [4000, 6000]
+      exclude:
+        - {subset: correct, n: 4000}
+        - {subset: hard, n: 6000}
+    with: {run: "echo \${{ matrix.subset }} > $OUT/d"}
+  tune:
+    uses: shell
+    inputs: {d: data, from: data}
+    matrix:
+      start: [a, b]
+      include:
+        - start: b
+          inputs: {from: pick}
+          with: {shell: sh}
+    with: {run: "cat $IN_D/d $IN_FROM/* > $OUT/t"}
+`,
+  });
+  const r = valley(["plan", "p.yaml", "--json"], { cwd: dir });
+  assert.equal(r.code, 0, r.stderr);
+  const rows = (JSON.parse(r.stdout) as { instances: { id: string; params: { shell: string } }[] }).instances;
+  assert.deepEqual(
+    rows.map((x) => x.id).filter((i) => i.startsWith("data@")),
+    ["data@subset=correct,n=6000", "data@subset=hard,n=4000"],
+  );
+  const tunes = rows.filter((x) => x.id.startsWith("tune@"));
+  assert.equal(tunes.length, 4);
+  for (const t of tunes) assert.equal(t.params.shell, t.id.endsWith("start=b") ? "sh" : "bash");
+  const run = valley(["run", "p.yaml"], { cwd: dir });
+  assert.equal(run.code, 0, run.stderr);
+  const show = JSON.parse(
+    valley(["show", "tune@subset=hard,n=4000,start=b", "-f", "p.yaml", "--json"], { cwd: dir }).stdout,
+  ) as { outputs: Record<string, { path: string }> };
+  assert.equal(readFileSync(show.outputs.t.path, "utf8"), "hard\npicked\n");
+});
+
 test("valley schema prints the pipeline schema with every stage kind folded in; the committed copy is current", () => {
   const r = valley(["schema"]);
   assert.equal(r.code, 0, r.stderr);

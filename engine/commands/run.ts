@@ -3,6 +3,7 @@ import type { ActionRecord } from "../../cache/store.js";
 import { runInstances, selectInstances, type RunSummary } from "../scheduler.js";
 import { writeLockfile } from "../lockfile.js";
 import { Progress } from "../progress.js";
+import { runJob, slurmExecutor } from "../executors/slurm.js";
 import { openPipeline, parse } from "./common.js";
 import { UsageError } from "../errors.js";
 import { diffFields } from "../key.js";
@@ -10,7 +11,7 @@ import type { Engine } from "../engine.js";
 import type { Pipeline } from "../pipeline/expand.js";
 
 const USAGE =
-  "valley run [file] [--only STAGE]... [--force STAGE]... [--dry-run] [--jobs N] [--keep-going] [--executor local|slurm] [--json] [-p name=value]...";
+  "valley run [file] [--only STAGE]... [--force STAGE]... [--dry-run] [--jobs N] [--keep-going] [--executor local|slurm] [--slurm-partition P] [--slurm-account A] [--slurm-flag F]... [--json] [-p name=value]...";
 
 export async function run(argv: string[]): Promise<number> {
   const { values, positionals } = parse(
@@ -25,9 +26,18 @@ export async function run(argv: string[]): Promise<number> {
       json: { type: "boolean" },
       param: { type: "string", short: "p", multiple: true },
       file: { type: "string", short: "f" },
+      "slurm-partition": { type: "string" },
+      "slurm-account": { type: "string" },
+      "slurm-flag": { type: "string", multiple: true },
+      // Internal: how a Slurm job runs one attempt on a compute node (see engine/executors/README.md).
+      instance: { type: "string" },
+      attempt: { type: "string" },
+      key: { type: "string" },
+      "job-result": { type: "string" },
     },
     USAGE,
   );
+  if (values.instance !== undefined) return runOneJob(values, positionals);
   if (values["dry-run"])
     return plan(
       [...argv.filter((a) => a !== "--dry-run"), "--why"].filter(
@@ -37,10 +47,26 @@ export async function run(argv: string[]): Promise<number> {
   const jobs = values.jobs !== undefined ? Number(values.jobs) : undefined;
   if (jobs !== undefined && (!Number.isInteger(jobs) || jobs < 1))
     throw new UsageError(`--jobs expects a positive integer`);
-  const executor = values.executor ?? "local";
-  if (executor !== "local")
-    throw new UsageError(`--executor ${executor}: only "local" is available in this version`);
   const { pl, engine } = await openPipeline(values.file ?? positionals[0], values.param);
+  const executor = values.executor ?? pl.executor?.kind ?? "local";
+  if (executor !== "local" && executor !== "slurm")
+    throw new UsageError(`--executor ${executor}: expected local or slurm`);
+  // Slurm arbitrates resources between jobs: this machine's size limits nothing.
+  const slurm =
+    executor === "slurm"
+      ? {
+          executor: slurmExecutor(
+            {
+              ...pl.executor?.slurm,
+              partition: values["slurm-partition"] ?? pl.executor?.slurm?.partition,
+              account: values["slurm-account"] ?? pl.executor?.slurm?.account,
+              flags: [...(pl.executor?.slurm?.flags ?? []), ...(values["slurm-flag"] ?? [])],
+            },
+            { pipelineFile: pl.file, params: values.param ?? [] },
+          ),
+          resources: { cpu: Infinity, gpu: Infinity, memory: Infinity },
+        }
+      : {};
   for (const s of [...(values.only ?? []), ...(values.force ?? [])]) {
     if (!pl.stageOrder.includes(s)) throw new UsageError(`no stage "${s}" in ${pl.file}`);
   }
@@ -62,7 +88,9 @@ export async function run(argv: string[]): Promise<number> {
   let summary: RunSummary;
   try {
     summary = await runInstances(engine, {
-      jobs: jobs ?? Math.max(1, cpus().length),
+      // With Slurm, --jobs bounds the jobs this run keeps queued or running at once.
+      jobs: jobs ?? (executor === "slurm" ? 64 : Math.max(1, cpus().length)),
+      ...slurm,
       keepGoing: !!values["keep-going"],
       only: values.only,
       force: values.force,
@@ -117,6 +145,43 @@ export async function run(argv: string[]): Promise<number> {
   return summary.failed > 0 ? 1 : 0;
 }
 
+/** `valley run <file> --instance ID --attempt N --key K`: one attempt inside a Slurm job. */
+async function runOneJob(
+  values: {
+    instance?: string;
+    attempt?: string;
+    key?: string;
+    "job-result"?: string;
+    param?: string[];
+    file?: string;
+  },
+  positionals: string[],
+): Promise<number> {
+  const attempt = Number(values.attempt ?? "1");
+  if (!values.key || !/^sha256:[0-9a-f]{64}$/.test(values.key))
+    throw new UsageError("--instance needs --key sha256:<hex> (the key the submitter computed)");
+  if (!Number.isInteger(attempt) || attempt < 1)
+    throw new UsageError("--attempt expects a positive integer");
+  const { pl, engine } = await openPipeline(values.file ?? positionals[0], values.param);
+  // scancel (and pre-emption) send SIGTERM: abort the attempt so its output is discarded cleanly.
+  const ac = new AbortController();
+  const onSignal = (sig: NodeJS.Signals) => ac.abort(sig);
+  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", onSignal);
+  try {
+    return await runJob(engine, pl, {
+      instance: values.instance as string,
+      attempt,
+      key: values.key,
+      resultFile: values["job-result"],
+      signal: ac.signal,
+    });
+  } finally {
+    process.off("SIGINT", onSignal);
+    process.off("SIGTERM", onSignal);
+  }
+}
+
 export interface PlanRow {
   id: string;
   stage: string;
@@ -166,7 +231,8 @@ export function planRows(pl: Pipeline, engine: Engine, force: string[] = []): Pl
     if (force.includes(inst.stage)) row.reason = "forced";
     else if (!prev) row.reason = "never run";
     else if (prev.key === rk.key) row.reason = "result missing or corrupt in the cache";
-    else if (!prev.fields) row.reason = "changed (the previous result is no longer in the cache to compare)";
+    else if (!prev.fields)
+      row.reason = "changed (the previous result is no longer in the cache to compare)";
     else {
       row.changed = diffFields(prev.fields, rk.fields);
       row.reason = `changed: ${row.changed.join(", ")}`;

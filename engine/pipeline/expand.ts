@@ -43,6 +43,13 @@ export interface Pipeline {
   byId: Map<string, Instance>;
   tools: Record<string, { path: string; lib?: string }>;
   kinds: Map<string, LoadedKind>;
+  /** Where instances run (`executor:`); never part of a key. */
+  executor?: PipelineExecutor;
+}
+
+export interface PipelineExecutor {
+  kind?: "local" | "slurm";
+  slurm?: { partition?: string; account?: string; flags?: string[]; poll?: number };
 }
 
 interface RawStage {
@@ -50,7 +57,7 @@ interface RawStage {
   description?: string;
   with?: Record<string, unknown>;
   inputs?: Record<string, string>;
-  matrix?: Record<string, Scalar[] | string>;
+  matrix?: Record<string, Scalar[] | string> & { include?: CellRule[]; exclude?: Coords[] };
   resources?: { cpu?: number; gpu?: number; memory?: number | string };
   retries?: number;
   timeout?: number | string;
@@ -58,11 +65,19 @@ interface RawStage {
   secrets?: string[];
 }
 
+/** A matrix `include` entry: for the cells matching its coordinates, extra params and inputs. */
+interface CellRule {
+  with?: Record<string, unknown>;
+  inputs?: Record<string, string>;
+  [axis: string]: unknown;
+}
+
 interface RawPipeline {
   version: 1;
   name?: string;
   params?: Record<string, unknown>;
   tools?: Record<string, { path: string; lib?: string }>;
+  executor?: PipelineExecutor;
   stages: Record<string, RawStage>;
 }
 
@@ -204,6 +219,34 @@ function substitute(
   return value;
 }
 
+function deepMerge(base: unknown, over: unknown): unknown {
+  if (
+    base &&
+    over &&
+    typeof base === "object" &&
+    typeof over === "object" &&
+    !Array.isArray(base) &&
+    !Array.isArray(over)
+  ) {
+    const out: Record<string, unknown> = { ...(base as Record<string, unknown>) };
+    for (const [k, v] of Object.entries(over)) out[k] = deepMerge(out[k], v);
+    return out;
+  }
+  return over;
+}
+
+/** The axis keys of an include/exclude entry (everything but `with` and `inputs`). */
+function selector(entry: Record<string, unknown>): Coords {
+  const out: Coords = {};
+  for (const [k, v] of Object.entries(entry))
+    if (k !== "with" && k !== "inputs") out[k] = v as Scalar;
+  return out;
+}
+
+function matches(coords: Coords, sel: Coords): boolean {
+  return Object.entries(sel).every(([k, v]) => k in coords && String(coords[k]) === String(v));
+}
+
 function product(axes: [string, Scalar[]][]): Coords[] {
   let out: Coords[] = [{}];
   for (const [k, vs] of axes) out = out.flatMap((c) => vs.map((v) => ({ ...c, [k]: v })));
@@ -250,13 +293,27 @@ export async function loadPipeline(
     } else if (!kinds.has(uses)) kinds.set(uses, await loadKind(uses));
   }
 
-  // References.
+  // References (the stage's own, and those of its matrix `include` cells).
   const refs = new Map<string, Map<string, Ref>>();
-  for (const name of names) {
+  const cellRefs = new Map<
+    string,
+    {
+      sel: Coords;
+      inputs: Map<string, Ref>;
+      with?: Record<string, unknown>;
+      at: YamlPath;
+      used: boolean;
+    }[]
+  >();
+  const parseInputs = (
+    name: string,
+    inputs: Record<string, string>,
+    base: YamlPath,
+  ): Map<string, Ref> => {
     const m = new Map<string, Ref>();
-    for (const [input, text] of Object.entries(stages[name].inputs ?? {})) {
+    for (const [input, text] of Object.entries(inputs)) {
       const r = parseRef(text);
-      const at: YamlPath = ["stages", name, "inputs", input];
+      const at: YamlPath = [...base, input];
       if (!r) {
         problems.push(
           src.problem(
@@ -276,9 +333,27 @@ export async function loadPipeline(
       }
       m.set(input, r);
     }
-    refs.set(name, m);
+    return m;
+  };
+  for (const name of names) {
+    refs.set(name, parseInputs(name, stages[name].inputs ?? {}, ["stages", name, "inputs"]));
+    const rules = (stages[name].matrix?.include ?? []).map((rule, i) => {
+      const at: YamlPath = ["stages", name, "matrix", "include", i];
+      return {
+        sel: selector(rule),
+        inputs: parseInputs(name, rule.inputs ?? {}, [...at, "inputs"]),
+        with: rule.with,
+        at,
+        used: false,
+      };
+    });
+    cellRefs.set(name, rules);
   }
   if (problems.length) throw new InvalidInput(problems);
+  const allRefs = (name: string): [string, Ref][] => [
+    ...(refs.get(name) ?? []),
+    ...(cellRefs.get(name) ?? []).flatMap((c) => [...c.inputs]),
+  ];
 
   // Topological order of stages; a cycle is reported at the input that closes it.
   const order: string[] = [];
@@ -286,7 +361,7 @@ export async function loadPipeline(
   const visit = (name: string, trail: string[]): void => {
     if (state.get(name) === "done") return;
     state.set(name, "visiting");
-    for (const [input, r] of refs.get(name) ?? []) {
+    for (const [input, r] of allRefs(name)) {
       if (r.type === "path") continue;
       if (state.get(r.stage) === "visiting") {
         const cycle = [...trail.slice(trail.indexOf(r.stage)), name, r.stage];
@@ -355,6 +430,7 @@ export async function loadPipeline(
     // Own matrix.
     const axes: [string, Scalar[]][] = [];
     for (const [axis, vals] of Object.entries(st.matrix ?? {})) {
+      if (axis === "include" || axis === "exclude") continue;
       const at: YamlPath = [...base, "matrix", axis];
       let list: unknown = vals;
       if (typeof vals === "string")
@@ -382,6 +458,36 @@ export async function loadPipeline(
       axes.push([axis, list as Scalar[]]);
     }
     combos = combos.flatMap((c) => product(axes).map((o) => ({ ...c, ...o })));
+    const axisNames = new Set([...inherited, ...axes.map(([a]) => a)]);
+    for (const [i, ex] of (st.matrix?.exclude ?? []).entries()) {
+      for (const k of Object.keys(ex)) {
+        if (!axisNames.has(k))
+          report(
+            src.problem(
+              [...base, "matrix", "exclude", i, k],
+              `"${k}" is not a matrix axis of this stage`,
+              { key: true },
+            ),
+          );
+      }
+      const before = combos.length;
+      combos = combos.filter((c) => !matches(c, ex));
+      if (combos.length === before)
+        report(
+          src.problem([...base, "matrix", "exclude", i], "this exclude entry matches no instance"),
+        );
+    }
+    const rules = cellRefs.get(name) ?? [];
+    for (const rule of rules) {
+      for (const k of Object.keys(rule.sel)) {
+        if (!axisNames.has(k))
+          report(
+            src.problem([...rule.at, k], `"${k}" is not a matrix axis of this stage`, {
+              key: true,
+            }),
+          );
+      }
+    }
     if (combos.length === 0) {
       report(
         src.problem(base, "no instances: the matrices of its inputs have no combination in common"),
@@ -393,9 +499,20 @@ export async function loadPipeline(
       const id = instanceId(name, coords);
       const inputs: Record<string, InputSpec> = {};
       const deps: string[] = [];
-      for (const [input, r] of stageRefs) {
-        const at: YamlPath = [...base, "inputs", input];
-        const text = st.inputs?.[input] ?? "";
+      const cell = rules.filter((rule) => matches(coords, rule.sel));
+      const effective = new Map(stageRefs);
+      const origin = new Map<string, { at: YamlPath; text: string }>();
+      for (const rule of cell) {
+        rule.used = true;
+        for (const [input, r] of rule.inputs) {
+          effective.set(input, r);
+          const text = (st.matrix?.include?.[rule.at[4] as number]?.inputs ?? {})[input] ?? "";
+          origin.set(input, { at: [...rule.at, "inputs", input], text });
+        }
+      }
+      for (const [input, r] of effective) {
+        const at: YamlPath = origin.get(input)?.at ?? [...base, "inputs", input];
+        const text = origin.get(input)?.text ?? st.inputs?.[input] ?? "";
         if (r.type === "path") {
           inputs[input] = { type: "path", path: resolve(dirname(abs), r.path), ref: text };
           continue;
@@ -451,7 +568,11 @@ export async function loadPipeline(
 
       const withAt: YamlPath = [...base, "with"];
       let templateFailed = false;
-      const p = substitute(st.with ?? {}, { params, matrix: coords }, (rel, msg) => {
+      const withRaw = cell.reduce<unknown>(
+        (acc, rule) => (rule.with ? deepMerge(acc, rule.with) : acc),
+        st.with ?? {},
+      );
+      const p = substitute(withRaw, { params, matrix: coords }, (rel, msg) => {
         templateFailed = true;
         report(src.problem([...withAt, ...rel], msg));
       }) as Record<string, unknown>;
@@ -486,6 +607,10 @@ export async function loadPipeline(
         secrets: st.secrets ?? [],
       });
     }
+    for (const rule of rules) {
+      if (!rule.used)
+        report(src.problem(rule.at, "this include entry matches no instance of the matrix"));
+    }
     byStage.set(name, list);
     instances.push(...list);
   }
@@ -510,5 +635,6 @@ export async function loadPipeline(
     byId,
     tools,
     kinds,
+    executor: raw.executor,
   };
 }

@@ -1,0 +1,129 @@
+import { createReadStream, createWriteStream } from "node:fs";
+import { pipeline } from "node:stream/promises";
+import type { Readable } from "node:stream";
+import {
+  S3Client,
+  HeadObjectCommand,
+  GetObjectCommand,
+  PutObjectCommand,
+  DeleteObjectCommand,
+  ListObjectsV2Command,
+  type S3ClientConfig,
+} from "@aws-sdk/client-s3";
+import { type Backend, RemoteNotFound, mapLimit } from "./backend.js";
+
+export interface S3Options {
+  bucket: string;
+  /** Key prefix inside the bucket ("" or "team/valley"). */
+  prefix: string;
+  /** For MinIO, Ceph, R2: e.g. http://127.0.0.1:9000 or https://<account>.r2.cloudflarestorage.com. */
+  endpoint?: string;
+  /** Default $AWS_REGION, else us-east-1 (R2 wants "auto"). */
+  region?: string;
+  /** Bucket in the path rather than the host name (MinIO, Ceph, s3rver need it). */
+  pathStyle?: boolean;
+  /** Names of the environment variables holding the credentials (never the secrets themselves). */
+  accessKeyIdEnv?: string;
+  secretAccessKeyEnv?: string;
+}
+
+function isNotFound(e: unknown): boolean {
+  const err = e as { name?: string; $metadata?: { httpStatusCode?: number } };
+  return err.name === "NotFound" || err.name === "NoSuchKey" || err.$metadata?.httpStatusCode === 404;
+}
+
+/** s3://bucket/prefix on AWS or any S3-compatible server. */
+export class S3Backend implements Backend {
+  private client: S3Client;
+
+  constructor(
+    readonly opts: S3Options,
+    readonly url: string,
+  ) {
+    const config: S3ClientConfig = {
+      region: opts.region ?? process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? "us-east-1",
+      forcePathStyle: opts.pathStyle ?? false,
+      // The SDK's default CRC trailers (aws-chunked uploads) are not understood
+      // by several S3-compatible servers; valley checks sha256 digests itself.
+      requestChecksumCalculation: "WHEN_REQUIRED",
+      responseChecksumValidation: "WHEN_REQUIRED",
+    };
+    if (opts.endpoint) config.endpoint = opts.endpoint;
+    const id = opts.accessKeyIdEnv ? process.env[opts.accessKeyIdEnv] : undefined;
+    const secret = opts.secretAccessKeyEnv ? process.env[opts.secretAccessKeyEnv] : undefined;
+    if (id && secret) config.credentials = { accessKeyId: id, secretAccessKey: secret };
+    this.client = new S3Client(config);
+  }
+
+  private key(path: string): string {
+    return this.opts.prefix ? `${this.opts.prefix.replace(/\/+$/, "")}/${path}` : path;
+  }
+
+  async stat(paths: string[]): Promise<Map<string, number>> {
+    const out = new Map<string, number>();
+    await mapLimit(paths, 16, async (p) => {
+      try {
+        const r = await this.client.send(new HeadObjectCommand({ Bucket: this.opts.bucket, Key: this.key(p) }));
+        out.set(p, r.ContentLength ?? 0);
+      } catch (e) {
+        if (!isNotFound(e)) throw e;
+      }
+    });
+    return out;
+  }
+
+  async list(dir: string): Promise<{ path: string; size: number }[]> {
+    const out: { path: string; size: number }[] = [];
+    const strip = this.key("").length;
+    let token: string | undefined;
+    do {
+      const r = await this.client.send(
+        new ListObjectsV2Command({
+          Bucket: this.opts.bucket,
+          Prefix: this.key(dir + "/"),
+          ContinuationToken: token,
+        }),
+      );
+      for (const o of r.Contents ?? []) if (o.Key) out.push({ path: o.Key.slice(strip), size: o.Size ?? 0 });
+      token = r.IsTruncated ? r.NextContinuationToken : undefined;
+    } while (token);
+    return out.sort((a, b) => (a.path < b.path ? -1 : 1));
+  }
+
+  async read(path: string): Promise<Readable> {
+    try {
+      const r = await this.client.send(new GetObjectCommand({ Bucket: this.opts.bucket, Key: this.key(path) }));
+      return r.Body as Readable;
+    } catch (e) {
+      if (isNotFound(e)) throw new RemoteNotFound(path, this.url);
+      throw e;
+    }
+  }
+
+  async upload(localFile: string, path: string, size: number): Promise<void> {
+    // A PUT object becomes visible only once complete, so no temporary name.
+    // Single PUTs stop at 5 GiB; larger artifacts would need multipart upload.
+    await this.client.send(
+      new PutObjectCommand({
+        Bucket: this.opts.bucket,
+        Key: this.key(path),
+        Body: createReadStream(localFile),
+        ContentLength: size,
+      }),
+    );
+    const got = (await this.stat([path])).get(path);
+    if (got !== size) throw new Error(`${this.url}: ${got ?? 0} of ${size} bytes of ${path} arrived`);
+  }
+
+  async download(path: string, localFile: string): Promise<void> {
+    await pipeline(await this.read(path), createWriteStream(localFile));
+  }
+
+  async delete(path: string): Promise<void> {
+    await this.client.send(new DeleteObjectCommand({ Bucket: this.opts.bucket, Key: this.key(path) }));
+  }
+
+  async close(): Promise<void> {
+    this.client.destroy();
+  }
+}
