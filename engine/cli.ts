@@ -12,9 +12,15 @@ usage: valley <command> [options]
   dag [file]            the instance graph (--format mermaid|dot)
   show <instance>       key, params, inputs, outputs, metrics (-f file, --json)
   logs <instance>       the instance's log (-f file)
-  gc                    remove what no lockfile or pin references (--dry-run)
+  gc                    remove what no lockfile or pin references (--dry-run,
+                        --remote R)
   verify                re-hash every stored object; exit 1 if any is corrupt
+                        (--remote R: the remote's objects)
   pin <instance>        keep an instance's result through gc
+  push|pull [remote]    send/fetch results a remote lacks (-f file: its lockfile;
+                        --all: the whole cache); remotes: cache/remotes/README.md
+  export <file|instance> -o bundle.tar   a verified, self-contained bundle
+  import bundle.tar     verify a bundle, then add it to the cache (--expect DIGEST)
   schema [kind]         the JSON Schema of pipelines (or of one stage kind)
   grade <problems.jsonl> <answers.jsonl> [--json]
                         grade model answers in the sandbox, without a pipeline
@@ -35,6 +41,10 @@ const commands: Record<string, () => Promise<Command>> = {
   gc: async () => (await import("./commands/maintain.js")).gc,
   verify: async () => (await import("./commands/maintain.js")).verify,
   pin: async () => (await import("./commands/maintain.js")).pin,
+  push: async () => (await import("./commands/remote.js")).push,
+  pull: async () => (await import("./commands/remote.js")).pull,
+  export: async () => (await import("./commands/remote.js")).exportCommand,
+  import: async () => (await import("./commands/remote.js")).importCommand,
   schema: async () => (await import("./commands/schema.js")).schema,
   grade: async () => (await import("./commands/grade.js")).main,
 };

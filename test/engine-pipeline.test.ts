@@ -164,3 +164,20 @@ test("usage errors exit 2", () => {
   assert.equal(valley(["run", "/nonexistent.yaml"]).code, 2);
   assert.equal(valley(["run", "--jobs", "zero", "/nonexistent.yaml"]).code, 2);
 });
+
+test("pipelines/valley.yaml plans without any model or data: 14 fine-tunes, their evaluations, base evaluations, the report", () => {
+  const r = valley(["plan", join(PACKAGE_ROOT, "pipelines", "valley.yaml"), "--json"]);
+  assert.equal(r.code, 0, r.stderr);
+  const rows = (JSON.parse(r.stdout) as { instances: { id: string; kind: string; params: Record<string, unknown> }[] }).instances;
+  const count = (kind: string) => rows.filter((x) => x.kind === kind).length;
+  assert.equal(count("finetune"), 14);
+  assert.equal(count("evaluate"), 14 + 2);
+  assert.equal(count("report"), 1);
+  const t = rows.find((x) => x.id === "tune1@student=Qwen2.5-7B-Instruct,n=30000");
+  assert.equal(t?.params.epochs, 5);
+  assert.equal(t?.params.lr, 0.00008);
+  assert.equal(t?.params.warmup, 0.1);
+  assert.equal(t?.params.maxSeqLen, 32768);
+  const text = valley(["plan", join(PACKAGE_ROOT, "pipelines", "valley.yaml")]);
+  assert.match(text.stdout, /tune2@subset=hard,n=4000,start=base\n\s+finetune \{/);
+});

@@ -50,7 +50,12 @@ export async function openPipeline(
   params?: string[],
 ): Promise<{ pl: Pipeline; engine: Engine }> {
   const pl = await loadPipeline(pipelineFile(file), { params: paramOverrides(params) });
-  return { pl, engine: new Engine(pl) };
+  const engine = new Engine(pl);
+  // Relative paths in a pipeline's params mean "beside the pipeline file",
+  // whatever folder valley was started from; they stay relative in keys, so
+  // moving the project re-runs nothing.
+  process.chdir(pl.dir);
+  return { pl, engine };
 }
 
 /** The cache a command without a pipeline works on: --cache, $VALLEY_CACHE, or ./.valley. */

@@ -15,6 +15,8 @@ function openStore(dir: string): Store {
 }
 
 export async function gc(argv: string[]): Promise<number> {
+  if (argv.some((a) => a === "--remote" || a.startsWith("--remote=")))
+    return (await import("./remote.js")).gcRemote(argv);
   const { values } = parse(
     argv,
     {
@@ -60,6 +62,8 @@ export async function gc(argv: string[]): Promise<number> {
 }
 
 export async function verify(argv: string[]): Promise<number> {
+  if (argv.some((a) => a === "--remote" || a.startsWith("--remote=")))
+    return (await import("./remote.js")).verifyRemoteCommand(argv);
   const { values } = parse(
     argv,
     { cache: { type: "string" }, json: { type: "boolean" }, file: { type: "string", short: "f" } },

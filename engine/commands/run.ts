@@ -11,7 +11,7 @@ import type { Engine } from "../engine.js";
 import type { Pipeline } from "../pipeline/expand.js";
 
 const USAGE =
-  "valley run [file] [--only STAGE]... [--force STAGE]... [--dry-run] [--jobs N] [--keep-going] [--executor local|slurm] [--slurm-partition P] [--slurm-account A] [--slurm-flag F]... [--json] [-p name=value]...";
+  "valley run [file] [--only STAGE]... [--force STAGE]... [--dry-run] [--jobs N] [--keep-going] [--executor local|slurm] [--pull] [--remote R] [--slurm-partition P] [--slurm-account A] [--slurm-flag F]... [--json] [-p name=value]...";
 
 export async function run(argv: string[]): Promise<number> {
   const { values, positionals } = parse(
@@ -26,6 +26,8 @@ export async function run(argv: string[]): Promise<number> {
       json: { type: "boolean" },
       param: { type: "string", short: "p", multiple: true },
       file: { type: "string", short: "f" },
+      pull: { type: "boolean" },
+      remote: { type: "string" },
       "slurm-partition": { type: "string" },
       "slurm-account": { type: "string" },
       "slurm-flag": { type: "string", multiple: true },
@@ -48,6 +50,11 @@ export async function run(argv: string[]): Promise<number> {
   if (jobs !== undefined && (!Number.isInteger(jobs) || jobs < 1))
     throw new UsageError(`--jobs expects a positive integer`);
   const { pl, engine } = await openPipeline(values.file ?? positionals[0], values.param);
+  // --pull / --remote R: a key that misses locally is fetched from the remote before it is computed.
+  const fetcher =
+    values.pull || values.remote !== undefined
+      ? (await import("./remote.js")).remoteFetcher(engine.store, values.remote, pl.dir)
+      : undefined;
   const executor = values.executor ?? pl.executor?.kind ?? "local";
   if (executor !== "local" && executor !== "slurm")
     throw new UsageError(`--executor ${executor}: expected local or slurm`);
@@ -92,6 +99,7 @@ export async function run(argv: string[]): Promise<number> {
       jobs: jobs ?? (executor === "slurm" ? 64 : Math.max(1, cpus().length)),
       ...slurm,
       keepGoing: !!values["keep-going"],
+      fetch: fetcher?.fetch,
       only: values.only,
       force: values.force,
       signal: ac.signal,
@@ -102,6 +110,7 @@ export async function run(argv: string[]): Promise<number> {
   } finally {
     progress.finish();
     engine.leases.releaseAll();
+    await fetcher?.close();
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
   }
@@ -268,6 +277,7 @@ export async function plan(argv: string[]): Promise<number> {
     if (r.status === "hit" && !values.why) continue;
     const tag = r.status === "hit" ? "cached" : "run   ";
     process.stdout.write(`${tag}  ${r.id}${values.why && r.reason ? `  — ${r.reason}` : ""}\n`);
+    if (!values.why) process.stdout.write(`        ${r.kind} ${JSON.stringify(r.params)}\n`);
   }
   process.stdout.write(
     `${rows.length} instances: ${misses.length} to run, ${rows.length - misses.length} cached\n`,

@@ -65,9 +65,11 @@ const report: StageKind<ReportParams> = {
   },
   async run(ctx) {
     const p = ctx.params;
-    // `base`: evaluations of untuned models from another stage (one or a
-    // gathered list); they have no x coordinate, so they land at the left.
-    const evals = [...asList(ctx.inputs.evals), ...asList(ctx.inputs.base)];
+    // Every input named evals* (e.g. stage-1 and stage-2 evaluations from two
+    // stages), and `base`: evaluations of untuned models (no x coordinate, so
+    // they land at the left).
+    const evalInputs = Object.keys(ctx.inputs).filter((n) => n === "evals" || n === "base" || /^evals\w+$/.test(n)).sort();
+    const evals = evalInputs.flatMap((n) => asList(ctx.inputs[n]));
     if (evals.length === 0) {
       throw new InputError("report: input `evals` is missing or empty (use `evals: evaluate[*]`)");
     }
