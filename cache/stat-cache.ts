@@ -1,4 +1,5 @@
-import { readFileSync, statSync, type BigIntStats } from "node:fs";
+import { readFileSync, statSync, existsSync, type BigIntStats } from "node:fs";
+import { dirname } from "node:path";
 import type { Digest } from "./digest.js";
 import { hashFileSync } from "./hash.js";
 import { writeFileAtomic } from "./atomic.js";
@@ -78,7 +79,7 @@ export class StatCache {
 
   /** Writes the cache if it changed. Concurrent runs: last writer wins, which only costs re-hashing. */
   save(): void {
-    if (!this.dirty) return;
+    if (!this.dirty || !existsSync(dirname(this.file))) return;
     writeFileAtomic(this.file, JSON.stringify(Object.fromEntries(this.entries)));
     this.dirty = false;
   }

@@ -65,6 +65,20 @@ function isFileEntry(
   return "digest" in e;
 }
 
+const STORE_DIRS = [
+  "objects",
+  "trees",
+  "actions",
+  "history",
+  "leases",
+  "work",
+  "scratch",
+  "tmp",
+  "corrupt",
+  "pins",
+  "trash",
+];
+
 /**
  * The content-addressed store under one cache root:
  *   objects/ab/cdef…      immutable read-only blobs (".x" suffix: executable copy)
@@ -77,21 +91,16 @@ function isFileEntry(
 export class Store {
   readonly stat: StatCache;
 
-  constructor(readonly root: string) {
-    for (const d of [
-      "objects",
-      "trees",
-      "actions",
-      "history",
-      "leases",
-      "work",
-      "scratch",
-      "tmp",
-      "corrupt",
-      "pins",
-      "trash",
-    ]) {
-      mkdirSync(join(root, d), { recursive: true });
+  /**
+   * Opens the store at `root`. With `create: false` (plan, status, show) a
+   * missing store is not created: reads simply find nothing.
+   */
+  constructor(
+    readonly root: string,
+    opts: { create?: boolean } = {},
+  ) {
+    if (opts.create !== false || existsSync(root)) {
+      for (const d of STORE_DIRS) mkdirSync(join(root, d), { recursive: true });
     }
     this.stat = new StatCache(join(root, "statcache.json"));
   }

@@ -42,8 +42,9 @@ export class Engine {
   constructor(
     readonly pipeline: Pipeline,
     cacheRoot = cacheRootFor(pipeline.dir),
+    opts: { readOnly?: boolean } = {},
   ) {
-    this.store = new Store(cacheRoot);
+    this.store = new Store(cacheRoot, { create: !opts.readOnly });
     this.leases = new Leases(this.store.dir("leases"));
   }
 
@@ -232,7 +233,10 @@ export class Engine {
   private historyAll(): Record<string, Digest> {
     if (!this.historyCache) {
       try {
-        this.historyCache = JSON.parse(readFileSync(this.historyPath(), "utf8")) as Record<string, Digest>;
+        this.historyCache = JSON.parse(readFileSync(this.historyPath(), "utf8")) as Record<
+          string,
+          Digest
+        >;
       } catch {
         this.historyCache = {};
       }
@@ -255,7 +259,7 @@ export class Engine {
 
   /** Writes remembered keys, merging with what a concurrent run wrote meanwhile. */
   saveHistory(): void {
-    if (this.historyDirty.size === 0) return;
+    if (this.historyDirty.size === 0 || !existsSync(this.store.dir("history"))) return;
     let onDisk: Record<string, Digest> = {};
     try {
       onDisk = JSON.parse(readFileSync(this.historyPath(), "utf8")) as Record<string, Digest>;

@@ -210,7 +210,11 @@ export async function runInstances(engine: Engine, opts: RunOptions): Promise<Ru
         const pulled = forced || !opts.fetch ? undefined : await opts.fetch(rk.key);
         if (pulled) {
           emit({ type: "cached", id: inst.id, waited: false });
-          return complete(inst, { status: "cached", key: rk.key, record: pulled, waited: false }, rk);
+          return complete(
+            inst,
+            { status: "cached", key: rk.key, record: pulled, waited: false },
+            rk,
+          );
         }
         for (let attempt = 1; ; attempt++) {
           emit({ type: "start", id: inst.id, attempt });

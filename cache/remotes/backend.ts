@@ -30,7 +30,10 @@ export interface Backend {
 
 export class RemoteNotFound extends Error {
   override name = "RemoteNotFound";
-  constructor(readonly path: string, url: string) {
+  constructor(
+    readonly path: string,
+    url: string,
+  ) {
     super(`${url}: ${path} does not exist`);
   }
 }

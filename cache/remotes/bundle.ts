@@ -13,7 +13,14 @@ import * as tar from "tar";
 import { type Digest, digestHex, isDigest, sha256Bytes } from "../digest.js";
 import { hashFileSync } from "../hash.js";
 import type { Store, ActionRecord } from "../store.js";
-import { type ObjectRef, objectRel, actionRel, objectsOf, parseObjectRel, admitVerified } from "./transfer.js";
+import {
+  type ObjectRef,
+  objectRel,
+  actionRel,
+  objectsOf,
+  parseObjectRel,
+  admitVerified,
+} from "./transfer.js";
 
 /**
  * A bundle is a plain tar:
@@ -50,17 +57,22 @@ export async function exportBundle(
     const actions: Record<string, Digest> = {};
     for (const key of lock.keys) {
       const rec = store.lookupAction(key);
-      if (!rec) throw new Error(`no valid result for key ${key} in ${store.root}: run the pipeline (or pull) first`);
+      if (!rec)
+        throw new Error(
+          `no valid result for key ${key} in ${store.root}: run the pipeline (or pull) first`,
+        );
       const bytes = readFileSync(store.actionPath(key));
       const rel = actionRel(key);
       mkdirSync(join(stage, "actions"), { recursive: true });
       writeFileSync(join(stage, rel), bytes);
       actions[rel] = sha256Bytes(bytes);
-      for (const o of objectsOf(rec, store.readManifest(rec.outputs.tree))) refs.set(objectRel(o), o);
+      for (const o of objectsOf(rec, store.readManifest(rec.outputs.tree)))
+        refs.set(objectRel(o), o);
     }
     let bytes = 0;
     for (const [rel, o] of [...refs].sort()) {
-      if (!store.objectIntact(o.digest, o.exec)) throw new Error(`object ${o.digest} is corrupt: run valley verify, then the pipeline`);
+      if (!store.objectIntact(o.digest, o.exec))
+        throw new Error(`object ${o.digest} is corrupt: run valley verify, then the pipeline`);
       const dest = join(stage, rel);
       mkdirSync(dirname(dest), { recursive: true });
       const src = store.objectPath(o.digest, o.exec);
@@ -137,7 +149,9 @@ export async function importBundle(
         // Plain files and folders only: a link could point outside the bundle.
         filter: (p, e) => {
           const type = "type" in e ? e.type : e.isDirectory() ? "Directory" : "File";
-          const ok = (type === "File" || type === "OldFile" || type === "Directory") && !p.split("/").includes("..");
+          const ok =
+            (type === "File" || type === "OldFile" || type === "Directory") &&
+            !p.split("/").includes("..");
           if (!ok) odd.push(`${p} (${type})`);
           return ok;
         },
@@ -145,7 +159,8 @@ export async function importBundle(
     } catch (e) {
       throw new TamperedBundle(`${file} is not a readable tar: ${(e as Error).message}`);
     }
-    if (odd.length) throw new TamperedBundle(`${file} holds entries a bundle never has: ${odd.join(", ")}`);
+    if (odd.length)
+      throw new TamperedBundle(`${file} holds entries a bundle never has: ${odd.join(", ")}`);
     const problems: string[] = [];
     let manifest: BundleManifest;
     let mtext: string;
@@ -154,12 +169,19 @@ export async function importBundle(
       manifest = JSON.parse(mtext) as BundleManifest;
       if (manifest["valley-bundle"] !== 1) throw new Error("not a version-1 valley bundle");
     } catch (e) {
-      throw new TamperedBundle(`${file}: manifest.json is missing or unreadable: ${(e as Error).message}`);
+      throw new TamperedBundle(
+        `${file}: manifest.json is missing or unreadable: ${(e as Error).message}`,
+      );
     }
     const digest = sha256Bytes(mtext);
     if (opts.expect && opts.expect !== digest)
       throw new TamperedBundle(`${file}: bundle digest is ${digest}, expected ${opts.expect}`);
-    const listed = new Set(["manifest.json", manifest.lockfile.path, ...Object.keys(manifest.actions), ...manifest.objects]);
+    const listed = new Set([
+      "manifest.json",
+      manifest.lockfile.path,
+      ...Object.keys(manifest.actions),
+      ...manifest.objects,
+    ]);
     for (const f of walk(stage)) if (!listed.has(f)) problems.push(`${f} is not in the manifest`);
     const refs: ObjectRef[] = [];
     for (const rel of manifest.objects) {
@@ -202,24 +224,32 @@ export async function importBundle(
         continue;
       }
       const treeRel = objectRel({ digest: rec.outputs.tree, exec: false });
-      if (!have.has(treeRel)) problems.push(`${rel}: its tree ${rec.outputs.tree} is not in the bundle`);
+      if (!have.has(treeRel))
+        problems.push(`${rel}: its tree ${rec.outputs.tree} is not in the bundle`);
       else if (!problems.some((x) => x.startsWith(treeRel))) {
-        const manifestOfTree = JSON.parse(readFileSync(join(stage, treeRel), "utf8")) as Parameters<typeof objectsOf>[1];
+        const manifestOfTree = JSON.parse(readFileSync(join(stage, treeRel), "utf8")) as Parameters<
+          typeof objectsOf
+        >[1];
         for (const o of objectsOf(rec, manifestOfTree))
-          if (!have.has(objectRel(o))) problems.push(`${rel}: ${objectRel(o)} is not in the bundle`);
+          if (!have.has(objectRel(o)))
+            problems.push(`${rel}: ${objectRel(o)} is not in the bundle`);
       }
       actions.push(rec);
     }
     let lockfileText = "";
     try {
       lockfileText = readFileSync(join(stage, manifest.lockfile.path), "utf8");
-      if (sha256Bytes(lockfileText) !== manifest.lockfile.digest) problems.push(`${manifest.lockfile.path} does not match its digest`);
-      const lock = JSON.parse(lockfileText) as { instances: Record<string, { key: Digest; tree: Digest }> };
+      if (sha256Bytes(lockfileText) !== manifest.lockfile.digest)
+        problems.push(`${manifest.lockfile.path} does not match its digest`);
+      const lock = JSON.parse(lockfileText) as {
+        instances: Record<string, { key: Digest; tree: Digest }>;
+      };
       const byKey = new Map(actions.map((a) => [a.key, a]));
       for (const [id, i] of Object.entries(lock.instances)) {
         const a = byKey.get(i.key);
         if (!a) problems.push(`lockfile: ${id}'s result ${i.key} is not in the bundle`);
-        else if (a.outputs.tree !== i.tree) problems.push(`lockfile: ${id}'s tree differs from its action record`);
+        else if (a.outputs.tree !== i.tree)
+          problems.push(`lockfile: ${id}'s tree differs from its action record`);
       }
     } catch (e) {
       problems.push(`${manifest.lockfile.path}: ${(e as Error).message}`);

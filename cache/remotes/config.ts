@@ -53,7 +53,8 @@ export function readRemotesConfig(dir: string): RemotesConfig {
       throw new RemoteConfigError(`${file}: remotes: expected a map of name → URL or {url: …}`);
     for (const [name, v] of Object.entries(d.remotes)) {
       if (typeof v === "string") remotes[name] = { url: v };
-      else if (v && typeof v === "object" && typeof (v as RemoteSpec).url === "string") remotes[name] = v as RemoteSpec;
+      else if (v && typeof v === "object" && typeof (v as RemoteSpec).url === "string")
+        remotes[name] = v as RemoteSpec;
       else throw new RemoteConfigError(`${file}: remotes.${name}: expected a URL or {url: …}`);
     }
   }
@@ -79,13 +80,15 @@ export function resolveRemote(arg: string | undefined, dir: string): RemoteSpec 
   const spec = cfg.remotes[name];
   if (!spec)
     throw new RemoteConfigError(
-      `no remote named "${name}"` + (cfg.file ? ` in ${cfg.file}` : ` (no valley.config.yaml in ${dir})`),
+      `no remote named "${name}"` +
+        (cfg.file ? ` in ${cfg.file}` : ` (no valley.config.yaml in ${dir})`),
     );
   return spec;
 }
 
 const str = (v: unknown) => (typeof v === "string" && v !== "" ? v : undefined);
-const bool = (v: unknown) => (v === undefined ? undefined : v === true || v === "true" || v === "1");
+const bool = (v: unknown) =>
+  v === undefined ? undefined : v === true || v === "true" || v === "1";
 
 /** Opens a remote: options from the spec, overridden by the URL's query (?endpoint=…&pathStyle=1). */
 export async function openBackend(spec: RemoteSpec): Promise<Backend> {
@@ -93,7 +96,9 @@ export async function openBackend(spec: RemoteSpec): Promise<Backend> {
   try {
     u = new URL(spec.url);
   } catch {
-    throw new RemoteConfigError(`not a remote URL: ${spec.url} (file:///path, ssh://user@host:port/path, s3://bucket/prefix)`);
+    throw new RemoteConfigError(
+      `not a remote URL: ${spec.url} (file:///path, ssh://user@host:port/path, s3://bucket/prefix)`,
+    );
   }
   const o: Record<string, unknown> = { ...spec };
   for (const [k, v] of u.searchParams) o[k] = v;
@@ -104,7 +109,9 @@ export async function openBackend(spec: RemoteSpec): Promise<Backend> {
     case "ssh:":
     case "sftp:": {
       if (!u.pathname || u.pathname === "/")
-        throw new RemoteConfigError(`${shown}: name the folder on the server: ssh://user@host:port/path`);
+        throw new RemoteConfigError(
+          `${shown}: name the folder on the server: ssh://user@host:port/path`,
+        );
       const { SshBackend } = await import("./ssh.js");
       return SshBackend.connect(
         {
@@ -128,7 +135,9 @@ export async function openBackend(spec: RemoteSpec): Promise<Backend> {
           prefix: decodeURIComponent(u.pathname).replace(/^\/+|\/+$/g, ""),
           endpoint: str(o.endpoint) ?? process.env.VALLEY_S3_ENDPOINT,
           region: str(o.region),
-          pathStyle: bool(o.pathStyle) ?? (process.env.VALLEY_S3_PATH_STYLE ? bool(process.env.VALLEY_S3_PATH_STYLE) : undefined),
+          pathStyle:
+            bool(o.pathStyle) ??
+            (process.env.VALLEY_S3_PATH_STYLE ? bool(process.env.VALLEY_S3_PATH_STYLE) : undefined),
           accessKeyIdEnv: str(o.accessKeyIdEnv),
           secretAccessKeyEnv: str(o.secretAccessKeyEnv),
         },
@@ -136,6 +145,8 @@ export async function openBackend(spec: RemoteSpec): Promise<Backend> {
       );
     }
     default:
-      throw new RemoteConfigError(`${spec.url}: unknown remote kind ${u.protocol} (file://, ssh://, s3://)`);
+      throw new RemoteConfigError(
+        `${spec.url}: unknown remote kind ${u.protocol} (file://, ssh://, s3://)`,
+      );
   }
 }

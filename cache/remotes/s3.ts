@@ -27,9 +27,15 @@ export interface S3Options {
   secretAccessKeyEnv?: string;
 }
 
+// The SDK warns on Node 20 about releases after January 2027; valley pins
+// its SDK version exactly and supports Node 20, so the warning only confuses.
+process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= "true";
+
 function isNotFound(e: unknown): boolean {
   const err = e as { name?: string; $metadata?: { httpStatusCode?: number } };
-  return err.name === "NotFound" || err.name === "NoSuchKey" || err.$metadata?.httpStatusCode === 404;
+  return (
+    err.name === "NotFound" || err.name === "NoSuchKey" || err.$metadata?.httpStatusCode === 404
+  );
 }
 
 /** s3://bucket/prefix on AWS or any S3-compatible server. */
@@ -41,7 +47,8 @@ export class S3Backend implements Backend {
     readonly url: string,
   ) {
     const config: S3ClientConfig = {
-      region: opts.region ?? process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? "us-east-1",
+      region:
+        opts.region ?? process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? "us-east-1",
       forcePathStyle: opts.pathStyle ?? false,
       // The SDK's default CRC trailers (aws-chunked uploads) are not understood
       // by several S3-compatible servers; valley checks sha256 digests itself.
@@ -63,7 +70,9 @@ export class S3Backend implements Backend {
     const out = new Map<string, number>();
     await mapLimit(paths, 16, async (p) => {
       try {
-        const r = await this.client.send(new HeadObjectCommand({ Bucket: this.opts.bucket, Key: this.key(p) }));
+        const r = await this.client.send(
+          new HeadObjectCommand({ Bucket: this.opts.bucket, Key: this.key(p) }),
+        );
         out.set(p, r.ContentLength ?? 0);
       } catch (e) {
         if (!isNotFound(e)) throw e;
@@ -84,7 +93,8 @@ export class S3Backend implements Backend {
           ContinuationToken: token,
         }),
       );
-      for (const o of r.Contents ?? []) if (o.Key) out.push({ path: o.Key.slice(strip), size: o.Size ?? 0 });
+      for (const o of r.Contents ?? [])
+        if (o.Key) out.push({ path: o.Key.slice(strip), size: o.Size ?? 0 });
       token = r.IsTruncated ? r.NextContinuationToken : undefined;
     } while (token);
     return out.sort((a, b) => (a.path < b.path ? -1 : 1));
@@ -92,7 +102,9 @@ export class S3Backend implements Backend {
 
   async read(path: string): Promise<Readable> {
     try {
-      const r = await this.client.send(new GetObjectCommand({ Bucket: this.opts.bucket, Key: this.key(path) }));
+      const r = await this.client.send(
+        new GetObjectCommand({ Bucket: this.opts.bucket, Key: this.key(path) }),
+      );
       return r.Body as Readable;
     } catch (e) {
       if (isNotFound(e)) throw new RemoteNotFound(path, this.url);
@@ -112,7 +124,8 @@ export class S3Backend implements Backend {
       }),
     );
     const got = (await this.stat([path])).get(path);
-    if (got !== size) throw new Error(`${this.url}: ${got ?? 0} of ${size} bytes of ${path} arrived`);
+    if (got !== size)
+      throw new Error(`${this.url}: ${got ?? 0} of ${size} bytes of ${path} arrived`);
   }
 
   async download(path: string, localFile: string): Promise<void> {
@@ -120,7 +133,9 @@ export class S3Backend implements Backend {
   }
 
   async delete(path: string): Promise<void> {
-    await this.client.send(new DeleteObjectCommand({ Bucket: this.opts.bucket, Key: this.key(path) }));
+    await this.client.send(
+      new DeleteObjectCommand({ Bucket: this.opts.bucket, Key: this.key(path) }),
+    );
   }
 
   async close(): Promise<void> {

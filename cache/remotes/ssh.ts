@@ -41,7 +41,10 @@ export function knownHostsAccepts(file: string, host: string, port: number, key:
     for (const pattern of parts[0].split(",")) {
       if (pattern === name) return true;
       const m = /^\|1\|([^|]+)\|(.+)$/.exec(pattern);
-      if (m && createHmac("sha1", Buffer.from(m[1], "base64")).update(name).digest("base64") === m[2])
+      if (
+        m &&
+        createHmac("sha1", Buffer.from(m[1], "base64")).update(name).digest("base64") === m[2]
+      )
         return true;
     }
   }
@@ -86,13 +89,18 @@ export class SshBackend implements Backend {
   private open(): Promise<void> {
     const { host, port, user } = this.opts;
     const knownHosts =
-      this.opts.knownHosts ?? process.env.VALLEY_SSH_KNOWN_HOSTS ?? posix.join(homedir(), ".ssh", "known_hosts");
+      this.opts.knownHosts ??
+      process.env.VALLEY_SSH_KNOWN_HOSTS ??
+      posix.join(homedir(), ".ssh", "known_hosts");
     let rejected: string | undefined;
     return new Promise((resolve, reject) => {
       this.client
         .on("ready", () => {
           this.client.sftp((err, sftp) => {
-            if (err) return reject(new RemoteConfigError(`${this.url}: no SFTP subsystem: ${err.message}`));
+            if (err)
+              return reject(
+                new RemoteConfigError(`${this.url}: no SFTP subsystem: ${err.message}`),
+              );
             this.sftp = sftp;
             resolve();
           });
@@ -100,7 +108,8 @@ export class SshBackend implements Backend {
         .on("error", (err) => {
           reject(
             new RemoteConfigError(
-              rejected ?? `${this.url}: cannot connect to ${host}:${port} as ${user}: ${err.message}`,
+              rejected ??
+                `${this.url}: cannot connect to ${host}:${port} as ${user}: ${err.message}`,
             ),
           );
         })
@@ -120,7 +129,9 @@ export class SshBackend implements Backend {
             } else if (knownHostsAccepts(knownHosts, host, port, key)) return true;
             rejected =
               `${this.url}: the server's host key ${fp} is not in ${knownHosts}` +
-              (this.opts.hostFingerprint ? ` and is not hostFingerprint ${this.opts.hostFingerprint}` : "") +
+              (this.opts.hostFingerprint
+                ? ` and is not hostFingerprint ${this.opts.hostFingerprint}`
+                : "") +
               `; if it is the right server, run \`ssh -p ${port} ${user}@${host}\` once to record it, or set hostFingerprint: ${fp}`;
             return false;
           },
@@ -198,9 +209,17 @@ export class SshBackend implements Backend {
     await this.mkdirs(posix.dirname(tmp));
     try {
       // fastPut keeps many SFTP writes in flight: several times a stream's throughput.
-      await this.call((cb) => this.sftp.fastPut(localFile, tmp, { concurrency: 64, chunkSize: 256 << 10, mode: 0o444 }, cb));
+      await this.call((cb) =>
+        this.sftp.fastPut(
+          localFile,
+          tmp,
+          { concurrency: 64, chunkSize: 256 << 10, mode: 0o444 },
+          cb,
+        ),
+      );
       const st = await this.call<{ size: number }>((cb) => this.sftp.stat(tmp, cb));
-      if (st.size !== size) throw new Error(`${this.url}: ${st.size} of ${size} bytes of ${path} arrived`);
+      if (st.size !== size)
+        throw new Error(`${this.url}: ${st.size} of ${size} bytes of ${path} arrived`);
       const dest = this.abs(path);
       await this.mkdirs(posix.dirname(dest));
       // posix-rename replaces an existing file atomically (plain SFTP rename refuses to).

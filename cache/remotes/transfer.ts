@@ -41,7 +41,8 @@ const refKey = (o: ObjectRef) => digestHex(o.digest) + (o.exec ? ".x" : "");
 /** Everything an action record needs: its manifest, the tree's files, its log. */
 export function objectsOf(rec: ActionRecord, manifest: Manifest): ObjectRef[] {
   const out: ObjectRef[] = [{ digest: rec.outputs.tree, exec: false }];
-  for (const e of manifest.entries) if ("digest" in e) out.push({ digest: e.digest, exec: e.exec === true });
+  for (const e of manifest.entries)
+    if ("digest" in e) out.push({ digest: e.digest, exec: e.exec === true });
   if (rec.log) out.push({ digest: rec.log, exec: false });
   return dedupe(out);
 }
@@ -110,7 +111,9 @@ export function admitVerified(store: Store, tmp: string, o: ObjectRef, from: str
   const { digest, size } = hashFileSync(tmp);
   if (digest !== o.digest) {
     unlinkSync(tmp);
-    throw new DigestMismatch(`${from}: ${objectRel(o)} has digest ${digest} (${size} bytes), expected ${o.digest}`);
+    throw new DigestMismatch(
+      `${from}: ${objectRel(o)} has digest ${digest} (${size} bytes), expected ${o.digest}`,
+    );
   }
   chmodSync(tmp, o.exec ? 0o555 : 0o444);
   const dest = store.objectPath(o.digest, o.exec);
@@ -123,7 +126,10 @@ export function admitVerified(store: Store, tmp: string, o: ObjectRef, from: str
 }
 
 /** Local action records: the given keys, or every one in the cache. */
-function localActions(store: Store, keys: Digest[] | "all"): { recs: ActionRecord[]; missing: Digest[] } {
+function localActions(
+  store: Store,
+  keys: Digest[] | "all",
+): { recs: ActionRecord[]; missing: Digest[] } {
   const list =
     keys === "all"
       ? readdirSync(store.dir("actions"))
@@ -154,7 +160,8 @@ export async function push(
 ): Promise<TransferReport> {
   const report: TransferReport = { objects: 0, bytes: 0, actions: 0, present: 0, problems: [] };
   const { recs, missing } = localActions(store, keys);
-  for (const k of missing) report.problems.push(`no result for key ${k} in ${store.root}: run the pipeline first`);
+  for (const k of missing)
+    report.problems.push(`no result for key ${k} in ${store.root}: run the pipeline first`);
   const needs = new Map<Digest, ObjectRef[]>();
   let all: ObjectRef[] = [];
   for (const rec of recs) {
@@ -162,7 +169,9 @@ export async function push(
     try {
       manifest = store.readManifest(rec.outputs.tree);
     } catch {
-      report.problems.push(`${rec.instance}: manifest ${rec.outputs.tree} is missing locally: run valley verify`);
+      report.problems.push(
+        `${rec.instance}: manifest ${rec.outputs.tree} is missing locally: run valley verify`,
+      );
       continue;
     }
     const refs = objectsOf(rec, manifest);
@@ -186,7 +195,9 @@ export async function push(
     // Never spread a corrupt local object: check it (stat cache first) before sending.
     if (!store.objectIntact(o.digest, o.exec)) {
       failed.add(refKey(o));
-      report.problems.push(`local object ${o.digest} is corrupt or missing (run valley verify); not pushed`);
+      report.problems.push(
+        `local object ${o.digest} is corrupt or missing (run valley verify); not pushed`,
+      );
       return;
     }
     const path = store.objectPath(o.digest, o.exec);
@@ -208,7 +219,9 @@ export async function push(
       const refs = needs.get(rec.key);
       if (!refs) continue;
       if (refs.some((o) => failed.has(refKey(o)))) {
-        report.problems.push(`${rec.instance}: result not pushed because some of its objects failed`);
+        report.problems.push(
+          `${rec.instance}: result not pushed because some of its objects failed`,
+        );
         continue;
       }
       if (actionsThere.has(actionRel(rec.key))) {
@@ -217,7 +230,9 @@ export async function push(
       }
       const bytes = readFileSync(store.actionPath(rec.key));
       writeFileSync(tmp, bytes);
-      await withRetries(opts.attempts ?? 3, () => remote.upload(tmp, actionRel(rec.key), bytes.length));
+      await withRetries(opts.attempts ?? 3, () =>
+        remote.upload(tmp, actionRel(rec.key), bytes.length),
+      );
       report.actions++;
       opts.onProgress?.(`pushed result of ${rec.instance}`);
     }
@@ -228,7 +243,12 @@ export async function push(
 }
 
 /** Downloads one object with its digest checked, retrying a corrupt or cut-short transfer. */
-async function fetchObject(store: Store, remote: Backend, o: ObjectRef, attempts: number): Promise<number> {
+async function fetchObject(
+  store: Store,
+  remote: Backend,
+  o: ObjectRef,
+  attempts: number,
+): Promise<number> {
   return withRetries(attempts, async () => {
     const tmp = store.tmpPath("pull");
     try {
@@ -264,7 +284,7 @@ export async function pullKey(
   remote: Backend,
   key: Digest,
   opts: TransferOptions = {},
-  report?: TransferReport,
+  report: TransferReport = { objects: 0, bytes: 0, actions: 0, present: 0, problems: [] },
 ): Promise<ActionRecord | undefined> {
   const attempts = opts.attempts ?? 3;
   let rec: ActionRecord;
@@ -277,7 +297,8 @@ export async function pullKey(
   const treeRef: ObjectRef = { digest: rec.outputs.tree, exec: false };
   if (!store.hasObject(treeRef.digest)) {
     const n = await fetchObject(store, remote, treeRef, attempts);
-    if (report) (report.objects++, (report.bytes += n));
+    report.objects++;
+    report.bytes += n;
   }
   const manifest = store.readManifest(rec.outputs.tree);
   const refs = objectsOf(rec, manifest).filter((o) => !store.hasObject(o.digest, o.exec));
@@ -285,20 +306,23 @@ export async function pullKey(
   await mapLimit(refs, opts.concurrency ?? 4, async (o) => {
     try {
       const n = await fetchObject(store, remote, o, attempts);
-      if (report) (report.objects++, (report.bytes += n));
+      report.objects++;
+      report.bytes += n;
       opts.onProgress?.(`pulled ${objectRel(o)} (${n} bytes)`);
     } catch (e) {
       errors.push((e as Error).message);
     }
   });
   if (errors.length)
-    throw new Error(`${rec.instance}: not pulled (nothing of it was admitted unverified):\n  ${errors.join("\n  ")}`);
+    throw new Error(
+      `${rec.instance}: not pulled (nothing of it was admitted unverified):\n  ${errors.join("\n  ")}`,
+    );
   if (!existsSync(store.treePath(rec.outputs.tree))) {
     const m = store.materialize(rec.outputs.tree, manifest);
     if (!m.ok) throw new Error(`${rec.instance}: ${m.reason}`);
   }
   store.putAction(rec);
-  if (report) report.actions++;
+  report.actions++;
   return store.lookupAction(key);
 }
 
@@ -325,7 +349,10 @@ export async function pull(
     }
     try {
       const rec = await pullKey(store, remote, key, opts, report);
-      if (!rec) report.problems.push(`${remote.url} has no result for key ${key}: push it from a cache that has it`);
+      if (!rec)
+        report.problems.push(
+          `${remote.url} has no result for key ${key}: push it from a cache that has it`,
+        );
     } catch (e) {
       report.problems.push((e as Error).message);
     }
@@ -380,8 +407,11 @@ export async function verifyRemote(
       const manifest = have.has(treeRel)
         ? (JSON.parse((await readAll(await remote.read(treeRel))).toString("utf8")) as Manifest)
         : undefined;
-      const lacking = manifest ? objectsOf(rec, manifest).filter((o) => !have.has(objectRel(o))) : [treeRel];
-      if (lacking.length) brokenActions.push(`${rec.instance} (${path}): ${lacking.length} object(s) missing`);
+      const lacking = manifest
+        ? objectsOf(rec, manifest).filter((o) => !have.has(objectRel(o)))
+        : [treeRel];
+      if (lacking.length)
+        brokenActions.push(`${rec.instance} (${path}): ${lacking.length} object(s) missing`);
     } catch (e) {
       brokenActions.push(`${path}: ${(e as Error).message}`);
     }
@@ -421,12 +451,21 @@ async function remotePins(remote: Backend): Promise<{ keys: Digest[]; trees: Dig
 }
 
 /** Pins the keys of a pushed lockfile on the remote, so `gc --remote` run from anywhere keeps them. */
-export async function pinOnRemote(store: Store, remote: Backend, name: string, keys: Digest[]): Promise<void> {
+export async function pinOnRemote(
+  store: Store,
+  remote: Backend,
+  name: string,
+  keys: Digest[],
+): Promise<void> {
   const tmp = store.tmpPath("pin");
   const text = JSON.stringify({ keys: [...keys].sort() }) + "\n";
   writeFileSync(tmp, text);
   try {
-    await remote.upload(tmp, `pins/${name.replace(/[^A-Za-z0-9@=,._-]/g, "_")}.json`, Buffer.byteLength(text));
+    await remote.upload(
+      tmp,
+      `pins/${name.replace(/[^A-Za-z0-9@=,._-]/g, "_")}.json`,
+      Buffer.byteLength(text),
+    );
   } finally {
     unlinkSync(tmp);
   }
@@ -457,13 +496,25 @@ export async function gcRemote(
   for (const t of [...trees, ...[...actions.values()].map((r) => r.outputs.tree)]) {
     try {
       const bytes = await readAll(await remote.read(objectRel({ digest: t, exec: false })));
-      if (sha256Bytes(bytes) === t) manifests.set(t, JSON.parse(bytes.toString("utf8")) as Manifest);
+      if (sha256Bytes(bytes) === t)
+        manifests.set(t, JSON.parse(bytes.toString("utf8")) as Manifest);
     } catch {
       // missing: nothing more to keep for it
     }
   }
-  const live = markLive(keys, trees, (k) => actions.get(k), (t) => manifests.get(t));
-  const r: RemoteGcReport = { keptActions: 0, removedActions: 0, removedObjects: 0, freedBytes: 0, removedTmp: 0 };
+  const live = markLive(
+    keys,
+    trees,
+    (k) => actions.get(k),
+    (t) => manifests.get(t),
+  );
+  const r: RemoteGcReport = {
+    keptActions: 0,
+    removedActions: 0,
+    removedObjects: 0,
+    freedBytes: 0,
+    removedTmp: 0,
+  };
   for (const { path } of await remote.list("actions")) {
     const m = /^actions\/([0-9a-f]{64})\.json$/.exec(path);
     if (m && live.actions.has(m[1])) {
@@ -480,8 +531,8 @@ export async function gcRemote(
     r.freedBytes += size;
     if (!dryRun) await remote.delete(path);
   }
-  // Names in tmp/ start with the writer's pid; age is not visible through
-  // every backend, so only gc removes them, and only when told no push runs.
+  // Unfinished uploads of killed pushes (like local gc, run it when no push
+  // to this remote is in progress).
   for (const { path } of await remote.list("tmp")) {
     r.removedTmp++;
     if (!dryRun) await remote.delete(path);

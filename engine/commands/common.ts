@@ -48,9 +48,10 @@ export function paramOverrides(list: string[] | undefined): Record<string, unkno
 export async function openPipeline(
   file: string | undefined,
   params?: string[],
+  opts: { readOnly?: boolean } = {},
 ): Promise<{ pl: Pipeline; engine: Engine }> {
   const pl = await loadPipeline(pipelineFile(file), { params: paramOverrides(params) });
-  const engine = new Engine(pl);
+  const engine = new Engine(pl, undefined, opts);
   // Relative paths in a pipeline's params mean "beside the pipeline file",
   // whatever folder valley was started from; they stay relative in keys, so
   // moving the project re-runs nothing.

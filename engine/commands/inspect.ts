@@ -32,7 +32,9 @@ export async function show(argv: string[]): Promise<number> {
   );
   const id = positionals[0];
   if (!id) throw new UsageError("usage: valley show <instance> [-f file] [--json]");
-  const { pl, engine } = await openPipeline(values.file ?? positionals[1], values.param);
+  const { pl, engine } = await openPipeline(values.file ?? positionals[1], values.param, {
+    readOnly: true,
+  });
   const { inst, rec, key } = findRecord(pl, engine, id);
   if (!rec) {
     if (values.json)
@@ -135,7 +137,9 @@ export async function logs(argv: string[]): Promise<number> {
   );
   const id = positionals[0];
   if (!id) throw new UsageError("usage: valley logs <instance> [-f file] [--raw]");
-  const { pl, engine } = await openPipeline(values.file ?? positionals[1], values.param);
+  const { pl, engine } = await openPipeline(values.file ?? positionals[1], values.param, {
+    readOnly: true,
+  });
   await engine.prepareFingerprints();
   const { rec } = findRecord(pl, engine, id);
   // A failed last attempt is more interesting than an older success.
@@ -173,7 +177,9 @@ export async function dag(argv: string[]): Promise<number> {
   const format = values.format ?? "mermaid";
   if (format !== "mermaid" && format !== "dot")
     throw new UsageError(`--format must be mermaid or dot`);
-  const { pl } = await openPipeline(values.file ?? positionals[0], values.param);
+  const { pl } = await openPipeline(values.file ?? positionals[0], values.param, {
+    readOnly: true,
+  });
   const n = new Map(pl.instances.map((i, k) => [i.id, `n${k}`]));
   const out: string[] = [];
   if (format === "mermaid") {

@@ -50,7 +50,8 @@ export async function gc(argv: string[]): Promise<number> {
     store.emptyTrash();
     // Scratch folders of keys that have a result are leftovers of interrupted attempts.
     for (const f of readdirSync(store.dir("scratch"))) {
-      if (existsSync(join(store.dir("actions"), f + ".json"))) store.removeTree(join(store.dir("scratch"), f));
+      if (existsSync(join(store.dir("actions"), f + ".json")))
+        store.removeTree(join(store.dir("scratch"), f));
     }
   }
   const verb = values["dry-run"] ? "would remove" : "removed";

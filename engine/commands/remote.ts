@@ -46,14 +46,23 @@ function target(values: { file?: string; all?: boolean; cache?: string }): {
   const local = values.file ?? ["valley.yaml", "pipeline.yaml"].find((f) => existsSync(f));
   if (values.all || !local) {
     if (!values.all)
-      throw new UsageError("name a pipeline (-f file.yaml: its lockfile's results) or pass --all (the whole cache)");
+      throw new UsageError(
+        "name a pipeline (-f file.yaml: its lockfile's results) or pass --all (the whole cache)",
+      );
     const root = cacheDir(values.cache, values.file);
-    return { store: new Store(root), keys: "all", dir: values.file ? dirname(resolve(values.file)) : process.cwd() };
+    return {
+      store: new Store(root),
+      keys: "all",
+      dir: values.file ? dirname(resolve(values.file)) : process.cwd(),
+    };
   }
   const file = pipelineFile(local);
   const lp = lockfilePath(file);
   const lock = readLockfile(lp);
-  if (!lock) throw new UsageError(`${lp} does not exist: run the pipeline first (or pull its lockfile with git)`);
+  if (!lock)
+    throw new UsageError(
+      `${lp} does not exist: run the pipeline first (or pull its lockfile with git)`,
+    );
   const dir = dirname(resolve(file));
   const root = values.cache ? resolve(values.cache) : cacheRootFor(dir);
   return {
@@ -87,7 +96,11 @@ function concurrency(jobs: string | undefined): number {
 }
 
 export async function push(argv: string[]): Promise<number> {
-  const { values, positionals } = parse(argv, transferOptions, "valley push [remote] [-f pipeline.yaml | --all] [--jobs N]");
+  const { values, positionals } = parse(
+    argv,
+    transferOptions,
+    "valley push [remote] [-f pipeline.yaml | --all] [--jobs N]",
+  );
   const t = target(values);
   const remote = await open(positionals[0], t.dir);
   try {
@@ -97,7 +110,12 @@ export async function push(argv: string[]): Promise<number> {
     });
     // A pushed lockfile pins its results on the remote, so gc --remote from any machine keeps them.
     if (t.lock && t.keys !== "all" && r.problems.length === 0)
-      await pinOnRemote(t.store, remote, `${t.lock.name}@${basename(dirname(resolve(t.lock.path)))}`, t.keys);
+      await pinOnRemote(
+        t.store,
+        remote,
+        `${t.lock.name}@${basename(dirname(resolve(t.lock.path)))}`,
+        t.keys,
+      );
     return summary("pushed", remote.url, r);
   } finally {
     await remote.close();
@@ -105,7 +123,11 @@ export async function push(argv: string[]): Promise<number> {
 }
 
 export async function pull(argv: string[]): Promise<number> {
-  const { values, positionals } = parse(argv, transferOptions, "valley pull [remote] [-f pipeline.yaml | --all] [--jobs N]");
+  const { values, positionals } = parse(
+    argv,
+    transferOptions,
+    "valley pull [remote] [-f pipeline.yaml | --all] [--jobs N]",
+  );
   const t = target(values);
   const remote = await open(positionals[0], t.dir);
   try {
@@ -154,7 +176,8 @@ function localRoots(store: Store, file: string | undefined): { keys: Digest[]; t
   const keys: Digest[] = [];
   const lockfiles = roots(store.root);
   if (file) lockfiles.push(lockfilePath(file));
-  for (const lf of lockfiles) for (const i of Object.values(readLockfile(lf)?.instances ?? {})) keys.push(i.key);
+  for (const lf of lockfiles)
+    for (const i of Object.values(readLockfile(lf)?.instances ?? {})) keys.push(i.key);
   const pins = readPins(store);
   return { keys: [...keys, ...pins.keys], trees: pins.trees };
 }
@@ -163,7 +186,12 @@ function localRoots(store: Store, file: string | undefined): { keys: Digest[]; t
 export async function gcRemote(argv: string[]): Promise<number> {
   const { values } = parse(
     argv,
-    { remote: { type: "string" }, cache: { type: "string" }, "dry-run": { type: "boolean" }, file: { type: "string", short: "f" } },
+    {
+      remote: { type: "string" },
+      cache: { type: "string" },
+      "dry-run": { type: "boolean" },
+      file: { type: "string", short: "f" },
+    },
     "valley gc --remote REMOTE [-f pipeline.yaml] [--cache DIR] [--dry-run]",
   );
   const dir = values.file ? dirname(resolve(values.file)) : process.cwd();
@@ -185,10 +213,18 @@ export async function gcRemote(argv: string[]): Promise<number> {
 export async function verifyRemoteCommand(argv: string[]): Promise<number> {
   const { values } = parse(
     argv,
-    { remote: { type: "string" }, json: { type: "boolean" }, keep: { type: "boolean" }, file: { type: "string", short: "f" } },
+    {
+      remote: { type: "string" },
+      json: { type: "boolean" },
+      keep: { type: "boolean" },
+      file: { type: "string", short: "f" },
+    },
     "valley verify --remote REMOTE [--keep] [--json]",
   );
-  const remote = await open(values.remote, values.file ? dirname(resolve(values.file)) : process.cwd());
+  const remote = await open(
+    values.remote,
+    values.file ? dirname(resolve(values.file)) : process.cwd(),
+  );
   try {
     const r = await verifyRemote(remote, { keep: !!values.keep });
     if (values.json) process.stdout.write(JSON.stringify(r) + "\n");
@@ -200,7 +236,9 @@ export async function verifyRemoteCommand(argv: string[]): Promise<number> {
       for (const a of r.brokenActions) process.stdout.write(`BROKEN  ${a}\n`);
       process.stdout.write(
         `${remote.url}: ${r.checked} objects checked, ${r.corrupt.length} corrupt` +
-          (r.leftovers ? `, ${r.leftovers} unfinished upload(s) in tmp/ (gc --remote removes them)` : "") +
+          (r.leftovers
+            ? `, ${r.leftovers} unfinished upload(s) in tmp/ (gc --remote removes them)`
+            : "") +
           "\n",
       );
     }
@@ -214,11 +252,18 @@ export async function verifyRemoteCommand(argv: string[]): Promise<number> {
 export async function exportCommand(argv: string[]): Promise<number> {
   const { values, positionals } = parse(
     argv,
-    { out: { type: "string", short: "o" }, file: { type: "string", short: "f" }, cache: { type: "string" } },
+    {
+      out: { type: "string", short: "o" },
+      file: { type: "string", short: "f" },
+      cache: { type: "string" },
+    },
     "valley export <pipeline.yaml | instance> [-f pipeline.yaml] -o bundle.tar",
   );
   const what = positionals[0];
-  if (!what || !values.out) throw new UsageError("usage: valley export <pipeline.yaml | instance> [-f pipeline.yaml] -o bundle.tar");
+  if (!what || !values.out)
+    throw new UsageError(
+      "usage: valley export <pipeline.yaml | instance> [-f pipeline.yaml] -o bundle.tar",
+    );
   const isFile = /\.ya?ml$/i.test(what) && existsSync(what);
   const file = pipelineFile(isFile ? what : values.file);
   const lp = lockfilePath(file);
@@ -229,16 +274,24 @@ export async function exportCommand(argv: string[]): Promise<number> {
     if (!inst) {
       const { pl } = await openPipeline(file);
       throw new UsageError(
-        pl.byId.has(what) ? `${what} has no result in ${lp}: run it first` : `no instance "${what}" in ${file}`,
+        pl.byId.has(what)
+          ? `${what} has no result in ${lp}: run it first`
+          : `no instance "${what}" in ${file}`,
       );
     }
     lock.instances = { [what]: inst };
   }
-  const store = new Store(values.cache ? resolve(values.cache) : cacheRootFor(dirname(resolve(file))));
+  const store = new Store(
+    values.cache ? resolve(values.cache) : cacheRootFor(dirname(resolve(file))),
+  );
   const text = JSON.stringify(lock, null, 2) + "\n";
   const r = await exportBundle(
     store,
-    { name: lock.pipeline, text, keys: [...new Set(Object.values(lock.instances).map((i) => i.key))] },
+    {
+      name: lock.pipeline,
+      text,
+      keys: [...new Set(Object.values(lock.instances).map((i) => i.key))],
+    },
     values.out,
   );
   process.stdout.write(
@@ -255,7 +308,8 @@ export async function importCommand(argv: string[]): Promise<number> {
     "valley import bundle.tar [--cache DIR | -f pipeline.yaml] [--expect sha256:…]",
   );
   const file = positionals[0];
-  if (!file) throw new UsageError("usage: valley import bundle.tar [--cache DIR] [--expect sha256:…]");
+  if (!file)
+    throw new UsageError("usage: valley import bundle.tar [--cache DIR] [--expect sha256:…]");
   if (!existsSync(file)) throw new UsageError(`no such file: ${file}`);
   const store = new Store(cacheDir(values.cache, values.file));
   let r;
@@ -271,8 +325,12 @@ export async function importCommand(argv: string[]): Promise<number> {
   // The bundle's lockfile becomes a gc root of this cache, so its results stay.
   const dir = join(store.root, "imports");
   mkdirSync(dir, { recursive: true });
-  const lockOut = join(dir, `${r.pipeline.replace(/[^A-Za-z0-9._-]/g, "_")}-${r.digest.slice(7, 19)}.lock`);
-  if (!existsSync(lockOut) || readFileSync(lockOut, "utf8") !== r.lockfileText) writeFileAtomic(lockOut, r.lockfileText);
+  const lockOut = join(
+    dir,
+    `${r.pipeline.replace(/[^A-Za-z0-9._-]/g, "_")}-${r.digest.slice(7, 19)}.lock`,
+  );
+  if (!existsSync(lockOut) || readFileSync(lockOut, "utf8") !== r.lockfileText)
+    writeFileAtomic(lockOut, r.lockfileText);
   registerRoot(store.root, lockOut);
   process.stdout.write(
     `imported ${r.actions.length} result(s), ${r.objects} object(s) into ${store.root}\nbundle digest: ${r.digest}\nlockfile: ${lockOut}\n`,

@@ -264,7 +264,9 @@ export async function plan(argv: string[]): Promise<number> {
     },
     "valley plan [file] [--why] [--json] [-p name=value]...",
   );
-  const { pl, engine } = await openPipeline(values.file ?? positionals[0], values.param);
+  const { pl, engine } = await openPipeline(values.file ?? positionals[0], values.param, {
+    readOnly: true,
+  });
   await engine.prepareFingerprints();
   const keep = new Set(selectInstances(pl.instances, values.only).map((i) => i.id));
   const rows = planRows(pl, engine, values.force ?? []).filter((r) => keep.has(r.id));
@@ -295,7 +297,9 @@ export async function status(argv: string[]): Promise<number> {
     },
     "valley status [file] [--json]",
   );
-  const { pl, engine } = await openPipeline(values.file ?? positionals[0], values.param);
+  const { pl, engine } = await openPipeline(values.file ?? positionals[0], values.param, {
+    readOnly: true,
+  });
   await engine.prepareFingerprints();
   const rows = planRows(pl, engine);
   engine.store.stat.save();

@@ -61,9 +61,15 @@ function oneLine(text: string | undefined): string {
 function table(props: Record<string, S>, required: string[] = [], prefix = ""): string[] {
   const rows: string[] = [];
   for (const [name, p] of Object.entries(props)) {
-    const def = p.default !== undefined ? `\`${JSON.stringify(p.default)}\`` : required.includes(name) ? "**required**" : "";
+    const def =
+      p.default !== undefined
+        ? `\`${JSON.stringify(p.default)}\``
+        : required.includes(name)
+          ? "**required**"
+          : "";
     rows.push(`| \`${prefix}${name}\` | ${typeOf(p)} | ${def} | ${oneLine(p.description)} |`);
-    if (p.properties && (p.type === "object" || p.type === undefined)) rows.push(...table(p.properties, p.required, `${prefix}${name}.`));
+    if (p.properties && (p.type === "object" || p.type === undefined))
+      rows.push(...table(p.properties, p.required, `${prefix}${name}.`));
   }
   return rows;
 }
@@ -75,17 +81,28 @@ export function markdownReference(): string {
   const head = ["| key | type | default | meaning |", "|---|---|---|---|"];
   out.push("### Pipeline file", "", ...head, ...table(ps.properties ?? {}, ps.required), "");
   const stage = ps.definitions.stage;
-  out.push("### A stage (`stages.<name>`)", "", ...head, ...table(stage.properties ?? {}, stage.required), "");
+  out.push(
+    "### A stage (`stages.<name>`)",
+    "",
+    ...head,
+    ...table(stage.properties ?? {}, stage.required),
+    "",
+  );
   for (const k of listKinds()) {
     const ks = kindSchema(k) as S;
     out.push(`### \`${k}\``, "", oneLine(ks.description), "");
-    if (ks.properties && Object.keys(ks.properties).length) out.push(...head, ...table(ks.properties, ks.required), "");
+    if (ks.properties && Object.keys(ks.properties).length)
+      out.push(...head, ...table(ks.properties, ks.required), "");
   }
   return out.join("\n");
 }
 
 export async function schema(argv: string[]): Promise<number> {
-  const { positionals, values } = parse(argv, { markdown: { type: "boolean" } }, "valley schema [kind] [--markdown]");
+  const { positionals, values } = parse(
+    argv,
+    { markdown: { type: "boolean" } },
+    "valley schema [kind] [--markdown]",
+  );
   if (values.markdown) {
     process.stdout.write(markdownReference() + "\n");
     return 0;

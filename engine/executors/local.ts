@@ -1,4 +1,14 @@
-import { mkdirSync, existsSync, renameSync, rmSync, readFileSync, openSync, writeSync, closeSync, readdirSync } from "node:fs";
+import {
+  mkdirSync,
+  existsSync,
+  renameSync,
+  rmSync,
+  readFileSync,
+  openSync,
+  writeSync,
+  closeSync,
+  readdirSync,
+} from "node:fs";
 import { join } from "node:path";
 import { randomBytes } from "node:crypto";
 import type { Logger } from "pino";
@@ -73,7 +83,10 @@ export async function runAttempt(
   const { pino } = await import("pino");
   const secretValues = inst.secrets.map((n) => process.env[n] ?? "").filter(Boolean);
   const dest = scrubbingDestination(logFile, secretValues);
-  const log: Logger = pino({ base: { instance: inst.id }, level: process.env.VALLEY_LOG_LEVEL ?? "info" }, dest);
+  const log: Logger = pino(
+    { base: { instance: inst.id }, level: process.env.VALLEY_LOG_LEVEL ?? "info" },
+    dest,
+  );
   const env = { ...rk.env };
   for (const n of inst.secrets) if (process.env[n] !== undefined) env[n] = process.env[n] as string;
 
@@ -176,4 +189,3 @@ export async function runAttempt(
     opts.signal.removeEventListener("abort", onOuter);
   }
 }
-

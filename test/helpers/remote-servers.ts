@@ -19,7 +19,12 @@ export function freePort(): Promise<number> {
   });
 }
 
-async function waitForPort(port: number, child: ChildProcess, log: () => string, ms = 20_000): Promise<void> {
+async function waitForPort(
+  port: number,
+  child: ChildProcess,
+  log: () => string,
+  ms = 20_000,
+): Promise<void> {
   const t0 = Date.now();
   for (;;) {
     if (child.exitCode !== null) throw new Error(`server exited (${child.exitCode}): ${log()}`);
@@ -53,7 +58,9 @@ export interface Sshd {
 export async function startSshd(): Promise<Sshd> {
   const root = mkdtempSync(join(tmpdir(), "valley-sshd-"));
   const keygen = (file: string) => {
-    const r = spawnSync("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", file], { encoding: "utf8" });
+    const r = spawnSync("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", file], {
+      encoding: "utf8",
+    });
     if (r.status !== 0) throw new Error(`ssh-keygen: ${r.stderr}`);
   };
   keygen(join(root, "host_key"));
@@ -82,10 +89,16 @@ export async function startSshd(): Promise<Sshd> {
     ].join("\n"),
   );
   const knownHosts = join(root, "known_hosts");
-  const hostPub = readFileSync(join(root, "host_key.pub"), "utf8").trim().split(/\s+/).slice(0, 2).join(" ");
+  const hostPub = readFileSync(join(root, "host_key.pub"), "utf8")
+    .trim()
+    .split(/\s+/)
+    .slice(0, 2)
+    .join(" ");
   writeFileSync(knownHosts, `[127.0.0.1]:${port} ${hostPub}\n`);
   let log = "";
-  const child = spawn(SSHD, ["-D", "-e", "-f", join(root, "sshd_config")], { stdio: ["ignore", "pipe", "pipe"] });
+  const child = spawn(SSHD, ["-D", "-e", "-f", join(root, "sshd_config")], {
+    stdio: ["ignore", "pipe", "pipe"],
+  });
   child.stdout?.on("data", (d: Buffer) => (log += d.toString()));
   child.stderr?.on("data", (d: Buffer) => (log += d.toString()));
   await waitForPort(port, child, () => log);
@@ -117,11 +130,24 @@ export async function startS3(): Promise<S3Server> {
   const dir = mkdtempSync(join(tmpdir(), "valley-s3-"));
   const port = await freePort();
   const bin = join(PACKAGE_ROOT, "node_modules", "s3rver", "bin", "s3rver.js");
-  if (!existsSync(bin)) throw new Error("s3rver is not installed (npm ci installs devDependencies)");
+  if (!existsSync(bin))
+    throw new Error("s3rver is not installed (npm ci installs devDependencies)");
   let log = "";
   const child = spawn(
     process.execPath,
-    [bin, "-d", dir, "-a", "127.0.0.1", "-p", String(port), "--silent", "--no-vhost-buckets", "--configure-bucket", "valley"],
+    [
+      bin,
+      "-d",
+      dir,
+      "-a",
+      "127.0.0.1",
+      "-p",
+      String(port),
+      "--silent",
+      "--no-vhost-buckets",
+      "--configure-bucket",
+      "valley",
+    ],
     { stdio: ["ignore", "pipe", "pipe"] },
   );
   child.stdout?.on("data", (d: Buffer) => (log += d.toString()));
