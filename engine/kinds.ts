@@ -1,7 +1,11 @@
-import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
+import { createRequire } from "node:module";
 import { Ajv, type ValidateFunction, type ErrorObject } from "ajv";
+import standaloneModule from "ajv/dist/standalone/index.js";
+import { hashJson, digestHex } from "../cache/digest.js";
+import { writeFileAtomic } from "../cache/atomic.js";
 import type { StageKind } from "./stage-api.js";
 import { PACKAGE_ROOT, DIST_ROOT } from "./root.js";
 
@@ -20,7 +24,40 @@ export interface LoadedKind {
 
 // One Ajv for all schemas: allErrors so a user sees every problem at once;
 // useDefaults so params after defaults are what gets keyed.
-export const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: false });
+export const ajv = new Ajv({
+  allErrors: true,
+  useDefaults: true,
+  strict: false,
+  code: { source: true },
+});
+
+// The CommonJS module's default export arrives as `.default` under NodeNext.
+const standaloneCode = (standaloneModule as unknown as { default: typeof standaloneModule.default })
+  .default;
+const SCHEMA_CACHE = join(DIST_ROOT, ".schema-cache");
+const requireCjs = createRequire(import.meta.url);
+
+/**
+ * Compiles a JSON Schema, keeping the generated validator as a module under
+ * dist/.schema-cache so that later commands load it instead of compiling
+ * again (compiling is most of a no-op run's validation cost).
+ */
+export function compileSchema(schema: Record<string, unknown>): ValidateFunction {
+  const file = join(SCHEMA_CACHE, digestHex(hashJson({ schema, v: 1 })).slice(0, 24) + ".cjs");
+  try {
+    return requireCjs(file) as ValidateFunction;
+  } catch {
+    // not cached yet (or unreadable): compile below
+  }
+  const validate = ajv.compile(schema);
+  try {
+    mkdirSync(SCHEMA_CACHE, { recursive: true });
+    writeFileAtomic(file, standaloneCode(ajv, validate));
+  } catch {
+    // a read-only install: compile every time
+  }
+  return validate;
+}
 
 const STAGES_DIR = join(PACKAGE_ROOT, "stages");
 
@@ -63,7 +100,7 @@ export function loadKind(name: string): Promise<LoadedKind> {
         );
       }
       const { $schema: _ignored, ...body } = schema;
-      return { name, impl: mod.default, schema, validate: ajv.compile(body) };
+      return { name, impl: mod.default, schema, validate: compileSchema(body) };
     })();
     loaded.set(name, p);
   }

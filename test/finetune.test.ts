@@ -409,6 +409,31 @@ test(
   },
 );
 
+test("node-llama-cpp loads the adapter", { skip }, async () => {
+  const adapter = join(work, "merge", "adapter.gguf"); // trained on "print(42)" answers above
+  assert.ok(existsSync(adapter), "runs after the merge test");
+  const { getLlama } = await import("node-llama-cpp");
+  const llama = await getLlama({ gpu: false, build: "never" });
+  const m = await llama.loadModel({ modelPath: model });
+  try {
+    const ctx = await m.createContext({
+      contextSize: 256,
+      lora: { adapters: [{ filePath: adapter }] },
+    });
+    const seq = ctx.getSequence();
+    const prompt = m.tokenize("<|im_start|>user\nxyz 123<|im_end|>\n<|im_start|>assistant\n", true);
+    const out = [];
+    for await (const t of seq.evaluate(prompt, { temperature: 0 })) {
+      out.push(t);
+      if (out.length >= 9) break;
+    }
+    assert.equal(m.detokenize(out), "print(42)");
+    await ctx.dispose();
+  } finally {
+    await m.dispose();
+  }
+});
+
 test("bad input: exit 2 from the trainer and InputError from the stage", { skip }, async () => {
   const good = dataDir("bad-good", patternData(4, 1));
   const cases: [string, Partial<FinetuneParams>, string, RegExp][] = [

@@ -125,7 +125,7 @@ export function admitVerified(store: Store, tmp: string, o: ObjectRef, from: str
   return size;
 }
 
-/** Local action records: the given keys, or every one in the cache. */
+/** Valid local results: the given keys, or every one in the cache. */
 function localActions(
   store: Store,
   keys: Digest[] | "all",
@@ -139,7 +139,9 @@ function localActions(
   const recs: ActionRecord[] = [];
   const missing: Digest[] = [];
   for (const k of list) {
-    const r = store.getAction(k);
+    // lookupAction checks the tree (trusting files unmodified since the record
+    // was written, re-hashing others): its objects need no second check.
+    const r = store.lookupAction(k);
     if (r) recs.push(r);
     else missing.push(k);
   }
@@ -161,9 +163,10 @@ export async function push(
   const report: TransferReport = { objects: 0, bytes: 0, actions: 0, present: 0, problems: [] };
   const { recs, missing } = localActions(store, keys);
   for (const k of missing)
-    report.problems.push(`no result for key ${k} in ${store.root}: run the pipeline first`);
+    report.problems.push(`no valid result for key ${k} in ${store.root}: run the pipeline first`);
   const needs = new Map<Digest, ObjectRef[]>();
   let all: ObjectRef[] = [];
+  const checked = new Set<string>();
   for (const rec of recs) {
     let manifest: Manifest;
     try {
@@ -175,6 +178,7 @@ export async function push(
       continue;
     }
     const refs = objectsOf(rec, manifest);
+    for (const o of refs) if (o.digest !== rec.log) checked.add(refKey(o));
     needs.set(rec.key, refs);
     all.push(...refs);
   }
@@ -192,8 +196,8 @@ export async function push(
   const toSend = all.filter((o) => !there.has(objectRel(o)));
   report.present += all.length - toSend.length;
   await mapLimit(toSend, opts.concurrency ?? 4, async (o) => {
-    // Never spread a corrupt local object: check it (stat cache first) before sending.
-    if (!store.objectIntact(o.digest, o.exec)) {
+    // Never spread a corrupt local object: objects outside a checked tree are checked here.
+    if (!checked.has(refKey(o)) && !store.objectIntact(o.digest, o.exec)) {
       failed.add(refKey(o));
       report.problems.push(
         `local object ${o.digest} is corrupt or missing (run valley verify); not pushed`,
@@ -239,6 +243,7 @@ export async function push(
   } finally {
     if (existsSync(tmp)) unlinkSync(tmp);
   }
+  store.stat.save();
   return report;
 }
 

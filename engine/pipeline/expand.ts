@@ -2,7 +2,7 @@ import { readFileSync } from "node:fs";
 import { basename, dirname, resolve, extname } from "node:path";
 import { Source, type YamlPath } from "./source.js";
 import { InvalidInput, type Problem, didYouMean } from "../errors.js";
-import { ajv, listKinds, loadKind, type LoadedKind, type ErrorObject } from "../kinds.js";
+import { compileSchema, listKinds, loadKind, type LoadedKind, type ErrorObject } from "../kinds.js";
 import type { Coords, Resources, Scalar } from "../stage-api.js";
 import { PACKAGE_ROOT } from "../root.js";
 import { join } from "node:path";
@@ -91,7 +91,7 @@ const REF_RE = /^([A-Za-z_][A-Za-z0-9_-]*)(?:\[([^\]]*)\])?$/;
 const TEMPLATE_RE = /\$\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_-]*)\s*\}\}/g;
 const WHOLE_TEMPLATE_RE = /^\$\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_-]*)\s*\}\}$/;
 
-let pipelineValidator: ReturnType<typeof ajv.compile> | undefined;
+let pipelineValidator: ReturnType<typeof compileSchema> | undefined;
 export function pipelineSchema(): Record<string, unknown> {
   return JSON.parse(
     readFileSync(join(PACKAGE_ROOT, "schemas", "pipeline.schema.json"), "utf8"),
@@ -267,7 +267,7 @@ export async function loadPipeline(
   const src = Source.load(file, opts.text);
   pipelineValidator ??= (() => {
     const { $schema: _s, $id: _i, ...body } = pipelineSchema();
-    return ajv.compile(body);
+    return compileSchema(body);
   })();
   const raw = structuredClone(src.data) as RawPipeline;
   if (!pipelineValidator(raw))

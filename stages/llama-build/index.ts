@@ -21,6 +21,8 @@ import {
   readFile,
   realpath,
   rm,
+  stat,
+  utimes,
   writeFile,
   copyFile,
 } from "node:fs/promises";
@@ -189,6 +191,38 @@ async function cloneAt(src: string, commit: string): Promise<boolean> {
   }
 }
 
+interface FileSnap {
+  digest: string;
+  /** Seconds, as floats: Date would round to milliseconds. */
+  atime: number;
+  mtime: number;
+}
+
+/** Content digest and times of every file the patches (and the hook) changed. */
+async function snapshotModified(src: string): Promise<Map<string, FileSnap>> {
+  const { stdout } = await execFileP("git", ["diff", "--name-only", "HEAD"], { cwd: src });
+  const snaps = new Map<string, FileSnap>();
+  for (const f of stdout.split("\n").filter(Boolean)) {
+    const p = join(src, f);
+    if (!existsSync(p)) continue;
+    const st = await stat(p);
+    snaps.set(f, { digest: await hashFile(p), atime: st.atimeMs / 1000, mtime: st.mtimeMs / 1000 });
+  }
+  return snaps;
+}
+
+/**
+ * After the reset and the new patches, a file whose content came out the same
+ * gets its old mtime back: make then recompiles only what a changed patch
+ * really changed (0002 edits llama.h, which nearly everything includes).
+ */
+async function restoreUnchanged(src: string, snaps: Map<string, FileSnap>): Promise<void> {
+  for (const [f, s] of snaps) {
+    const p = join(src, f);
+    if (existsSync(p) && (await hashFile(p)) === s.digest) await utimes(p, s.atime, s.mtime);
+  }
+}
+
 interface SourceState {
   bundle: string;
   commit: string;
@@ -200,7 +234,7 @@ interface SourceState {
  * across attempts of the same key, so a retried build reuses the clone and
  * compiles only what changed; a clone from other sources or patches is redone.
  */
-async function prepareSource(
+export async function prepareSource(
   scratch: string,
   log: Logger,
   signal: AbortSignal,
@@ -230,12 +264,15 @@ async function prepareSource(
     if (JSON.stringify(have) === JSON.stringify(want)) return { src, commit, patches: applied };
   }
   await rm(stateFile, { force: true });
+  let touched = new Map<string, FileSnap>();
   if (await cloneAt(src, commit)) {
     // Same source, other patches: reset the tree instead of cloning again, so
     // files no patch touches keep their mtimes and are not recompiled.
     log.info({ commit, patches: patches.length }, "resetting the llama.cpp clone");
+    touched = await snapshotModified(src);
     await run(["reset", "-q", "--hard", commit], src);
-    await run(["clean", "-q", "-f", "-d", "-x"], src);
+    // valley/ (the native copies) is kept: syncNatives updates it in place.
+    await run(["clean", "-q", "-f", "-d", "-x", "-e", "/valley"], src);
   } else {
     log.info({ commit, patches: patches.length }, "cloning llama.cpp from node-llama-cpp's bundle");
     await rm(src, { recursive: true, force: true });
@@ -253,6 +290,7 @@ async function prepareSource(
   }
   await appendFile(join(src, "CMakeLists.txt"), HOOK);
   await mkdir(join(src, "valley"), { recursive: true });
+  await restoreUnchanged(src, touched);
   await writeFile(stateFile, JSON.stringify(want));
   return { src, commit, patches: applied };
 }

@@ -83,6 +83,9 @@ if (only !== "ssh") {
   const cpBack = timed("cp", [cpDest, join(work, "cp-back")]);
   const pullS = valley(["pull", `file://${remote}`, "-f", "p.yaml"], { cwd: c });
   row("file:// pull (hash-verified)", pullS, cpBack, "cp");
+  // A verified pull reads every byte through SHA-256: the fair floor is cp + sha256sum.
+  const sumS = timed("sha256sum", [join(work, "cp-back")]);
+  row("file:// pull vs cp + sha256sum", pullS, cpBack + sumS, "cp");
   [cpDest, join(work, "cp-back"), remote, c].forEach(dropCopy);
 }
 if (only !== "file") {
@@ -113,6 +116,8 @@ if (only !== "file") {
     ]);
     const pullS = valley(["pull", sshd.url(remote), "-f", "p.yaml"], { cwd: c, env: sshd.env });
     row("ssh:// pull (hash-verified)", pullS, scpBackS, "scp");
+    const sumS = timed("sha256sum", [join(work, "scp-back")]);
+    row("ssh:// pull vs scp + sha256sum", pullS, scpBackS + sumS, "scp");
     const ssh = spawnSync("ssh", ["-V"], { encoding: "utf8" }).stderr.trim();
     rows.push({ what: `server and scp: ${ssh}` });
   } finally {

@@ -67,7 +67,11 @@ export async function startSshd(): Promise<Sshd> {
   keygen(join(root, "user_key"));
   writeFileSync(join(root, "authorized_keys"), readFileSync(join(root, "user_key.pub")));
   const port = await freePort();
-  mkdirSync("/run/sshd", { recursive: true }); // privilege separation folder sshd insists on
+  try {
+    mkdirSync("/run/sshd", { recursive: true }); // root's sshd insists on its privilege separation folder
+  } catch {
+    // not root: sshd runs without privilege separation and does not need it
+  }
   writeFileSync(
     join(root, "sshd_config"),
     [

@@ -9,6 +9,7 @@ import {
   rmSync,
 } from "node:fs";
 import { createServer } from "node:net";
+import { randomBytes } from "node:crypto";
 import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
 import { processesWith, sleep } from "./valley.js";
@@ -150,7 +151,7 @@ export async function startSlurm(): Promise<Cluster | { skip: string }> {
 
   mkdirSync(join(dir, "munge", "state"));
   const key = join(dir, "munge", "munge.key");
-  writeFileSync(key, readFileSync("/dev/urandom").subarray(0, 1024), { mode: 0o400 });
+  writeFileSync(key, randomBytes(1024), { mode: 0o400 });
   daemon(
     which("munged") as string,
     [
