@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 #   chromium          the report's HTML page is checked in a real headless browser
 #   fonts-dejavu-core text in rendered plots
 #   util-linux        prlimit/setpriv (usually present)
-PKGS=(bubblewrap cmake g++ git chromium fonts-dejavu-core util-linux python3 ca-certificates)
+#   openssh-*         the ssh:// remote tests run a real sshd on loopback
+PKGS=(bubblewrap cmake g++ git chromium fonts-dejavu-core util-linux python3 ca-certificates openssh-server openssh-client)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
