@@ -11,7 +11,8 @@ cd "$(dirname "$0")/.."
 #   fonts-dejavu-core text in rendered plots
 #   util-linux        prlimit/setpriv (usually present)
 #   openssh-*         the ssh:// remote tests run a real sshd on loopback
-PKGS=(bubblewrap cmake g++ git chromium fonts-dejavu-core util-linux python3 ca-certificates openssh-server openssh-client)
+#   slurm*, munge     the Slurm executor tests start a real single-node cluster
+PKGS=(bubblewrap cmake g++ git chromium fonts-dejavu-core util-linux python3 ca-certificates openssh-server openssh-client slurmctld slurmd slurm-client munge)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

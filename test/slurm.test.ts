@@ -5,6 +5,8 @@ import { readdirSync, writeFileSync, existsSync } from "node:fs";
 import { join } from "node:path";
 import { valley, valleyChild, project, waitFor, processesWith } from "./helpers/valley.js";
 import { startSlurm, type Cluster } from "./helpers/slurm.js";
+import { sbatchArgs } from "../engine/executors/slurm.js";
+import type { Instance } from "../engine/pipeline/expand.js";
 
 // These tests start a real single-node Slurm (slurmctld, slurmd, munged) on
 // localhost. Where the daemons cannot start they are skipped with the reason
@@ -16,8 +18,8 @@ before(async () => {
   const got = await startSlurm();
   if ("skip" in got) {
     if (process.env.VALLEY_REQUIRE_SLURM === "1") throw new Error(got.skip);
-    skip = `SKIPPED: ${got.skip}`;
-    process.stderr.write(`\n# slurm tests ${skip}\n`);
+    skip = got.skip;
+    process.stderr.write(`\n# slurm tests SKIPPED: ${skip}\n`);
   } else cluster = got;
 });
 
@@ -43,7 +45,7 @@ function json(r: { code: number; stdout: string; stderr: string }): Summary {
 
 const env = (c: Cluster) => ({ ...c.env, VALLEY_BACKOFF_MS: "10" });
 
-test("a matrix pipeline runs through --executor slurm: one job per instance, resources mapped, a re-run submits nothing", (t) => {
+test("a matrix pipeline runs through --executor slurm: one job per instance (two submitters at once), resources mapped, a re-run submits nothing", async (t) => {
   if (!cluster) return t.skip(skip || "no cluster");
   const c = cluster;
   const dir = project({});
@@ -66,11 +68,22 @@ stages:
 `,
   );
   const before = c.jobs().length;
-  const r = valley(["run", "p.yaml", "--executor", "slurm", "--json"], { cwd: dir, env: env(c) });
-  assert.equal(r.code, 0, r.stderr);
-  const s = json(r);
-  assert.equal(s.executed, 4);
-  assert.match(r.stderr, /slurm job \d+ RUNNING/, "job states are shown in progress output");
+  // Two submitters at once on one cache: the leases let each key be submitted once.
+  const args = ["run", "p.yaml", "--executor", "slurm", "--json"];
+  const [ra, rb] = await Promise.all([
+    valleyChild(args, { cwd: dir, env: env(c) }).done,
+    valleyChild(args, { cwd: dir, env: env(c) }).done,
+  ]);
+  assert.equal(ra.code, 0, ra.stderr);
+  assert.equal(rb.code, 0, rb.stderr);
+  const [sa, sb] = [json(ra), json(rb)];
+  assert.equal(sa.executed + sb.executed, 4, `${ra.stderr}\n${rb.stderr}`);
+  assert.equal(sa.cached + sb.cached, 4);
+  assert.match(
+    ra.stderr + rb.stderr,
+    /slurm job \d+ RUNNING/,
+    "job states are shown in progress output",
+  );
 
   const mine = c.jobs().slice(before);
   const gen = mine.filter((l) => / Name=valley:gen@i=\d /.test(l));
@@ -113,7 +126,7 @@ test("scancel a job mid-run: the engine reports it, retries when allowed, and th
     uses: shell
     retries: ${retries}
     resources: {cpu: 1}
-    with: {run: "if [ ! -e ${flag}-${name} ]; then touch ${flag}-${name}; sleep 60; fi; echo ok > $OUT/x"}`;
+    with: {run: "if [ ! -e ${flag}-${name} ]; then touch ${flag}-${name}; exec sleep 60; fi; echo ok > $OUT/x"}`;
   writeFileSync(
     join(dir, "p.yaml"),
     `version: 1\nexecutor: {kind: slurm, slurm: {poll: 0.5}}\nstages:${stage("again", 1)}${stage("once", 0)}\n`,
@@ -186,7 +199,7 @@ stages:
     uses: shell
     matrix: {i: [1, 2, 3]}
     resources: {cpu: 1}
-    with: {run: "sh -c 'sleep 60; : ${marker}'; touch $OUT/x"}
+    with: {run: "sh -c 'sleep 60; : ${marker} \${{ matrix.i }}'; touch $OUT/x"}
 `,
   );
   const run = valleyChild(["run", "p.yaml", "--json"], { cwd: dir, env: env(c) });
@@ -223,4 +236,60 @@ stages:
   );
   assert.equal(readdirSync(join(dir, ".valley", "actions")).length, 0);
   assert.equal(valley(["verify", "--cache", join(dir, ".valley")]).code, 0);
+});
+
+// These need no cluster.
+
+test("sbatch arguments: resources, time limit, partition, account and extra flags", () => {
+  const inst = {
+    id: "tune@n=1000",
+    resources: { cpu: 2.5, gpu: 2, memory: 16384 },
+    timeoutMs: 90 * 60_000,
+  } as unknown as Instance;
+  const args = sbatchArgs(
+    inst,
+    { partition: "gpu", account: "proj", flags: ["--qos=high"] },
+    { log: "/c/slurm/k-%j.log" },
+  );
+  for (const a of [
+    "--job-name=valley:tune@n=1000",
+    "--output=/c/slurm/k-%j.log",
+    "--cpus-per-task=3",
+    "--mem=16384",
+    "--gres=gpu:2",
+    "--time=91",
+    "--partition=gpu",
+    "--account=proj",
+    "--qos=high",
+    "--no-requeue",
+  ])
+    assert.ok(args.includes(a), `${a} missing from ${args.join(" ")}`);
+  const cpuOnly = sbatchArgs(
+    { id: "x", resources: { cpu: 1, gpu: 0, memory: 0 } } as unknown as Instance,
+    {},
+    { log: "l" },
+  );
+  assert.ok(
+    !cpuOnly.some((a) => /^--(gres|mem|time|partition|account)=/.test(a)),
+    cpuOnly.join(" "),
+  );
+});
+
+test("the job side refuses a key that differs from the submitter's (exit 2), and an unknown --executor", () => {
+  const dir = project({
+    "p.yaml": "version: 1\nstages:\n  one:\n    uses: shell\n    with: {run: 'echo 1 > $OUT/x'}\n",
+  });
+  const bad = `sha256:${"0".repeat(64)}`;
+  const r = valley(["run", "p.yaml", "--instance", "one", "--attempt", "1", "--key", bad], {
+    cwd: dir,
+  });
+  assert.equal(r.code, 2, r.stderr);
+  assert.match(
+    r.stderr,
+    /key mismatch for one: the submitter computed sha256:0+, this node computes sha256:[0-9a-f]{64}/,
+  );
+  assert.equal(readdirSync(join(dir, ".valley", "actions")).length, 0);
+  const u = valley(["run", "p.yaml", "--executor", "kubernetes"], { cwd: dir });
+  assert.equal(u.code, 2);
+  assert.match(u.stderr, /--executor kubernetes: expected local or slurm/);
 });
