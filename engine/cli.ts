@@ -82,6 +82,12 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
+// `valley plan | head`: a closed pipe ends the output quietly, as for any Unix tool.
+process.stdout.on("error", (e: NodeJS.ErrnoException) => {
+  if (e.code === "EPIPE") process.exit(0);
+  throw e;
+});
+
 main(process.argv.slice(2)).then(
   (code) => {
     process.exitCode = code;
