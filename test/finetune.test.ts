@@ -2,9 +2,8 @@
  * The `finetune` stage and valley-lora, the project's LoRA trainer, on a tiny
  * random model on the CPU.
  *
- * Needs a llama.cpp build holding valley-lora (the llama-build stage, or a
- * development build): $VALLEY_LLAMA_BIN names its bin/ folder; without one the
- * tests are skipped with a message.
+ * Needs a llama.cpp build holding valley-lora: the demo's llama stage, built
+ * once in the shared test cache ($VALLEY_LLAMA_BIN names another bin/ folder).
  */
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -20,7 +19,6 @@ import {
 } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { createServer } from "node:net";
 import pino from "pino";
 import finetune, { withDefaults, type FinetuneParams } from "../stages/finetune/index.js";
@@ -28,6 +26,7 @@ import { InputError, type StageContext } from "../engine/stage-api.js";
 import type { Digest } from "../cache/digest.js";
 import { kv, writeGguf } from "../llama/gguf-writer.js";
 import { randomModel, resolveRandomParams } from "../llama/random-model.js";
+import { testLlama } from "./llama-fixture.js";
 
 /** The tiny random llama (64-dim, 2 layers, char-level vocabulary, ChatML, output std 0.15), F32. */
 async function writeTinyModel(path: string, seed: number) {
@@ -35,27 +34,19 @@ async function writeTinyModel(path: string, seed: number) {
   await writeGguf(path, m.kvs, m.tensors);
 }
 
-function findRoot(): string {
-  let d = dirname(fileURLToPath(import.meta.url));
-  for (;;) {
-    const pj = join(d, "package.json");
-    if (existsSync(pj) && JSON.parse(readFileSync(pj, "utf8")).name === "valley") return d;
-    const up = dirname(d);
-    if (up === d) throw new Error("repository root not found");
-    d = up;
-  }
-}
-const ROOT = findRoot();
-const BIN = process.env.VALLEY_LLAMA_BIN ?? join(ROOT, ".tmp/lora-src/build/bin");
-const HAVE = existsSync(join(BIN, "valley-lora"));
-const skip = HAVE
-  ? false
-  : `no llama.cpp build with valley-lora (set VALLEY_LLAMA_BIN; looked in ${BIN})`;
+// The llama.cpp build with valley-lora: the demo's llama stage, built once by
+// the engine in the shared test cache (see llama-fixture.ts).
+let BIN = "";
 
 let work = "";
 let model = "";
 
 before(async () => {
+  BIN = (await testLlama()).bin;
+  assert.ok(
+    existsSync(join(BIN, "valley-lora")),
+    `the llama.cpp build in ${BIN} lacks valley-lora`,
+  );
   work = mkdtempSync(join(tmpdir(), "valley-finetune-"));
   mkdirSync(join(work, "model"));
   model = join(work, "model", "model.gguf");
@@ -173,69 +164,61 @@ function mean(xs: number[]): number {
 
 // ---------------------------------------------------------------- tests
 
-test(
-  "training loss decreases (mean of the last epoch at least 1.0 below the first)",
-  { skip },
-  async () => {
-    const data = dataDir("pattern", patternData(24, 7));
-    const ctx = makeCtx(
-      "loss",
-      {
-        epochs: 4,
-        batch: 2,
-        lr: 3e-3,
-        lora: { rank: 8, alpha: 16, targets: [], seed: 1 },
-        checkpointEvery: 0,
-      },
-      data,
-    );
-    ctx.params.lora.targets = withDefaults({}).lora.targets;
-    const res = await finetune.run(ctx);
-    const m = rows(join(ctx.out, "metrics.jsonl"));
-    assert.equal(m.length, 4 * 12);
-    for (const r of m)
-      for (const k of ["step", "epoch", "loss", "lr", "tokens", "seconds"]) assert.ok(k in r, k);
-    const first = mean(m.filter((r) => r.epoch === 1).map((r) => r.loss));
-    const last = mean(m.filter((r) => r.epoch === 4).map((r) => r.loss));
-    console.log(`# loss: first epoch ${first.toFixed(3)}, last epoch ${last.toFixed(3)}`);
-    assert.ok(last < first - 1.0, `last epoch ${last} not 1.0 below first ${first}`);
-    const metrics = (res as { metrics: Record<string, number> }).metrics;
-    assert.equal(metrics.steps, 48);
-    assert.equal(metrics.resumed_from_step, 0);
-    assert.ok(metrics.min_loss <= metrics.last_loss);
-    assert.ok(existsSync(join(ctx.out, "adapter.gguf")));
-  },
-);
+test("training loss decreases (mean of the last epoch at least 1.0 below the first)", async () => {
+  const data = dataDir("pattern", patternData(24, 7));
+  const ctx = makeCtx(
+    "loss",
+    {
+      epochs: 4,
+      batch: 2,
+      lr: 3e-3,
+      lora: { rank: 8, alpha: 16, targets: [], seed: 1 },
+      checkpointEvery: 0,
+    },
+    data,
+  );
+  ctx.params.lora.targets = withDefaults({}).lora.targets;
+  const res = await finetune.run(ctx);
+  const m = rows(join(ctx.out, "metrics.jsonl"));
+  assert.equal(m.length, 4 * 12);
+  for (const r of m)
+    for (const k of ["step", "epoch", "loss", "lr", "tokens", "seconds"]) assert.ok(k in r, k);
+  const first = mean(m.filter((r) => r.epoch === 1).map((r) => r.loss));
+  const last = mean(m.filter((r) => r.epoch === 4).map((r) => r.loss));
+  console.log(`# loss: first epoch ${first.toFixed(3)}, last epoch ${last.toFixed(3)}`);
+  assert.ok(last < first - 1.0, `last epoch ${last} not 1.0 below first ${first}`);
+  const metrics = (res as { metrics: Record<string, number> }).metrics;
+  assert.equal(metrics.steps, 48);
+  assert.equal(metrics.resumed_from_step, 0);
+  assert.ok(metrics.min_loss <= metrics.last_loss);
+  assert.ok(existsSync(join(ctx.out, "adapter.gguf")));
+});
 
-test(
-  "masking is real: assistant-only loss goes near zero with masking, not without",
-  { skip },
-  () => {
-    const data = join(dataDir("masking", maskingData(48, 3)), "train.jsonl");
-    const run = (masking: "on" | "off") => {
-      const dir = join(work, `mask-${masking}`);
-      mkdirSync(dir, { recursive: true });
-      const r = trainer([
+test("masking is real: assistant-only loss goes near zero with masking, not without", () => {
+  const data = join(dataDir("masking", maskingData(48, 3)), "train.jsonl");
+  const run = (masking: "on" | "off") => {
+    const dir = join(work, `mask-${masking}`);
+    mkdirSync(dir, { recursive: true });
+    const r = trainer([
       "--model", model, "--data", data, "--out", join(dir, "a.gguf"), "--summary", join(dir, "s.json"),
       "--masking", masking, "--epochs", "3", "--batch", "2", "--lr", "5e-3", "--rank", "8", "--alpha", "16",
       "--threads", "2", "--eval-assistant-loss",
     ]); // prettier-ignore
-      assert.equal(r.code, 0, r.stderr);
-      return readJson<{ assistant_loss: number; assistant_accuracy: number }>(join(dir, "s.json"));
-    };
-    const on = run("on");
-    const off = run("off");
-    console.log(
-      `# assistant-token loss: masked ${on.assistant_loss.toFixed(3)}, unmasked ${off.assistant_loss.toFixed(3)}`,
-    );
-    // measured: masked 0.067 (accuracy 1.0), unmasked 0.68
-    assert.ok(on.assistant_loss < 0.15, `masked assistant loss ${on.assistant_loss}`);
-    assert.ok(
-      off.assistant_loss > 0.4 && off.assistant_loss > 5 * on.assistant_loss,
-      `unmasked assistant loss ${off.assistant_loss}`,
-    );
-  },
-);
+    assert.equal(r.code, 0, r.stderr);
+    return readJson<{ assistant_loss: number; assistant_accuracy: number }>(join(dir, "s.json"));
+  };
+  const on = run("on");
+  const off = run("off");
+  console.log(
+    `# assistant-token loss: masked ${on.assistant_loss.toFixed(3)}, unmasked ${off.assistant_loss.toFixed(3)}`,
+  );
+  // measured: masked 0.067 (accuracy 1.0), unmasked 0.68
+  assert.ok(on.assistant_loss < 0.15, `masked assistant loss ${on.assistant_loss}`);
+  assert.ok(
+    off.assistant_loss > 0.4 && off.assistant_loss > 5 * on.assistant_loss,
+    `unmasked assistant loss ${off.assistant_loss}`,
+  );
+});
 
 // ---- run-time adapter vs merged model, through stock llama.cpp tools
 
@@ -309,107 +292,99 @@ async function greedy(
   }
 }
 
-test(
-  "the adapter changes greedy output; base + adapter at run time = merged model",
-  { skip },
-  async () => {
-    const data = join(dataDir("masking2", maskingData(32, 5)), "train.jsonl");
-    const dir = join(work, "merge");
-    mkdirSync(dir, { recursive: true });
-    const adapter = join(dir, "adapter.gguf");
-    const r = trainer([
+test("the adapter changes greedy output; base + adapter at run time = merged model", async () => {
+  const data = join(dataDir("masking2", maskingData(32, 5)), "train.jsonl");
+  const dir = join(work, "merge");
+  mkdirSync(dir, { recursive: true });
+  const adapter = join(dir, "adapter.gguf");
+  const r = trainer([
     "--model", model, "--data", data, "--out", adapter, "--epochs", "4", "--batch", "2", "--lr", "5e-3", "--threads", "2",
   ]); // prettier-ignore
-    assert.equal(r.code, 0, r.stderr);
-    const merged = join(dir, "merged.gguf");
-    const e = spawnSync(
-      join(BIN, "llama-export-lora"),
-      ["-m", model, "--lora", adapter, "-o", merged, "-t", "2"],
-      { encoding: "utf8" },
-    );
-    assert.equal(e.status, 0, e.stderr);
-    const prompts = [
-      "<|im_start|>user\nabc xyz<|im_end|>\n<|im_start|>assistant\n",
-      "<|im_start|>user\nQ: 7*6?<|im_end|>\n<|im_start|>assistant\n",
-      "hello",
-    ];
-    const base = await greedy(model, undefined, prompts);
-    const withLora = await greedy(model, adapter, prompts);
-    const mergedOut = await greedy(merged, undefined, prompts);
-    assert.notDeepEqual(withLora, base, "the adapter did not change the greedy output");
-    assert.deepEqual(mergedOut, withLora, "merged model and base + adapter disagree");
-  },
-);
+  assert.equal(r.code, 0, r.stderr);
+  const merged = join(dir, "merged.gguf");
+  const e = spawnSync(
+    join(BIN, "llama-export-lora"),
+    ["-m", model, "--lora", adapter, "-o", merged, "-t", "2"],
+    { encoding: "utf8" },
+  );
+  assert.equal(e.status, 0, e.stderr);
+  const prompts = [
+    "<|im_start|>user\nabc xyz<|im_end|>\n<|im_start|>assistant\n",
+    "<|im_start|>user\nQ: 7*6?<|im_end|>\n<|im_start|>assistant\n",
+    "hello",
+  ];
+  const base = await greedy(model, undefined, prompts);
+  const withLora = await greedy(model, adapter, prompts);
+  const mergedOut = await greedy(merged, undefined, prompts);
+  assert.notDeepEqual(withLora, base, "the adapter did not change the greedy output");
+  assert.deepEqual(mergedOut, withLora, "merged model and base + adapter disagree");
+});
 
-test(
-  "a killed training resumes from its last checkpoint, to the same adapter",
-  { skip },
-  async () => {
-    const data = dataDir("resume", patternData(40, 11));
-    const params: Partial<FinetuneParams> = {
-      epochs: 6,
-      batch: 1,
-      lr: 1e-3,
-      checkpointEvery: 20,
-      ctx: 256,
-    };
-    const ctx1 = makeCtx("resume", params, data);
-    const run1 = finetune.run(ctx1).then(
-      () => "finished",
-      (e: Error) => e,
-    );
-    // wait for a checkpoint, then kill -9 the trainer (found by its unique checkpoint folder)
-    const ckpt = join(ctx1.scratch, "checkpoints", "checkpoint.json");
-    for (let i = 0; i < 600 && !existsSync(ckpt); i++) await new Promise((r) => setTimeout(r, 50));
-    assert.ok(existsSync(ckpt), "no checkpoint was written");
-    let killed = 0;
-    for (const pid of readdirSync("/proc").filter((p) => /^\d+$/.test(p))) {
-      try {
-        const cmd = readFileSync(`/proc/${pid}/cmdline`, "utf8");
-        if (cmd.includes("valley-lora") && cmd.includes(ctx1.scratch)) {
-          process.kill(Number(pid), "SIGKILL");
-          killed++;
-        }
-      } catch {
-        // gone
+test("a killed training resumes from its last checkpoint, to the same adapter", async () => {
+  const data = dataDir("resume", patternData(40, 11));
+  const params: Partial<FinetuneParams> = {
+    epochs: 6,
+    batch: 1,
+    lr: 1e-3,
+    checkpointEvery: 20,
+    ctx: 256,
+  };
+  const ctx1 = makeCtx("resume", params, data);
+  const run1 = finetune.run(ctx1).then(
+    () => "finished",
+    (e: Error) => e,
+  );
+  // wait for a checkpoint, then kill -9 the trainer (found by its unique checkpoint folder)
+  const ckpt = join(ctx1.scratch, "checkpoints", "checkpoint.json");
+  for (let i = 0; i < 600 && !existsSync(ckpt); i++) await new Promise((r) => setTimeout(r, 50));
+  assert.ok(existsSync(ckpt), "no checkpoint was written");
+  let killed = 0;
+  for (const pid of readdirSync("/proc").filter((p) => /^\d+$/.test(p))) {
+    try {
+      const cmd = readFileSync(`/proc/${pid}/cmdline`, "utf8");
+      if (cmd.includes("valley-lora") && cmd.includes(ctx1.scratch)) {
+        process.kill(Number(pid), "SIGKILL");
+        killed++;
       }
+    } catch {
+      // gone
     }
-    assert.equal(killed, 1, "the trainer was not running");
-    const r1 = await run1;
-    assert.ok(r1 instanceof Error, "the first run should fail once killed");
-    const at = readJson<{ step: number }>(ckpt).step;
-    assert.ok(at >= 20 && at < 240 && at % 20 === 0, `checkpoint step ${at}`);
+  }
+  assert.equal(killed, 1, "the trainer was not running");
+  const r1 = await run1;
+  assert.ok(r1 instanceof Error, "the first run should fail once killed");
+  const at = readJson<{ step: number }>(ckpt).step;
+  assert.ok(at >= 20 && at < 240 && at % 20 === 0, `checkpoint step ${at}`);
 
-    // the engine may hand the same (same-digest) input over at another path next time
-    const dataCopy = dataDir("resume-copy", readFileSync(join(data, "train.jsonl"), "utf8"));
-    const ctx2 = makeCtx("resume", params, dataCopy);
-    const res = (await finetune.run(ctx2)) as { metrics: Record<string, number> };
-    assert.ok(
-      res.metrics.resumed_from_step >= at,
-      `resumed from ${res.metrics.resumed_from_step}, checkpoint at ${at}`,
-    );
-    assert.equal(res.metrics.steps, 240);
-    const m = rows(join(ctx2.out, "metrics.jsonl"));
-    assert.deepEqual(
-      m.map((r) => r.step),
-      Array.from({ length: 240 }, (_, i) => i + 1),
-    );
-    // the checkpoint holds the adapter and AdamW's state: resuming changes nothing, bit for bit
-    const ref = makeCtx("resume-ref", params, data);
-    await finetune.run(ref);
-    assert.ok(
-      readFileSync(join(ctx2.out, "adapter.gguf")).equals(
-        readFileSync(join(ref.out, "adapter.gguf")),
-      ),
-      "the resumed run's adapter differs from an uninterrupted run's",
-    );
-    console.log(
-      `# killed after checkpoint at step ${at}; resumed from step ${res.metrics.resumed_from_step}; adapter identical`,
-    );
-  },
-);
+  // the engine may hand the same (same-digest) input over at another path next time
+  const dataCopy = dataDir("resume-copy", readFileSync(join(data, "train.jsonl"), "utf8"));
+  const ctx2 = makeCtx("resume", params, dataCopy);
+  const res = (await finetune.run(ctx2)) as { metrics: Record<string, number> };
+  assert.ok(
+    res.metrics.resumed_from_step >= at,
+    `resumed from ${res.metrics.resumed_from_step}, checkpoint at ${at}`,
+  );
+  assert.equal(res.metrics.steps, 240);
+  const m = rows(join(ctx2.out, "metrics.jsonl"));
+  assert.deepEqual(
+    m.map((r) => r.step),
+    Array.from({ length: 240 }, (_, i) => i + 1),
+  );
+  // the checkpoint holds the adapter and AdamW's state: resuming changes nothing, bit for bit
+  const ref = makeCtx("resume-ref", params, data);
+  await finetune.run(ref);
+  assert.ok(
+    readFileSync(join(ctx2.out, "adapter.gguf")).equals(
+      readFileSync(join(ref.out, "adapter.gguf")),
+    ),
+    "the resumed run's adapter differs from an uninterrupted run's",
+  );
+  console.log(
+    `# killed after checkpoint at step ${at}; resumed from step ${res.metrics.resumed_from_step}; adapter identical`,
+  );
+});
 
-test("node-llama-cpp loads the adapter", { skip }, async () => {
+test("node-llama-cpp loads the adapter", async () => {
   const adapter = join(work, "merge", "adapter.gguf"); // trained on "print(42)" answers above
   assert.ok(existsSync(adapter), "runs after the merge test");
   const { getLlama } = await import("node-llama-cpp");
@@ -434,7 +409,7 @@ test("node-llama-cpp loads the adapter", { skip }, async () => {
   }
 });
 
-test("bad input: exit 2 from the trainer and InputError from the stage", { skip }, async () => {
+test("bad input: exit 2 from the trainer and InputError from the stage", async () => {
   const good = dataDir("bad-good", patternData(4, 1));
   const cases: [string, Partial<FinetuneParams>, string, RegExp][] = [
     ["empty", {}, dataDir("bad-empty", ""), /empty/],
@@ -512,7 +487,7 @@ test("bad input: exit 2 from the trainer and InputError from the stage", { skip 
   }
 });
 
-test("method: full runs upstream llama-finetune on the rendered chats", { skip }, async () => {
+test("method: full runs upstream llama-finetune on the rendered chats", async () => {
   const data = dataDir("full", patternData(12, 2));
   const ctx = makeCtx("full", { method: "full", epochs: 2, lr: 1e-4, ctx: 256 }, data);
   const res = (await finetune.run(ctx)) as { metrics: Record<string, number> };

@@ -1,67 +1,25 @@
 /**
- * Shared by the llama tests: a real CPU build of llama.cpp, made once and kept
- * in a cache folder keyed by what goes into it (the stage version, params and
- * fingerprint: patches and native sources), plus a hand-built stage context.
+ * Shared by the tests that need llama.cpp: a real CPU build, made once by the
+ * engine (the demo pipeline's `llama` stage) in the shared test cache, plus a
+ * hand-built stage context for calling a stage's run() directly.
  *
- * Cache folder: $VALLEY_TEST_LLAMA, default <repo>/.tmp/llama-build. A test
- * file that finds no build for the current key builds one (~7 min on 2 cores);
- * test files running at the same time wait on a lock instead of building twice.
- * Scratch (the clone and cmake folder) is kept there too, so a changed patch
- * or native source recompiles only what it touches.
+ * Cache: $VALLEY_TEST_CACHE, default <repo>/.tmp/test-cache. The first test
+ * needing llama.cpp builds it (~7 min on 2 cores); the demo test and later
+ * test runs reuse it.
  *
  * VALLEY_LLAMA_BIN (a folder of llama.cpp programs) skips the build and uses
  * that instead, as the engine would.
  */
-import { existsSync, readdirSync, readFileSync } from "node:fs";
-import { mkdir, mkdtemp, rename, rm, writeFile, readFile } from "node:fs/promises";
+import { existsSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { mkdir, mkdtemp } from "node:fs/promises";
 import { join } from "node:path";
 import { pino } from "pino";
 import type { InputArtifact, StageContext, StageInput, ToolInfo } from "../engine/stage-api.js";
 import { hashJson, type Digest } from "../cache/digest.js";
-import llamaBuild, { type LlamaBuildParams } from "../stages/llama-build/index.js";
 import { projectRoot } from "../llama/toolchain.js";
 
-export const TEST_BUILD_PARAMS: LlamaBuildParams = {
-  backend: "cpu",
-  buildType: "Release",
-  cmakeFlags: [],
-  jobs: 2,
-};
-
-export function cacheRoot(): string {
-  return process.env.VALLEY_TEST_LLAMA ?? join(projectRoot(), ".tmp", "llama-build");
-}
-
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/** A lock folder holding the owner's pid; a dead owner's lock is taken over. */
-async function withLock<T>(dir: string, fn: () => Promise<T>): Promise<T> {
-  for (;;) {
-    try {
-      await mkdir(dir);
-      await writeFile(join(dir, "pid"), String(process.pid));
-      break;
-    } catch {
-      const pid = Number(await readFile(join(dir, "pid"), "utf8").catch(() => "0"));
-      if (pid && !alive(pid)) await rm(dir, { recursive: true, force: true });
-      else await sleep(2000);
-    }
-  }
-  try {
-    return await fn();
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
-}
 
 export interface BuiltLlama extends ToolInfo {
   /** The artifact folder (bin/, lib/, build.json). */
@@ -85,47 +43,40 @@ async function buildOrReuse(): Promise<BuiltLlama> {
     const lib = existsSync(join(dir, "lib")) ? join(dir, "lib") : own;
     return { dir, bin: own, lib, digest: hashJson({ own }) };
   }
-  const root = cacheRoot();
-  await mkdir(root, { recursive: true });
-  const fp = await llamaBuild.fingerprint!(TEST_BUILD_PARAMS);
-  const key = hashJson({
-    kind: llamaBuild.kind,
-    version: llamaBuild.version,
-    params: TEST_BUILD_PARAMS,
-    fp,
+  // The build the demo pipeline uses, made by the engine itself in the
+  // shared test cache: the demo test and every test file needing llama.cpp
+  // reuse one build, and concurrent test processes wait on the engine's lease
+  // instead of building twice.
+  const cache = testCache();
+  await mkdir(cache, { recursive: true });
+  const demo = join(projectRoot(), "pipelines", "demo.yaml");
+  const cli = join(projectRoot(), "dist", "engine", "cli.js");
+  const env = { ...process.env, VALLEY_CACHE: cache };
+  process.stderr.write(
+    `# llama.cpp for the tests: the demo's llama stage in ${cache} (a first build takes ~7 min)\n`,
+  );
+  const built = spawnSync(process.execPath, [cli, "run", demo, "--only", "llama", "--json"], {
+    env,
+    encoding: "utf8",
+    stdio: ["ignore", "pipe", "pipe"],
   });
-  const dir = join(root, key.slice(7, 23));
-  const result = (): BuiltLlama => ({
-    dir,
-    bin: join(dir, "bin"),
-    lib: join(dir, "lib"),
-    digest: key,
-  });
-  if (existsSync(join(dir, "build.json"))) return result();
-  return withLock(join(root, "build.lock"), async () => {
-    if (existsSync(join(dir, "build.json"))) return result();
-    const partial = `${dir}.partial`;
-    await rm(partial, { recursive: true, force: true });
-    await mkdir(partial, { recursive: true });
-    process.stderr.write(
-      `# building llama.cpp for the tests into ${dir} (about 7 min on 2 cores)\n`,
+  if (built.status !== 0)
+    throw new Error(
+      `building llama.cpp failed (exit ${built.status}):\n${built.stderr.slice(-4000)}`,
     );
-    let last = -10;
-    const { ctx } = await makeCtx(TEST_BUILD_PARAMS, {
-      out: partial,
-      scratch: join(root, "scratch"),
-      progress: (done) => {
-        if (done >= last + 10) {
-          last = done;
-          process.stderr.write(`# llama.cpp build ${done}%\n`);
-        }
-      },
-      cpu: 2,
-    });
-    await llamaBuild.run(ctx);
-    await rename(partial, dir);
-    return result();
+  const show = spawnSync(process.execPath, [cli, "show", "llama", "-f", demo, "--json"], {
+    env,
+    encoding: "utf8",
   });
+  if (show.status !== 0) throw new Error(`valley show llama failed: ${show.stderr}`);
+  const info = JSON.parse(show.stdout) as { tree: { path: string; digest: Digest } };
+  const dir = info.tree.path;
+  return { dir, bin: join(dir, "bin"), lib: join(dir, "lib"), digest: info.tree.digest };
+}
+
+/** The valley cache shared by tests: $VALLEY_TEST_CACHE, default <repo>/.tmp/test-cache. */
+export function testCache(): string {
+  return process.env.VALLEY_TEST_CACHE ?? join(projectRoot(), ".tmp", "test-cache");
 }
 
 export interface CtxOptions {
@@ -139,14 +90,26 @@ export interface CtxOptions {
   env?: Record<string, string>;
 }
 
+let run: string | undefined;
+
+/** This process's folder for contexts, removed when the process exits. */
+async function runDir(): Promise<string> {
+  if (!run) {
+    const base = join(projectRoot(), ".tmp", "test-runs");
+    await mkdir(base, { recursive: true });
+    const dir = await mkdtemp(join(base, "run-"));
+    run = dir;
+    process.on("exit", () => rmSync(dir, { recursive: true, force: true }));
+  }
+  return run;
+}
+
 /** A stage context as the engine would build it, with fresh temp folders. */
 export async function makeCtx<P>(
   params: P,
   o: CtxOptions = {},
 ): Promise<{ ctx: StageContext<P>; tmp: string }> {
-  const base = join(projectRoot(), ".tmp", "test-runs");
-  await mkdir(base, { recursive: true });
-  const tmp = await mkdtemp(join(base, "ctx-"));
+  const tmp = await mkdtemp(join(await runDir(), "ctx-"));
   const out = o.out ?? join(tmp, "out");
   const scratch = o.scratch ?? join(tmp, "scratch");
   await mkdir(out, { recursive: true });
