@@ -2,7 +2,7 @@ import js from "@eslint/js";
 import tseslint from "typescript-eslint";
 
 export default tseslint.config(
-  { ignores: ["dist/", "node_modules/", ".valley/", "test/fixtures/"] },
+  { ignores: ["dist/", "node_modules/", "**/.valley/", ".tmp/", "test/fixtures/"] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {

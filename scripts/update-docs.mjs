@@ -4,7 +4,8 @@
 import { execFileSync } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 
-const cli = (...args) => execFileSync(process.execPath, ["dist/engine/cli.js", ...args], { encoding: "utf8" });
+const cli = (...args) =>
+  execFileSync(process.execPath, ["dist/engine/cli.js", ...args], { encoding: "utf8" });
 writeFileSync("schemas/valley.schema.json", cli("schema"));
 const readme = readFileSync("README.md", "utf8");
 const start = "<!-- reference:start -->\n";
@@ -12,4 +13,7 @@ const end = "<!-- reference:end -->";
 const a = readme.indexOf(start);
 const b = readme.indexOf(end);
 if (a < 0 || b < a) throw new Error("README.md lacks the reference markers");
-writeFileSync("README.md", readme.slice(0, a + start.length) + cli("schema", "--markdown") + readme.slice(b));
+writeFileSync(
+  "README.md",
+  readme.slice(0, a + start.length) + cli("schema", "--markdown") + readme.slice(b),
+);

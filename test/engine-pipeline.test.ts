@@ -125,7 +125,8 @@ stages:
   });
   const r = valley(["plan", "p.yaml", "--json"], { cwd: dir });
   assert.equal(r.code, 0, r.stderr);
-  const rows = (JSON.parse(r.stdout) as { instances: { id: string; params: { shell: string } }[] }).instances;
+  const rows = (JSON.parse(r.stdout) as { instances: { id: string; params: { shell: string } }[] })
+    .instances;
   assert.deepEqual(
     rows.map((x) => x.id).filter((i) => i.startsWith("data@")),
     ["data@subset=correct,n=6000", "data@subset=hard,n=4000"],
@@ -136,7 +137,8 @@ stages:
   const run = valley(["run", "p.yaml"], { cwd: dir });
   assert.equal(run.code, 0, run.stderr);
   const show = JSON.parse(
-    valley(["show", "tune@subset=hard,n=4000,start=b", "-f", "p.yaml", "--json"], { cwd: dir }).stdout,
+    valley(["show", "tune@subset=hard,n=4000,start=b", "-f", "p.yaml", "--json"], { cwd: dir })
+      .stdout,
   ) as { outputs: Record<string, { path: string }> };
   assert.equal(readFileSync(show.outputs.t.path, "utf8"), "hard\npicked\n");
 });
@@ -152,12 +154,19 @@ test("valley schema prints the pipeline schema with every stage kind folded in; 
   const committed = JSON.parse(
     readFileSync(join(PACKAGE_ROOT, "schemas", "valley.schema.json"), "utf8"),
   ) as unknown;
-  assert.deepEqual(committed, JSON.parse(r.stdout), "schemas/valley.schema.json is stale: run `npm run docs`");
+  assert.deepEqual(
+    committed,
+    JSON.parse(r.stdout),
+    "schemas/valley.schema.json is stale: run `npm run docs`",
+  );
   const md = valley(["schema", "--markdown"]);
   const readme = readFileSync(join(PACKAGE_ROOT, "README.md"), "utf8");
   // Prettier re-pads the tables: compare without whitespace and dash runs.
   const norm = (t: string) => t.replace(/\s+/g, "").replace(/-{3,}/g, "---");
-  assert.ok(norm(readme).includes(norm(md.stdout)), "README's YAML reference is stale: run `npm run docs`");
+  assert.ok(
+    norm(readme).includes(norm(md.stdout)),
+    "README's YAML reference is stale: run `npm run docs`",
+  );
   assert.equal(valley(["schema", "shell"]).code, 0);
   assert.equal(valley(["schema", "nope"]).code, 2);
 });
@@ -171,7 +180,11 @@ test("usage errors exit 2", () => {
 test("pipelines/valley.yaml plans without any model or data: 14 fine-tunes, their evaluations, base evaluations, the report", () => {
   const r = valley(["plan", join(PACKAGE_ROOT, "pipelines", "valley.yaml"), "--json"]);
   assert.equal(r.code, 0, r.stderr);
-  const rows = (JSON.parse(r.stdout) as { instances: { id: string; kind: string; params: Record<string, unknown> }[] }).instances;
+  const rows = (
+    JSON.parse(r.stdout) as {
+      instances: { id: string; kind: string; params: Record<string, unknown> }[];
+    }
+  ).instances;
   const count = (kind: string) => rows.filter((x) => x.kind === kind).length;
   assert.equal(count("finetune"), 14);
   assert.equal(count("evaluate"), 14 + 2);

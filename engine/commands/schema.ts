@@ -56,7 +56,10 @@ function typeOf(s: S): string {
 
 function oneLine(text: string | undefined): string {
   // Escape what Markdown (and prettier) would read as emphasis or table syntax.
-  return (text ?? "").replace(/\s+/g, " ").replace(/([|*_])/g, "\\$1").trim();
+  return (text ?? "")
+    .replace(/\s+/g, " ")
+    .replace(/([|*_])/g, "\\$1")
+    .trim();
 }
 
 function table(props: Record<string, S>, required: string[] = [], prefix = ""): string[] {

@@ -68,7 +68,9 @@ const report: StageKind<ReportParams> = {
     // Every input named evals* (e.g. stage-1 and stage-2 evaluations from two
     // stages), and `base`: evaluations of untuned models (no x coordinate, so
     // they land at the left).
-    const evalInputs = Object.keys(ctx.inputs).filter((n) => n === "evals" || n === "base" || /^evals\w+$/.test(n)).sort();
+    const evalInputs = Object.keys(ctx.inputs)
+      .filter((n) => n === "evals" || n === "base" || /^evals\w+$/.test(n))
+      .sort();
     const evals = evalInputs.flatMap((n) => asList(ctx.inputs[n]));
     if (evals.length === 0) {
       throw new InputError("report: input `evals` is missing or empty (use `evals: evaluate[*]`)");
