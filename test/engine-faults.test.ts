@@ -321,3 +321,45 @@ stages:
   assert.equal(json(valley(["run", "p.yaml", "--json"], { cwd: dir })).cached, 1);
   assert.equal(valley(["verify", "--cache", join(dir, ".valley")]).code, 0);
 });
+
+test("resource accounting: instances that each need the whole machine never overlap; a GPU stage on a GPU-less machine is refused", () => {
+  const dir = project({});
+  const side = join(dir, "side.log");
+  writeFileSync(
+    join(dir, "p.yaml"),
+    `
+version: 1
+stages:
+  big:
+    uses: shell
+    matrix: {i: [1, 2, 3]}
+    resources: {cpu: 1000}
+    with: {run: "echo start >> ${side}; sleep 0.3; echo end \${{ matrix.i }} >> ${side}"}
+`,
+  );
+  const r = valley(["run", "p.yaml", "--json", "--jobs", "3"], { cwd: dir });
+  assert.equal(r.code, 0, r.stderr);
+  // Each start is followed by its own end before the next start.
+  const l = lines(side);
+  assert.equal(l.length, 6);
+  for (let k = 0; k < 6; k += 2) {
+    assert.equal(l[k], "start", l.join("|"));
+    assert.match(l[k + 1], /^end /, l.join("|"));
+  }
+  const gpu = project({
+    "p.yaml": `
+version: 1
+stages:
+  train:
+    uses: shell
+    resources: {gpu: 1}
+    with: {run: "true"}
+`,
+  });
+  const g = valley(["run", "p.yaml", "--json"], {
+    cwd: gpu,
+    env: { VALLEY_GPUS: "0", CUDA_VISIBLE_DEVICES: "" },
+  });
+  assert.equal(g.code, 2, g.stderr);
+  assert.match(g.stderr, /needs 1 GPU\(s\); this machine has 0/);
+});

@@ -5,6 +5,8 @@
 //   npm run build   (or: npx tsc -p tsconfig.data.json, then --dist .tmp/dist-data)
 //   node test/bench/traces.mjs --base-url http://127.0.0.1:8080/v1 [--model m]
 //        [--requests 64] [--concurrency 8] [--max-tokens 64] [--dist dist] [--json]
+//   node test/bench/traces.mjs --llama <llama.cpp bin folder>   (starts the managed
+//        llama-server with a tiny random model itself: the issue's figure)
 //
 // Without --base-url it starts a tiny built-in echo server (a self-check of
 // the harness, not a meaningful figure). The figure the issue asks for is the
@@ -25,6 +27,7 @@ const { values: a } = parseArgs({
     "max-tokens": { type: "string", default: "64" },
     dist: { type: "string", default: "dist" },
     json: { type: "boolean", default: false },
+    llama: { type: "string" },
   },
 });
 const N = Number(a.requests);
@@ -32,7 +35,29 @@ const C = Number(a.concurrency);
 const maxTokens = Number(a["max-tokens"]);
 
 let server;
+let managed;
 let baseUrl = a["base-url"];
+if (!baseUrl && a.llama) {
+  // The real thing: llama-server (engine-managed) serving a tiny random model.
+  const dist = resolve(a.dist);
+  const { randomModel, resolveRandomParams } = await import(
+    pathToFileURL(join(dist, "llama/random-model.js")).href
+  );
+  const { writeGguf } = await import(pathToFileURL(join(dist, "llama/gguf-writer.js")).href);
+  const { startLlamaServer } = await import(pathToFileURL(join(dist, "llama/server.js")).href);
+  const dir = mkdtempSync(join(tmpdir(), "valley-bench-model-"));
+  const m = randomModel(resolveRandomParams({ preset: "tiny", seed: 1 }));
+  await writeGguf(join(dir, "model.gguf"), m.kvs, m.tensors);
+  const bin = resolve(a.llama);
+  managed = await startLlamaServer({
+    llama: { bin, lib: join(bin, "..", "lib"), digest: "sha256:" + "0".repeat(64) },
+    model: join(dir, "model.gguf"),
+    parallel: C,
+    contextSize: C * 1024,
+    threads: 2,
+  });
+  baseUrl = managed.url + "/v1";
+}
 if (!baseUrl) {
   server = createServer(async (req, res) => {
     for await (const chunk of req) void chunk;
@@ -162,3 +187,4 @@ else
     `plain ${plainRps.toFixed(1)} req/s, stage ${stageRps.toFixed(1)} req/s, ratio ${(stageRps / plainRps).toFixed(3)} (${N} requests, concurrency ${C})`,
   );
 server?.close();
+await managed?.stop();
