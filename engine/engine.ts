@@ -212,7 +212,9 @@ export class Engine {
       inputs,
       tools: Object.fromEntries(Object.entries(tools).map(([n, t]) => [n, t.digest])),
       env,
-      fingerprint: this.fingerprints.get(inst.kind + canonicalJson(inst.params)) ?? {},
+      fingerprint: kind?.impl.fingerprint
+        ? (this.fingerprints.get(inst.kind + canonicalJson(inst.params)) ?? {})
+        : {},
     };
   }
 

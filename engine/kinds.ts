@@ -2,8 +2,7 @@ import { existsSync, readdirSync, readFileSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { createRequire } from "node:module";
-import { Ajv, type ValidateFunction, type ErrorObject } from "ajv";
-import standaloneModule from "ajv/dist/standalone/index.js";
+import type { Ajv as AjvType, ValidateFunction, ErrorObject } from "ajv";
 import { hashJson, digestHex } from "../cache/digest.js";
 import { writeFileAtomic } from "../cache/atomic.js";
 import type { StageKind } from "./stage-api.js";
@@ -23,17 +22,21 @@ export interface LoadedKind {
 }
 
 // One Ajv for all schemas: allErrors so a user sees every problem at once;
-// useDefaults so params after defaults are what gets keyed.
-export const ajv = new Ajv({
-  allErrors: true,
-  useDefaults: true,
-  strict: false,
-  code: { source: true },
-});
+// useDefaults so params after defaults are what gets keyed. Loaded only when a
+// schema is not in the cache below: most commands never load Ajv itself.
+let ajvInstance: { ajv: AjvType; standaloneCode: (a: AjvType, v: ValidateFunction) => string } | undefined;
+function compiler() {
+  if (!ajvInstance) {
+    const { Ajv } = requireCjs("ajv") as typeof import("ajv");
+    const standalone = requireCjs("ajv/dist/standalone") as {
+      default: (a: AjvType, v: ValidateFunction) => string;
+    };
+    const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: false, code: { source: true } });
+    ajvInstance = { ajv, standaloneCode: standalone.default };
+  }
+  return ajvInstance;
+}
 
-// The CommonJS module's default export arrives as `.default` under NodeNext.
-const standaloneCode = (standaloneModule as unknown as { default: typeof standaloneModule.default })
-  .default;
 const SCHEMA_CACHE = join(DIST_ROOT, ".schema-cache");
 const requireCjs = createRequire(import.meta.url);
 
@@ -49,6 +52,7 @@ export function compileSchema(schema: Record<string, unknown>): ValidateFunction
   } catch {
     // not cached yet (or unreadable): compile below
   }
+  const { ajv, standaloneCode } = compiler();
   const validate = ajv.compile(schema);
   try {
     mkdirSync(SCHEMA_CACHE, { recursive: true });
