@@ -1,6 +1,6 @@
 // Graded programs per second in the sandbox vs bare `/usr/bin/python3 -I`
 // spawns of the same programs on the same inputs, with the same parallelism.
-// Build first (npx tsc -p tsconfig.grader.json, or npm run build), then:
+// Build first (npm run build), then:
 //   node test/bench/grader.mjs [--programs N] [--tests T] [--jobs J] [--dist DIR]
 // The bare side only runs the programs (no sandbox, no limits, no checking);
 // the sandboxed side does everything a real grading does.
@@ -23,7 +23,7 @@ const dist =
     existsSync(join(d, "grader/grade.js")),
   );
 if (!dist) {
-  console.error("build first: npx tsc -p tsconfig.grader.json");
+  console.error("build first: npm run build");
   process.exit(2);
 }
 const { gradeMany } = await import(pathToFileURL(join(dist, "grader/grade.js")).href);

@@ -5,7 +5,7 @@
 //   VALLEY_LLAMA_BIN=<llama build>/bin node test/bench/lora-throughput.mjs [--threads 2] [--epochs 2]
 //
 // Needs the compiled project (npm run build, or npx tsc -p
-// tsconfig.finetune.json) for llama/random-model.js.
+// npm run build) for llama/random-model.js.
 //
 // Both run with windows of 256 tokens. Two figures per trainer:
 // - window tokens/s: tokens pushed through forward + backward per second
@@ -38,7 +38,7 @@ const dist = ["dist", ".tmp/dist-finetune"]
   .map((p) => join(root, p))
   .find((d) => existsSync(join(d, "llama/random-model.js")));
 if (!dist) {
-  console.error("compile the project first: npm run build (or npx tsc -p tsconfig.finetune.json)");
+  console.error("compile the project first: npm run build ");
   process.exit(2);
 }
 const { randomModel, resolveRandomParams } = await import(

@@ -2,7 +2,7 @@
 // Request throughput: the traces stage's openai backend vs a plain load
 // generator sending same-shaped requests with the same concurrency.
 //
-//   npm run build   (or: npx tsc -p tsconfig.data.json, then --dist .tmp/dist-data)
+//   npm run build
 //   node test/bench/traces.mjs --base-url http://127.0.0.1:8080/v1 [--model m]
 //        [--requests 64] [--concurrency 8] [--max-tokens 64] [--dist dist] [--json]
 //   node test/bench/traces.mjs --llama <llama.cpp bin folder>   (starts the managed

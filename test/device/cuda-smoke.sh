@@ -6,9 +6,9 @@
 # Writes $OUT/cuda-smoke.json (card, build seconds, tokens/s).
 #
 # Needs: an NVIDIA GPU with the CUDA toolkit (nvcc + cuBLAS), node ≥ 20, and the
-# compiled modules (npx tsc -p tsconfig.llama.json, here). Through the device
+# compiled modules (npm run build, here). Through the device
 # tool, from the repository root, with
-#   carry: [".tmp/dist-llama", "node_modules/node-llama-cpp/llama",
+#   carry: ["dist", "node_modules/node-llama-cpp/llama",
 #           "node_modules/node-llama-cpp/package.json"]
 #   bash test/device/cuda-smoke.sh
 # (the stages load no npm package at run time; node-llama-cpp's folder gives
@@ -19,7 +19,7 @@ OUT=${OUT:-$ROOT/.tmp/cuda-smoke-out}
 WORK=${WORK:-/tmp/valley-cuda-smoke}
 mkdir -p "$OUT" "$WORK"
 cd "$ROOT"
-[ -f .tmp/dist-llama/stages/llama-build/index.js ] || { echo "compile first: npx tsc -p tsconfig.llama.json" >&2; exit 2; }
+[ -f dist/stages/llama-build/index.js ] || { echo "compile first: npm run build" >&2; exit 2; }
 CARD=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1 || echo unknown)
 echo "card: $CARD" >&2
 
@@ -27,7 +27,7 @@ CUDA_ARCH=${CUDA_ARCH:-90} JOBS=${JOBS:-$(nproc)} WORK=$WORK OUT=$OUT CARD=$CARD
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { spawnSync } from "node:child_process";
-const dist = process.cwd() + "/.tmp/dist-llama";
+const dist = process.cwd() + "/dist";
 const { default: llamaBuild } = await import(dist + "/stages/llama-build/index.js");
 // The model stage reads metadata back through node-llama-cpp, which is not
 // carried; its writer needs nothing beyond node.
