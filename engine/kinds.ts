@@ -24,14 +24,20 @@ export interface LoadedKind {
 // One Ajv for all schemas: allErrors so a user sees every problem at once;
 // useDefaults so params after defaults are what gets keyed. Loaded only when a
 // schema is not in the cache below: most commands never load Ajv itself.
-let ajvInstance: { ajv: AjvType; standaloneCode: (a: AjvType, v: ValidateFunction) => string } | undefined;
+let ajvInstance:
+  { ajv: AjvType; standaloneCode: (a: AjvType, v: ValidateFunction) => string } | undefined;
 function compiler() {
   if (!ajvInstance) {
     const { Ajv } = requireCjs("ajv") as typeof import("ajv");
     const standalone = requireCjs("ajv/dist/standalone") as {
       default: (a: AjvType, v: ValidateFunction) => string;
     };
-    const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: false, code: { source: true } });
+    const ajv = new Ajv({
+      allErrors: true,
+      useDefaults: true,
+      strict: false,
+      code: { source: true },
+    });
     ajvInstance = { ajv, standaloneCode: standalone.default };
   }
   return ajvInstance;
