@@ -85,7 +85,7 @@ const statement = (set, i) =>
   `Set ${set}, problem ${i}: read two integers and print their sum. ${"Constraints apply. ".repeat(8)}`;
 const sampling = { temperature: 0.6, top_p: 0.95, max_tokens: maxTokens };
 
-async function plain() {
+async function plain(set) {
   const url = new URL(baseUrl.replace(/\/+$/, "") + "/chat/completions");
   let next = 0;
   const t0 = performance.now();
@@ -95,7 +95,7 @@ async function plain() {
         const i = next++;
         const body = {
           model: a.model,
-          messages: [{ role: "user", content: statement("A", i) }],
+          messages: [{ role: "user", content: statement(set, i) }],
           ...sampling,
         };
         const r = await fetch(url, {
@@ -111,7 +111,7 @@ async function plain() {
   return N / ((performance.now() - t0) / 1000);
 }
 
-async function stage() {
+async function stage(set) {
   const dist = resolve(a.dist);
   const { default: traces } = await import(
     pathToFileURL(join(dist, "stages/traces/index.js")).href
@@ -125,7 +125,7 @@ async function stage() {
     id: `b${i}`,
     source: "bench",
     title: "",
-    statement: statement("B", i),
+    statement: statement(set, i),
     starter_code: "",
     tests: [{ input: "", output: "", type: "stdin" }],
     difficulty: "easy",
@@ -170,8 +170,24 @@ async function stage() {
   return N / ((performance.now() - t0) / 1000);
 }
 
-const plainRps = await plain();
-const stageRps = await stage();
+// Rounds in alternating order (plain first, then stage first, …), each with
+// its own prompts, so warm-up and a busy machine do not favour either side;
+// the medians are compared.
+const rounds = Number(process.env.ROUNDS ?? 3);
+const plains = [];
+const stages = [];
+for (let r = 0; r < rounds; r++) {
+  if (r % 2 === 0) {
+    plains.push(await plain(`P${r}`));
+    stages.push(await stage(`S${r}`));
+  } else {
+    stages.push(await stage(`S${r}`));
+    plains.push(await plain(`P${r}`));
+  }
+}
+const median = (xs) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)];
+const plainRps = median(plains);
+const stageRps = median(stages);
 const result = {
   baseUrl,
   requests: N,
@@ -184,7 +200,7 @@ const result = {
 if (a.json) console.log(JSON.stringify(result));
 else
   console.log(
-    `plain ${plainRps.toFixed(1)} req/s, stage ${stageRps.toFixed(1)} req/s, ratio ${(stageRps / plainRps).toFixed(3)} (${N} requests, concurrency ${C})`,
+    `plain ${plainRps.toFixed(1)} req/s, stage ${stageRps.toFixed(1)} req/s, ratio ${(stageRps / plainRps).toFixed(3)} (medians of ${rounds} rounds of ${N} requests, concurrency ${C})`,
   );
 server?.close();
 await managed?.stop();
