@@ -297,46 +297,56 @@ test("import backend: demo reference traces and OCR2 generations", async () => {
   );
 });
 
-test("llama backend: starts the managed llama-server (a stand-in script here) and generates through it", async () => {
-  const { chmodSync } = await import("node:fs");
-  const { asDigest } = await import("../cache/digest.js");
-  const bin = tempDir();
-  // Answers /health and chat completions on the --port it is given, like llama-server.
-  writeFileSync(
-    join(bin, "llama-server"),
-    `#!${process.execPath}
-const http = require("node:http");
-const a = process.argv;
-const port = Number(a[a.indexOf("--port") + 1]);
-const np = a.includes("-np") ? a[a.indexOf("-np") + 1] : "1";
-http.createServer((req, res) => {
-  let b = "";
-  req.on("data", (c) => (b += c));
-  req.on("end", () => {
-    if (req.url === "/health") return res.end('{"status":"ok"}');
-    res.setHeader("content-type", "application/json");
-    res.end(JSON.stringify({ choices: [{ message: { role: "assistant", content: "ok", reasoning_content: "np=" + np }, finish_reason: "stop" }], usage: { prompt_tokens: 1, completion_tokens: 1 } }));
-  });
-}).listen(port, "127.0.0.1");
-`,
-  );
-  chmodSync(join(bin, "llama-server"), 0o755);
+test("llama and openai backends against the real llama-server (engine-managed) serving a tiny random model", async () => {
+  const { testLlama, processesWith } = await import("./llama-fixture.js");
+  const { randomModel, resolveRandomParams } = await import("../llama/random-model.js");
+  const { writeGguf } = await import("../llama/gguf-writer.js");
+  const llama = await testLlama();
   const modelDir = tempDir();
-  writeFileSync(join(modelDir, "model.gguf"), "GGUF stand-in");
+  const m = randomModel(resolveRandomParams({ preset: "tiny", seed: 3 }));
+  await writeGguf(join(modelDir, "model.gguf"), m.kvs, m.tensors);
   const ctx = makeCtx(
     {
       ...params("unused"),
       backend: "llama",
       baseUrl: undefined,
       concurrency: 3,
-      timeoutS: 10,
+      max_tokens: 16,
+      timeoutS: 120,
     } as TracesParams,
     { problems: artifact(problemsDir(4)), model: artifact(modelDir) },
   );
-  ctx.tools = { llama: { bin, digest: asDigest("sha256:" + "1".repeat(64)) } };
+  ctx.tools = { llama: { bin: llama.bin, lib: llama.lib, digest: llama.digest } };
   const res = await traces.run(ctx);
   const ts = readTraces(ctx.out);
-  assert.equal(ts.length, 8);
-  assert.ok(ts.every((t) => t.reasoning === "np=3" && t.answer === "ok"));
+  assert.equal(ts.length, 8, "4 problems × 2 samples");
+  for (const t of ts) {
+    const n = Number(t.completion_tokens);
+    assert.ok(n > 0 && n <= 16, `completion tokens ${n}`);
+    assert.ok(["stop", "length"].includes(String(t.finish_reason)), String(t.finish_reason));
+  }
   assert.equal((res!.metrics as { sent: number }).sent, 8);
+  assert.deepEqual(processesWith(join(modelDir, "model.gguf")), [], "llama-server left running");
+
+  // The openai backend against the same real server, started by hand.
+  const { withLlamaServer } = await import("../llama/server.js");
+  await withLlamaServer(
+    {
+      llama: ctx.tools.llama,
+      model: join(modelDir, "model.gguf"),
+      parallel: 2,
+      contextSize: 2048,
+      threads: 2,
+    },
+    async (server) => {
+      const c2 = makeCtx(
+        { ...params(server.url + "/v1"), max_tokens: 8, concurrency: 2 } as TracesParams,
+        { problems: artifact(problemsDir(3)) },
+      );
+      const r2 = await traces.run(c2);
+      assert.equal(readTraces(c2.out).length, 6);
+      assert.equal((r2!.metrics as { sent: number }).sent, 6);
+    },
+  );
+  assert.deepEqual(processesWith(join(modelDir, "model.gguf")), [], "llama-server left running");
 });
