@@ -20,7 +20,8 @@ test(
   { timeout: 45 * 60_000 },
   () => {
     mkdirSync(cache, { recursive: true });
-    const first = valley(["run", demo, "--json"], { env });
+    // A fresh cache builds llama.cpp first (~8 min on 2 cores).
+    const first = valley(["run", demo, "--json"], { env, timeoutMs: 40 * 60_000 });
     assert.equal(first.code, 0, first.stderr.slice(-3000));
     const s1 = JSON.parse(first.stdout) as {
       instances: number;
