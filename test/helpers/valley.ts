@@ -15,7 +15,7 @@ export interface Result {
 /** Runs the real CLI in a child process, as a user would. */
 export function valley(
   args: string[],
-  opts: { cwd?: string; env?: Record<string, string> } = {},
+  opts: { cwd?: string; env?: Record<string, string>; timeoutMs?: number } = {},
 ): Result {
   const env = { ...process.env, ...(opts.env ?? {}) };
   delete env.VALLEY_CACHE;
@@ -24,7 +24,7 @@ export function valley(
     cwd: opts.cwd,
     env,
     encoding: "utf8",
-    timeout: 300_000,
+    timeout: opts.timeoutMs ?? 300_000,
   });
   return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
 }
