@@ -199,7 +199,7 @@ stages:
     uses: shell
     matrix: {i: [1, 2, 3]}
     resources: {cpu: 1}
-    with: {run: "sh -c 'sleep 60; : ${marker} \${{ matrix.i }}'; touch $OUT/x"}
+    with: {run: "sh -c 'sleep 60; : ${marker} \${{ matrix.i }}' && touch $OUT/x"}
 `,
   );
   const run = valleyChild(["run", "p.yaml", "--json"], { cwd: dir, env: env(c) });
@@ -234,7 +234,13 @@ stages:
     20_000,
     "the cancelled jobs' processes to end",
   );
-  assert.equal(readdirSync(join(dir, ".valley", "actions")).length, 0);
+  // `&&` above: with `;`, Slurm could kill the inner sh first and the stage
+  // command would then succeed before valley on the node saw its SIGTERM.
+  assert.deepEqual(
+    readdirSync(join(dir, ".valley", "actions")),
+    [],
+    "a cancelled job recorded a result",
+  );
   assert.equal(valley(["verify", "--cache", join(dir, ".valley")]).code, 0);
 });
 
