@@ -22,6 +22,52 @@ import type {
   Verdict,
 } from "./types.js";
 
+/**
+ * The grading params `verify` and `evaluate` both take (their schema.json
+ * files declare the same names and defaults).
+ */
+export interface GradingParams {
+  policy: ExtractionPolicy;
+  allTests: boolean;
+  timeoutScale: number;
+  wallFactor: number;
+  defaultTimeLimitS: number;
+  defaultMemoryMb: number;
+  floatTolerance?: number;
+  jobs: number;
+  sandbox: "bwrap" | "none";
+  bwrap: string;
+}
+
+export const GRADING_DEFAULTS: GradingParams = {
+  policy: "first",
+  allTests: false,
+  timeoutScale: 1,
+  wallFactor: 2,
+  defaultTimeLimitS: 6,
+  defaultMemoryMb: 1024,
+  jobs: 2,
+  sandbox: "bwrap",
+  bwrap: "/usr/bin/bwrap",
+};
+
+/** Grader options from a stage's grading params. */
+export function gradeOptionsFrom(p: GradingParams, signal: AbortSignal): Partial<GradeOptions> {
+  return {
+    policy: p.policy,
+    allTests: p.allTests,
+    timeoutScale: p.timeoutScale,
+    wallFactor: p.wallFactor,
+    defaultTimeLimitS: p.defaultTimeLimitS,
+    defaultMemoryMb: p.defaultMemoryMb,
+    floatTolerance: p.floatTolerance,
+    jobs: p.jobs,
+    sandbox: p.sandbox,
+    bwrap: p.bwrap,
+    signal,
+  };
+}
+
 export interface GradeOptions {
   /** Which fenced block is the program (LCB: first). */
   policy: ExtractionPolicy;

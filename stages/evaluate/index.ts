@@ -26,12 +26,12 @@ import { DEFAULT_PROMPT, renderPrompt, unknownPlaceholders } from "../../data/pr
 import type { PromptTemplate } from "../../data/prompt.js";
 import type { ChatAnswer, Message } from "../../data/chat.js";
 import type { Problem as DataProblem } from "../../data/problem.js";
-import type { GradeOptions } from "../../grader/grade.js";
-import type { ExtractionPolicy, Problem } from "../../grader/types.js";
+import { GRADING_DEFAULTS, gradeOptionsFrom, type GradingParams } from "../../grader/grade.js";
+import type { Problem } from "../../grader/types.js";
 import type { RequestCache } from "../../data/request-cache.js";
 import type { SampleStats } from "./metrics.js";
 
-export interface EvaluateParams {
+export interface EvaluateParams extends GradingParams {
   samples: number;
   temperature: number;
   top_p: number;
@@ -49,16 +49,6 @@ export interface EvaluateParams {
   loraScale: number;
   retries: number;
   timeoutS: number;
-  policy: ExtractionPolicy;
-  allTests: boolean;
-  timeoutScale: number;
-  wallFactor: number;
-  defaultTimeLimitS: number;
-  defaultMemoryMb: number;
-  floatTolerance?: number;
-  jobs: number;
-  sandbox: "bwrap" | "none";
-  bwrap: string;
 }
 
 /** Defaults as in schema.json, for callers that bypass the engine (tests). */
@@ -74,15 +64,7 @@ export const EVALUATE_DEFAULTS = {
   loraScale: 1,
   retries: 3,
   timeoutS: 3600,
-  policy: "first",
-  allTests: false,
-  timeoutScale: 1,
-  wallFactor: 2,
-  defaultTimeLimitS: 6,
-  defaultMemoryMb: 1024,
-  jobs: 2,
-  sandbox: "bwrap",
-  bwrap: "/usr/bin/bwrap",
+  ...GRADING_DEFAULTS,
 } satisfies Partial<EvaluateParams>;
 
 /** Context per slot when ctxSize is not given: the answer budget plus room for the prompt. */
@@ -243,19 +225,7 @@ const kind: StageKind<EvaluateParams> = {
       // Grade in batches, streaming records to samples.jsonl; metrics keep only small stats.
       const { gradeAnswers } = await import("./grading.js");
       const { evaluationMetrics } = await import("./metrics.js");
-      const opts: Partial<GradeOptions> = {
-        policy: p.policy,
-        allTests: p.allTests,
-        timeoutScale: p.timeoutScale,
-        wallFactor: p.wallFactor,
-        defaultTimeLimitS: p.defaultTimeLimitS,
-        defaultMemoryMb: p.defaultMemoryMb,
-        floatTolerance: p.floatTolerance,
-        jobs: p.jobs,
-        sandbox: p.sandbox,
-        bwrap: p.bwrap,
-        signal: ctx.signal,
-      };
+      const opts = gradeOptionsFrom(p, ctx.signal);
       const stats: SampleStats[] = [];
       const fh = await open(join(ctx.out, "samples.jsonl"), "w");
       let graded = 0;

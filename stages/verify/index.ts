@@ -18,33 +18,11 @@ import {
   type StageInput,
   type StageKind,
 } from "../../engine/stage-api.js";
-import type { GradeOptions } from "../../grader/grade.js";
-import type { ExtractionPolicy } from "../../grader/types.js";
+import { GRADING_DEFAULTS, gradeOptionsFrom, type GradingParams } from "../../grader/grade.js";
 
-export interface VerifyParams {
-  policy: ExtractionPolicy;
-  allTests: boolean;
-  timeoutScale: number;
-  wallFactor: number;
-  defaultTimeLimitS: number;
-  defaultMemoryMb: number;
-  floatTolerance?: number;
-  jobs: number;
-  sandbox: "bwrap" | "none";
-  bwrap: string;
-}
+export type VerifyParams = GradingParams;
 
-const DEFAULTS: VerifyParams = {
-  policy: "first",
-  allTests: false,
-  timeoutScale: 1,
-  wallFactor: 2,
-  defaultTimeLimitS: 6,
-  defaultMemoryMb: 1024,
-  jobs: 2,
-  sandbox: "bwrap",
-  bwrap: "/usr/bin/bwrap",
-};
+const DEFAULTS: VerifyParams = GRADING_DEFAULTS;
 
 function single(inputs: Record<string, StageInput>, name: string): InputArtifact {
   const a = inputs[name];
@@ -99,19 +77,7 @@ const verify: StageKind<VerifyParams> = {
       if (why) throw new Error(`verify ${ctx.instanceId}: ${why}`);
     }
 
-    const opts: Partial<GradeOptions> = {
-      policy: p.policy,
-      allTests: p.allTests,
-      timeoutScale: p.timeoutScale,
-      wallFactor: p.wallFactor,
-      defaultTimeLimitS: p.defaultTimeLimitS,
-      defaultMemoryMb: p.defaultMemoryMb,
-      floatTolerance: p.floatTolerance,
-      jobs: p.jobs,
-      sandbox: p.sandbox,
-      bwrap: p.bwrap,
-      signal: ctx.signal,
-    };
+    const opts = gradeOptionsFrom(p, ctx.signal);
     let done = 0;
     let results;
     try {
