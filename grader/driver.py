@@ -1,9 +1,17 @@
 # The harness that runs inside the sandbox, as PID 1 of its own PID namespace.
 #
-# Why a harness at all: starting /usr/bin/python3 costs ~20 ms, forking a warm
+# Why a harness at all: starting /usr/bin/python3 costs ~16 ms, forking a warm
 # interpreter ~1 ms. One sandbox per candidate runs this driver, which compiles
 # the candidate once and forks one child per test. The child sets its own
 # rlimits, gets fresh stdio, and runs the code as __main__.
+#
+# How it starts (grader/sandbox.ts): `python3 -I -S -c <boot>`, where <boot>
+# reads this file's code object, marshalled once per grading process by the
+# host's python3, together with `python3 -I`'s sys.path (SITE_PATH). Skipping
+# the site module halves the interpreter's start-up: `site` runs every .pth file
+# of the host's dist-packages (on some machines these import certifi and more),
+# which is host code the sandbox has no use for. What `site` gives a program is
+# restored below: the same sys.path and the exit/quit/help builtins.
 #
 # Why PID 1: the kernel ignores signals sent to a namespace's init from inside
 # the namespace, so `os.kill(-1, 9)` or `os.kill(os.getppid(), 9)` cannot take
@@ -20,9 +28,11 @@
 #   host -> driver: "c" (next test) or "q" (stop) after each result.
 # Expected outputs never come here: the host compares.
 #
-# Start-up time is the sandbox's main cost, so only C modules are imported
-# here: json, base64, signal and traceback pull in re or enum (~20 ms).
+# Start-up time is the sandbox's main cost, so only C (or frozen) modules are
+# imported here: json, base64, signal, traceback and ctypes pull in re, enum or
+# struct (~3-20 ms).
 import binascii
+import builtins
 import io
 import os
 import resource
@@ -33,14 +43,49 @@ import time
 SIGKILL = 9
 json = None  # imported in main() for functional tests only
 
-try:
-    # Not dumpable: a candidate (same uid) may not ptrace this process or open
-    # /proc/1/fd/* to forge protocol lines.
-    import ctypes
 
-    ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 4
+def not_dumpable():
+    """prctl(PR_SET_DUMPABLE, 0) through _ctypes alone (ctypes' Python part costs ~3 ms).
+
+    Not dumpable: a candidate (same uid) may not ptrace this process or open
+    /proc/1/fd/* to forge protocol lines."""
+    import _ctypes
+
+    class c_int(_ctypes._SimpleCData):
+        _type_ = "i"
+
+    class Fn(_ctypes.CFuncPtr):
+        _flags_ = _ctypes.FUNCFLAG_CDECL
+        _restype_ = c_int
+
+    class Libc:
+        _handle = _ctypes.dlopen(None, os.RTLD_NOW)
+
+    if Fn(("prctl", Libc()))(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE = 4
+        raise OSError("prctl(PR_SET_DUMPABLE) failed")
+
+
+def as_if_site():
+    """What the site module would have given the candidate: sys.path and builtins."""
+    site_path = globals().get("SITE_PATH")
+    if site_path:
+        sys.path[:] = site_path
+    import _sitebuiltins
+
+    builtins.exit = _sitebuiltins.Quitter("exit", "Ctrl-D (i.e. EOF)")
+    builtins.quit = _sitebuiltins.Quitter("quit", "Ctrl-D (i.e. EOF)")
+    builtins.help = _sitebuiltins._Helper()
+    builtins.copyright = _sitebuiltins._Printer("copyright", sys.copyright)
+    builtins.credits = _sitebuiltins._Printer("credits", "See https://www.python.org/.")
+    builtins.license = _sitebuiltins._Printer("license", "See https://www.python.org/psf/license/")
+
+
+try:
+    not_dumpable()
 except Exception:
     pass
+if sys.flags.no_site:
+    as_if_site()
 
 PROTO_IN = sys.stdin.buffer
 PROTO_OUT = os.fdopen(os.dup(1), "wb", buffering=0)

@@ -1,5 +1,6 @@
 /** Correct and wrong answers through the real sandbox, and `valley grade`. */
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -52,6 +53,33 @@ describe("grading correct and wrong answers", () => {
       fast,
     );
     assert.equal(r.verdict, "AC");
+  });
+
+  it("gives the program what python3 -I would: sys.path from site, exit() and quit()", async () => {
+    // The harness starts without the site module (faster); it must restore
+    // what site gives a program.
+    const hostPath = execFileSync("/usr/bin/python3", ["-I", "-c", "import sys; print(sys.path)"], {
+      encoding: "utf8",
+    });
+    const echoPath: Problem = {
+      id: "path",
+      time_limit_s: 2,
+      tests: [{ input: "", output: hostPath, type: "stdin" }],
+    };
+    assert.equal(
+      (await gradeSample(echoPath, py("import sys\nprint(sys.path)"), fast)).verdict,
+      "AC",
+    );
+    const r = await gradeSample(
+      doubler,
+      py("print(int(input()) * 2)\nexit(0)\nprint('after')"),
+      fast,
+    );
+    assert.equal(r.verdict, "AC");
+    const q = await gradeSample(doubler, py("print(int(input()) * 2)\nquit()"), fast);
+    assert.equal(q.verdict, "AC");
+    const bad = await gradeSample(doubler, py("print(int(input()) * 2)\nexit(3)"), fast);
+    assert.equal(bad.verdict, "RE");
   });
 
   it("stops at the first failing test, or runs all by option", async () => {

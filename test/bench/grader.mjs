@@ -17,12 +17,8 @@ const programs = Number(arg("programs", 40));
 const testsPer = Number(arg("tests", 5));
 const jobs = Number(arg("jobs", 2));
 const root = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
-const dist =
-  arg("dist") ??
-  [join(root, ".tmp/dist-grader"), join(root, "dist")].find((d) =>
-    existsSync(join(d, "grader/grade.js")),
-  );
-if (!dist) {
+const dist = resolve(arg("dist") ?? join(root, "dist"));
+if (!existsSync(join(dist, "grader/grade.js"))) {
   console.error("build first: npm run build");
   process.exit(2);
 }

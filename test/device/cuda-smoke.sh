@@ -12,7 +12,8 @@
 #           "node_modules/node-llama-cpp/package.json"]
 #   bash test/device/cuda-smoke.sh
 # (the stages load no npm package at run time; node-llama-cpp's folder gives
-# the llama.cpp bundle). Knobs: CUDA_ARCH (90), JOBS (nproc), WORK, OUT.
+# the llama.cpp bundle). Knobs: CUDA_ARCH (90), JOBS (nproc), WORK, OUT;
+# BACKEND=cpu and CMAKE_FLAGS (space-separated) rehearse the script on a CPU.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 OUT=${OUT:-$ROOT/.tmp/cuda-smoke-out}
@@ -23,7 +24,8 @@ cd "$ROOT"
 CARD=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1 || echo unknown)
 echo "card: $CARD" >&2
 
-CUDA_ARCH=${CUDA_ARCH:-90} JOBS=${JOBS:-$(nproc)} WORK=$WORK OUT=$OUT CARD=$CARD node --input-type=module <<'JS'
+BACKEND=${BACKEND:-cuda} CMAKE_FLAGS=${CMAKE_FLAGS:-} CUDA_ARCH=${CUDA_ARCH:-90} JOBS=${JOBS:-$(nproc)} \
+  WORK=$WORK OUT=$OUT CARD=$CARD node --input-type=module <<'JS'
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { spawnSync } from "node:child_process";
@@ -44,7 +46,9 @@ const ctx = (params, dir, cpu) => {
 };
 const jobs = Number(process.env.JOBS);
 let t0 = Date.now();
-const b = ctx({ backend: "cuda", cudaArchitectures: process.env.CUDA_ARCH, buildType: "Release", cmakeFlags: [], jobs }, "build", jobs);
+const cuda = process.env.BACKEND === "cuda";
+const cmakeFlags = process.env.CMAKE_FLAGS.split(" ").filter(Boolean);
+const b = ctx({ backend: process.env.BACKEND, ...(cuda ? { cudaArchitectures: process.env.CUDA_ARCH } : {}), buildType: "Release", cmakeFlags, jobs }, "build", jobs);
 await llamaBuild.run(b);
 const buildSeconds = (Date.now() - t0) / 1000;
 // llama-bench is not one of the stage's programs: build it in the same tree.
@@ -65,7 +69,7 @@ const chat = await withLlamaServer({ llama, model: gguf, gpuLayers: "all", conte
   const j = await r.json();
   return { status: r.status, timings: j.timings };
 });
-const result = { card: process.env.CARD, cudaArchitectures: process.env.CUDA_ARCH, jobs, buildSeconds, modelSeconds,
+const result = { card: process.env.CARD, backend: process.env.BACKEND, cudaArchitectures: process.env.CUDA_ARCH, jobs, buildSeconds, modelSeconds,
   model: { preset: "qwen2.5-0.5b", type: "F16", parameters: rm.parameterCount }, ...tps, serverChat: chat };
 console.log(JSON.stringify(result, null, 2));
 writeFileSync(join(process.env.OUT, "cuda-smoke.json"), JSON.stringify(result, null, 2) + "\n");

@@ -9,8 +9,10 @@
 # tool with carry: ["node_modules/node-llama-cpp/llama/gitRelease.bundle"]:
 #   bash test/device/lora-bench.sh
 # Knobs (environment): STEPS (10), WARMUP (2, steps left out of the timing), SEQ (2048),
-# BATCH (1), RANK (16), CUDA_ARCH (90), JOBS (nproc), BUILD (reuse a build folder),
-# BUNDLE (the llama.cpp git bundle).
+# BATCH (1), RANK (16), SKIP_PEFT (1: stop after valley-lora, for a CPU rehearsal), CUDA_ARCH (90), JOBS (nproc), BUILD (reuse a build folder),
+# BUNDLE (the llama.cpp git bundle), SRC (its clone: gguf-py is read from there).
+# With BUILD and SRC pointing at the llama-build stage's scratch (build/ and src/)
+# the script reuses that build, as test/device/all.sh does.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -31,7 +33,7 @@ CARD=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 |
 log "card: $CARD"
 
 # 1. CUDA build of llama.cpp + the project's patches + valley-lora
-SRC=$WORK/llama.cpp
+SRC=${SRC:-$WORK/llama.cpp}
 BUILD=${BUILD:-$SRC/build-cuda}
 if [ ! -x "$BUILD/bin/valley-lora" ]; then
   log "building llama.cpp with CUDA (arch $CUDA_ARCH, -j$JOBS)"
@@ -106,6 +108,8 @@ print(len(rows) * int(sys.argv[3]) * int(sys.argv[4]) / sum(r['seconds'] for r i
 PY
 )
 log "valley-lora: $LLAMA_TPS tokens/s"
+
+if [ "${SKIP_PEFT:-0}" = 1 ]; then log "SKIP_PEFT=1: no PyTorch comparison (rehearsal)"; exit 0; fi
 
 # 4. PyTorch + PEFT, same shape, F32 weights, same targets, batch and sequence length
 log "PyTorch + PEFT"
