@@ -11,7 +11,8 @@
 #   carry: ["dist", "node_modules/node-llama-cpp/llama", "node_modules/node-llama-cpp/package.json", ".tmp/device"]
 #   bash test/device/all.sh
 # .tmp/device holds node.xz (this machine's node, xz-compressed: the CUDA image
-# has no node) and git.xz; prepare it with `bash test/device/all.sh --pack`.
+# has no node), git.xz, and nm/ (execa and its dependencies, which the stages'
+# process runner loads); prepare it with `bash test/device/all.sh --pack`.
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
@@ -19,6 +20,18 @@ if [ "${1:-}" = --pack ]; then
   mkdir -p .tmp/device
   xz -T0 -9 -c "$(readlink -f "$(command -v node)")" > .tmp/device/node.xz
   xz -T0 -9 -c "$(readlink -f "$(command -v git)")" > .tmp/device/git.xz
+  rm -rf .tmp/device/nm
+  for p in $(node -e '
+    const fs = require("fs"), seen = new Set(), q = ["execa"];
+    while (q.length) {
+      const p = q.pop();
+      if (seen.has(p)) continue;
+      seen.add(p);
+      q.push(...Object.keys(JSON.parse(fs.readFileSync(`node_modules/${p}/package.json`)).dependencies ?? {}));
+    }
+    console.log([...seen].join(" "))'); do
+    mkdir -p ".tmp/device/nm/$(dirname "$p")" && cp -r "node_modules/$p" ".tmp/device/nm/$p"
+  done
   ls -la .tmp/device
   exit 0
 fi
@@ -38,18 +51,20 @@ for tool in node git; do
   fi
 done
 export PATH=$PATH:/tmp/valley-bin
+[ -d .tmp/device/nm ] && [ ! -d node_modules/execa ] && cp -r .tmp/device/nm/. node_modules/
 stamp "tools"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
 nvcc --version | tail -1 || true
 node --version; git --version; cmake --version | head -1; nproc
-python3 -c 'import torch, transformers, peft; print("torch", torch.__version__, "transformers", transformers.__version__, "peft", peft.__version__)' || true
 
 export WORK_SMOKE=/tmp/valley-cuda-smoke
 stamp "cuda-smoke"
 WORK=$WORK_SMOKE timeout "${SMOKE_TIMEOUT:-400}" bash test/device/cuda-smoke.sh
 echo "cuda-smoke exit $?"
 stamp "lora-bench"
+[ -x "$WORK_SMOKE/build/scratch/build/bin/valley-lora" ] || { echo "no CUDA build: lora-bench skipped"; exit 1; }
 BUILD=$WORK_SMOKE/build/scratch/build SRC=$WORK_SMOKE/build/scratch/src WORK=/tmp/valley-lora-bench \
   timeout "${LORA_TIMEOUT:-180}" bash test/device/lora-bench.sh
 echo "lora-bench exit $?"
 stamp "done"
+head -n 3 /tmp/valley-lora-bench/peft.log 2>/dev/null || true

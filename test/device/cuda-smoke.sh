@@ -58,7 +58,7 @@ const rm = randomModel(resolveRandomParams({ preset: "qwen2.5-0.5b", type: "F16"
 const gguf = join(W, "model.gguf");
 await writeGguf(gguf, rm.kvs, rm.tensors);
 const modelSeconds = (Date.now() - t0) / 1000;
-const bench = spawnSync(join(b.scratch, "build", "bin", "llama-bench"), ["-m", gguf, "-ngl", "99", "-p", "512", "-n", "128", "-o", "json"], { encoding: "utf8" });
+const bench = spawnSync(join(b.scratch, "build", "bin", "llama-bench"), ["-m", gguf, "-ngl", "99", "-p", "512", "-n", "128", "-r", "3", "-o", "json"], { encoding: "utf8" });
 if (bench.status !== 0) console.error(bench.stderr);
 const rows = bench.status === 0 ? JSON.parse(bench.stdout) : [];
 const tps = Object.fromEntries(rows.map((r) => [r.n_prompt ? "prompt_tokens_per_s" : "gen_tokens_per_s", r.avg_ts]));

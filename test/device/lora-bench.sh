@@ -117,6 +117,8 @@ PEFT_TPS=$(python3 - "$STEPS" "$WARMUP" "$BATCH" "$SEQ" "$RANK" <<'PY' 2> "$WORK
 import sys, time, torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 from peft import LoraConfig, get_peft_model
+import transformers, peft
+print("torch", torch.__version__, "transformers", transformers.__version__, "peft", peft.__version__, file=sys.stderr)
 steps, warm, batch, seq, rank = map(int, sys.argv[1:6])
 torch.manual_seed(0)
 cfg = Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
