@@ -80,10 +80,6 @@ def as_if_site():
     builtins.license = _sitebuiltins._Printer("license", "See https://www.python.org/psf/license/")
 
 
-try:
-    not_dumpable()
-except Exception:
-    pass
 if sys.flags.no_site:
     as_if_site()
 
@@ -416,6 +412,13 @@ def read_blob():
 
 def main():
     global json
+    try:
+        not_dumpable()
+    except Exception as e:
+        if SANDBOXED:
+            # A dumpable harness could be ptraced by the candidate: refuse to run.
+            sys.stderr.write("harness: cannot make itself non-dumpable: %r\n" % (e,))
+            sys.exit(70)
     head = PROTO_IN.readline().decode().split()
     if not head:
         return  # an unused warm sandbox being closed
