@@ -205,10 +205,11 @@ export class Engine {
     env: Record<string, string>,
   ): KeyFields {
     const kind = this.pipeline.kinds.get(inst.kind);
+    const unkeyed = new Set(kind?.impl.unkeyedParams ?? []);
     return {
       kind: inst.kind,
       version: kind?.impl.version ?? "?",
-      params: inst.params,
+      params: Object.fromEntries(Object.entries(inst.params).filter(([k]) => !unkeyed.has(k))),
       inputs,
       tools: Object.fromEntries(Object.entries(tools).map(([n, t]) => [n, t.digest])),
       env,

@@ -100,6 +100,13 @@ export interface StageKind<P = Record<string, unknown>> {
   version: string;
   /** Names of tools the kind calls (see ToolInfo); their digests join the key. */
   tools?: string[];
+  /**
+   * Top-level params that change how a result is computed, never what it is
+   * (parallelism: compile jobs, samples graded at once). They are left out of
+   * the key, so changing them re-runs nothing. List a param here only when its
+   * value cannot change an output byte.
+   */
+  unkeyedParams?: readonly string[];
   /** Resources an instance needs, given its params; defaults cpu 1, gpu 0, memory 0. */
   resources?(params: P): Partial<Resources>;
   /**

@@ -250,3 +250,37 @@ stages:
   assert.equal(runJson(dir).executed, 1, "a new folder is part of the input");
   assert.ok(existsSync(join(dir, ".valley")));
 });
+
+test("a kind's unkeyed params (parallelism) re-run nothing when changed; its other params do", () => {
+  const problem = {
+    id: "sum",
+    source: "demo",
+    title: "Sum",
+    statement: "Add two numbers.",
+    starter_code: "",
+    difficulty: "easy",
+    difficulty_raw: "EASY",
+    time_limit_s: 1,
+    tests: [{ input: "1 2\n", output: "3\n", type: "stdin" }],
+  };
+  const trace = {
+    problem_id: "sum",
+    sample: 0,
+    messages: [{ role: "user", content: "Add two numbers." }],
+    text: "```python\nprint(sum(map(int, input().split())))\n```",
+    finish_reason: "stop",
+  };
+  const yaml = (w: string) =>
+    `version: 1\nname: u\nstages:\n  v:\n    uses: verify\n    inputs:\n      problems: ./problems\n      traces: ./traces\n    with: {${w}}\n`;
+  const dir = project({
+    "problems/problems.jsonl": JSON.stringify(problem) + "\n",
+    "traces/traces.jsonl": JSON.stringify(trace) + "\n",
+    "p.yaml": yaml("jobs: 2"),
+  });
+  assert.equal(runJson(dir).executed, 1);
+  writeFileSync(join(dir, "p.yaml"), yaml("jobs: 1"));
+  const again = runJson(dir);
+  assert.deepEqual([again.executed, again.cached], [0, 1]);
+  writeFileSync(join(dir, "p.yaml"), yaml("jobs: 1, policy: last"));
+  assert.equal(runJson(dir).executed, 1);
+});

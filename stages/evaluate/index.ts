@@ -122,6 +122,8 @@ const kind: StageKind<EvaluateParams> = {
   kind: "evaluate",
   // Bump when a change alters samples.jsonl or metrics.json for the same inputs.
   version: "1",
+  // Each sample has a sandbox of its own: how many run at once changes no verdict.
+  unkeyedParams: ["jobs"],
   tools: ["llama"],
   resources: (p) => {
     const threads = p.threads ?? EVALUATE_DEFAULTS.threads;

@@ -364,6 +364,8 @@ async function install(build: string, out: string, programs: string[]): Promise<
 const llamaBuild: StageKind<LlamaBuildParams> = {
   kind: "llama-build",
   version: "1",
+  // The binaries do not depend on how many compilers ran at once.
+  unkeyedParams: ["jobs"],
   resources: (p) => ({ cpu: p.jobs ?? 2, memory: 4096 }),
   check: paramIssues,
   fingerprint: async (p) => ({ ...(await buildFingerprint()), hostCpu: hostCpu(p) }),

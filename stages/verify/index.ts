@@ -39,6 +39,8 @@ const verify: StageKind<VerifyParams> = {
   kind: "verify",
   // Bump when grading changes verdicts for the same code and tests.
   version: "1",
+  // Each sample has a sandbox of its own: how many run at once changes no verdict.
+  unkeyedParams: ["jobs"],
   resources: (p) => ({ cpu: p.jobs ?? DEFAULTS.jobs, memory: (p.jobs ?? DEFAULTS.jobs) * 1024 }),
   async run(ctx: StageContext<VerifyParams>) {
     // Imported here: module top-levels stay light for no-op runs.
