@@ -18,6 +18,9 @@ interface Entry {
   digest: Digest;
 }
 
+/** Younger files than this are not trusted by stat alone (coarse clocks, FAT's 2 s, NFS). */
+const RACY_NS = 2_000_000_000n;
+
 export class StatCache {
   private entries = new Map<string, Entry>();
   private dirty = false;
@@ -49,7 +52,12 @@ export class StatCache {
       return { digest: e.digest, size: e.size, hashed: false };
     }
     const { digest, size } = hashFileSync(path);
-    this.remember(path, digest, st);
+    // "Racily clean" (git's term): a file modified within the filesystem's
+    // timestamp granularity of being hashed could change again with the same
+    // size and mtime. Such an entry is not kept; the next run hashes it again.
+    const ageNs = BigInt(Date.now()) * 1_000_000n - st.mtimeNs;
+    if (ageNs >= RACY_NS) this.remember(path, digest, st);
+    else this.forget(path);
     return { digest, size, hashed: true };
   }
 

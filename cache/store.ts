@@ -311,7 +311,11 @@ export class Store {
     } catch {
       return false;
     }
-    if (actual === d) return true;
+    if (actual === d) {
+      // Objects are immutable: unlike a user's file, a fresh one may be trusted by stat.
+      this.stat.remember(p, d);
+      return true;
+    }
     this.quarantine(p);
     return false;
   }

@@ -2,10 +2,11 @@ import { existsSync, readFileSync, readdirSync, lstatSync, readlinkSync } from "
 import { join, resolve, basename } from "node:path";
 import { type Digest, hashJson, sha256Bytes, canonicalJson, digestHex } from "../cache/digest.js";
 import { Store, type ActionRecord, type Manifest, type TreeEntry } from "../cache/store.js";
+import type { StatCache } from "../cache/stat-cache.js";
 import { Leases } from "../cache/leases.js";
 import { writeFileAtomic } from "../cache/atomic.js";
 import type { Pipeline, Instance } from "./pipeline/expand.js";
-import type { InputArtifact, StageInput, ToolInfo } from "./stage-api.js";
+import type { FingerprintTools, InputArtifact, StageInput, ToolInfo } from "./stage-api.js";
 import { computeKey, hashToolDir, type KeyFields } from "./key.js";
 
 export const ENGINE_VERSION = "0.1.0";
@@ -75,39 +76,7 @@ export class Engine {
    * costs one stat per file).
    */
   digestPath(abs: string): Digest {
-    const entries: TreeEntry[] = [];
-    const walk = (a: string, rel: string) => {
-      for (const name of readdirSync(a).sort()) {
-        const p = join(a, name);
-        const r = rel ? `${rel}/${name}` : name;
-        const st = lstatSync(p, { bigint: true });
-        if (st.isSymbolicLink()) entries.push({ path: r, link: readlinkSync(p) });
-        else if (st.isDirectory()) {
-          entries.push({ path: r, dir: true });
-          walk(p, r);
-        } else if (st.isFile()) {
-          const { digest, size } = this.store.stat.digest(p, st);
-          entries.push(
-            (st.mode & 0o111n) !== 0n
-              ? { path: r, digest, size, exec: true }
-              : { path: r, digest, size },
-          );
-        }
-      }
-    };
-    const st = lstatSync(abs);
-    if (st.isDirectory()) walk(abs, "");
-    else {
-      const { digest, size } = this.store.stat.digest(abs);
-      const name = basename(abs);
-      entries.push(
-        (st.mode & 0o111) !== 0
-          ? { path: name, digest, size, exec: true }
-          : { path: name, digest, size },
-      );
-    }
-    const manifest: Manifest = { v: 1, entries };
-    return sha256Bytes(canonicalJson(manifest));
+    return pathDigest(abs, this.store.stat);
   }
 
   /** A path input as a tree in the store (copied in only if its content is new). */
@@ -189,12 +158,13 @@ export class Engine {
 
   /** Runs each kind's fingerprint hook once per params object. */
   async prepareFingerprints(): Promise<void> {
+    const tools = fingerprintTools(this.store.stat);
     for (const inst of this.pipeline.instances) {
       const kind = this.pipeline.kinds.get(inst.kind);
       if (!kind?.impl.fingerprint) continue;
       const k = inst.kind + canonicalJson(inst.params);
       if (!this.fingerprints.has(k))
-        this.fingerprints.set(k, await kind.impl.fingerprint(inst.params));
+        this.fingerprints.set(k, await kind.impl.fingerprint(inst.params, tools));
     }
   }
 
@@ -279,4 +249,49 @@ export class Engine {
   failedLogPath(key: Digest): string {
     return join(this.store.dir("work"), `${digestHex(key)}.failed.log`);
   }
+}
+
+/**
+ * The digest `abs` would have as a tree in the store (its manifest's digest),
+ * through a stat cache: unchanged files are not read again.
+ */
+export function pathDigest(abs: string, stat: StatCache): Digest {
+  const entries: TreeEntry[] = [];
+  const walk = (a: string, rel: string) => {
+    for (const name of readdirSync(a).sort()) {
+      const p = join(a, name);
+      const r = rel ? `${rel}/${name}` : name;
+      const st = lstatSync(p, { bigint: true });
+      if (st.isSymbolicLink()) entries.push({ path: r, link: readlinkSync(p) });
+      else if (st.isDirectory()) {
+        entries.push({ path: r, dir: true });
+        walk(p, r);
+      } else if (st.isFile()) {
+        const { digest, size } = stat.digest(p, st);
+        entries.push(
+          (st.mode & 0o111n) !== 0n
+            ? { path: r, digest, size, exec: true }
+            : { path: r, digest, size },
+        );
+      }
+    }
+  };
+  const st = lstatSync(abs);
+  if (st.isDirectory()) walk(abs, "");
+  else {
+    const { digest, size } = stat.digest(abs);
+    const name = basename(abs);
+    entries.push(
+      (st.mode & 0o111) !== 0
+        ? { path: name, digest, size, exec: true }
+        : { path: name, digest, size },
+    );
+  }
+  const manifest: Manifest = { v: 1, entries };
+  return sha256Bytes(canonicalJson(manifest));
+}
+
+/** The engine's side of the fingerprint hooks (see FingerprintTools). */
+export function fingerprintTools(stat: StatCache): FingerprintTools {
+  return { digest: (p) => (existsSync(p) ? pathDigest(resolve(p), stat) : null) };
 }

@@ -91,6 +91,17 @@ export interface ParamIssue {
   message: string;
 }
 
+/** What a fingerprint hook may ask of the engine. */
+export interface FingerprintTools {
+  /**
+   * Content digest of a local file or folder (a path relative to the
+   * pipeline's folder, or absolute), through the engine's stat cache: a file
+   * unchanged since the last run is not read again, however large. Null when
+   * the path does not exist (the stage reports that when it runs).
+   */
+  digest(path: string): Digest | null;
+}
+
 export interface StageKind<P = Record<string, unknown>> {
   kind: string;
   /**
@@ -111,10 +122,14 @@ export interface StageKind<P = Record<string, unknown>> {
   resources?(params: P): Partial<Resources>;
   /**
    * Extra key material the params alone do not capture, e.g. the digests of
-   * patch or source files kept in the repo that a build applies. Say in a
-   * comment why each field invalidates results.
+   * patch or source files kept in the repo that a build applies, or of a
+   * local file a param names. Say in a comment why each field invalidates
+   * results.
    */
-  fingerprint?(params: P): Promise<Record<string, unknown>> | Record<string, unknown>;
+  fingerprint?(
+    params: P,
+    tools: FingerprintTools,
+  ): Promise<Record<string, unknown>> | Record<string, unknown>;
   /** Checks the schema cannot express; each issue is reported at its YAML location. */
   check?(params: P): ParamIssue[];
   run(ctx: StageContext<P>): Promise<StageResult | void>;

@@ -1,7 +1,5 @@
 /** File helpers shared by the llama stages. */
-import { copyFile, link, stat } from "node:fs/promises";
-import type { Digest } from "../cache/digest.js";
-import { hashFile } from "./toolchain.js";
+import { copyFile, link } from "node:fs/promises";
 
 /**
  * Puts `src` at `dst` as a hardlink (no copy of a multi-GB model); copies only
@@ -18,20 +16,4 @@ export async function linkOrCopy(src: string, dst: string): Promise<"link" | "co
     await copyFile(src, dst);
     return "copy";
   }
-}
-
-/**
- * sha256 of a file, remembered per (device, inode, size, mtime) for the life of
- * the process, so a pipeline naming one big model twice hashes it once.
- */
-const memo = new Map<string, Digest>();
-export async function hashFileCached(path: string): Promise<Digest> {
-  const s = await stat(path, { bigint: true });
-  const k = `${s.dev}:${s.ino}:${s.size}:${s.mtimeNs}`;
-  let d = memo.get(k);
-  if (!d) {
-    d = await hashFile(path);
-    memo.set(k, d);
-  }
-  return d;
 }

@@ -1,11 +1,13 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, rmSync, utimesSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { deflateSync } from "node:zlib";
 import problems, { dateWindow, type ProblemsParams } from "../stages/problems/index.js";
 import { unpickleString } from "../data/pickle.js";
 import { InputError } from "../engine/stage-api.js";
+import { fingerprintTools } from "../engine/engine.js";
+import { StatCache } from "../cache/stat-cache.js";
 import { projectRoot } from "../data/root.js";
 import type { Problem } from "../data/problem.js";
 import { makeCtx, tempDir } from "./helpers/data-ctx.js";
@@ -233,12 +235,26 @@ test("bad input: clear errors naming the file and record", async () => {
   );
 });
 
-test("fingerprint changes when the file named in params changes", async () => {
+test("fingerprint changes when the file named in params changes, even within one clock tick", async () => {
   const dir = tempDir();
   const f = join(dir, "p.jsonl");
+  // The engine's stat cache, persisted between the two "runs": the second
+  // write has the same size and, on a coarse clock, the same mtime.
+  const statFile = join(dir, "stat.json");
   writeFileSync(f, "a\n");
-  const a = await problems.fingerprint!({ format: "jsonl", path: f });
+  const first = new StatCache(statFile);
+  const a = await problems.fingerprint!({ format: "jsonl", path: f }, fingerprintTools(first));
+  first.save();
   writeFileSync(f, "b\n");
-  const b = await problems.fingerprint!({ format: "jsonl", path: f });
+  const b = await problems.fingerprint!(
+    { format: "jsonl", path: f },
+    fingerprintTools(new StatCache(statFile)),
+  );
   assert.notDeepEqual(a, b);
+  // An old, unchanged file is trusted by its stat fields: the cache remembers it.
+  utimesSync(f, new Date(Date.now() - 60_000), new Date(Date.now() - 60_000));
+  const stat = new StatCache(statFile);
+  const c = await problems.fingerprint!({ format: "jsonl", path: f }, fingerprintTools(stat));
+  assert.equal(stat.digest(f).hashed, false);
+  assert.notDeepEqual(c, a);
 });

@@ -8,7 +8,10 @@ import { spawn, spawnSync } from "node:child_process";
 import { existsSync, lstatSync, readdirSync, readFileSync } from "node:fs";
 import { readFile, readdir, mkdir } from "node:fs/promises";
 import { join } from "node:path";
+import { tmpdir } from "node:os";
 import { InputError, type ToolInfo } from "../engine/stage-api.js";
+import { fingerprintTools } from "../engine/engine.js";
+import { StatCache } from "../cache/stat-cache.js";
 import model from "../stages/model/index.js";
 import quantize from "../stages/quantize/index.js";
 import merge from "../stages/merge/index.js";
@@ -67,11 +70,11 @@ test("the build artifact: programs in bin/, libraries in lib/, found without LD_
 });
 
 test("fingerprint covers patches and native sources", async () => {
-  const fp = (await llamaBuild.fingerprint!({
-    backend: "cpu",
-    buildType: "Release",
-    cmakeFlags: [],
-  })) as {
+  const tools = fingerprintTools(new StatCache(join(tmpdir(), `valley-stat-${process.pid}.json`)));
+  const fp = (await llamaBuild.fingerprint!(
+    { backend: "cpu", buildType: "Release", cmakeFlags: [] },
+    tools,
+  )) as {
     patches: Record<string, string>;
     natives: Record<string, Record<string, string>>;
     source: { nodeLlamaCpp: string };

@@ -4,10 +4,12 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { readFile, stat, writeFile, truncate, copyFile } from "node:fs/promises";
+import { readFile, stat, writeFile, truncate, copyFile, mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import { InputError } from "../engine/stage-api.js";
 import { sha256Bytes } from "../cache/digest.js";
+import { StatCache } from "../cache/stat-cache.js";
+import { fingerprintTools } from "../engine/engine.js";
 import model, { type ModelParams } from "../stages/model/index.js";
 import { inspectGguf } from "../llama/gguf.js";
 import { toHalf } from "../llama/gguf-writer.js";
@@ -107,8 +109,20 @@ test("path: a local GGUF is hardlinked, and its bytes are in the fingerprint", a
   const file = join(src.out, "model.gguf");
   const { out } = await runModel({ path: file });
   assert.equal((await stat(join(out, "model.gguf"))).ino, (await stat(file)).ino);
-  const fp = await model.fingerprint!({ path: file });
-  assert.equal(fp.file, sha256Bytes(await readFile(file)));
+  // The fingerprint is the file's content: a copy elsewhere has the same one,
+  // a copy with one byte changed does not.
+  const { tmp } = await makeCtx({});
+  const tools = fingerprintTools(new StatCache(join(tmp, "stat.json")));
+  const fp = await model.fingerprint!({ path: file }, tools);
+  await mkdir(join(tmp, "copy"));
+  const copy = join(tmp, "copy", "model.gguf");
+  await copyFile(file, copy);
+  assert.deepEqual(await model.fingerprint!({ path: copy }, tools), fp);
+  const bytes = await readFile(file);
+  bytes[bytes.length - 1] ^= 1;
+  await writeFile(copy, bytes);
+  assert.notDeepEqual(await model.fingerprint!({ path: copy }, tools), fp);
+  assert.match(String(fp.file), /^sha256:[0-9a-f]{64}$/);
 });
 
 test("bad GGUF inputs fail with InputError", async () => {

@@ -6,7 +6,7 @@ import { existsSync } from "node:fs";
 import { mkdir, rename, rm, stat } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { InputError, type ParamIssue, type StageKind } from "../../engine/stage-api.js";
-import { hashFileCached, linkOrCopy } from "../../llama/files.js";
+import { linkOrCopy } from "../../llama/files.js";
 import { checkGguf, recordModel } from "../../llama/model-info.js";
 import {
   randomModel,
@@ -113,11 +113,13 @@ const model: StageKind<ModelParams> = {
   check(p) {
     return [...sourceIssues(p), ...randomIssues(p)];
   },
-  async fingerprint(p) {
+  fingerprint(p, tools) {
     // A local file is named by path in the params; its bytes are what the
     // output depends on, so editing the file in place must change the key.
-    if (p.path !== undefined && existsSync(resolve(p.path))) {
-      return { file: await hashFileCached(resolve(p.path)) };
+    // Through the engine's stat cache: a 30 GB model is not re-read per run.
+    if (p.path !== undefined) {
+      const file = tools.digest(p.path);
+      if (file) return { file };
     }
     return {};
   },

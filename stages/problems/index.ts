@@ -8,7 +8,6 @@ import {
 import { listDataFiles, writeJsonl } from "../../data/jsonl.js";
 import { readRecords } from "../../data/parquet.js";
 import { projectRoot } from "../../data/root.js";
-import { pathDigest } from "../../data/fingerprint.js";
 import {
   OcrGrouper,
   genericProblem,
@@ -81,9 +80,9 @@ const kind: StageKind<ProblemsParams> = {
   version: "1",
   resources: () => ({ cpu: 1, memory: 2048 }),
   // The key must change when a local file named in params changes, not only its name.
-  async fingerprint(params) {
+  fingerprint(params, tools) {
     const out: Record<string, unknown> = {};
-    for (const p of paramPaths(params)) out[p] = await pathDigest(isAbsolute(p) ? p : resolve(p));
+    for (const p of paramPaths(params)) out[p] = tools.digest(p);
     return { files: out };
   },
   check(params) {
