@@ -175,11 +175,13 @@ export class Engine {
     env: Record<string, string>,
   ): KeyFields {
     const kind = this.pipeline.kinds.get(inst.kind);
-    const unkeyed = new Set(kind?.impl.unkeyedParams ?? []);
+    const unkeyed = kind?.impl.unkeyedParams;
     return {
       kind: inst.kind,
       version: kind?.impl.version ?? "?",
-      params: Object.fromEntries(Object.entries(inst.params).filter(([k]) => !unkeyed.has(k))),
+      params: unkeyed?.length
+        ? Object.fromEntries(Object.entries(inst.params).filter(([k]) => !unkeyed.includes(k)))
+        : inst.params,
       inputs,
       tools: Object.fromEntries(Object.entries(tools).map(([n, t]) => [n, t.digest])),
       env,

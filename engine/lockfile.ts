@@ -27,6 +27,9 @@ export function lockfilePath(pipelineFile: string): string {
 }
 
 function sortKeys<T>(o: Record<string, T>): Record<string, T> {
+  // Most records have one output file and few metrics: no copy needed then.
+  const keys = Object.keys(o);
+  if (keys.length < 2) return o;
   return Object.fromEntries(Object.entries(o).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
 }
 
