@@ -329,3 +329,39 @@ test("s3://: gc --remote keeps what a lockfile or a pin references", () => {
   assert.equal(r.code, 0, r.stderr);
   assert.match(r.stdout, /1 result/);
 });
+
+test("s3://: a file larger than partSizeMb goes up in parts and comes back whole", () => {
+  const dir = project({
+    "p.yaml":
+      "version: 1\nname: big\nstages:\n  big:\n    uses: shell\n    with:\n      run: head -c 12582917 /dev/urandom > $OUT/big.bin\n",
+  });
+  ok(valley(["run", "p.yaml"], { cwd: dir }), "run");
+  const prefix = `mp-${Date.now()}`;
+  const url = `${s3.url(prefix)}&partSizeMb=5`;
+  // s3rver keeps a multipart upload's parts in a folder of its own, made at
+  // the first multipart upload (single PUTs never make it), until the upload
+  // completes: afterwards it exists and holds no upload left over.
+  const uploads = join(s3.dir, "valley", "._S3rver_uploads");
+  assert.ok(!existsSync(uploads), "an earlier test made a multipart upload");
+  ok(valley(["push", url, "-f", "p.yaml"], { cwd: dir, env: s3.env }), "push");
+  assert.ok(existsSync(uploads), "no multipart upload reached the server");
+  assert.deepEqual(readdirSync(uploads), []);
+  const b = clone(dir);
+  ok(valley(["pull", url, "-f", "p.yaml"], { cwd: b.dir, env: s3.env }), "pull");
+  ok(valley(["verify"], { cwd: b.dir }), "verify after pull");
+  const lock = JSON.parse(readFileSync(join(b.dir, "p.lock"), "utf8")) as {
+    instances: Record<string, { tree: string }>;
+  };
+  const tree = lock.instances.big.tree.slice(7);
+  assert.deepEqual(
+    readFileSync(join(b.dir, ".valley", "trees", tree, "big.bin")),
+    readFileSync(join(dir, ".valley", "trees", tree, "big.bin")),
+  );
+
+  const bad = valley(["push", `${s3.url(prefix)}&partSizeMb=1`, "-f", "p.yaml"], {
+    cwd: dir,
+    env: s3.env,
+  });
+  assert.equal(bad.code, 2);
+  assert.match(bad.stderr, /partSizeMb must be a whole number of MiB from 5 to 5120/);
+});

@@ -90,6 +90,17 @@ const str = (v: unknown) => (typeof v === "string" && v !== "" ? v : undefined);
 const bool = (v: unknown) =>
   v === undefined ? undefined : v === true || v === "true" || v === "1";
 
+/** `partSizeMb` (from YAML a number, from a URL query a string): whole MiB, at least 5 (S3's floor). */
+function partSize(v: unknown, shown: string): number | undefined {
+  if (v === undefined) return undefined;
+  const n = typeof v === "number" ? v : typeof v === "string" && /^\d+$/.test(v) ? Number(v) : NaN;
+  if (!Number.isInteger(n) || n < 5 || n > 5120)
+    throw new RemoteConfigError(
+      `${shown}: partSizeMb must be a whole number of MiB from 5 to 5120, not ${JSON.stringify(v)}`,
+    );
+  return n * 1024 * 1024;
+}
+
 /** Opens a remote: options from the spec, overridden by the URL's query (?endpoint=…&pathStyle=1). */
 export async function openBackend(spec: RemoteSpec): Promise<Backend> {
   let u: URL;
@@ -140,6 +151,7 @@ export async function openBackend(spec: RemoteSpec): Promise<Backend> {
             (process.env.VALLEY_S3_PATH_STYLE ? bool(process.env.VALLEY_S3_PATH_STYLE) : undefined),
           accessKeyIdEnv: str(o.accessKeyIdEnv),
           secretAccessKeyEnv: str(o.secretAccessKeyEnv),
+          partSizeBytes: partSize(o.partSizeMb, shown),
         },
         shown,
       );

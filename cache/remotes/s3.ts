@@ -6,6 +6,10 @@ import {
   HeadObjectCommand,
   GetObjectCommand,
   PutObjectCommand,
+  CreateMultipartUploadCommand,
+  UploadPartCommand,
+  CompleteMultipartUploadCommand,
+  AbortMultipartUploadCommand,
   DeleteObjectCommand,
   ListObjectsV2Command,
   type S3ClientConfig,
@@ -25,7 +29,18 @@ export interface S3Options {
   /** Names of the environment variables holding the credentials (never the secrets themselves). */
   accessKeyIdEnv?: string;
   secretAccessKeyEnv?: string;
+  /**
+   * Files larger than this go up in parts of this size (multipart upload):
+   * a single PUT stops at 5 GiB, and a merged F32 student is 30 GB. Default
+   * 64 MiB; at least 5 MiB (S3's smallest part but the last).
+   */
+  partSizeBytes?: number;
 }
+
+const MiB = 1024 * 1024;
+export const DEFAULT_PART_SIZE = 64 * MiB;
+/** S3 allows 10,000 parts per object. */
+const MAX_PARTS = 10_000;
 
 // The SDK warns on Node 20 about releases after January 2027; valley pins
 // its SDK version exactly and supports Node 20, so the warning only confuses.
@@ -113,19 +128,71 @@ export class S3Backend implements Backend {
   }
 
   async upload(localFile: string, path: string, size: number): Promise<void> {
-    // A PUT object becomes visible only once complete, so no temporary name.
-    // Single PUTs stop at 5 GiB; larger artifacts would need multipart upload.
-    await this.client.send(
-      new PutObjectCommand({
-        Bucket: this.opts.bucket,
-        Key: this.key(path),
-        Body: createReadStream(localFile),
-        ContentLength: size,
-      }),
+    // An object becomes visible only once complete (a PUT, or the completion
+    // of a multipart upload), so no temporary name is needed.
+    const partSize = Math.max(
+      this.opts.partSizeBytes ?? DEFAULT_PART_SIZE,
+      Math.ceil(size / MAX_PARTS),
     );
+    if (size > partSize) await this.uploadParts(localFile, path, size, partSize);
+    else
+      await this.client.send(
+        new PutObjectCommand({
+          Bucket: this.opts.bucket,
+          Key: this.key(path),
+          Body: createReadStream(localFile),
+          ContentLength: size,
+        }),
+      );
     const got = (await this.stat([path])).get(path);
     if (got !== size)
       throw new Error(`${this.url}: ${got ?? 0} of ${size} bytes of ${path} arrived`);
+  }
+
+  /** Multipart upload, 4 parts at a time; aborted (parts freed) if any part fails. */
+  private async uploadParts(
+    localFile: string,
+    path: string,
+    size: number,
+    partSize: number,
+  ): Promise<void> {
+    const target = { Bucket: this.opts.bucket, Key: this.key(path) };
+    const { UploadId } = await this.client.send(new CreateMultipartUploadCommand(target));
+    if (!UploadId) throw new Error(`${this.url}: the server gave no upload id for ${path}`);
+    try {
+      const n = Math.ceil(size / partSize);
+      const parts = await mapLimit(
+        Array.from({ length: n }, (_, i) => i),
+        4,
+        async (i) => {
+          const start = i * partSize;
+          const end = Math.min(size, start + partSize);
+          const r = await this.client.send(
+            new UploadPartCommand({
+              ...target,
+              UploadId,
+              PartNumber: i + 1,
+              Body: createReadStream(localFile, { start, end: end - 1 }),
+              ContentLength: end - start,
+            }),
+          );
+          if (!r.ETag) throw new Error(`${this.url}: no ETag for part ${i + 1} of ${path}`);
+          return { ETag: r.ETag, PartNumber: i + 1 };
+        },
+      );
+      await this.client.send(
+        new CompleteMultipartUploadCommand({
+          ...target,
+          UploadId,
+          MultipartUpload: { Parts: parts },
+        }),
+      );
+    } catch (e) {
+      await this.client
+        .send(new AbortMultipartUploadCommand({ ...target, UploadId }))
+        .catch(() => undefined);
+      throw e;
+    }
   }
 
   async download(path: string, localFile: string): Promise<void> {
