@@ -86,6 +86,8 @@ const STORE_DIRS = [
  *   actions/<hex>.json    action records, by key
  *   history/<hex>.json    the last key recorded per (pipeline, instance id)
  *   leases/ work/ scratch/ tmp/ corrupt/ pins/
+ *   parsed/<hex>.json     pipelines' data by the digest of their YAML text
+ *                         (engine/pipeline/source.ts; gc empties it)
  * Every write lands under a temporary name and is renamed into place.
  */
 export class Store {
@@ -389,8 +391,9 @@ export class Store {
     }
   }
 
-  /** Empties trash/ (gc). */
+  /** Empties trash/ and the parsed-pipeline memo (gc): both are rebuilt on demand. */
   emptyTrash(): number {
+    rmSync(join(this.root, "parsed"), { recursive: true, force: true });
     const t = join(this.root, "trash");
     const names = readdirSync(t);
     for (const n of names) this.removeTree(join(t, n));

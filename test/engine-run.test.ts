@@ -284,3 +284,37 @@ test("a kind's unkeyed params (parallelism) re-run nothing when changed; its oth
   writeFileSync(join(dir, "p.yaml"), yaml("jobs: 1, policy: last"));
   assert.equal(runJson(dir).executed, 1);
 });
+
+test("a run remembers the parsed pipeline by its text; errors found later still name file:line:col", () => {
+  const text = (sizes: string) =>
+    `version: 1\nname: memo\nparams:\n  sizes: ${sizes}\nstages:\n  gen:\n    uses: shell\n    matrix:\n      i: \${{ params.sizes }}\n    with:\n      run: echo \${{ matrix.i }} > $OUT/x\n`;
+  const dir = project({ "p.yaml": text("[1, 2]") });
+  const memo = join(dir, ".valley", "parsed");
+  assert.equal(runJson(dir).executed, 2);
+  const files = readdirSync(memo);
+  assert.equal(files.length, 1);
+  assert.deepEqual(JSON.parse(readFileSync(join(memo, files[0]), "utf8")), {
+    version: 1,
+    name: "memo",
+    params: { sizes: [1, 2] },
+    stages: {
+      gen: {
+        uses: "shell",
+        matrix: { i: "${{ params.sizes }}" },
+        with: { run: "echo ${{ matrix.i }} > $OUT/x" },
+      },
+    },
+  });
+  // Same text, a bad override: the data comes from the memo, the error's
+  // position from parsing the YAML on demand.
+  const bad = valley(["run", "p.yaml", "-p", "sizes=abc"], { cwd: dir });
+  assert.equal(bad.code, 2);
+  assert.match(bad.stderr, /p\.yaml:9:10: stages\.gen\.matrix\.i: a matrix axis must be a list/);
+  assert.equal(runJson(dir).cached, 2);
+  // Other text, another entry; gc empties the memo.
+  writeFileSync(join(dir, "p.yaml"), text("[1, 2, 3]"));
+  assert.equal(runJson(dir).executed, 1);
+  assert.equal(readdirSync(memo).length, 2);
+  assert.equal(valley(["gc"], { cwd: dir }).code, 0);
+  assert.equal(existsSync(memo), false);
+});

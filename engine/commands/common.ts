@@ -1,9 +1,9 @@
 import { existsSync } from "node:fs";
-import { join, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { parseArgs, type ParseArgsConfig } from "node:util";
-import { parse as parseYaml } from "yaml";
 import { UsageError } from "../errors.js";
 import { loadPipeline, type Pipeline } from "../pipeline/expand.js";
+import { yaml } from "../pipeline/source.js";
 import { PACKAGE_ROOT } from "../root.js";
 import { Engine, cacheRootFor } from "../engine.js";
 
@@ -40,7 +40,7 @@ export function paramOverrides(list: string[] | undefined): Record<string, unkno
   for (const item of list ?? []) {
     const i = item.indexOf("=");
     if (i <= 0) throw new UsageError(`-p expects name=value, got "${item}"`);
-    out[item.slice(0, i)] = parseYaml(item.slice(i + 1));
+    out[item.slice(0, i)] = yaml().parse(item.slice(i + 1));
   }
   return out;
 }
@@ -50,7 +50,12 @@ export async function openPipeline(
   params?: string[],
   opts: { readOnly?: boolean } = {},
 ): Promise<{ pl: Pipeline; engine: Engine }> {
-  const pl = await loadPipeline(pipelineFile(file), { params: paramOverrides(params) });
+  const path = pipelineFile(file);
+  const pl = await loadPipeline(path, {
+    params: paramOverrides(params),
+    // Parsed pipelines are remembered in the cache (see Source); reading costs nothing if absent.
+    memo: join(cacheRootFor(dirname(resolve(path))), "parsed"),
+  });
   const engine = new Engine(pl, undefined, opts);
   // Relative paths in a pipeline's params mean "beside the pipeline file",
   // whatever folder valley was started from; they stay relative in keys, so

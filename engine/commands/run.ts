@@ -50,6 +50,7 @@ export async function run(argv: string[]): Promise<number> {
   if (jobs !== undefined && (!Number.isInteger(jobs) || jobs < 1))
     throw new UsageError(`--jobs expects a positive integer`);
   const { pl, engine } = await openPipeline(values.file ?? positionals[0], values.param);
+  pl.source.remember();
   // --pull / --remote R: a key that misses locally is fetched from the remote before it is computed.
   const fetcher =
     values.pull || values.remote !== undefined

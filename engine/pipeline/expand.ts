@@ -261,10 +261,10 @@ function compatible(a: Coords, b: Coords): boolean {
 /** Loads, validates and expands a pipeline file. Throws InvalidInput with every problem found. */
 export async function loadPipeline(
   file: string,
-  opts: { params?: Record<string, unknown>; text?: string } = {},
+  opts: { params?: Record<string, unknown>; text?: string; memo?: string } = {},
 ): Promise<Pipeline> {
   const abs = resolve(file);
-  const src = Source.load(file, opts.text);
+  const src = Source.load(file, opts.text, { memo: opts.memo });
   pipelineValidator ??= (() => {
     const { $schema: _s, $id: _i, ...body } = pipelineSchema();
     return compileSchema(body);

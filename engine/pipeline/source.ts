@@ -1,6 +1,14 @@
-import { readFileSync } from "node:fs";
-import { parseDocument, LineCounter, isMap, isSeq, isScalar, type Document, type Node } from "yaml";
+import { createHash } from "node:crypto";
+import { mkdirSync, readFileSync } from "node:fs";
+import { createRequire } from "node:module";
+import { dirname, join } from "node:path";
+import { isDeepStrictEqual } from "node:util";
+import type { Document, LineCounter, Node } from "yaml";
+import { writeFileAtomic } from "../../cache/atomic.js";
 import { InvalidInput, type Problem, type SourceLocation } from "../errors.js";
+
+const isMapping = (v: unknown): v is Record<string, unknown> =>
+  v !== null && typeof v === "object" && !Array.isArray(v);
 
 export type YamlPath = (string | number)[];
 
@@ -8,15 +16,59 @@ export type YamlPath = (string | number)[];
  * A parsed pipeline file that still knows where every value came from, so
  * any later error can name file:line:col.
  */
+type YamlModule = typeof import("yaml");
+let yamlModule: YamlModule | undefined;
+/**
+ * The yaml library, loaded on first use: its ~35 ms of module loading is
+ * wasted on a no-op run of a remembered pipeline (see Source).
+ */
+export function yaml(): YamlModule {
+  return (yamlModule ??= createRequire(import.meta.url)("yaml") as YamlModule);
+}
+
+/**
+ * Bumped when what a parse memo holds changes meaning. The yaml library's
+ * version joins it: a new parser must not be served an old one's results.
+ */
+const MEMO_FORMAT = "1";
+let yamlVersion: string | undefined;
+function memoTag(): string {
+  if (yamlVersion === undefined) {
+    try {
+      const pkg = createRequire(import.meta.url).resolve("yaml/package.json");
+      yamlVersion = (JSON.parse(readFileSync(pkg, "utf8")) as { version: string }).version;
+    } catch {
+      yamlVersion = "?";
+    }
+  }
+  return `valley-parse ${MEMO_FORMAT} yaml ${yamlVersion}\n`;
+}
+
+interface Parsed {
+  doc: Document;
+  lines: LineCounter;
+}
+
+/**
+ * A parsed pipeline file that still knows where every value came from, so
+ * any later error can name file:line:col.
+ *
+ * Parsing YAML with source positions is the largest part of a no-op run of a
+ * big pipeline (~40 ms for a 1,000-value matrix). So a valid pipeline's data
+ * is remembered by the bytes of its text (`memo`, a folder of the cache); the
+ * next load of the same bytes reads that JSON back and parses the YAML only
+ * if an error must be located.
+ */
 export class Source {
   private constructor(
     readonly file: string,
-    readonly doc: Document,
-    private readonly lines: LineCounter,
+    private readonly text: string,
     readonly data: unknown,
+    private parsed: Parsed | undefined,
+    private readonly memoFile: string | undefined,
   ) {}
 
-  static load(file: string, text?: string): Source {
+  static load(file: string, text?: string, opts: { memo?: string } = {}): Source {
     let src: string;
     try {
       src = text ?? readFileSync(file, "utf8");
@@ -25,6 +77,32 @@ export class Source {
         { message: `cannot read pipeline ${file}: ${(e as Error).message}` },
       ]);
     }
+    const memoFile = opts.memo
+      ? join(opts.memo, createHash("sha256").update(memoTag()).update(src).digest("hex") + ".json")
+      : undefined;
+    if (memoFile) {
+      try {
+        const data: unknown = JSON.parse(readFileSync(memoFile, "utf8"));
+        if (isMapping(data)) return new Source(file, src, data, undefined, memoFile);
+      } catch {
+        // no memo yet (or a broken one): parse
+      }
+    }
+    const parsed = Source.parse(file, src);
+    const data: unknown = parsed.doc.toJS({ maxAliasCount: 100 });
+    if (!isMapping(data)) {
+      throw new InvalidInput([
+        {
+          loc: { file, line: 1, col: 1 },
+          message: "a pipeline must be a YAML mapping with `version` and `stages`",
+        },
+      ]);
+    }
+    return new Source(file, src, data, parsed, memoFile);
+  }
+
+  private static parse(file: string, src: string): Parsed {
+    const { LineCounter, parseDocument } = yaml();
     const lines = new LineCounter();
     // uniqueKeys: a duplicated key is an error, not a silent override.
     const doc = parseDocument(src, { lineCounter: lines, uniqueKeys: true, prettyErrors: true });
@@ -36,20 +114,33 @@ export class Source {
       };
     });
     if (problems.length) throw new InvalidInput(problems);
-    const data: unknown = doc.toJS({ maxAliasCount: 100 });
-    if (data === null || typeof data !== "object" || Array.isArray(data)) {
-      throw new InvalidInput([
-        {
-          loc: { file, line: 1, col: 1 },
-          message: "a pipeline must be a YAML mapping with `version` and `stages`",
-        },
-      ]);
-    }
-    return new Source(file, doc, lines, data);
+    return { doc, lines };
+  }
+
+  /** The positions, parsed on first use when the data came from the memo. */
+  private get positions(): Parsed {
+    this.parsed ??= Source.parse(this.file, this.text);
+    return this.parsed;
+  }
+
+  /**
+   * Remembers this (valid) pipeline's data for the next load of the same
+   * text. Only `run` calls it: plan, status and show never write a cache,
+   * and bad input never reaches here. Data that JSON cannot carry exactly
+   * (e.g. .inf) is not remembered.
+   */
+  remember(): void {
+    // Loaded from the memo: nothing to add. Parsed: the memo was missing or
+    // unreadable, and is (re)written.
+    if (!this.memoFile || !this.parsed) return;
+    const json = JSON.stringify(this.data);
+    if (!isDeepStrictEqual(JSON.parse(json), this.data)) return;
+    mkdirSync(dirname(this.memoFile), { recursive: true });
+    writeFileAtomic(this.memoFile, json);
   }
 
   private at(offset: number): SourceLocation {
-    const { line, col } = this.lines.linePos(offset);
+    const { line, col } = this.positions.lines.linePos(offset);
     return { file: this.file, line, col };
   }
 
@@ -59,7 +150,8 @@ export class Source {
    * points at the mapping that lacks it.
    */
   locate(path: YamlPath, opts: { key?: boolean } = {}): SourceLocation {
-    let node: Node | null | undefined = this.doc.contents as Node | null;
+    const { isMap, isSeq, isScalar } = yaml();
+    let node: Node | null | undefined = this.positions.doc.contents as Node | null;
     let best: number = node?.range?.[0] ?? 0;
     for (let i = 0; i < path.length; i++) {
       const seg = path[i];
