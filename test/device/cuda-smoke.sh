@@ -9,10 +9,10 @@
 # compiled modules (npm run build, here). Through the device
 # tool, from the repository root, with
 #   carry: ["dist", "node_modules/node-llama-cpp/llama",
-#           "node_modules/node-llama-cpp/package.json"]
-#   bash test/device/cuda-smoke.sh
-# (the stages load no npm package at run time; node-llama-cpp's folder gives
-# the llama.cpp bundle). Knobs: CUDA_ARCH (90), JOBS (nproc), WORK, OUT;
+#           "node_modules/node-llama-cpp/package.json", ".tmp/device"]
+#   bash test/device/all.sh      (which runs this script)
+# node-llama-cpp's folder gives the llama.cpp bundle; the stages' process
+# runner needs execa, which all.sh unpacks from .tmp/device. Knobs: CUDA_ARCH (90), JOBS (nproc), WORK, OUT;
 # BACKEND=cpu and CMAKE_FLAGS (space-separated) rehearse the script on a CPU.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
