@@ -1,4 +1,4 @@
-import { existsSync, readFileSync, readdirSync, lstatSync, readlinkSync } from "node:fs";
+import { existsSync, readFileSync, readdirSync, lstatSync, readlinkSync, statSync } from "node:fs";
 import { join, resolve, basename } from "node:path";
 import { type Digest, hashJson, sha256Bytes, canonicalJson, digestHex } from "../cache/digest.js";
 import { Store, type ActionRecord, type Manifest, type TreeEntry } from "../cache/store.js";
@@ -158,7 +158,7 @@ export class Engine {
 
   /** Runs each kind's fingerprint hook once per params object. */
   async prepareFingerprints(): Promise<void> {
-    const tools = fingerprintTools(this.store.stat);
+    const tools = fingerprintTools(this.store.stat, this.pipeline.dir);
     for (const inst of this.pipeline.instances) {
       const kind = this.pipeline.kinds.get(inst.kind);
       if (!kind?.impl.fingerprint) continue;
@@ -294,6 +294,16 @@ export function pathDigest(abs: string, stat: StatCache): Digest {
 }
 
 /** The engine's side of the fingerprint hooks (see FingerprintTools). */
-export function fingerprintTools(stat: StatCache): FingerprintTools {
-  return { digest: (p) => (existsSync(p) ? pathDigest(resolve(p), stat) : null) };
+export function fingerprintTools(stat: StatCache, pipelineDir: string): FingerprintTools {
+  return {
+    digestFile(p) {
+      const abs = resolve(pipelineDir, p);
+      try {
+        const st = statSync(abs, { bigint: true });
+        return st.isFile() ? stat.digest(abs, st).digest : null;
+      } catch {
+        return null;
+      }
+    },
+  };
 }

@@ -94,12 +94,13 @@ export interface ParamIssue {
 /** What a fingerprint hook may ask of the engine. */
 export interface FingerprintTools {
   /**
-   * Content digest of a local file or folder (a path relative to the
-   * pipeline's folder, or absolute), through the engine's stat cache: a file
-   * unchanged since the last run is not read again, however large. Null when
-   * the path does not exist (the stage reports that when it runs).
+   * SHA-256 of a local file's bytes as a reader sees them (symbolic links
+   * followed), through the engine's stat cache: a file unchanged since the
+   * last run is not read again, however large. A relative path is relative
+   * to the pipeline's folder. Null when it is not a readable regular file
+   * (the stage reports that when it runs).
    */
-  digest(path: string): Digest | null;
+  digestFile(path: string): Digest | null;
 }
 
 export interface StageKind<P = Record<string, unknown>> {

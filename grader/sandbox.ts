@@ -316,8 +316,11 @@ export interface SpawnOptions {
  * start, so one may sit unused without losing an exit or a spawn error.
  */
 export class SandboxProcess {
-  readonly child: ChildProcess;
+  /** Undefined when the process could not even be spawned (see spawnError). */
+  readonly child: ChildProcess | undefined;
   readonly file: string;
+  /** The uid the sandbox was to run under (root only). */
+  readonly uid: number | undefined;
   readonly kind: SandboxKind;
   /** Resolves when the process has exited and its pipes are closed. */
   readonly closed: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
@@ -333,33 +336,45 @@ export class SandboxProcess {
   taken = false;
 
   constructor(opts: SpawnOptions) {
-    const { file, args, uid } = sandboxCommand(opts.sandbox, opts.limits, opts.bwrap);
-    this.file = file;
     this.kind = opts.sandbox;
     // A result line carries base64 stdout and stderr: anything longer is a broken protocol.
     this.maxLine =
       Math.ceil(((opts.limits.stdoutBytes + opts.limits.stderrBytes) * 4) / 3) + (1 << 20);
-    this.child = spawn(file, args, {
-      stdio: ["pipe", "pipe", "pipe"],
-      detached: true,
-      env: { PATH: "/usr/bin:/bin" },
-      ...(uid === undefined ? {} : { uid, gid: uid }),
-    });
+    let child: ChildProcess;
+    try {
+      const { file, args, uid } = sandboxCommand(opts.sandbox, opts.limits, opts.bwrap);
+      this.file = file;
+      this.uid = uid;
+      // Throws at once when the uid cannot be set (e.g. root inside a user
+      // namespace that does not map it): an infrastructure error, not a crash.
+      child = spawn(file, args, {
+        stdio: ["pipe", "pipe", "pipe"],
+        detached: true,
+        env: { PATH: "/usr/bin:/bin" },
+        ...(uid === undefined ? {} : { uid, gid: uid }),
+      });
+    } catch (e) {
+      this.file ??= opts.bwrap ?? BWRAP;
+      this.spawnError = e as NodeJS.ErrnoException;
+      this.closed = Promise.resolve({ code: null, signal: null });
+      return;
+    }
+    this.child = child;
     this.closed = new Promise((resolve) => {
-      this.child.on("close", (code, signal) => resolve({ code, signal }));
-      this.child.on("error", (err: NodeJS.ErrnoException) => {
+      child.on("close", (code, signal) => resolve({ code, signal }));
+      child.on("error", (err: NodeJS.ErrnoException) => {
         this.spawnError = err;
         // A process that never started emits no close.
-        if (this.child.pid === undefined) resolve({ code: null, signal: null });
+        if (child.pid === undefined) resolve({ code: null, signal: null });
       });
     });
-    this.child.stdin?.on("error", () => {
+    child.stdin?.on("error", () => {
       /* the harness exits when done; a late write may hit a closed pipe */
     });
     // The harness's code goes first, so it loads while waiting for a request.
     this.write(driverBoot().blob);
     // Lines can be megabytes of base64: keep chunks, join only at a newline.
-    this.child.stdout?.on("data", (chunk: Buffer) => {
+    child.stdout?.on("data", (chunk: Buffer) => {
       let from = 0;
       let nl: number;
       while ((nl = chunk.indexOf(10, from)) >= 0) {
@@ -380,7 +395,7 @@ export class SandboxProcess {
         this.kill();
       }
     });
-    this.child.stderr?.on("data", (chunk: Buffer) => {
+    child.stderr?.on("data", (chunk: Buffer) => {
       if (this.errBytes < 65536) this.errChunks.push(chunk);
       this.errBytes += chunk.length;
     });
@@ -392,12 +407,12 @@ export class SandboxProcess {
   }
 
   write(data: string | Buffer): void {
-    const stdin = this.child.stdin;
+    const stdin = this.child?.stdin;
     if (stdin && !stdin.destroyed && !stdin.writableEnded) stdin.write(data);
   }
 
   endInput(): void {
-    this.child.stdin?.end();
+    this.child?.stdin?.end();
   }
 
   stderrText(): string {
@@ -405,7 +420,7 @@ export class SandboxProcess {
   }
 
   kill(): void {
-    killTree(this.child);
+    if (this.child) killTree(this.child);
   }
 
   /** Ends an unused warm sandbox (its harness exits on end of input) and waits until it is gone. */
@@ -555,7 +570,13 @@ export async function runSandboxed(
   if (p.spawnError) {
     const err = p.spawnError;
     const what = err.code === "ENOENT" ? `${p.file} not found` : err.message;
-    const hint = p.kind === "bwrap" ? " (install the Debian package bubblewrap)" : "";
+    const hint =
+      err.code === "ENOENT" && p.kind === "bwrap"
+        ? " (install the Debian package bubblewrap)"
+        : p.uid !== undefined && (err.code === "EINVAL" || err.code === "EPERM")
+          ? ` (as root, each sandbox runs under a uid of its own, here ${p.uid}, and switching to it failed:` +
+            " root inside a user namespace that does not map it, or without CAP_SETUID? Run valley as a regular user)"
+          : "";
     return { kind: "infra", message: `cannot start the sandbox: ${what}${hint}` };
   }
   if (p.overflow) return { kind: "infra", message: "sandbox harness sent an oversized line" };

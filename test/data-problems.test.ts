@@ -1,6 +1,14 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, readFileSync, rmSync, utimesSync, writeFileSync } from "node:fs";
+import {
+  existsSync,
+  mkdirSync,
+  readFileSync,
+  rmSync,
+  symlinkSync,
+  utimesSync,
+  writeFileSync,
+} from "node:fs";
 import { join } from "node:path";
 import { deflateSync } from "node:zlib";
 import problems, { dateWindow, type ProblemsParams } from "../stages/problems/index.js";
@@ -243,18 +251,46 @@ test("fingerprint changes when the file named in params changes, even within one
   const statFile = join(dir, "stat.json");
   writeFileSync(f, "a\n");
   const first = new StatCache(statFile);
-  const a = await problems.fingerprint!({ format: "jsonl", path: f }, fingerprintTools(first));
+  const a = await problems.fingerprint!({ format: "jsonl", path: f }, fingerprintTools(first, dir));
   first.save();
   writeFileSync(f, "b\n");
   const b = await problems.fingerprint!(
     { format: "jsonl", path: f },
-    fingerprintTools(new StatCache(statFile)),
+    fingerprintTools(new StatCache(statFile), dir),
   );
   assert.notDeepEqual(a, b);
   // An old, unchanged file is trusted by its stat fields: the cache remembers it.
   utimesSync(f, new Date(Date.now() - 60_000), new Date(Date.now() - 60_000));
   const stat = new StatCache(statFile);
-  const c = await problems.fingerprint!({ format: "jsonl", path: f }, fingerprintTools(stat));
+  const c = await problems.fingerprint!({ format: "jsonl", path: f }, fingerprintTools(stat, dir));
   assert.equal(stat.digest(f).hashed, false);
   assert.notDeepEqual(c, a);
+});
+
+test("fingerprint covers exactly the data files the stage reads, through symbolic links", async () => {
+  const dir = tempDir();
+  const tools = fingerprintTools(new StatCache(join(dir, "stat.json")), dir);
+  const real = join(dir, "scratch");
+  mkdirSync(join(real, ".git"), { recursive: true });
+  writeFileSync(join(real, "train.jsonl"), "a\n");
+  writeFileSync(join(real, ".git", "HEAD"), "ref: x\n");
+  writeFileSync(join(real, "notes.txt"), "not data\n");
+  // A folder of links, and a link to the folder: both read the same bytes.
+  mkdirSync(join(dir, "links"));
+  symlinkSync(join(real, "train.jsonl"), join(dir, "links", "train.jsonl"));
+  symlinkSync(real, join(dir, "data"));
+  const fp = async (path: string) =>
+    JSON.stringify(await problems.fingerprint!({ format: "jsonl", path }, tools));
+  const before = [await fp(join(dir, "links")), await fp(join(dir, "data"))];
+  // Not read by the stage: changes nothing.
+  writeFileSync(join(real, ".git", "HEAD"), "ref: y\n");
+  writeFileSync(join(real, "notes.txt"), "still not data\n");
+  assert.deepEqual([await fp(join(dir, "links")), await fp(join(dir, "data"))], before);
+  // The data behind the links: changes both (another size, so no clock-tick race).
+  writeFileSync(join(real, "train.jsonl"), "bb\n");
+  const after = [await fp(join(dir, "links")), await fp(join(dir, "data"))];
+  assert.notEqual(after[0], before[0]);
+  assert.notEqual(after[1], before[1]);
+  // A missing path is left for the stage to report.
+  assert.match(await fp(join(dir, "nope")), /null/);
 });

@@ -1,7 +1,7 @@
 /** Correct and wrong answers through the real sandbox, and `valley grade`. */
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { execFileSync, spawnSync } from "node:child_process";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
@@ -163,6 +163,28 @@ describe("grading correct and wrong answers", () => {
     });
     assert.equal(r.verdict, "IE");
     assert.match(r.message ?? "", /sandbox/);
+  });
+
+  it("reports a uid it cannot switch to (root in a user namespace) as an infrastructure error", (t) => {
+    if (!existsSync("/usr/bin/unshare")) return t.skip("no /usr/bin/unshare (util-linux) here");
+    // Root inside a fresh user namespace maps only itself: setting the
+    // sandbox's own uid fails, which must be a verdict, not a crash.
+    const script = [
+      `const { gradeSample } = await import(${JSON.stringify(new URL("../grader/grade.js", import.meta.url).href)});`,
+      `const r = await gradeSample(${JSON.stringify(doubler)}, ${JSON.stringify(py("print(int(input()) * 2)"))});`,
+      "console.log(JSON.stringify(r));",
+    ].join("\n");
+    const out = spawnSync(
+      "/usr/bin/unshare",
+      ["--user", "--map-root-user", process.execPath, "--input-type=module", "-e", script],
+      { encoding: "utf8" },
+    );
+    if (out.status !== 0 && /unshare failed|Operation not permitted/.test(out.stderr))
+      return t.skip(`user namespaces are not available here: ${out.stderr.trim()}`);
+    assert.equal(out.status, 0, out.stderr);
+    const r = JSON.parse(out.stdout) as { verdict: string; message?: string };
+    assert.equal(r.verdict, "IE");
+    assert.match(r.message ?? "", /uid of its own.*Run valley as a regular user/);
   });
 
   it("runs without a sandbox only when asked", async () => {

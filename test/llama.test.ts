@@ -70,7 +70,10 @@ test("the build artifact: programs in bin/, libraries in lib/, found without LD_
 });
 
 test("fingerprint covers patches and native sources", async () => {
-  const tools = fingerprintTools(new StatCache(join(tmpdir(), `valley-stat-${process.pid}.json`)));
+  const tools = fingerprintTools(
+    new StatCache(join(tmpdir(), `valley-stat-${process.pid}.json`)),
+    tmpdir(),
+  );
   const fp = (await llamaBuild.fingerprint!(
     { backend: "cpu", buildType: "Release", cmakeFlags: [] },
     tools,

@@ -112,7 +112,7 @@ test("path: a local GGUF is hardlinked, and its bytes are in the fingerprint", a
   // The fingerprint is the file's content: a copy elsewhere has the same one,
   // a copy with one byte changed does not.
   const { tmp } = await makeCtx({});
-  const tools = fingerprintTools(new StatCache(join(tmp, "stat.json")));
+  const tools = fingerprintTools(new StatCache(join(tmp, "stat.json")), tmp);
   const fp = await model.fingerprint!({ path: file }, tools);
   await mkdir(join(tmp, "copy"));
   const copy = join(tmp, "copy", "model.gguf");

@@ -41,6 +41,8 @@ const MiB = 1024 * 1024;
 export const DEFAULT_PART_SIZE = 64 * MiB;
 /** S3 allows 10,000 parts per object. */
 const MAX_PARTS = 10_000;
+/** Tries per part (after the SDK's own retries of the request). */
+const PART_TRIES = 3;
 
 // The SDK warns on Node 20 about releases after January 2027; valley pins
 // its SDK version exactly and supports Node 20, so the warning only confuses.
@@ -56,6 +58,11 @@ function isNotFound(e: unknown): boolean {
 /** s3://bucket/prefix on AWS or any S3-compatible server. */
 export class S3Backend implements Backend {
   private client: S3Client;
+  /**
+   * For part uploads: no SDK retries, whose replay of a consumed stream body
+   * can fail or hang; uploadParts retries each part with a fresh stream.
+   */
+  private partClient: S3Client;
 
   constructor(
     readonly opts: S3Options,
@@ -75,6 +82,7 @@ export class S3Backend implements Backend {
     const secret = opts.secretAccessKeyEnv ? process.env[opts.secretAccessKeyEnv] : undefined;
     if (id && secret) config.credentials = { accessKeyId: id, secretAccessKey: secret };
     this.client = new S3Client(config);
+    this.partClient = new S3Client({ ...config, maxAttempts: 1 });
   }
 
   private key(path: string): string {
@@ -149,7 +157,13 @@ export class S3Backend implements Backend {
       throw new Error(`${this.url}: ${got ?? 0} of ${size} bytes of ${path} arrived`);
   }
 
-  /** Multipart upload, 4 parts at a time; aborted (parts freed) if any part fails. */
+  /**
+   * Multipart upload, 4 parts at a time. Each part is retried on its own,
+   * each try with the file opened afresh: one throttled part does not
+   * restart a 30 GB upload. After a part
+   * fails for good no new part starts, the parts in flight are waited for,
+   * and then the upload is aborted, so no stored part outlives it.
+   */
   private async uploadParts(
     localFile: string,
     path: string,
@@ -159,15 +173,16 @@ export class S3Backend implements Backend {
     const target = { Bucket: this.opts.bucket, Key: this.key(path) };
     const { UploadId } = await this.client.send(new CreateMultipartUploadCommand(target));
     if (!UploadId) throw new Error(`${this.url}: the server gave no upload id for ${path}`);
-    try {
-      const n = Math.ceil(size / partSize);
-      const parts = await mapLimit(
-        Array.from({ length: n }, (_, i) => i),
-        4,
-        async (i) => {
-          const start = i * partSize;
-          const end = Math.min(size, start + partSize);
-          const r = await this.client.send(
+    const n = Math.ceil(size / partSize);
+    const parts: { ETag: string; PartNumber: number }[] = new Array(n);
+    let failure: unknown;
+    let next = 0;
+    const sendPart = async (i: number): Promise<void> => {
+      const start = i * partSize;
+      const end = Math.min(size, start + partSize);
+      for (let attempt = 1; ; attempt++) {
+        try {
+          const r = await this.partClient.send(
             new UploadPartCommand({
               ...target,
               UploadId,
@@ -177,22 +192,43 @@ export class S3Backend implements Backend {
             }),
           );
           if (!r.ETag) throw new Error(`${this.url}: no ETag for part ${i + 1} of ${path}`);
-          return { ETag: r.ETag, PartNumber: i + 1 };
-        },
-      );
-      await this.client.send(
-        new CompleteMultipartUploadCommand({
-          ...target,
-          UploadId,
-          MultipartUpload: { Parts: parts },
-        }),
-      );
-    } catch (e) {
-      await this.client
-        .send(new AbortMultipartUploadCommand({ ...target, UploadId }))
-        .catch(() => undefined);
-      throw e;
+          parts[i] = { ETag: r.ETag, PartNumber: i + 1 };
+          return;
+        } catch (e) {
+          if (attempt >= PART_TRIES || failure !== undefined) throw e;
+          await new Promise((r) => setTimeout(r, 250 * 4 ** attempt));
+        }
+      }
+    };
+    const worker = async () => {
+      while (failure === undefined && next < n) {
+        const i = next++;
+        try {
+          await sendPart(i);
+        } catch (e) {
+          failure ??= e;
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(4, n) }, worker));
+    if (failure === undefined) {
+      try {
+        await this.client.send(
+          new CompleteMultipartUploadCommand({
+            ...target,
+            UploadId,
+            MultipartUpload: { Parts: parts },
+          }),
+        );
+        return;
+      } catch (e) {
+        failure = e;
+      }
     }
+    await this.client
+      .send(new AbortMultipartUploadCommand({ ...target, UploadId }))
+      .catch(() => undefined);
+    throw failure;
   }
 
   async download(path: string, localFile: string): Promise<void> {
@@ -207,5 +243,6 @@ export class S3Backend implements Backend {
 
   async close(): Promise<void> {
     this.client.destroy();
+    this.partClient.destroy();
   }
 }

@@ -135,8 +135,12 @@ export class Source {
     if (!this.memoFile || !this.parsed) return;
     const json = JSON.stringify(this.data);
     if (!isDeepStrictEqual(JSON.parse(json), this.data)) return;
-    mkdirSync(dirname(this.memoFile), { recursive: true });
-    writeFileAtomic(this.memoFile, json);
+    try {
+      mkdirSync(dirname(this.memoFile), { recursive: true });
+      writeFileAtomic(this.memoFile, json);
+    } catch {
+      // Only a speed-up (a full disk, a concurrent gc): the run goes on without it.
+    }
   }
 
   private at(offset: number): SourceLocation {

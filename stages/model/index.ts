@@ -118,7 +118,7 @@ const model: StageKind<ModelParams> = {
     // output depends on, so editing the file in place must change the key.
     // Through the engine's stat cache: a 30 GB model is not re-read per run.
     if (p.path !== undefined) {
-      const file = tools.digest(p.path);
+      const file = tools.digestFile(p.path);
       if (file) return { file };
     }
     return {};

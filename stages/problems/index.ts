@@ -70,6 +70,10 @@ function resolvePath(ctx: StageContext<ProblemsParams>, p: string): string {
   return resolve(p);
 }
 
+function dataExtensions(params: ProblemsParams): string[] {
+  return params.format === "parquet" ? [".parquet"] : [".jsonl", ".parquet", ".json"];
+}
+
 function paramPaths(params: ProblemsParams): string[] {
   if (params.format === "builtin") return [join(projectRoot(), params.path ?? DEMO_PATH)];
   return [params.path, ...(params.join ?? []).map((j) => j.path)].filter((x): x is string => !!x);
@@ -80,9 +84,20 @@ const kind: StageKind<ProblemsParams> = {
   version: "1",
   resources: () => ({ cpu: 1, memory: 2048 }),
   // The key must change when a local file named in params changes, not only its name.
-  fingerprint(params, tools) {
+  // Exactly the files the stage will read (a folder's data files, links
+  // followed), each through the engine's stat cache.
+  async fingerprint(params, tools) {
     const out: Record<string, unknown> = {};
-    for (const p of paramPaths(params)) out[p] = tools.digest(p);
+    for (const p of paramPaths(params)) {
+      let files: string[];
+      try {
+        files = params.format === "builtin" ? [p] : await listDataFiles(p, dataExtensions(params));
+      } catch {
+        out[p] = null; // missing or empty: the stage says so when it runs
+        continue;
+      }
+      for (const f of files) out[f] = tools.digestFile(f);
+    }
     return { files: out };
   },
   check(params) {
@@ -122,11 +137,10 @@ const kind: StageKind<ProblemsParams> = {
       return ok;
     };
 
-    const exts = params.format === "parquet" ? [".parquet"] : [".jsonl", ".parquet", ".json"];
     const files =
       params.format === "builtin"
         ? [join(projectRoot(), params.path ?? DEMO_PATH)]
-        : await listDataFiles(resolvePath(ctx, params.path!), exts);
+        : await listDataFiles(resolvePath(ctx, params.path!), dataExtensions(params));
 
     const problems: Problem[] = [];
     const ids = new Map<string, string>();
