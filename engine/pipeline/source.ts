@@ -12,10 +12,6 @@ const isMapping = (v: unknown): v is Record<string, unknown> =>
 
 export type YamlPath = (string | number)[];
 
-/**
- * A parsed pipeline file that still knows where every value came from, so
- * any later error can name file:line:col.
- */
 type YamlModule = typeof import("yaml");
 let yamlModule: YamlModule | undefined;
 /**
