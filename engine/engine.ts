@@ -76,7 +76,39 @@ export class Engine {
    * costs one stat per file).
    */
   digestPath(abs: string): Digest {
-    return pathDigest(abs, this.store.stat);
+    const entries: TreeEntry[] = [];
+    const walk = (a: string, rel: string) => {
+      for (const name of readdirSync(a).sort()) {
+        const p = join(a, name);
+        const r = rel ? `${rel}/${name}` : name;
+        const st = lstatSync(p, { bigint: true });
+        if (st.isSymbolicLink()) entries.push({ path: r, link: readlinkSync(p) });
+        else if (st.isDirectory()) {
+          entries.push({ path: r, dir: true });
+          walk(p, r);
+        } else if (st.isFile()) {
+          const { digest, size } = this.store.stat.digest(p, st);
+          entries.push(
+            (st.mode & 0o111n) !== 0n
+              ? { path: r, digest, size, exec: true }
+              : { path: r, digest, size },
+          );
+        }
+      }
+    };
+    const st = lstatSync(abs);
+    if (st.isDirectory()) walk(abs, "");
+    else {
+      const { digest, size } = this.store.stat.digest(abs);
+      const name = basename(abs);
+      entries.push(
+        (st.mode & 0o111) !== 0
+          ? { path: name, digest, size, exec: true }
+          : { path: name, digest, size },
+      );
+    }
+    const manifest: Manifest = { v: 1, entries };
+    return sha256Bytes(canonicalJson(manifest));
   }
 
   /** A path input as a tree in the store (copied in only if its content is new). */
@@ -251,46 +283,6 @@ export class Engine {
   failedLogPath(key: Digest): string {
     return join(this.store.dir("work"), `${digestHex(key)}.failed.log`);
   }
-}
-
-/**
- * The digest `abs` would have as a tree in the store (its manifest's digest),
- * through a stat cache: unchanged files are not read again.
- */
-export function pathDigest(abs: string, stat: StatCache): Digest {
-  const entries: TreeEntry[] = [];
-  const walk = (a: string, rel: string) => {
-    for (const name of readdirSync(a).sort()) {
-      const p = join(a, name);
-      const r = rel ? `${rel}/${name}` : name;
-      const st = lstatSync(p, { bigint: true });
-      if (st.isSymbolicLink()) entries.push({ path: r, link: readlinkSync(p) });
-      else if (st.isDirectory()) {
-        entries.push({ path: r, dir: true });
-        walk(p, r);
-      } else if (st.isFile()) {
-        const { digest, size } = stat.digest(p, st);
-        entries.push(
-          (st.mode & 0o111n) !== 0n
-            ? { path: r, digest, size, exec: true }
-            : { path: r, digest, size },
-        );
-      }
-    }
-  };
-  const st = lstatSync(abs);
-  if (st.isDirectory()) walk(abs, "");
-  else {
-    const { digest, size } = stat.digest(abs);
-    const name = basename(abs);
-    entries.push(
-      (st.mode & 0o111) !== 0
-        ? { path: name, digest, size, exec: true }
-        : { path: name, digest, size },
-    );
-  }
-  const manifest: Manifest = { v: 1, entries };
-  return sha256Bytes(canonicalJson(manifest));
 }
 
 /** The engine's side of the fingerprint hooks (see FingerprintTools). */

@@ -12,6 +12,7 @@ const isMapping = (v: unknown): v is Record<string, unknown> =>
 
 export type YamlPath = (string | number)[];
 
+const require = createRequire(import.meta.url);
 type YamlModule = typeof import("yaml");
 let yamlModule: YamlModule | undefined;
 /**
@@ -19,7 +20,7 @@ let yamlModule: YamlModule | undefined;
  * wasted on a no-op run of a remembered pipeline (see Source).
  */
 export function yaml(): YamlModule {
-  return (yamlModule ??= createRequire(import.meta.url)("yaml") as YamlModule);
+  return (yamlModule ??= require("yaml") as YamlModule);
 }
 
 /**
@@ -31,7 +32,7 @@ let yamlVersion: string | undefined;
 function memoTag(): string {
   if (yamlVersion === undefined) {
     try {
-      const pkg = createRequire(import.meta.url).resolve("yaml/package.json");
+      const pkg = require.resolve("yaml/package.json");
       yamlVersion = (JSON.parse(readFileSync(pkg, "utf8")) as { version: string }).version;
     } catch {
       yamlVersion = "?";
