@@ -1,7 +1,8 @@
-import { readdirSync, readFileSync, rmSync, existsSync } from "node:fs";
+import { readdirSync, readFileSync, rmSync, existsSync, lstatSync } from "node:fs";
 import { join } from "node:path";
 import { type Digest, isDigest, digestHex } from "./digest.js";
 import type { Store, Manifest, ActionRecord } from "./store.js";
+import { bytesUnder } from "./disk.js";
 
 export interface GcResult {
   keptActions: number;
@@ -51,13 +52,17 @@ export function markLive(
 /**
  * Mark and sweep. Roots are action keys (from lockfiles and pins); an action
  * keeps its output tree, that tree's files and its log. Everything else in
- * objects/, trees/ and actions/ is removed.
+ * objects/, trees/ and actions/ is removed, including half-written
+ * `*.tmp-*` files: the caller holds the cache's gc lock, so no process that
+ * could be writing them is alive (cache/README.md). `touch` keeps the lock's
+ * heartbeat fresh during a long sweep.
  */
 export function collectGarbage(
   store: Store,
   rootKeys: Set<Digest>,
   rootTrees: Set<Digest>,
   dryRun: boolean,
+  touch: () => void = () => {},
 ): GcResult {
   const { objects: liveObjects, trees: liveTrees } = markLive(
     rootKeys,
@@ -68,7 +73,11 @@ export function collectGarbage(
   let keptActions = 0;
   let removedActions = 0;
   for (const f of readdirSync(store.dir("actions"))) {
-    if (!f.endsWith(".json")) continue;
+    touch();
+    if (!f.endsWith(".json")) {
+      if (!dryRun) rmSync(join(store.dir("actions"), f), { force: true }); // *.tmp-* of a dead run
+      continue;
+    }
     const key = ("sha256:" + f.slice(0, -5)) as Digest;
     if (rootKeys.has(key)) {
       keptActions++;
@@ -84,11 +93,11 @@ export function collectGarbage(
     for (const f of readdirSync(join(objects, sub))) {
       const name = sub + f;
       if (liveObjects.has(name)) continue;
-      if (f.includes(".tmp-")) continue; // being written by a run right now
+      touch();
       const p = join(objects, sub, f);
       removedObjects++;
       try {
-        freedBytes += readFileSync(p).length;
+        freedBytes += lstatSync(p).size;
       } catch {
         // vanished
       }
@@ -101,11 +110,57 @@ export function collectGarbage(
   let removedTrees = 0;
   for (const t of readdirSync(store.dir("trees"))) {
     if (liveTrees.has(t)) continue;
+    touch();
     removedTrees++;
     if (!dryRun) store.removeTree(join(store.dir("trees"), t));
   }
   if (!dryRun) store.stat.save();
   return { keptActions, removedActions, removedObjects, removedTrees, freedBytes };
+}
+
+export interface LeftoverResult {
+  /** Entries of work/, tmp/, trash/ and scratch/ removed (or that would be). */
+  entries: number;
+  bytes: number;
+}
+
+/**
+ * Leftovers of processes that are gone (the caller holds the gc lock, so no
+ * user of the cache is alive): attempt outputs and logs in work/,
+ * half-written files and partial downloads in tmp/, trash/, and scratch
+ * folders of keys that have a result. Scratch folders of keys without one
+ * stay (checkpoints a retried stage resumes from), and so does the log of a
+ * key's last failed attempt (`valley logs`).
+ */
+export function cleanLeftovers(
+  store: Store,
+  dryRun: boolean,
+  touch: () => void = () => {},
+): LeftoverResult {
+  const r: LeftoverResult = { entries: 0, bytes: 0 };
+  const drop = (p: string) => {
+    touch();
+    r.entries++;
+    r.bytes += bytesUnder(p);
+    if (!dryRun) store.removeTree(p);
+  };
+  const hasResult = (hex: string) => existsSync(join(store.dir("actions"), hex + ".json"));
+  for (const d of ["work", "tmp", "trash"]) {
+    const dir = store.dir(d);
+    if (!existsSync(dir)) continue;
+    for (const n of readdirSync(dir)) {
+      // The log of a key's last failed attempt (`valley logs`) stays until the key has a result.
+      const failed = d === "work" ? /^([0-9a-f]{64})\.failed\.log$/.exec(n) : null;
+      if (failed && !hasResult(failed[1])) continue;
+      drop(join(dir, n));
+    }
+  }
+  const scratch = store.dir("scratch");
+  if (existsSync(scratch))
+    for (const f of readdirSync(scratch)) if (hasResult(f)) drop(join(scratch, f));
+  // The parsed-pipeline memo is rebuilt on demand.
+  if (!dryRun) rmSync(store.dir("parsed"), { recursive: true, force: true });
+  return r;
 }
 
 /** Pins: files in pins/ holding an action key or a tree digest, kept by gc. */

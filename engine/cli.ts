@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 import { InvalidInput, UsageError } from "./errors.js";
+import { asDiskFull, isDiskFull } from "../cache/disk.js";
 
 const HELP = `valley: knowledge-distillation experiments as content-addressed YAML DAGs
 
@@ -76,6 +77,11 @@ async function main(argv: string[]): Promise<number> {
     if (e instanceof UsageError) {
       process.stderr.write(`valley ${name}: ${e.message}\n`);
       return 2;
+    }
+    // A full disk is not a bug: say where and how much, without a stack trace (exit 1).
+    if (isDiskFull(e)) {
+      process.stderr.write(`valley ${name}: ${(asDiskFull(e, process.cwd()) as Error).message}\n`);
+      return 1;
     }
     process.stderr.write(`valley ${name}: ${(e as Error).stack ?? String(e)}\n`);
     return 1;

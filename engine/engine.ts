@@ -8,12 +8,23 @@ import { writeFileAtomic } from "../cache/atomic.js";
 import type { Pipeline, Instance } from "./pipeline/expand.js";
 import type { FingerprintTools, InputArtifact, StageInput, ToolInfo } from "./stage-api.js";
 import { computeKey, hashToolDir, type KeyFields } from "./key.js";
+import { UsageError } from "./errors.js";
 
 export const ENGINE_VERSION = "0.1.0";
 
-/** Where a pipeline's cache lives: $VALLEY_CACHE, or .valley/ beside the pipeline file. */
+/**
+ * Where a pipeline's cache lives: $VALLEY_CACHE, or .valley/ beside the
+ * pipeline file. Set but empty is bad input (exit 2), not "unset": it is
+ * almost always a script's unset variable, and falling back would compute
+ * everything again in another cache (cache/README.md).
+ */
 export function cacheRootFor(pipelineDir: string): string {
-  return resolve(process.env.VALLEY_CACHE ?? join(pipelineDir, ".valley"));
+  const env = process.env.VALLEY_CACHE;
+  if (env !== undefined && env.trim() === "")
+    throw new UsageError(
+      "VALLEY_CACHE is set but empty: set it to the cache folder, or unset it to use .valley/ beside the pipeline",
+    );
+  return resolve(env ?? join(pipelineDir, ".valley"));
 }
 
 export interface ResolvedKey {

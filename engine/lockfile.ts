@@ -1,7 +1,7 @@
-import { readFileSync, existsSync } from "node:fs";
+import { readFileSync, existsSync, readdirSync, mkdirSync, rmSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { writeFileAtomic } from "../cache/atomic.js";
-import type { Digest } from "../cache/digest.js";
+import { type Digest, digestHex, sha256Bytes } from "../cache/digest.js";
 import type { ActionRecord } from "../cache/store.js";
 import type { Pipeline } from "./pipeline/expand.js";
 
@@ -33,7 +33,10 @@ function sortKeys<T>(o: Record<string, T>): Record<string, T> {
   return Object.fromEntries(Object.entries(o).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
 }
 
-/** Writes the lockfile (only if its content changed) and registers it as a gc root. */
+/**
+ * Writes the lockfile (only if its content changed), registering it as a gc
+ * root first (`run` registered it already before computing anything).
+ */
 export function writeLockfile(
   pl: Pipeline,
   results: Map<string, ActionRecord>,
@@ -61,8 +64,8 @@ export function writeLockfile(
   } catch {
     // first run
   }
-  if (old !== text) writeFileAtomic(path, text);
   registerRoot(cacheRoot, path);
+  if (old !== text) writeFileAtomic(path, text);
   return path;
 }
 
@@ -75,22 +78,67 @@ export function readLockfile(path: string): Lockfile | undefined {
   }
 }
 
-const rootsFile = (cacheRoot: string) => join(cacheRoot, "roots.json");
+const legacyRootsFile = (cacheRoot: string) => join(cacheRoot, "roots.json");
+const rootsDir = (cacheRoot: string) => join(cacheRoot, "roots");
+
+/** Every registered lockfile path, whether or not it exists (yet). */
+function registered(cacheRoot: string): { path: string; file?: string }[] {
+  const out: { path: string; file?: string }[] = [];
+  try {
+    for (const p of JSON.parse(readFileSync(legacyRootsFile(cacheRoot), "utf8")) as string[])
+      out.push({ path: p });
+  } catch {
+    // none
+  }
+  let names: string[] = [];
+  try {
+    names = readdirSync(rootsDir(cacheRoot));
+  } catch {
+    // none
+  }
+  for (const n of names) {
+    if (n.includes(".tmp-")) continue;
+    try {
+      const file = join(rootsDir(cacheRoot), n);
+      out.push({ path: readFileSync(file, "utf8").trim(), file });
+    } catch {
+      // removed meanwhile
+    }
+  }
+  return out;
+}
 
 /** Lockfiles written with this cache: gc keeps what they reference. */
 export function roots(cacheRoot: string): string[] {
-  try {
-    return (JSON.parse(readFileSync(rootsFile(cacheRoot), "utf8")) as string[]).filter((p) =>
-      existsSync(p),
-    );
-  } catch {
-    return [];
-  }
+  return [...new Set(registered(cacheRoot).map((r) => r.path))].filter((p) => existsSync(p));
 }
 
+/**
+ * Registers a lockfile (existing or about to be written) as a gc root: one
+ * file per lockfile under roots/, so concurrent registrations never
+ * overwrite each other (see cache/README.md).
+ */
 export function registerRoot(cacheRoot: string, lock: string): void {
   const abs = resolve(lock);
-  const list = roots(cacheRoot);
-  if (list.includes(abs)) return;
-  writeFileAtomic(rootsFile(cacheRoot), JSON.stringify([...list, abs].sort(), null, 1));
+  const file = join(rootsDir(cacheRoot), digestHex(sha256Bytes(abs)).slice(0, 32));
+  if (existsSync(file)) return;
+  mkdirSync(rootsDir(cacheRoot), { recursive: true });
+  writeFileAtomic(file, abs + "\n");
+}
+
+/** Forgets registrations whose lockfile is gone (gc, while no run can be about to write one). */
+export function pruneRoots(cacheRoot: string): number {
+  let n = 0;
+  const regs = registered(cacheRoot);
+  for (const r of regs) {
+    if (!r.file || existsSync(r.path)) continue;
+    rmSync(r.file, { force: true });
+    n++;
+  }
+  // The legacy list moves into roots/ (only the lockfiles that still exist).
+  if (existsSync(legacyRootsFile(cacheRoot))) {
+    for (const r of regs) if (!r.file && existsSync(r.path)) registerRoot(cacheRoot, r.path);
+    rmSync(legacyRootsFile(cacheRoot), { force: true });
+  }
+  return n;
 }

@@ -2,6 +2,7 @@ import PQueue from "p-queue";
 import type { ActionRecord } from "../cache/store.js";
 import type { Digest } from "../cache/digest.js";
 import type { LeaseInfo } from "../cache/leases.js";
+import { isDiskFull } from "../cache/disk.js";
 import type { Engine, ResolvedKey } from "./engine.js";
 import type { Instance } from "./pipeline/expand.js";
 import { ResourcePool } from "./resources.js";
@@ -234,6 +235,7 @@ export async function runInstances(engine: Engine, opts: RunOptions): Promise<Ru
               attempt <= inst.retries &&
               af?.kind !== "input" &&
               af?.kind !== "aborted" &&
+              af?.kind !== "disk" &&
               !opts.signal.aborted;
             emit({
               type: "failed",
@@ -323,8 +325,14 @@ export async function runInstances(engine: Engine, opts: RunOptions): Promise<Ru
   await allDone;
   await queue.onIdle();
   opts.signal.removeEventListener("abort", onAbort);
-  engine.store.stat.save();
-  engine.saveHistory();
+  // Both are memos (re-hashing, plan --why): on a full disk the run's results still stand.
+  for (const save of [() => engine.store.stat.save(), () => engine.saveHistory()]) {
+    try {
+      save();
+    } catch (e) {
+      if (!isDiskFull(e)) throw e;
+    }
+  }
 
   const count = (s: Outcome["status"]) =>
     [...outcomes.values()].filter((o) => o.status === s).length;

@@ -15,7 +15,8 @@ import type { Readable } from "node:stream";
 import { type Digest, digestHex, isDigest, sha256Bytes } from "../digest.js";
 import { hashFileSync } from "../hash.js";
 import { markLive } from "../gc.js";
-import type { Store, ActionRecord, Manifest } from "../store.js";
+import { DiskFull, isDiskFull } from "../disk.js";
+import { Store, type ActionRecord, type Manifest } from "../store.js";
 import { type Backend, RemoteNotFound, mapLimit } from "./backend.js";
 
 /** An object as the store names it: its digest, and whether it is the executable copy. */
@@ -54,6 +55,16 @@ function dedupe(refs: ObjectRef[]): ObjectRef[] {
 }
 
 export interface TransferOptions {
+  /**
+   * push: replace remote records that are broken (unreadable, or their
+   * manifest or objects missing) with the local ones.
+   */
+  repair?: boolean;
+  /**
+   * pull: the tree each key must have (from a lockfile); a record with
+   * another tree is reported and not pulled.
+   */
+  expect?: Map<Digest, { tree: Digest; instances: string[] }>;
   /** Objects in flight at once (default 4: enough to hide latency, gentle on a shared link). */
   concurrency?: number;
   /** Attempts per object before it is reported (default 3). */
@@ -68,6 +79,10 @@ export interface TransferReport {
   /** Objects and actions the other side already had. */
   present: number;
   problems: string[];
+  /** push --repair: broken remote records replaced. */
+  repaired?: number;
+  /** Records kept though they differ (push --repair: a remote record valid but with another tree). */
+  notes?: string[];
 }
 
 async function withRetries<T>(attempts: number, fn: (attempt: number) => Promise<T>): Promise<T> {
@@ -75,7 +90,8 @@ async function withRetries<T>(attempts: number, fn: (attempt: number) => Promise
     try {
       return await fn(a);
     } catch (e) {
-      if (a >= attempts || e instanceof RemoteNotFound) throw e;
+      // A full disk here will still be full on the next attempt.
+      if (a >= attempts || e instanceof RemoteNotFound || isDiskFull(e)) throw e;
       await new Promise((r) => setTimeout(r, 100 * 2 ** a));
     }
   }
@@ -96,6 +112,11 @@ export async function hashStream(s: Readable): Promise<{ digest: Digest; size: n
     size += b.length;
   }
   return { digest: ("sha256:" + h.digest("hex")) as Digest, size };
+}
+
+/** A remote record whose tree is not the one the lockfile lists. */
+export class RecordDiffers extends Error {
+  override name = "RecordDiffers";
 }
 
 /** A pulled file joins the store only if its bytes hash to its name. */
@@ -229,8 +250,18 @@ export async function push(
         continue;
       }
       if (actionsThere.has(actionRel(rec.key))) {
-        report.present++;
-        continue;
+        const state = opts.repair ? await remoteRecordState(remote, rec) : "same";
+        if (state === "differs") {
+          (report.notes ??= []).push(
+            `${rec.instance}: the remote's result for ${rec.key} is whole but has another tree than this cache's ${rec.outputs.tree}; kept (others may use it)`,
+          );
+        }
+        if (state !== "broken") {
+          report.present++;
+          continue;
+        }
+        report.repaired = (report.repaired ?? 0) + 1;
+        opts.onProgress?.(`replacing the broken remote record of ${rec.instance}`);
       }
       const bytes = readFileSync(store.actionPath(rec.key));
       writeFileSync(tmp, bytes);
@@ -243,8 +274,44 @@ export async function push(
   } finally {
     if (existsSync(tmp)) unlinkSync(tmp);
   }
+  // Everything the records need must still be there (a gc that ignores
+  // push leases, e.g. an older valley, could have removed it meanwhile).
+  const sent = [...needs.values()].flat();
+  const still = await remote.stat(sent.map(objectRel));
+  const gone = dedupe(sent).filter((o) => !failed.has(refKey(o)) && !still.has(objectRel(o)));
+  if (gone.length)
+    report.problems.push(
+      `${gone.length} object(s) vanished from ${remote.url} during the push (a concurrent gc --remote?): push again`,
+    );
   store.stat.save();
   return report;
+}
+
+/**
+ * Whether the remote's record for `rec.key` is the local one ("same"),
+ * whole but with another tree ("differs"), or unusable: unreadable, or its
+ * manifest or an object missing ("broken").
+ */
+async function remoteRecordState(
+  remote: Backend,
+  rec: ActionRecord,
+): Promise<"same" | "differs" | "broken"> {
+  let theirs: ActionRecord;
+  let manifest: Manifest;
+  try {
+    theirs = await remoteAction(remote, rec.key);
+    const bytes = await readAll(
+      await remote.read(objectRel({ digest: theirs.outputs.tree, exec: false })),
+    );
+    if (sha256Bytes(bytes) !== theirs.outputs.tree) return "broken";
+    manifest = JSON.parse(bytes.toString("utf8")) as Manifest;
+  } catch {
+    return "broken";
+  }
+  const refs = objectsOf(theirs, manifest);
+  const there = await remote.stat(refs.map(objectRel));
+  if (refs.some((o) => !there.has(objectRel(o)))) return "broken";
+  return theirs.outputs.tree === rec.outputs.tree ? "same" : "differs";
 }
 
 /** Downloads one object with its digest checked, retrying a corrupt or cut-short transfer. */
@@ -259,6 +326,10 @@ async function fetchObject(
     try {
       await remote.download(objectRel(o), tmp);
       return admitVerified(store, tmp, o, remote.url);
+    } catch (e) {
+      if (!isDiskFull(e)) throw e;
+      const size = (await remote.stat([objectRel(o)])).get(objectRel(o));
+      throw new DiskFull(tmp, { doing: `pulling ${objectRel(o)}`, needed: size, cause: e });
     } finally {
       if (existsSync(tmp)) unlinkSync(tmp);
     }
@@ -299,6 +370,11 @@ export async function pullKey(
     if (e instanceof RemoteNotFound) return undefined;
     throw e;
   }
+  const want = opts.expect?.get(key);
+  if (want && want.tree !== rec.outputs.tree)
+    throw new RecordDiffers(
+      `${want.instances.join(", ")}: the remote's result for ${key} has tree ${rec.outputs.tree}, the lockfile says ${want.tree}; not pulled`,
+    );
   const treeRef: ObjectRef = { digest: rec.outputs.tree, exec: false };
   if (!store.hasObject(treeRef.digest)) {
     const n = await fetchObject(store, remote, treeRef, attempts);
@@ -348,7 +424,13 @@ export async function pull(
       : keys;
   // Keys one after another, objects within a key in parallel: a failure names its instance.
   for (const key of list) {
-    if (store.lookupAction(key)) {
+    const local = store.lookupAction(key);
+    if (local) {
+      const want = opts.expect?.get(key);
+      if (want && want.tree !== local.outputs.tree)
+        report.problems.push(
+          `${want.instances.join(", ")}: this cache's result for ${key} has tree ${local.outputs.tree}, the lockfile says ${want.tree}`,
+        );
       report.present++;
       continue;
     }
@@ -461,9 +543,17 @@ export async function pinOnRemote(
   remote: Backend,
   name: string,
   keys: Digest[],
+  about: Record<string, string> = {},
 ): Promise<void> {
   const tmp = store.tmpPath("pin");
-  const text = JSON.stringify({ keys: [...keys].sort() }) + "\n";
+  // Who pinned what, so a lab can audit what gc --remote keeps and why.
+  const text =
+    JSON.stringify({
+      keys: [...keys].sort(),
+      ...about,
+      host: Store.host(),
+      updated: new Date().toISOString(),
+    }) + "\n";
   writeFileSync(tmp, text);
   try {
     await remote.upload(
@@ -479,7 +569,8 @@ export async function pinOnRemote(
 /**
  * Mark and sweep on a remote with cache/gc.ts's marking. Roots: the given
  * keys and trees (local lockfiles and pins) plus the remote's own pins/.
- * Temporary files of interrupted uploads older than an hour go too.
+ * The caller holds a gc lease and found no live push lease (see
+ * coordination.ts), so tmp/ holds only files of pushes that died: they go too.
  */
 export async function gcRemote(
   remote: Backend,
@@ -536,8 +627,7 @@ export async function gcRemote(
     r.freedBytes += size;
     if (!dryRun) await remote.delete(path);
   }
-  // Unfinished uploads of killed pushes (like local gc, run it when no push
-  // to this remote is in progress).
+  // Unfinished uploads of pushes that died (no push holds a live lease).
   for (const { path } of await remote.list("tmp")) {
     r.removedTmp++;
     if (!dryRun) await remote.delete(path);

@@ -6,6 +6,7 @@ import { loadPipeline, type Pipeline } from "../pipeline/expand.js";
 import { yaml } from "../pipeline/source.js";
 import { PACKAGE_ROOT } from "../root.js";
 import { Engine, cacheRootFor } from "../engine.js";
+import { describe, type Holder } from "../../cache/cache-lock.js";
 
 export function parse<const O extends NonNullable<ParseArgsConfig["options"]>>(
   argv: string[],
@@ -69,4 +70,10 @@ export function cacheDir(arg: string | undefined, pipelineArg?: string): string 
   if (arg) return resolve(arg);
   if (pipelineArg) return cacheRootFor(resolve(pipelineArg, ".."));
   return cacheRootFor(process.cwd());
+}
+
+/** What a command says once when it waits for a gc that holds the cache. */
+export function waitingForGc(command: string): (gc: Holder) => void {
+  return (gc) =>
+    process.stderr.write(`valley ${command}: waiting for valley gc (${describe(gc)}) to finish\n`);
 }

@@ -1,5 +1,5 @@
 import { existsSync, readFileSync, mkdirSync } from "node:fs";
-import { dirname, join, resolve, basename } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import type { Digest } from "../../cache/digest.js";
 import { Store, type ActionRecord } from "../../cache/store.js";
 import { readPins } from "../../cache/gc.js";
@@ -19,8 +19,11 @@ import { exportBundle, importBundle, TamperedBundle } from "../../cache/remotes/
 import { cacheRootFor } from "../engine.js";
 import { computeKey, type KeyFields } from "../key.js";
 import { lockfilePath, readLockfile, roots, registerRoot } from "../lockfile.js";
+import { enterCache } from "../../cache/cache-lock.js";
+import { asDiskFull } from "../../cache/disk.js";
+import { pinName, takeRemoteLease, describeLease } from "../../cache/remotes/coordination.js";
 import { UsageError } from "../errors.js";
-import { cacheDir, parse, pipelineFile, openPipeline } from "./common.js";
+import { cacheDir, parse, pipelineFile, openPipeline, waitingForGc } from "./common.js";
 
 const mib = (n: number) => `${(n / 1048576).toFixed(1)} MiB`;
 
@@ -87,6 +90,7 @@ const transferOptions = {
   cache: { type: "string" },
   jobs: { type: "string", short: "j" },
   verbose: { type: "boolean", short: "v" },
+  repair: { type: "boolean" },
 } as const;
 
 function concurrency(jobs: string | undefined): number {
@@ -99,25 +103,40 @@ export async function push(argv: string[]): Promise<number> {
   const { values, positionals } = parse(
     argv,
     transferOptions,
-    "valley push [remote] [-f pipeline.yaml | --all] [--jobs N]",
+    "valley push [remote] [-f pipeline.yaml | --all] [--jobs N] [--repair]",
   );
   const t = target(values);
   const remote = await open(positionals[0], t.dir);
+  // Local objects stay while they are sent (no local gc meanwhile); on the
+  // remote, a push lease keeps gc --remote away until the pin is written.
+  const cacheLock = await enterCache(t.store.root, "push", { onWait: waitingForGc("push") });
   try {
-    const r = await pushKeys(t.store, remote, t.keys, {
-      concurrency: concurrency(values.jobs),
-      onProgress: values.verbose ? (l) => process.stderr.write(l + "\n") : undefined,
+    const lease = await takeRemoteLease(t.store, remote, "push", {
+      onWait: (l) =>
+        process.stderr.write(`valley push: waiting for ${describeLease(l)} to finish\n`),
     });
-    // A pushed lockfile pins its results on the remote, so gc --remote from any machine keeps them.
-    if (t.lock && t.keys !== "all" && r.problems.length === 0)
-      await pinOnRemote(
-        t.store,
-        remote,
-        `${t.lock.name}@${basename(dirname(resolve(t.lock.path)))}`,
-        t.keys,
-      );
-    return summary("pushed", remote.url, r);
+    if ("busy" in lease) throw new Error("unreachable: a push waits for gc");
+    try {
+      const r = await pushKeys(t.store, remote, t.keys, {
+        concurrency: concurrency(values.jobs),
+        repair: !!values.repair,
+        onProgress: values.verbose ? (l) => process.stderr.write(l + "\n") : undefined,
+      });
+      // A pushed lockfile pins its results on the remote, so gc --remote from any machine
+      // keeps them; the pin is this cache's and this lockfile's alone (cache/README.md).
+      if (t.lock && t.keys !== "all" && r.problems.length === 0)
+        await pinOnRemote(t.store, remote, pinName(t.store, t.lock.name, t.lock.path), t.keys, {
+          pipeline: t.lock.name,
+          lockfile: resolve(t.lock.path),
+        });
+      if (r.repaired) process.stdout.write(`replaced ${r.repaired} broken remote record(s)\n`);
+      for (const n of r.notes ?? []) process.stdout.write(`differs: ${n}\n`);
+      return summary("pushed", remote.url, r);
+    } finally {
+      await lease.release();
+    }
   } finally {
+    cacheLock.release();
     await remote.close();
   }
 }
@@ -128,17 +147,34 @@ export async function pull(argv: string[]): Promise<number> {
     transferOptions,
     "valley pull [remote] [-f pipeline.yaml | --all] [--jobs N]",
   );
+  if (values.repair) throw new UsageError("--repair is an option of push");
   const t = target(values);
   const remote = await open(positionals[0], t.dir);
+  const cacheLock = await enterCache(t.store.root, "pull", { onWait: waitingForGc("pull") });
   try {
+    // The lockfile is a root before anything it lists arrives (cache/README.md).
+    if (t.lock) registerRoot(t.store.root, t.lock.path);
     const r = await pullKeys(t.store, remote, t.keys, {
       concurrency: concurrency(values.jobs),
+      expect: t.lock ? expectedTrees(t.lock.path) : undefined,
       onProgress: values.verbose ? (l) => process.stderr.write(l + "\n") : undefined,
     });
     return summary("pulled", remote.url, r);
   } finally {
+    cacheLock.release();
     await remote.close();
   }
+}
+
+/** The tree the lockfile lists for each key (pull checks every record against it). */
+function expectedTrees(lockPath: string): Map<Digest, { tree: Digest; instances: string[] }> {
+  const out = new Map<Digest, { tree: Digest; instances: string[] }>();
+  for (const [id, i] of Object.entries(readLockfile(lockPath)?.instances ?? {})) {
+    const e = out.get(i.key);
+    if (e) e.instances.push(id);
+    else out.set(i.key, { tree: i.tree, instances: [id] });
+  }
+  return out;
 }
 
 /**
@@ -198,7 +234,20 @@ export async function gcRemote(argv: string[]): Promise<number> {
   const store = new Store(cacheDir(values.cache, values.file));
   const remote = await open(values.remote, dir);
   try {
-    const r = await gcOnRemote(remote, localRoots(store, values.file), !!values["dry-run"]);
+    // Pushes in progress hold leases on the remote: their objects are not pinned yet.
+    const lease = await takeRemoteLease(store, remote, "gc");
+    if ("busy" in lease) {
+      process.stderr.write(
+        `valley gc --remote: ${remote.url} is in use (${lease.busy.map(describeLease).join("; ")}); try again when it ends\n`,
+      );
+      return 1;
+    }
+    let r;
+    try {
+      r = await gcOnRemote(remote, localRoots(store, values.file), !!values["dry-run"]);
+    } finally {
+      await lease.release();
+    }
     const verb = values["dry-run"] ? "would remove" : "removed";
     process.stdout.write(
       `${remote.url}: kept ${r.keptActions} result(s); ${verb} ${r.removedActions} result(s), ${r.removedObjects} object(s), ${mib(r.freedBytes)}, ${r.removedTmp} unfinished upload(s)\n`,
@@ -285,15 +334,23 @@ export async function exportCommand(argv: string[]): Promise<number> {
     values.cache ? resolve(values.cache) : cacheRootFor(dirname(resolve(file))),
   );
   const text = JSON.stringify(lock, null, 2) + "\n";
-  const r = await exportBundle(
-    store,
-    {
-      name: lock.pipeline,
-      text,
-      keys: [...new Set(Object.values(lock.instances).map((i) => i.key))],
-    },
-    values.out,
-  );
+  const cacheLock = await enterCache(store.root, "export", { onWait: waitingForGc("export") });
+  let r;
+  try {
+    r = await exportBundle(
+      store,
+      {
+        name: lock.pipeline,
+        text,
+        keys: [...new Set(Object.values(lock.instances).map((i) => i.key))],
+      },
+      values.out,
+    );
+  } catch (e) {
+    throw asDiskFull(e, values.out);
+  } finally {
+    cacheLock.release();
+  }
   process.stdout.write(
     `wrote ${values.out}: ${Object.keys(lock.instances).length} result(s), ${r.objects} object(s), ${mib(r.bytes)}\nbundle digest: ${r.digest}\n`,
   );
@@ -312,26 +369,35 @@ export async function importCommand(argv: string[]): Promise<number> {
     throw new UsageError("usage: valley import bundle.tar [--cache DIR] [--expect sha256:…]");
   if (!existsSync(file)) throw new UsageError(`no such file: ${file}`);
   const store = new Store(cacheDir(values.cache, values.file));
+  const cacheLock = await enterCache(store.root, "import", { onWait: waitingForGc("import") });
   let r;
+  let lockOut: string;
   try {
-    r = await importBundle(store, file, {
-      expect: values.expect,
-      checkKey: (rec) => computeKey(rec.fields as unknown as KeyFields) === rec.key,
-    });
+    try {
+      r = await importBundle(store, file, {
+        expect: values.expect,
+        checkKey: (rec) => computeKey(rec.fields as unknown as KeyFields) === rec.key,
+      });
+    } catch (e) {
+      if (e instanceof TamperedBundle) throw new UsageError(e.message);
+      throw e;
+    }
+    // The bundle's lockfile becomes a gc root of this cache (while the cache's
+    // lock is still held, so no gc can come between), so its results stay.
+    const dir = join(store.root, "imports");
+    mkdirSync(dir, { recursive: true });
+    lockOut = join(
+      dir,
+      `${r.pipeline.replace(/[^A-Za-z0-9._-]/g, "_")}-${r.digest.slice(7, 19)}.lock`,
+    );
+    registerRoot(store.root, lockOut);
+    if (!existsSync(lockOut) || readFileSync(lockOut, "utf8") !== r.lockfileText)
+      writeFileAtomic(lockOut, r.lockfileText);
   } catch (e) {
-    if (e instanceof TamperedBundle) throw new UsageError(e.message);
-    throw e;
+    throw asDiskFull(e, store.root);
+  } finally {
+    cacheLock.release();
   }
-  // The bundle's lockfile becomes a gc root of this cache, so its results stay.
-  const dir = join(store.root, "imports");
-  mkdirSync(dir, { recursive: true });
-  const lockOut = join(
-    dir,
-    `${r.pipeline.replace(/[^A-Za-z0-9._-]/g, "_")}-${r.digest.slice(7, 19)}.lock`,
-  );
-  if (!existsSync(lockOut) || readFileSync(lockOut, "utf8") !== r.lockfileText)
-    writeFileAtomic(lockOut, r.lockfileText);
-  registerRoot(store.root, lockOut);
   process.stdout.write(
     `imported ${r.actions.length} result(s), ${r.objects} object(s) into ${store.root}\nbundle digest: ${r.digest}\nlockfile: ${lockOut}\n`,
   );

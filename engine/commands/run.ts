@@ -1,10 +1,12 @@
 import { cpus } from "node:os";
 import type { ActionRecord } from "../../cache/store.js";
 import { runInstances, selectInstances, type RunSummary } from "../scheduler.js";
-import { writeLockfile } from "../lockfile.js";
+import { lockfilePath, registerRoot, writeLockfile } from "../lockfile.js";
+import { enterCache } from "../../cache/cache-lock.js";
+import { asDiskFull, DiskFull } from "../../cache/disk.js";
 import { Progress } from "../progress.js";
 import { runJob, slurmExecutor } from "../executors/slurm.js";
-import { openPipeline, parse } from "./common.js";
+import { openPipeline, parse, waitingForGc } from "./common.js";
 import { UsageError } from "../errors.js";
 import { diffFields } from "../key.js";
 import type { Engine } from "../engine.js";
@@ -13,8 +15,8 @@ import type { Pipeline } from "../pipeline/expand.js";
 const USAGE =
   "valley run [file] [--only STAGE]... [--force STAGE]... [--dry-run] [--jobs N] [--keep-going] [--executor local|slurm] [--pull] [--remote R] [--slurm-partition P] [--slurm-account A] [--slurm-flag F]... [--json] [-p name=value]...";
 
-export async function run(argv: string[]): Promise<number> {
-  const { values, positionals } = parse(
+function parseRun(argv: string[]) {
+  return parse(
     argv,
     {
       only: { type: "string", multiple: true },
@@ -39,6 +41,10 @@ export async function run(argv: string[]): Promise<number> {
     },
     USAGE,
   );
+}
+
+export async function run(argv: string[]): Promise<number> {
+  const { values, positionals } = parseRun(argv);
   if (values.instance !== undefined) return runOneJob(values, positionals);
   if (values["dry-run"])
     return plan(
@@ -50,6 +56,27 @@ export async function run(argv: string[]): Promise<number> {
   if (jobs !== undefined && (!Number.isInteger(jobs) || jobs < 1))
     throw new UsageError(`--jobs expects a positive integer`);
   const { pl, engine } = await openPipeline(values.file ?? positionals[0], values.param);
+  // The cache's lock for the whole run (a gc in progress finishes first), and
+  // the lockfile a root before anything is computed: whatever this run
+  // writes is kept by any later gc, even if the run fails (cache/README.md).
+  const cacheLock = await enterCache(engine.store.root, "run", { onWait: waitingForGc("run") });
+  try {
+    registerRoot(engine.store.root, lockfilePath(pl.file));
+    return await runLocked(values, positionals, pl, engine);
+  } finally {
+    cacheLock.release();
+  }
+}
+
+type RunValues = ReturnType<typeof parseRun>["values"];
+
+async function runLocked(
+  values: RunValues,
+  positionals: string[],
+  pl: Pipeline,
+  engine: Engine,
+): Promise<number> {
+  const jobs = values.jobs !== undefined ? Number(values.jobs) : undefined;
   pl.source.remember();
   // --pull / --remote R: a key that misses locally is fetched from the remote before it is computed.
   const fetcher =
@@ -119,7 +146,14 @@ export async function run(argv: string[]): Promise<number> {
   for (const [id, o] of summary.outcomes)
     if (o.status === "cached" || o.status === "executed") results.set(id, o.record);
   // The lockfile lists every instance with a result, including ones this run did not select.
-  if (!values.only) writeLockfile(pl, results, engine.store.root);
+  // On a full disk the summary is still printed, then the disk-full message (exit 1).
+  let lockError: unknown;
+  try {
+    if (!values.only) writeLockfile(pl, results, engine.store.root);
+  } catch (e) {
+    lockError = asDiskFull(e, lockfilePath(pl.file));
+    if (!(lockError instanceof DiskFull)) throw e;
+  }
   const seconds = (Date.now() - t0) / 1000;
   const failures = [...summary.outcomes].flatMap(([id, o]) =>
     o.status === "failed" ? [{ id, error: o.error.message }] : [],
@@ -150,7 +184,9 @@ export async function run(argv: string[]): Promise<number> {
       `\n✗ ${f.error}\n  full log: valley logs ${f.id}${fileArg ? ` -f ${fileArg}` : ""}\n`,
     );
   }
+  if (lockError) process.stderr.write(`\nvalley run: ${(lockError as Error).message}\n`);
   if (ac.signal.aborted) return 130;
+  if (lockError) return 1;
   if (summary.inputError) return 2;
   return summary.failed > 0 ? 1 : 0;
 }

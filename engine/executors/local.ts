@@ -18,6 +18,13 @@ import type { Engine, ResolvedKey } from "../engine.js";
 import type { Instance } from "../pipeline/expand.js";
 import { InputError, type StageContext } from "../stage-api.js";
 import { ENGINE_VERSION } from "../engine.js";
+import { DiskFull, bytesUnder, freeBytes, human, isDiskFull } from "../../cache/disk.js";
+
+/** Less than 1 MiB (or 0.1 %) left: a stage that failed there most likely failed for it. */
+function nearlyFull(path: string): boolean {
+  const s = freeBytes(path);
+  return !!s && s.free < Math.max(1 << 20, s.total / 1000);
+}
 
 /** Why an attempt ended without a result. `input` failures are not retried and exit 2. */
 export class AttemptFailed extends Error {
@@ -25,7 +32,8 @@ export class AttemptFailed extends Error {
   constructor(
     message: string,
     readonly error: unknown,
-    readonly kind: "input" | "timeout" | "aborted" | "error",
+    /** "disk": the cache's filesystem is full; a retry would fail the same way. */
+    readonly kind: "input" | "timeout" | "aborted" | "error" | "disk",
     readonly logFile: string,
   ) {
     super(message);
@@ -136,14 +144,24 @@ export async function runAttempt(
       result = await Promise.race([kind.impl.run(ctx), aborted]);
       if (ac.signal.aborted) throw new Error(String(ac.signal.reason));
     } catch (e) {
+      // A full disk shows as ENOSPC (a TypeScript stage) or as a tool's
+      // "No space left on device" (a shell stage), or as a full filesystem.
+      const written = bytesUnder(out);
+      const full = !opts.signal.aborted && (isDiskFull(e) || nearlyFull(out));
       const why = timedOut
         ? "timeout"
         : opts.signal.aborted
           ? "aborted"
           : e instanceof InputError
             ? "input"
-            : "error";
-      log.error({ err: e }, `failed: ${(e as Error).message}`);
+            : full
+              ? "disk"
+              : "error";
+      try {
+        log.error({ err: e }, `failed: ${(e as Error).message}`);
+      } catch {
+        // the log cannot be written either (full disk)
+      }
       dest.close();
       const kept = engine.failedLogPath(rk.key);
       try {
@@ -151,14 +169,34 @@ export async function runAttempt(
       } catch {
         // no log written
       }
-      store.discard(out);
-      throw new AttemptFailed((e as Error).message, e, why, kept);
+      // Deleted, not moved to trash/: on a full filesystem the trash would keep it full.
+      store.removeTree(out);
+      const message = full
+        ? `${(e as Error).message}\n  ${new DiskFull(out, { doing: "for the stage's output", needed: written }).message} (the partial output, ${human(written)}, was deleted)`
+        : (e as Error).message;
+      throw new AttemptFailed(message, e, why, kept);
     }
     const end = new Date();
     log.info({ seconds: (end.getTime() - start.getTime()) / 1000 }, "done");
     dest.close();
-    const admitted = store.admitTree(out);
-    const logDigest = existsSync(logFile) ? store.putBytes(readFileSync(logFile)) : undefined;
+    let admitted: ReturnType<Store["admitTree"]>;
+    let logDigest: ReturnType<Store["putBytes"]> | undefined;
+    try {
+      admitted = store.admitTree(out);
+      logDigest = existsSync(logFile) ? store.putBytes(readFileSync(logFile)) : undefined;
+    } catch (e) {
+      if (!isDiskFull(e)) throw e;
+      // What was linked into objects/ is unreferenced: gc collects it.
+      const written = bytesUnder(out);
+      store.removeTree(out);
+      rmSync(logFile, { force: true });
+      const full = new DiskFull((e as NodeJS.ErrnoException).path ?? out, {
+        doing: "storing the stage's output",
+        needed: written,
+        cause: e,
+      });
+      throw new AttemptFailed(full.message, full, "disk", logFile);
+    }
     const rec: ActionRecord = {
       v: 1,
       key: rk.key,
