@@ -100,7 +100,7 @@ export class DiskFull extends Error {
   override name = "DiskFull";
   constructor(
     readonly path: string,
-    opts: { needed?: number; doing?: string; cause?: unknown } = {},
+    opts: { needed?: number; doing?: string; cause?: unknown; note?: string } = {},
   ) {
     const fs = filesystemOf(path);
     const space = freeBytes(path);
@@ -108,6 +108,7 @@ export class DiskFull extends Error {
       `no space left on ${fs.mount} (${fs.type} ${fs.source}) ${opts.doing ?? `writing ${path}`}: ` +
         `${space ? `${human(space.free)} free of ${human(space.total)}` : "free space unknown"}` +
         (opts.needed !== undefined ? `, at least ${human(opts.needed)} needed` : "") +
+        (opts.note ? ` (${opts.note})` : "") +
         `; free space there (valley gc removes unreferenced results and leftovers)`,
       { cause: opts.cause },
     );

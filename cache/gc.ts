@@ -142,7 +142,9 @@ export function cleanLeftovers(
     touch();
     r.entries++;
     r.bytes += bytesUnder(p);
-    if (!dryRun) store.removeTree(p);
+    if (dryRun) return;
+    if (lstatSync(p).isDirectory()) store.removeTree(p);
+    else rmSync(p, { force: true });
   };
   const hasResult = (hex: string) => existsSync(join(store.dir("actions"), hex + ".json"));
   for (const d of ["work", "tmp", "trash"]) {

@@ -8,6 +8,7 @@ import {
   writeFileSync,
   copyFileSync,
 } from "node:fs";
+import { DiskFull, freeBytes, isDiskFull } from "../disk.js";
 import { dirname, join } from "node:path";
 import * as tar from "tar";
 import { type Digest, digestHex, isDigest, sha256Bytes } from "../digest.js";
@@ -138,6 +139,12 @@ export async function importBundle(
   opts: { expect?: string; checkKey?: (rec: ActionRecord) => boolean } = {},
 ): Promise<ImportResult> {
   const stage = store.tmpPath("import-bundle");
+  // tar does not always report a write that failed for space (a file is cut
+  // short, then looks tampered): check the room first, and again on failure.
+  const size = statSync(file).size;
+  const room = freeBytes(store.dir("tmp"));
+  if (room && room.free < size)
+    throw new DiskFull(store.dir("tmp"), { doing: `unpacking ${file}`, needed: size });
   mkdirSync(stage);
   try {
     const odd: string[] = [];
@@ -157,6 +164,13 @@ export async function importBundle(
         },
       });
     } catch (e) {
+      // A full disk is not a bad bundle (exit 1, not 2).
+      if (isDiskFull(e))
+        throw new DiskFull(stage, {
+          doing: `unpacking ${file}`,
+          needed: size,
+          cause: e,
+        });
       throw new TamperedBundle(`${file} is not a readable tar: ${(e as Error).message}`);
     }
     if (odd.length)
@@ -254,6 +268,9 @@ export async function importBundle(
     } catch (e) {
       problems.push(`${manifest.lockfile.path}: ${(e as Error).message}`);
     }
+    const after = freeBytes(stage);
+    if (problems.length && after && after.free < 1 << 20)
+      throw new DiskFull(stage, { doing: `unpacking ${file}`, needed: size });
     if (problems.length)
       throw new TamperedBundle(
         `${file} does not match its manifest; nothing was imported:\n  ${problems.slice(0, 20).join("\n  ")}` +

@@ -169,10 +169,18 @@ export async function runAttempt(
       } catch {
         // no log written
       }
+      // Measured before the partial output goes, so the message shows the disk as the stage saw it.
+      const diskFull = full
+        ? new DiskFull(out, {
+            doing: "for the stage's output",
+            needed: written,
+            note: `the partial output, ${human(written)}, was deleted`,
+          })
+        : undefined;
       // Deleted, not moved to trash/: on a full filesystem the trash would keep it full.
       store.removeTree(out);
-      const message = full
-        ? `${(e as Error).message}\n  ${new DiskFull(out, { doing: "for the stage's output", needed: written }).message} (the partial output, ${human(written)}, was deleted)`
+      const message = diskFull
+        ? `${(e as Error).message}\n  ${diskFull.message}`
         : (e as Error).message;
       throw new AttemptFailed(message, e, why, kept);
     }
