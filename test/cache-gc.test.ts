@@ -321,15 +321,29 @@ test(
       `
 version: 1
 stages:
+  first:
+    uses: shell
+    with: {run: "echo hi > $OUT/v"}
   fill:
     uses: shell
+    inputs: {a: first}
     with: {run: "head -c 40000000 /dev/zero > ${mnt}/filler; exit 3"}
 `,
     );
     const r = valley(["run", "p.yaml"], { cwd: dir });
     assert.equal(r.code, 1, r.stdout + r.stderr);
-    assert.match(r.stderr, /1 instances: 0 executed, 0 cached, 1 failed/);
-    assert.match(r.stderr, new RegExp(`no space left on ${mnt} \\(tmpfs`));
+    assert.match(r.stderr, /2 instances: 1 executed, 0 cached, 1 failed/);
+    assert.match(
+      r.stderr,
+      new RegExp(`no space left on ${mnt} \\(tmpfs tmpfs\\) when the stage failed`),
+    );
+    // The lockfile could not be written: said after the summary, without a stack trace.
+    assert.match(
+      r.stderr,
+      new RegExp(
+        `failed[^]*\\nvalley run: no space left on ${mnt} \\(tmpfs tmpfs\\) writing ${dir}/p\\.lock`,
+      ),
+    );
     noStack(r.stderr);
     // Registered before anything ran.
     const regs = readdirSync(join(dir, ".valley", "roots")).map((n) =>

@@ -172,9 +172,9 @@ export async function runAttempt(
       // Measured before the partial output goes, so the message shows the disk as the stage saw it.
       const diskFull = full
         ? new DiskFull(out, {
-            doing: "for the stage's output",
-            needed: written,
-            note: `the partial output, ${human(written)}, was deleted`,
+            doing: written ? "for the stage's output" : "when the stage failed",
+            needed: written || undefined,
+            note: written ? `the partial output, ${human(written)}, was deleted` : undefined,
           })
         : undefined;
       // Deleted, not moved to trash/: on a full filesystem the trash would keep it full.
