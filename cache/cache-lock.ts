@@ -170,8 +170,16 @@ export class HeldLock {
     this.timer.unref();
   }
 
+  /** No lock at all (a read-only cache). */
+  static none(): HeldLock {
+    const l = new HeldLock("");
+    clearInterval(l.timer);
+    return l;
+  }
+
   /** Refreshes the heartbeat; synchronous loops (gc's sweep) call it as they go. */
   touch(force = false): void {
+    if (!this.path) return;
     const now = Date.now();
     if (!force && now - this.last < HEARTBEAT_MS) return;
     this.last = now;
@@ -184,6 +192,7 @@ export class HeldLock {
 
   release(): void {
     clearInterval(this.timer);
+    if (!this.path) return;
     try {
       unlinkSync(this.path);
     } catch {
@@ -201,7 +210,15 @@ export async function enterCache(
   command: string,
   opts: { onWait?: (gc: Holder) => void; signal?: AbortSignal } = {},
 ): Promise<HeldLock> {
-  mkdirSync(usersDir(root), { recursive: true });
+  try {
+    mkdirSync(usersDir(root), { recursive: true });
+  } catch (e) {
+    // A cache this user may only read (a lab's shared results): nothing to
+    // protect by a lock it cannot take; its owner's gc is theirs to schedule.
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === "EACCES" || code === "EROFS" || code === "EPERM") return HeldLock.none();
+    throw e;
+  }
   let told = false;
   for (;;) {
     if (opts.signal?.aborted) throw opts.signal.reason ?? new Error("aborted");

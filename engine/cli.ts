@@ -13,13 +13,14 @@ usage: valley <command> [options]
   dag [file]            the instance graph (--format mermaid|dot)
   show <instance>       key, params, inputs, outputs, metrics (-f file, --json)
   logs <instance>       the instance's log (-f file)
-  gc                    remove what no lockfile or pin references (--dry-run,
-                        --remote R)
+  gc                    remove what no lockfile or pin references, and leftovers
+                        of stopped runs (-f file, --dry-run, --remote R)
   verify                re-hash every stored object; exit 1 if any is corrupt
                         (--remote R: the remote's objects)
   pin <instance>        keep an instance's result through gc
   push|pull [remote]    send/fetch results a remote lacks (-f file: its lockfile;
-                        --all: the whole cache); remotes: cache/remotes/README.md
+                        --all: the whole cache; push --repair: replace broken
+                        remote records); remotes: cache/remotes/README.md
   export <file|instance> -o bundle.tar   a verified, self-contained bundle
   import bundle.tar     verify a bundle, then add it to the cache (--expect DIGEST)
   schema [kind]         the JSON Schema of pipelines (or of one stage kind)
