@@ -130,7 +130,8 @@ test("finding 4: two users' a/exp and b/exp keep separate pins; a third machine'
   const base = project({});
   const a = built(join(base, "alice", "exp"), "alice");
   const b = built(join(base, "bob", "exp"), "bob");
-  const url = s3.url(`pins-${Date.now()}`);
+  const prefix = `pins-${Date.now()}`;
+  const url = s3.url(prefix);
   ok(valley(["push", url, "-f", "p.yaml"], { cwd: a, env: s3.env }), "alice push");
   ok(valley(["push", url, "-f", "p.yaml"], { cwd: b, env: s3.env }), "bob push");
   const third = project({});
@@ -148,7 +149,7 @@ test("finding 4: two users' a/exp and b/exp keep separate pins; a third machine'
   }
   // Re-pushing the same lockfile from the same cache replaces its own pin, not the other's.
   ok(valley(["push", url, "-f", "p.yaml"], { cwd: a, env: s3.env }), "alice pushes again");
-  const pins = join(s3.dir, "valley");
+  const pins = join(s3.dir, "valley", prefix); // s3rver keeps each key as files under bucket/key
   const names = (function walk(d: string): string[] {
     return readdirSync(d).flatMap((n) =>
       statSync(join(d, n)).isDirectory() ? walk(join(d, n)) : [join(d, n)],
