@@ -35,7 +35,10 @@ let work = "";
 
 before(async () => {
   BIN = (await testLlama()).bin;
-  assert.ok(existsSync(join(BIN, "valley-lora")), `the llama.cpp build in ${BIN} lacks valley-lora`);
+  assert.ok(
+    existsSync(join(BIN, "valley-lora")),
+    `the llama.cpp build in ${BIN} lacks valley-lora`,
+  );
   work = mkdtempSync(join(tmpdir(), "valley-gradcheck-"));
 });
 after(() => {
@@ -73,7 +76,10 @@ function writeData(name: string, seed: number, n: number): string {
   const r = rng(seed);
   const chars = "abcdefghijklmnopqrstuvwxyz0123456789 +-*=";
   const text = (lo: number, hi: number) =>
-    Array.from({ length: lo + Math.floor(r() * (hi - lo)) }, () => chars[Math.floor(r() * chars.length)]).join("");
+    Array.from(
+      { length: lo + Math.floor(r() * (hi - lo)) },
+      () => chars[Math.floor(r() * chars.length)],
+    ).join("");
   const rows = Array.from({ length: n }, () => ({
     messages: [
       { role: "user", content: text(4, 30) },
@@ -94,7 +100,9 @@ async function readTensors(path: string): Promise<Tensors> {
   for (const t of g.tensors) {
     assert.equal(t.type, GGML_TYPE_F32, `${path}: ${t.name} is not F32`);
     const start = g.dataOffset + t.offset;
-    const data = new Float32Array(buf.buffer.slice(buf.byteOffset + start, buf.byteOffset + start + t.bytes));
+    const data = new Float32Array(
+      buf.buffer.slice(buf.byteOffset + start, buf.byteOffset + start + t.bytes),
+    );
     out.set(t.name, { shape: t.shape, data });
   }
   return out;
@@ -152,7 +160,19 @@ async function gradOf(
 ): Promise<{ loss: number; grad: Tensors; tokens: number }> {
   const g = `${adapter}.grad.gguf`;
   const s = `${adapter}.grad.json`;
-  const r = trainer(["--model", model, "--data", data, "--adapter-in", adapter, "--grad-out", g, "--summary", s, ...extra]);
+  const r = trainer([
+    "--model",
+    model,
+    "--data",
+    data,
+    "--adapter-in",
+    adapter,
+    "--grad-out",
+    g,
+    "--summary",
+    s,
+    ...extra,
+  ]);
   assert.equal(r.code, 0, r.stderr);
   const sum = JSON.parse(readFileSync(s, "utf8")) as { loss: number; tokens: number };
   return { loss: sum.loss, grad: await readTensors(g), tokens: sum.tokens };
@@ -160,7 +180,18 @@ async function gradOf(
 
 function lossOf(model: string, data: string, adapter: string, extra: string[] = []): number {
   const s = `${adapter}.eval.json`;
-  const r = trainer(["--model", model, "--data", data, "--adapter-in", adapter, "--eval-only", "--summary", s, ...extra]);
+  const r = trainer([
+    "--model",
+    model,
+    "--data",
+    data,
+    "--adapter-in",
+    adapter,
+    "--eval-only",
+    "--summary",
+    s,
+    ...extra,
+  ]);
   assert.equal(r.code, 0, r.stderr);
   return (JSON.parse(readFileSync(s, "utf8")) as { loss: number }).loss;
 }
@@ -194,7 +225,9 @@ async function directional(
   const an: number[] = [];
   const fd: number[] = [];
   for (let k = 0; k < n; k++) {
-    const d = new Map(names.map((nm) => [nm, Float32Array.from(theta.get(nm)!.data, () => gaussian(r))]));
+    const d = new Map(
+      names.map((nm) => [nm, Float32Array.from(theta.get(nm)!.data, () => gaussian(r))]),
+    );
     let nn = 0;
     for (const v of d.values()) for (const x of v) nn += x * x;
     const scale = 1 / Math.sqrt(nn);
@@ -210,7 +243,10 @@ async function directional(
       const moved: Tensors = new Map(theta);
       for (const [nm, v] of d) {
         const t = theta.get(nm)!;
-        moved.set(nm, { shape: t.shape, data: Float32Array.from(t.data, (x, i) => x + sign * EPS * v[i]) });
+        moved.set(nm, {
+          shape: t.shape,
+          data: Float32Array.from(t.data, (x, i) => x + sign * EPS * v[i]),
+        });
       }
       const path = join(work, `${tag}-${k}-${sign > 0 ? "p" : "m"}.gguf`);
       await writeAdapter(path, arch, moved);
@@ -235,7 +271,11 @@ for (const [arch, seed] of [
     await writeAdapter(adapter, arch, theta);
 
     const { loss, grad } = await gradOf(model, data, adapter);
-    assert.deepEqual([...grad.keys()].sort(), [...theta.keys()].sort(), "one gradient per adapter tensor, same names");
+    assert.deepEqual(
+      [...grad.keys()].sort(),
+      [...theta.keys()].sort(),
+      "one gradient per adapter tensor, same names",
+    );
     for (const [nm, t] of theta) assert.deepEqual(grad.get(nm)!.shape, t.shape, nm);
     // the same loss as the forward-only pass
     const l0 = lossOf(model, data, adapter);
@@ -251,22 +291,48 @@ for (const [arch, seed] of [
     // per layer: directions over all seven targets of the layer
     for (let il = 0; il < N_LAYER; il++) {
       const names = [...theta.keys()].filter((n) => n.startsWith(`blk.${il}.`));
-      const { an, fd } = await directional(model, arch, data, theta, grad, names, DIRECTIONS, 1000 + il, `${arch}-l${il}`);
+      const { an, fd } = await directional(
+        model,
+        arch,
+        data,
+        theta,
+        grad,
+        names,
+        DIRECTIONS,
+        1000 + il,
+        `${arch}-l${il}`,
+      );
       const { rel, cos } = compare(an, fd);
       report.push(`layer ${il}: rel ${rel.toExponential(2)} cos ${cos.toFixed(6)}`);
-      assert.ok(rel <= 1e-2 && cos >= 0.999, `${arch} layer ${il}: relative error ${rel}, cosine ${cos}\n an ${an}\n fd ${fd}`);
+      assert.ok(
+        rel <= 1e-2 && cos >= 0.999,
+        `${arch} layer ${il}: relative error ${rel}, cosine ${cos}\n an ${an}\n fd ${fd}`,
+      );
     }
     // per target: one direction over that target in every layer, so no target hides behind the others
     const an: number[] = [];
     const fd: number[] = [];
     for (const t of TARGETS) {
       const names = [...theta.keys()].filter((n) => n.includes(`.${t}.`));
-      const one = await directional(model, arch, data, theta, grad, names, 1, 2000 + TARGETS.indexOf(t), `${arch}-${t}`);
+      const one = await directional(
+        model,
+        arch,
+        data,
+        theta,
+        grad,
+        names,
+        1,
+        2000 + TARGETS.indexOf(t),
+        `${arch}-${t}`,
+      );
       an.push(...one.an);
       fd.push(...one.fd);
       const relT = Math.abs(one.an[0] - one.fd[0]) / Math.abs(one.fd[0]);
       report.push(`${t}: rel ${relT.toExponential(2)}`);
-      assert.ok(relT <= 1e-2, `${arch} ${t}: analytic ${one.an[0]} vs central difference ${one.fd[0]}`);
+      assert.ok(
+        relT <= 1e-2,
+        `${arch} ${t}: analytic ${one.an[0]} vs central difference ${one.fd[0]}`,
+      );
     }
     console.log(`# ${arch} gradient check (loss ${loss.toFixed(4)}): ${report.join("; ")}`);
   });
@@ -302,8 +368,13 @@ test("packing: a packed step has the loss and gradients of the same examples one
   const one = await gradOf(model, data, adapter, ["--packing", "off"]);
   const packed = await gradOf(model, data, adapter, ["--packing", "on"]);
   const rel = relDiff(packed.grad, one.grad);
-  console.log(`# packed vs one by one: loss ${packed.loss} vs ${one.loss}, gradient relative difference ${rel.toExponential(2)}`);
-  assert.ok(Math.abs(packed.loss - one.loss) <= 1e-5 * one.loss, `loss ${packed.loss} vs ${one.loss}`);
+  console.log(
+    `# packed vs one by one: loss ${packed.loss} vs ${one.loss}, gradient relative difference ${rel.toExponential(2)}`,
+  );
+  assert.ok(
+    Math.abs(packed.loss - one.loss) <= 1e-5 * one.loss,
+    `loss ${packed.loss} vs ${one.loss}`,
+  );
   assert.ok(rel <= 1e-5, `gradients differ by ${rel}`);
   assert.equal(packed.tokens, one.tokens);
 });
@@ -313,7 +384,9 @@ test("sparse labels (token ids) give the loss and gradients of dense one-hot lab
   const dense = await gradOf(model, data, adapter, ["--labels", "dense"]);
   const sparse = await gradOf(model, data, adapter, ["--labels", "sparse"]);
   const rel = relDiff(sparse.grad, dense.grad);
-  console.log(`# sparse vs dense labels: loss ${sparse.loss} vs ${dense.loss}, gradient relative difference ${rel.toExponential(2)}`);
+  console.log(
+    `# sparse vs dense labels: loss ${sparse.loss} vs ${dense.loss}, gradient relative difference ${rel.toExponential(2)}`,
+  );
   assert.ok(Math.abs(sparse.loss - dense.loss) <= 1e-6 * dense.loss);
   assert.ok(rel <= 1e-6, `gradients differ by ${rel}`);
 });
@@ -326,7 +399,17 @@ test("lossNorm: token = mean over all trained tokens, example = mean of the exam
     const f = join(work, `one-${i}.jsonl`);
     writeFileSync(f, l + "\n");
     const s = join(work, `one-${i}.json`);
-    const r = trainer(["--model", model, "--data", f, "--adapter-in", adapter, "--eval-only", "--summary", s]);
+    const r = trainer([
+      "--model",
+      model,
+      "--data",
+      f,
+      "--adapter-in",
+      adapter,
+      "--eval-only",
+      "--summary",
+      s,
+    ]);
     assert.equal(r.code, 0, r.stderr);
     return JSON.parse(readFileSync(s, "utf8")) as { loss: number; tokens: number };
   });
@@ -335,16 +418,23 @@ test("lossNorm: token = mean over all trained tokens, example = mean of the exam
   const exampleMean = per.reduce((a, p) => a + p.loss, 0) / per.length;
   const token = lossOf(model, data, adapter, ["--loss-norm", "token"]);
   const example = lossOf(model, data, adapter, ["--loss-norm", "example"]);
-  console.log(`# lossNorm token ${token} (expected ${tokenMean}), example ${example} (expected ${exampleMean})`);
+  console.log(
+    `# lossNorm token ${token} (expected ${tokenMean}), example ${example} (expected ${exampleMean})`,
+  );
   assert.ok(Math.abs(token - tokenMean) <= 1e-5 * tokenMean);
   assert.ok(Math.abs(example - exampleMean) <= 1e-5 * exampleMean);
-  assert.ok(Math.abs(token - example) > 1e-4, "the data should tell the two apart (examples of different lengths)");
+  assert.ok(
+    Math.abs(token - example) > 1e-4,
+    "the data should tell the two apart (examples of different lengths)",
+  );
 });
 
 test("bad input: --grad-out on a quantized base is refused (exit 2), nothing written", async () => {
   const { model, adapter, data } = await sharedSetup();
   const q = join(work, "model-q8.gguf");
-  const quant = spawnSync(join(BIN, "llama-quantize"), ["--allow-requantize", model, q, "Q8_0"], { encoding: "utf8" });
+  const quant = spawnSync(join(BIN, "llama-quantize"), ["--allow-requantize", model, q, "Q8_0"], {
+    encoding: "utf8",
+  });
   assert.equal(quant.status, 0, quant.stderr);
   const g = join(work, "never.gguf");
   const r = trainer(["--model", q, "--data", data, "--adapter-in", adapter, "--grad-out", g]);
@@ -352,7 +442,19 @@ test("bad input: --grad-out on a quantized base is refused (exit 2), nothing wri
   assert.match(r.stderr, /--grad-out needs a base whose tensors are all F32 or F16.*q8_0/i);
   assert.ok(!existsSync(g) && !existsSync(`${g}.tmp`), "nothing written");
   // and an unknown target is named with the allowed ones
-  const u = trainer(["--model", model, "--data", data, "--out", join(work, "x.gguf"), "--targets", "attn_q,attn_z"]);
+  const u = trainer([
+    "--model",
+    model,
+    "--data",
+    data,
+    "--out",
+    join(work, "x.gguf"),
+    "--targets",
+    "attn_q,attn_z",
+  ]);
   assert.equal(u.code, 2, u.stderr);
-  assert.match(u.stderr, /unknown target module 'attn_z'; allowed: attn_q, attn_k, attn_v, attn_output, ffn_gate, ffn_up, ffn_down/);
+  assert.match(
+    u.stderr,
+    /unknown target module 'attn_z'; allowed: attn_q, attn_k, attn_v, attn_output, ffn_gate, ffn_up, ffn_down/,
+  );
 });
