@@ -647,7 +647,7 @@ struct schedule {
     int64_t total = 1, warm = 0;
     std::string decay;
     int64_t step = 0;  // the step being taken (0-based)
-    bool grad_only = false;  // lr 0 and beta1 0: the step moves nothing and its first moment is the gradient
+    bool grad_only = false;  // lr ~0 and beta1 0: the step moves nothing and its first moment is the gradient
 
     // optimizer state to restore from a checkpoint: the moments exist only once the first
     // optimizer step has been built, so it is restored from the callback of that step
@@ -697,7 +697,8 @@ ggml_opt_optimizer_params opt_pars_cb(void * ud) {
     p.adamw.alpha = std::max(s->lr_at(s->step), 1e-12f);
     p.adamw.wd    = s->wd;
     if (s->grad_only) {
-        p.adamw.alpha = 0.0f;
+        // ggml-opt wants a learning rate > 0: 1e-30 moves no F32 weight above 1e-23 (and nothing is saved)
+        p.adamw.alpha = 1e-30f;
         p.adamw.wd    = 0.0f;
         p.adamw.beta1 = 0.0f;
     }
@@ -753,7 +754,7 @@ void save_optimizer(const std::string & path, llama_context * lctx, llama_adapte
 }
 
 // --grad-out: d(loss)/d(tensor) of every LoRA tensor, F32, under the adapter's own names; read off
-// AdamW's first moment after a step with beta1 = 0 (m = g exactly) and lr 0
+// AdamW's first moment after a step with beta1 = 0 (m = g exactly) and lr ~0
 void save_gradients(const std::string & path, llama_context * lctx, llama_adapter_lora * adapter,
                     const std::string & arch, float alpha) {
     ggml_opt_context_t oc = llama_opt_get_context(lctx);
@@ -1139,7 +1140,7 @@ int run(const options & o) {
     sched.warm  = (int64_t) std::ceil(o.warmup * (double) total_steps);
     sched.step  = start_step;
     sched.lctx  = lctx;
-    // the gradient: one AdamW step with lr 0 (nothing moves) and beta1 0, so that its first moment
+    // the gradient: one AdamW step with lr ~0 (nothing moves) and beta1 0, so that its first moment
     // is exactly the gradient accumulated over every window
     sched.grad_only = single_pass;
     if (start_step > 0) {
