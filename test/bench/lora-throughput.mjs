@@ -38,7 +38,7 @@ const threads = Number(arg("--threads", "2"));
 const epochs = Number(arg("--epochs", "2"));
 const only = arg("--only", "");
 const bin = process.env.VALLEY_LLAMA_BIN ?? join(root, ".tmp/lora-src/build/bin");
-for (const b of ["valley-lora", "llama-finetune"]) {
+for (const b of ["valley-lora", ...(only === "demo" ? [] : ["llama-finetune"])]) {
   if (!existsSync(join(bin, b))) {
     console.error(
       `no ${b} in ${bin}: set VALLEY_LLAMA_BIN to a llama.cpp build holding valley-lora`,

@@ -989,20 +989,27 @@ int run(const options & o) {
     const int64_t n_ex = (int64_t) exs.size();
     const bool single_pass = !o.grad_out.empty() || o.eval_only;  // gradient check: all the data as one step
 
-    // windows: one example each, or (packing) as many consecutive examples as fit, in the given order;
-    // a packed window holds at most MAX_PACK examples (each is one llama.cpp sequence)
+    // windows: one example each, or (packing) best fit: each example, in the given order, goes to the
+    // window it fills best (the least room left), a new window when none has room; a packed window
+    // holds at most MAX_PACK examples (each is one llama.cpp sequence)
     constexpr size_t MAX_PACK = 255;  // LLAMA_MAX_SEQ (256) less one sequence for the padding
     auto make_windows = [&](const std::vector<int64_t> & ord) {
         std::vector<std::vector<int64_t>> wins;
-        size_t used = n_ctx;
+        std::vector<size_t> used;
         for (const int64_t i : ord) {
             const size_t n_in = exs[(size_t) i].tokens.size() - 1;
-            if (!o.packing || wins.empty() || used + n_in > n_ctx || wins.back().size() >= MAX_PACK) {
-                wins.emplace_back();
-                used = 0;
+            size_t best = wins.size();
+            for (size_t w = 0; o.packing && w < wins.size(); ++w) {
+                if (used[w] + n_in <= n_ctx && wins[w].size() < MAX_PACK && (best == wins.size() || used[w] > used[best])) {
+                    best = w;
+                }
             }
-            wins.back().push_back(i);
-            used += n_in;
+            if (best == wins.size()) {
+                wins.emplace_back();
+                used.push_back(0);
+            }
+            wins[best].push_back(i);
+            used[best] += n_in;
         }
         return wins;
     };
