@@ -48,12 +48,13 @@ stages:
     );
     const { child, done } = valleyChild(["run", "p.yaml"], { cwd: dir });
     const scratch = join(dir, ".valley", "scratch");
+    // checkpoint.json is written last, once the checkpoint's files are complete (the folder
+    // also holds the initial adapter and .tmp files for a moment)
     const checkpointed = () =>
       existsSync(scratch) &&
-      readdirSync(scratch).some((k) => {
-        const c = join(scratch, k, "checkpoints");
-        return existsSync(c) && readdirSync(c).length > 0;
-      });
+      readdirSync(scratch).some((k) =>
+        existsSync(join(scratch, k, "checkpoints", "checkpoint.json")),
+      );
     await waitFor(checkpointed, 20 * 60_000, "a training checkpoint");
     child.kill("SIGKILL");
     await done;

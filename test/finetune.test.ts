@@ -423,9 +423,14 @@ test("bad input: exit 2 from the trainer and InputError from the stage", async (
       "unknown-target",
       { lora: { rank: 4, alpha: 8, targets: ["attn_q", "ffn_nope"], seed: 1 } },
       good,
-      /ffn_nope.*does not exist/,
+      /unknown target "ffn_nope"; allowed: attn_q, attn_k, attn_v, attn_output, ffn_gate, ffn_up, ffn_down, output/,
     ],
-    ["kv-target", { lora: { rank: 4, alpha: 8, targets: ["attn_k"], seed: 1 } }, good, /KV cache/],
+    [
+      "packing-example",
+      { packing: true, lossNorm: "example" },
+      good,
+      /packing needs lossNorm: token/,
+    ],
     [
       "rank-0",
       { lora: { rank: 0, alpha: 8, targets: ["attn_q"], seed: 1 } },

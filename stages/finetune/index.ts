@@ -40,9 +40,24 @@ export interface FinetuneParams {
   threads: number;
   ctx: number;
   device: "auto" | "cpu";
+  /** token: mean over every trained token of an optimizer step (TRL's default); example: mean of example means. */
+  lossNorm: "token" | "example";
+  /** Several examples per window, each its own sequence (own positions, no attention across examples). */
+  packing: boolean;
 }
 
-export const DEFAULT_TARGETS = ["attn_q", "attn_output", "ffn_gate", "ffn_up", "ffn_down"];
+/** The seven projections of a llama/qwen2 block: PEFT's "all-linear" for these decoders. */
+export const LINEAR_TARGETS = [
+  "attn_q",
+  "attn_k",
+  "attn_v",
+  "attn_output",
+  "ffn_gate",
+  "ffn_up",
+  "ffn_down",
+] as const;
+export const ALLOWED_TARGETS: readonly string[] = [...LINEAR_TARGETS, "output"];
+export const DEFAULT_TARGETS: string[] = [...LINEAR_TARGETS];
 
 /** Fills in what the engine's schema defaults would (for callers that bypass the engine). */
 export function withDefaults(
@@ -69,6 +84,8 @@ export function withDefaults(
     threads: p.threads ?? 0,
     ctx: p.ctx ?? 0,
     device: p.device ?? "auto",
+    lossNorm: p.lossNorm ?? "token",
+    packing: p.packing ?? false,
   };
 }
 
@@ -151,13 +168,20 @@ export function checkParams(p: FinetuneParams): ParamIssue[] {
   if (p.method === "lora") {
     if (!(p.lora.rank > 0)) issues.push({ path: ["lora", "rank"], message: "rank must be > 0" });
     p.lora.targets.forEach((t, i) => {
-      if (t === "attn_k" || t === "attn_v") {
+      if (!ALLOWED_TARGETS.includes(t)) {
         issues.push({
           path: ["lora", "targets", i],
-          message: `${t} cannot be trained: K and V reach the loss only through the KV cache, which has no backward pass in this llama.cpp`,
+          message: `unknown target ${JSON.stringify(t)}; allowed: ${ALLOWED_TARGETS.join(", ")}`,
         });
       }
     });
+    if (p.packing && p.lossNorm === "example") {
+      issues.push({
+        path: ["packing"],
+        message:
+          "packing needs lossNorm: token (a packed window's loss is a mean over its tokens, so examples cannot be weighed one by one)",
+      });
+    }
   }
   return issues;
 }
@@ -210,6 +234,8 @@ async function runLora(
     "--threads", String(threads),
     "--ctx", String(p.ctx),
     "--device", p.device,
+    "--loss-norm", p.lossNorm,
+    "--packing", p.packing ? "on" : "off",
     // checkpoints belong to this model and data, wherever the engine puts them
     "--fingerprint", fingerprint,
   ]; // prettier-ignore
@@ -302,7 +328,8 @@ async function runFull(
 
 const finetune: StageKind<FinetuneParams> = {
   kind: "finetune",
-  version: "1",
+  // 2: exact gradients through attention (K/V bypass the cache), seven targets, lossNorm, packing
+  version: "2",
   tools: ["llama"],
   resources(p) {
     return { cpu: p.threads > 0 ? p.threads : 2, memory: 2048 };

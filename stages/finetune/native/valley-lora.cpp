@@ -25,6 +25,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -46,7 +48,12 @@ using json = nlohmann::ordered_json;
 
 namespace {
 
-constexpr const char * TRAINER_VERSION = "valley-lora 1";
+// 2: K and V bypass the KV cache in the training graph (exact gradients), all seven targets, lossNorm,
+//    packing, sparse cross-entropy
+constexpr const char * TRAINER_VERSION = "valley-lora 2";
+
+// the projections a LoRA can target (PEFT's "all-linear" for these decoders), plus the output layer
+const std::vector<std::string> LINEAR_TARGETS = { "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down" };
 
 struct input_error : std::runtime_error {
     using std::runtime_error::runtime_error;
@@ -69,7 +76,7 @@ struct options {
     int         checkpoint_every = 0;
     int         rank             = 8;
     float       alpha            = 16.0f;
-    std::vector<std::string> targets = { "attn_q", "attn_output", "ffn_gate", "ffn_up", "ffn_down" };
+    std::vector<std::string> targets = LINEAR_TARGETS;
     uint32_t    seed             = 42;
     float       lr               = 1e-4f;
     float       warmup           = 0.0f;  // ratio of the total steps
@@ -88,6 +95,12 @@ struct options {
     bool        verbose          = false;
     std::string render_text;              // only render the chats to this text file (for full fine-tuning)
     std::string fingerprint;              // identifies model + data for checkpoints (default: their paths)
+    std::string loss_norm        = "token";  // token: mean over the step's trained tokens | example: mean of example means
+    bool        packing          = false;    // several examples per window, no attention across them
+    std::string labels           = "sparse"; // sparse: token ids | dense: one-hot rows (the upstream form)
+    std::string adapter_in;               // start from this adapter (its tensors, rank and alpha)
+    std::string grad_out;                 // one forward + backward over the whole data, d loss / d tensor here
+    bool        eval_only        = false; // the loss over the whole data, to --summary
 };
 
 void usage() {
@@ -98,7 +111,7 @@ void usage() {
         "  --checkpoint-dir D     keep checkpoints here; a re-run resumes from the last one\n"
         "  --checkpoint-every K   steps between checkpoints (0 = none)\n"
         "  --rank R --alpha A     LoRA rank and alpha (scale = alpha/rank)\n"
-        "  --targets a,b,...      modules (default attn_q,attn_output,ffn_gate,ffn_up,ffn_down; also output)\n"
+        "  --targets a,b,...      modules (default attn_q,attn_k,attn_v,attn_output,ffn_gate,ffn_up,ffn_down; also output)\n"
         "  --seed N               adapter init and data order\n"
         "  --lr X --warmup RATIO --decay linear|cosine|constant --weight-decay X\n"
         "  --epochs N --batch N   examples per optimizer step (gradient accumulation)\n"
@@ -106,7 +119,14 @@ void usage() {
         "  --masking on|off       loss on assistant tokens only (on) or on every token (off)\n"
         "  --threads N --ctx N --device auto|cpu --max-steps N --eval-assistant-loss --verbose\n"
         "  --render-text F        only write the chats rendered with the model's template to F\n"
-        "  --fingerprint S        names model + data for checkpoints (default: their paths), e.g. content digests\n");
+        "  --fingerprint S        names model + data for checkpoints (default: their paths), e.g. content digests\n"
+        "  --loss-norm token|example  mean over all trained tokens of a step (token) or of each example's mean\n"
+        "  --packing on|off       several examples per window (own positions, no attention across them)\n"
+        "  --labels sparse|dense  cross-entropy on token ids (sparse) or on one-hot rows (dense)\n"
+        "  --adapter-in F.gguf    start from this adapter instead of a fresh one\n"
+        "  --grad-out F.gguf      no training: one forward + backward over all the data, d(loss)/d(tensor) of every\n"
+        "                         LoRA tensor (F32, the adapter's names) to F\n"
+        "  --eval-only            no training: the loss over all the data (training's normalisation) to --summary\n");
 }
 
 std::vector<std::string> split_csv(const std::string & s) {
@@ -177,12 +197,26 @@ options parse_args(int argc, char ** argv) {
         else if (a == "--verbose")            { o.verbose = true; }
         else if (a == "--render-text")        { o.render_text = need(i); }
         else if (a == "--fingerprint")        { o.fingerprint = need(i); }
+        else if (a == "--loss-norm")          { o.loss_norm = need(i); }
+        else if (a == "--packing")            { const std::string v = need(i);
+                                                if (v != "on" && v != "off") { bad_input("--packing takes on|off"); }
+                                                o.packing = v == "on"; }
+        else if (a == "--labels")             { o.labels = need(i); }
+        else if (a == "--adapter-in")         { o.adapter_in = need(i); }
+        else if (a == "--grad-out")           { o.grad_out = need(i); }
+        else if (a == "--eval-only")          { o.eval_only = true; }
         else if (a == "-h" || a == "--help")  { usage(); std::exit(0); }
         else { usage(); bad_input("unknown argument '" + a + "'"); }
     }
-    if (o.model.empty() || o.data.empty() || (o.out.empty() && o.render_text.empty())) {
+    if (o.model.empty() || o.data.empty() || (o.out.empty() && o.render_text.empty() && o.grad_out.empty() && !o.eval_only)) {
         usage();
-        bad_input("--model, --data and --out (or --render-text) are required");
+        bad_input("--model, --data and --out (or --render-text, --grad-out, --eval-only) are required");
+    }
+    if (!o.grad_out.empty() && o.eval_only) {
+        bad_input("--grad-out and --eval-only exclude each other (--grad-out also reports the loss)");
+    }
+    if (o.eval_only && o.summary.empty()) {
+        bad_input("--eval-only writes the loss to --summary, which is missing");
     }
     if (o.rank <= 0)                      { bad_input("--rank must be > 0 (got " + std::to_string(o.rank) + ")"); }
     if (!(o.alpha > 0.0f))                { bad_input("--alpha must be > 0"); }
@@ -204,6 +238,22 @@ options parse_args(int argc, char ** argv) {
     }
     if (o.targets.empty()) {
         bad_input("--targets is empty");
+    }
+    for (const auto & t : o.targets) {
+        if (t != "output" && std::find(LINEAR_TARGETS.begin(), LINEAR_TARGETS.end(), t) == LINEAR_TARGETS.end()) {
+            bad_input("unknown target module '" + t + "'; allowed: attn_q, attn_k, attn_v, attn_output, ffn_gate, "
+                      "ffn_up, ffn_down, output");
+        }
+    }
+    if (o.loss_norm != "token" && o.loss_norm != "example") {
+        bad_input("--loss-norm takes token|example, got '" + o.loss_norm + "'");
+    }
+    if (o.labels != "sparse" && o.labels != "dense") {
+        bad_input("--labels takes sparse|dense, got '" + o.labels + "'");
+    }
+    if (o.packing && o.loss_norm == "example") {
+        bad_input("--packing on needs --loss-norm token: a window then holds several examples, and the loss of a "
+                  "window is the mean over its tokens, so examples cannot be weighed one by one");
     }
     return o;
 }
@@ -326,11 +376,6 @@ base_info read_base_info(const std::string & path) {
 std::vector<std::string> resolve_targets(const options & o, const base_info & bi) {
     std::vector<std::string> names;
     for (const auto & t : o.targets) {
-        if (t == "attn_k" || t == "attn_v") {
-            bad_input("target module '" + t + "' is not supported: K and V reach the loss only through the KV "
-                      "cache (SET_ROWS), which has no backward pass in this llama.cpp, so a LoRA on " + t +
-                      " would get no gradient and never move. Use attn_q, attn_output, ffn_gate, ffn_up, ffn_down, output");
-        }
         std::vector<std::string> hits;
         if (t == "output") {
             if (bi.shapes.count("output.weight")) {
@@ -346,7 +391,7 @@ std::vector<std::string> resolve_targets(const options & o, const base_info & bi
         }
         if (hits.empty()) {
             bad_input("target module '" + t + "' does not exist in this " + bi.arch + " model (no tensor blk.N." + t +
-                      ".weight); known: attn_q, attn_output, ffn_gate, ffn_up, ffn_down, output");
+                      ".weight)");
         }
         for (const auto & h : hits) {
             if (bi.shapes.at(h)[2] != 1 || bi.shapes.at(h)[3] != 1) {
@@ -429,6 +474,55 @@ void save_adapter(const std::string & path, llama_adapter_lora * adapter, const 
     if (!ok || std::rename(tmp.c_str(), path.c_str()) != 0) {
         throw std::runtime_error("cannot write " + path);
     }
+}
+
+struct adapter_info {
+    std::vector<std::string> targets;  // base tensor names
+    int   rank  = 0;
+    float alpha = 0.0f;
+};
+
+// --adapter-in: its LoRA pairs, rank and alpha, checked against the base before anything is loaded
+adapter_info read_adapter_info(const std::string & path, const base_info & bi) {
+    ggml_context * meta = nullptr;
+    gguf_init_params p = { /*.no_alloc =*/ true, /*.ctx =*/ &meta };
+    gguf_context * g = gguf_init_from_file(path.c_str(), p);
+    if (!g) {
+        bad_input("cannot read the adapter " + path + " as GGUF");
+    }
+    adapter_info ai;
+    const int64_t ka = gguf_find_key(g, "adapter.lora.alpha");
+    ai.alpha = ka >= 0 && gguf_get_kv_type(g, ka) == GGUF_TYPE_FLOAT32 ? gguf_get_val_f32(g, ka) : 0.0f;
+    std::string problem;
+    for (int64_t i = 0; i < gguf_get_n_tensors(g) && problem.empty(); ++i) {
+        const std::string name = gguf_get_tensor_name(g, i);
+        const ggml_tensor * t = ggml_get_tensor(meta, name.c_str());
+        const std::string suffix = ".lora_a";
+        if (name.size() <= suffix.size() || name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0) {
+            continue;
+        }
+        const std::string base = name.substr(0, name.size() - suffix.size());
+        if (!bi.shapes.count(base)) {
+            problem = name + " adapts " + base + ", which the base model does not have";
+        } else if (t->type != GGML_TYPE_F32) {
+            problem = name + " is not F32";
+        } else if (ai.rank != 0 && t->ne[1] != ai.rank) {
+            problem = "the ranks differ between tensors";
+        } else {
+            ai.rank = (int) t->ne[1];
+            ai.targets.push_back(base);
+        }
+    }
+    gguf_free(g);
+    ggml_free(meta);
+    if (!problem.empty()) {
+        bad_input("the adapter " + path + ": " + problem);
+    }
+    if (ai.targets.empty() || !(ai.alpha > 0.0f)) {
+        bad_input("the adapter " + path + " has no LoRA tensors (*.lora_a / *.lora_b) or no adapter.lora.alpha > 0");
+    }
+    std::sort(ai.targets.begin(), ai.targets.end());
+    return ai;
 }
 
 // ---------------------------------------------------------------------------
@@ -553,6 +647,7 @@ struct schedule {
     int64_t total = 1, warm = 0;
     std::string decay;
     int64_t step = 0;  // the step being taken (0-based)
+    bool grad_only = false;  // lr ~0 and beta1 0: the step moves nothing and its first moment is the gradient
 
     // optimizer state to restore from a checkpoint: the moments exist only once the first
     // optimizer step has been built, so it is restored from the callback of that step
@@ -601,6 +696,12 @@ ggml_opt_optimizer_params opt_pars_cb(void * ud) {
     ggml_opt_optimizer_params p = ggml_opt_get_default_optimizer_params(nullptr);
     p.adamw.alpha = std::max(s->lr_at(s->step), 1e-12f);
     p.adamw.wd    = s->wd;
+    if (s->grad_only) {
+        // ggml-opt wants a learning rate > 0: 1e-30 moves no F32 weight above 1e-23 (and nothing is saved)
+        p.adamw.alpha = 1e-30f;
+        p.adamw.wd    = 0.0f;
+        p.adamw.beta1 = 0.0f;
+    }
     return p;
 }
 
@@ -652,6 +753,53 @@ void save_optimizer(const std::string & path, llama_context * lctx, llama_adapte
     }
 }
 
+// --grad-out: d(loss)/d(tensor) of every LoRA tensor, F32, under the adapter's own names; read off
+// AdamW's first moment after a step with beta1 = 0 (m = g exactly) and lr ~0
+void save_gradients(const std::string & path, llama_context * lctx, llama_adapter_lora * adapter,
+                    const std::string & arch, float alpha) {
+    ggml_opt_context_t oc = llama_opt_get_context(lctx);
+    std::vector<std::string> names;
+    for (const auto & it : adapter->ab_map) {
+        names.push_back(it.first);
+    }
+    std::sort(names.begin(), names.end());
+    size_t bytes = 0;
+    for (const auto & n : names) {
+        for (ggml_tensor * p : { adapter->ab_map.at(n).a, adapter->ab_map.at(n).b }) {
+            bytes += (size_t) ggml_nelements(p) * sizeof(float) + ggml_tensor_overhead();
+        }
+    }
+    ggml_init_params ip = { /*.mem_size =*/ bytes + 1024, /*.mem_buffer =*/ nullptr, /*.no_alloc =*/ false };
+    ggml_context * ctx = ggml_init(ip);
+    gguf_context * g = gguf_init_empty();
+    gguf_set_val_str(g, "general.architecture", arch.c_str());
+    gguf_set_val_str(g, "general.type", "adapter");
+    gguf_set_val_str(g, "adapter.type", "lora");
+    gguf_set_val_f32(g, "adapter.lora.alpha", alpha);
+    gguf_set_val_str(g, "valley.gradient", "d(loss)/d(tensor)");
+    for (const auto & n : names) {
+        for (ggml_tensor * p : { adapter->ab_map.at(n).a, adapter->ab_map.at(n).b }) {
+            ggml_tensor * m = ggml_opt_adamw_m(oc, p);
+            if (!m || m->type != GGML_TYPE_F32) {
+                gguf_free(g);
+                ggml_free(ctx);
+                throw std::runtime_error(std::string("no gradient for ") + p->name);
+            }
+            ggml_tensor * t = ggml_new_tensor(ctx, GGML_TYPE_F32, GGML_MAX_DIMS, p->ne);
+            ggml_set_name(t, p->name);
+            ggml_backend_tensor_get(m, t->data, 0, ggml_nbytes(t));
+            gguf_add_tensor(g, t);
+        }
+    }
+    const std::string tmp = path + ".tmp";
+    const bool ok = gguf_write_to_file(g, tmp.c_str(), false);
+    gguf_free(g);
+    ggml_free(ctx);
+    if (!ok || std::rename(tmp.c_str(), path.c_str()) != 0) {
+        throw std::runtime_error("cannot write " + path);
+    }
+}
+
 void load_optimizer(const std::string & path, llama_adapter_lora * adapter, schedule & s) {
     ggml_context * ctx = nullptr;
     gguf_init_params p = { /*.no_alloc =*/ false, /*.ctx =*/ &ctx };
@@ -683,6 +831,13 @@ void load_optimizer(const std::string & path, llama_adapter_lora * adapter, sche
     }
 }
 
+// peak resident memory of this process so far, MiB (for the benchmarks)
+double max_rss_mib() {
+    struct rusage ru = {};
+    getrusage(RUSAGE_SELF, &ru);
+    return (double) ru.ru_maxrss / 1024.0;  // Linux: KiB
+}
+
 std::string fmt_num(double x) {
     if (!std::isfinite(x)) {
         return "null";
@@ -697,7 +852,29 @@ int run(const options & o) {
     llama_log_set(log_cb, nullptr);
 
     const base_info bi = o.render_text.empty() ? read_base_info(o.model) : base_info{};
-    const std::vector<std::string> target_names = o.render_text.empty() ? resolve_targets(o, bi) : std::vector<std::string>{};
+    std::vector<std::string> target_names;
+    int   rank  = o.rank;
+    float alpha = o.alpha;
+    if (o.render_text.empty()) {
+        if (o.adapter_in.empty()) {
+            target_names = resolve_targets(o, bi);
+        } else {
+            // the adapter decides what is trained
+            const adapter_info ai = read_adapter_info(o.adapter_in, bi);
+            target_names = ai.targets;
+            rank  = ai.rank;
+            alpha = ai.alpha;
+        }
+    }
+    if (!o.grad_out.empty()) {
+        // a reference gradient: every tensor of the base in a float type
+        for (const auto & it : bi.types) {
+            if (it.second != GGML_TYPE_F32 && it.second != GGML_TYPE_F16) {
+                bad_input("--grad-out needs a base whose tensors are all F32 or F16, but " + it.first + " is " +
+                          ggml_type_name(it.second) + "; convert it (llama-quantize --allow-requantize base.gguf base-f32.gguf F32)");
+            }
+        }
+    }
 
     // read the dataset (before loading the model weights, so bad data fails fast)
     std::vector<json> rows;
@@ -809,35 +986,97 @@ int run(const options & o) {
     if (longest > n_ctx) {
         bad_input("--ctx " + std::to_string(o.ctx) + " is shorter than the longest example (" + std::to_string(longest) + " tokens)");
     }
-
     const int64_t n_ex = (int64_t) exs.size();
-    const int64_t steps_per_epoch = (n_ex + o.batch - 1) / o.batch;
-    int64_t total_steps = steps_per_epoch * o.epochs;
-    if (o.max_steps > 0) {
+    const bool single_pass = !o.grad_out.empty() || o.eval_only;  // gradient check: all the data as one step
+
+    // windows: one example each, or (packing) best fit: each example, in the given order, goes to the
+    // window it fills best (the least room left), a new window when none has room; a packed window
+    // holds at most MAX_PACK examples (each is one llama.cpp sequence)
+    constexpr size_t MAX_PACK = 255;  // LLAMA_MAX_SEQ (256) less one sequence for the padding
+    auto make_windows = [&](const std::vector<int64_t> & ord) {
+        std::vector<std::vector<int64_t>> wins;
+        std::vector<size_t> used;
+        for (const int64_t i : ord) {
+            const size_t n_in = exs[(size_t) i].tokens.size() - 1;
+            size_t best = wins.size();
+            for (size_t w = 0; o.packing && w < wins.size(); ++w) {
+                if (used[w] + n_in <= n_ctx && wins[w].size() < MAX_PACK && (best == wins.size() || used[w] > used[best])) {
+                    best = w;
+                }
+            }
+            if (best == wins.size()) {
+                wins.emplace_back();
+                used.push_back(0);
+            }
+            wins[best].push_back(i);
+            used[best] += n_in;
+        }
+        return wins;
+    };
+    auto order_of_epoch = [&](int64_t epoch) {
+        std::vector<int64_t> ord((size_t) n_ex);
+        for (int64_t i = 0; i < n_ex; ++i) {
+            ord[(size_t) i] = i;
+        }
+        if (single_pass) {
+            return ord;  // the data file's order
+        }
+        std::mt19937_64 rng(((uint64_t) o.seed << 20) ^ (uint64_t) (epoch + 1));
+        for (int64_t i = n_ex - 1; i > 0; --i) {  // Fisher-Yates on raw draws: portable
+            std::swap(ord[(size_t) i], ord[(size_t) (rng() % (uint64_t) (i + 1))]);
+        }
+        return ord;
+    };
+    // the plan: every epoch's windows, `batch` windows per optimizer step (the last step of an epoch
+    // wraps around to the epoch's first windows); a single pass is one step over every window
+    std::vector<std::vector<std::vector<int64_t>>> epoch_windows;
+    struct step_plan {
+        int64_t epoch;
+        std::vector<int64_t> windows;  // into epoch_windows[epoch]
+    };
+    std::vector<step_plan> plan;
+    const int n_epochs = single_pass ? 1 : o.epochs;
+    for (int64_t e = 0; e < n_epochs; ++e) {
+        epoch_windows.push_back(make_windows(order_of_epoch(e)));
+        const int64_t nw = (int64_t) epoch_windows.back().size();
+        const int64_t per_step = single_pass ? nw : o.batch;
+        for (int64_t j = 0; j * per_step < nw; ++j) {
+            step_plan sp{ e, {} };
+            for (int64_t k = 0; k < per_step; ++k) {
+                sp.windows.push_back((j * per_step + k) % nw);
+            }
+            plan.push_back(std::move(sp));
+        }
+    }
+    const int64_t windows_per_step = single_pass ? (int64_t) plan[0].windows.size() : o.batch;
+    int64_t total_steps = (int64_t) plan.size();
+    if (o.max_steps > 0 && !single_pass) {
         total_steps = std::min<int64_t>(total_steps, o.max_steps);
     }
+    const int64_t steps_per_epoch = (int64_t) std::count_if(plan.begin(), plan.end(), [](const step_plan & s) { return s.epoch == 0; });
 
     // configuration fingerprint: a checkpoint is only resumed by the same run
     std::ostringstream cfg;
-    cfg << TRAINER_VERSION << '|' << (o.fingerprint.empty() ? o.model + '|' + o.data : o.fingerprint) << '|' << o.rank
-        << '|' << o.alpha << '|';
+    cfg << TRAINER_VERSION << '|' << (o.fingerprint.empty() ? o.model + '|' + o.data : o.fingerprint) << '|' << rank
+        << '|' << alpha << '|';
     for (const auto & t : target_names) {
         cfg << t << ',';
     }
     cfg << '|' << o.seed << '|' << o.lr << '|' << o.warmup << '|' << o.decay << '|' << o.weight_decay << '|' << o.epochs
-        << '|' << o.batch << '|' << o.max_seq_len << '|' << o.overlong << '|' << o.masking << '|' << n_ctx << '|' << o.max_steps;
+        << '|' << o.batch << '|' << o.max_seq_len << '|' << o.overlong << '|' << o.masking << '|' << n_ctx << '|' << o.max_steps
+        << '|' << o.loss_norm << '|' << o.packing << '|' << o.labels << '|' << o.adapter_in;
     const std::string config = cfg.str();
 
     // resume?
     int64_t start_step = 0;
-    std::string adapter_in;
+    std::string adapter_path;
     json metrics_rows = json::array();
     // a checkpoint: checkpoint-<step>.gguf (the adapter), then checkpoint.json naming it (written last,
     // atomically), so that a kill at any moment leaves a consistent pair
-    const std::string ckpt_state = o.checkpoint_dir.empty() ? "" : o.checkpoint_dir + "/checkpoint.json";
+    const std::string ckpt_state = o.checkpoint_dir.empty() || single_pass ? "" : o.checkpoint_dir + "/checkpoint.json";
     std::string ckpt_adapter;
     std::string ckpt_opt;
-    if (!o.checkpoint_dir.empty() && file_exists(ckpt_state)) {
+    if (!ckpt_state.empty() && file_exists(ckpt_state)) {
         try {
             std::ifstream f(ckpt_state);
             json st = json::parse(f);
@@ -846,7 +1085,7 @@ int run(const options & o) {
             if (st.value("config", "") == config && file_exists(ckpt_adapter) && file_exists(ckpt_opt)) {
                 start_step   = st.at("step").get<int64_t>();
                 metrics_rows = st.at("metrics");
-                adapter_in   = ckpt_adapter;
+                adapter_path = ckpt_adapter;
                 info("resuming from the checkpoint at step %lld of %lld", (long long) start_step, (long long) total_steps);
             } else {
                 info("ignoring a checkpoint made with other settings");
@@ -855,25 +1094,34 @@ int run(const options & o) {
             info("ignoring an unreadable checkpoint: %s", e.what());
         }
     }
-    if (adapter_in.empty()) {
-        adapter_in = (o.checkpoint_dir.empty() ? o.out : o.checkpoint_dir + "/adapter") + ".init.gguf";
-        write_initial_adapter(adapter_in, o, bi, target_names);
+    bool remove_init = false;
+    if (adapter_path.empty() && !o.adapter_in.empty()) {
+        adapter_path = o.adapter_in;
+    } else if (adapter_path.empty()) {
+        const std::string base = !o.checkpoint_dir.empty() ? o.checkpoint_dir + "/adapter"
+                               : !o.out.empty()            ? o.out
+                               : !o.grad_out.empty()       ? o.grad_out
+                                                           : o.summary;
+        adapter_path = base + ".init.gguf";
+        write_initial_adapter(adapter_path, o, bi, target_names);
+        remove_init = true;
     }
 
     // adapter BEFORE the context, so that the graph's node budget counts the LoRA nodes
-    llama_adapter_lora * adapter = llama_adapter_lora_init(model, adapter_in.c_str());
-    if (!adapter) {
-        throw std::runtime_error("cannot load the adapter " + adapter_in);
+    llama_adapter_lora * adapter = llama_adapter_lora_init(model, adapter_path.c_str());
+    if (remove_init) {
+        std::remove(adapter_path.c_str());
     }
-    if (start_step == 0) {
-        std::remove(adapter_in.c_str());
+    if (!adapter) {
+        bad_input("cannot load the adapter " + adapter_path + " (its tensors must match the base model's shapes)");
     }
 
     llama_context_params cp = llama_context_default_params();
     cp.n_ctx           = n_ctx;
     cp.n_batch         = n_ctx;
-    cp.n_ubatch        = n_ctx;
+    cp.n_ubatch        = n_ctx;  // a window is one ubatch: attention sees the window's own K and V only
     cp.n_seq_max       = 1;
+    cp.kv_unified      = true;   // packed examples are sequences 0, 1, ... of one window
     cp.type_k          = GGML_TYPE_F32;  // OUT_PROD needs F32 K/V
     cp.type_v          = GGML_TYPE_F32;
     cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;  // FLASH_ATTN_EXT has no backward pass
@@ -899,6 +1147,9 @@ int run(const options & o) {
     sched.warm  = (int64_t) std::ceil(o.warmup * (double) total_steps);
     sched.step  = start_step;
     sched.lctx  = lctx;
+    // the gradient: one AdamW step with lr ~0 (nothing moves) and beta1 0, so that its first moment
+    // is exactly the gradient accumulated over every window
+    sched.grad_only = single_pass;
     if (start_step > 0) {
         load_optimizer(ckpt_opt, adapter, sched);
     }
@@ -910,7 +1161,8 @@ int run(const options & o) {
     op.get_opt_pars    = opt_pars_cb;
     op.get_opt_pars_ud = &sched;
     op.optimizer_type  = GGML_OPT_OPTIMIZER_TYPE_ADAMW;
-    op.n_accum         = (uint32_t) o.batch;
+    op.n_accum         = (uint32_t) windows_per_step;
+    op.labels_sparse   = o.labels == "sparse";
     llama_opt_init(lctx, model, op);
     int64_t n_params = 0;
     for (auto & it : adapter->ab_map) {
@@ -919,45 +1171,111 @@ int run(const options & o) {
         n_params += ggml_nelements(it.second.a) + ggml_nelements(it.second.b);
     }
     info("%lld examples (%lld dropped, %lld truncated), window %u tokens, %zu target tensors, %lld trainable parameters, "
-         "%lld steps (%lld per epoch)%s", (long long) n_ex, (long long) dropped, (long long) truncated, n_ctx,
-         target_names.size(), (long long) n_params, (long long) total_steps, (long long) steps_per_epoch,
-         on_gpu ? ", on the GPU" : "");
+         "%lld steps (%lld per epoch, %lld windows each)%s%s", (long long) n_ex, (long long) dropped, (long long) truncated, n_ctx,
+         adapter->ab_map.size(), (long long) n_params, (long long) total_steps, (long long) steps_per_epoch,
+         (long long) windows_per_step, o.packing ? ", packed" : "", on_gpu ? ", on the GPU" : "");
 
     const llama_token pad = llama_vocab_eos(vocab) >= 0 ? llama_vocab_eos(vocab) : 0;
-    ggml_opt_dataset_t ds = ggml_opt_dataset_init(GGML_TYPE_I32, GGML_TYPE_I32, n_ctx, n_ctx, o.batch, 1);
+    ggml_opt_dataset_t ds = ggml_opt_dataset_init(GGML_TYPE_I32, GGML_TYPE_I32, n_ctx, n_ctx, windows_per_step, 1);
     int32_t * ds_data   = (int32_t *) ggml_opt_dataset_data(ds)->data;
     int32_t * ds_labels = (int32_t *) ggml_opt_dataset_labels(ds)->data;
+    std::vector<llama_seq_id> seq_ids((size_t) windows_per_step * n_ctx);
 
-    // fill window k of the step dataset with example ex; returns {input tokens, trained labels}
-    auto fill = [&](int k, const example & ex, bool masked) -> std::pair<int64_t, int64_t> {
+    struct window_fill {
+        int64_t tokens = 0;  // input tokens (not padding)
+        int64_t labels = 0;  // trained positions
+    };
+    // fill window k of the step dataset with these examples, one sequence each; padding is never a target
+    auto fill = [&](int64_t k, const std::vector<int64_t> & win, bool masked) -> window_fill {
         int32_t * d = ds_data + (size_t) k * n_ctx;
         int32_t * l = ds_labels + (size_t) k * n_ctx;
-        const size_t n_in = ex.tokens.size() - 1;
+        llama_seq_id * s = seq_ids.data() + (size_t) k * n_ctx;
+        window_fill wf;
+        size_t p = 0;
+        for (size_t e = 0; e < win.size(); ++e) {
+            const example & ex = exs[(size_t) win[e]];
+            const size_t n_in = ex.tokens.size() - 1;
+            for (size_t q = 0; q < n_in; ++q, ++p) {
+                d[p] = ex.tokens[q];
+                const bool train = !masked || ex.assistant[q + 1];
+                l[p] = train ? ex.tokens[q + 1] : -1;
+                s[p] = (llama_seq_id) e;
+                wf.labels += train;
+            }
+            wf.tokens += (int64_t) n_in;
+        }
+        for (; p < n_ctx; ++p) {
+            d[p] = pad;
+            l[p] = -1;
+            s[p] = (llama_seq_id) win.size();
+        }
+        return wf;
+    };
+    // each window's factor on its mean token loss (ggml-opt divides the sum of the windows' losses by
+    // their number): token = n_labels(window) * windows / n_labels(step), a mean over the step's tokens;
+    // example = 1, a mean of the examples' means (one example per window)
+    auto set_windows = [&](const std::vector<window_fill> & wf, bool per_token) {
+        std::vector<float> w(wf.size(), 1.0f);
         int64_t n_lab = 0;
-        for (size_t p = 0; p < n_ctx; ++p) {
-            if (p < n_in) {
-                d[p] = ex.tokens[p];
-                const bool train = !masked || ex.assistant[p + 1];
-                l[p] = train ? ex.tokens[p + 1] : -1;
-                n_lab += train;
-            } else {
-                d[p] = pad;  // padding: never a target
-                l[p] = -1;
+        for (const auto & f : wf) {
+            n_lab += f.labels;
+        }
+        if (per_token) {
+            for (size_t k = 0; k < wf.size(); ++k) {
+                w[k] = (float) ((double) wf[k].labels * (double) wf.size() / (double) std::max<int64_t>(n_lab, 1));
             }
         }
-        return { (int64_t) n_in, n_lab };
+        llama_opt_set_windows(lctx, (int64_t) wf.size(), o.packing ? seq_ids.data() : nullptr, w.data());
     };
-    auto order_of_epoch = [&](int64_t epoch) {
-        std::vector<int64_t> ord((size_t) n_ex);
-        for (int64_t i = 0; i < n_ex; ++i) {
-            ord[(size_t) i] = i;
+
+    // --grad-out / --eval-only: all the data as one step, nothing trained
+    if (single_pass) {
+        const auto & sp = plan[0];
+        std::vector<window_fill> wf;
+        int64_t n_lab = 0;
+        for (size_t k = 0; k < sp.windows.size(); ++k) {
+            wf.push_back(fill((int64_t) k, epoch_windows[0][(size_t) sp.windows[k]], o.masking));
+            n_lab += wf.back().labels;
         }
-        std::mt19937_64 rng(((uint64_t) o.seed << 20) ^ (uint64_t) (epoch + 1));
-        for (int64_t i = n_ex - 1; i > 0; --i) {  // Fisher-Yates on raw draws: portable
-            std::swap(ord[(size_t) i], ord[(size_t) (rng() % (uint64_t) (i + 1))]);
+        set_windows(wf, o.loss_norm == "token");
+        ggml_opt_result_t res = ggml_opt_result_init();
+        const auto t0 = std::chrono::steady_clock::now();
+        if (o.eval_only) {
+            llama_opt_epoch(lctx, ds, nullptr, res, 0, nullptr, nullptr);
+        } else {
+            llama_opt_epoch(lctx, ds, res, nullptr, windows_per_step, nullptr, nullptr);
         }
-        return ord;
-    };
+        const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        double loss = NAN, unc = 0.0;
+        ggml_opt_result_loss(res, &loss, &unc);
+        ggml_opt_result_free(res);
+        if (!std::isfinite(loss)) {
+            throw std::runtime_error("the loss is not finite");
+        }
+        if (!o.grad_out.empty()) {
+            save_gradients(o.grad_out, lctx, adapter, bi.arch, alpha);
+        }
+        info("loss %.8g over %lld trained tokens in %zu windows (%.2f s)%s", loss, (long long) n_lab, wf.size(), secs,
+             o.grad_out.empty() ? "" : (", gradients written to " + o.grad_out).c_str());
+        if (!o.summary.empty()) {
+            json s;
+            s["trainer"]  = TRAINER_VERSION;
+            s["loss"]     = loss;
+            s["tokens"]   = n_lab;
+            s["windows"]  = (int64_t) wf.size();
+            s["examples"] = n_ex;
+            s["window"]   = n_ctx;
+            s["loss_norm"] = o.loss_norm;
+            s["seconds"]  = secs;
+            s["max_rss_mib"] = max_rss_mib();
+            write_file_atomic(o.summary, s.dump(2) + "\n");
+        }
+        ggml_opt_dataset_free(ds);
+        llama_free(lctx);
+        llama_model_free(model);
+        llama_backend_free();
+        return 0;
+    }
 
     FILE * mf = nullptr;
     if (!o.metrics.empty()) {
@@ -975,34 +1293,29 @@ int run(const options & o) {
 
     ggml_opt_result_t result = ggml_opt_result_init();
     const auto t_train0 = std::chrono::steady_clock::now();
-    int64_t run_tokens = 0;
-    int64_t cur_epoch = -1;
-    std::vector<int64_t> order;
+    int64_t run_tokens = 0, run_windows = 0;
     for (int64_t step = start_step; step < total_steps; ++step) {
-        const int64_t epoch = step / steps_per_epoch;
-        const int64_t j     = step % steps_per_epoch;
-        if (epoch != cur_epoch) {
-            order = order_of_epoch(epoch);
-            cur_epoch = epoch;
-        }
+        const auto & sp = plan[(size_t) step];
+        const int64_t epoch = sp.epoch;
         int64_t step_tokens = 0, step_labels = 0;
-        for (int k = 0; k < o.batch; ++k) {
-            // the last step of an epoch wraps around to the epoch's first examples
-            const auto & ex = exs[(size_t) order[(size_t) ((j * o.batch + k) % n_ex)]];
-            const auto nl = fill(k, ex, o.masking);
-            step_tokens += nl.first;
-            step_labels += nl.second;
+        std::vector<window_fill> wf;
+        for (size_t k = 0; k < sp.windows.size(); ++k) {
+            wf.push_back(fill((int64_t) k, epoch_windows[(size_t) epoch][(size_t) sp.windows[k]], o.masking));
+            step_tokens += wf.back().tokens;
+            step_labels += wf.back().labels;
         }
+        set_windows(wf, o.loss_norm == "token");
         sched.step = step;
         const float lr = sched.lr_at(step);
         const auto t0 = std::chrono::steady_clock::now();
         ggml_opt_result_reset(result);
-        llama_opt_epoch(lctx, ds, result, nullptr, o.batch, nullptr, nullptr);
+        llama_opt_epoch(lctx, ds, result, nullptr, windows_per_step, nullptr, nullptr);
         const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         double loss = 0.0, unc = 0.0, acc = 0.0, acc_unc = 0.0;
         ggml_opt_result_loss(result, &loss, &unc);
         ggml_opt_result_accuracy(result, &acc, &acc_unc);
         run_tokens += step_tokens;
+        run_windows += (int64_t) wf.size();
 
         json row;
         row["step"]        = step + 1;
@@ -1028,7 +1341,7 @@ int run(const options & o) {
         if (!o.checkpoint_dir.empty() && o.checkpoint_every > 0 && (step + 1) % o.checkpoint_every == 0 && step + 1 < total_steps) {
             const std::string name = "checkpoint-" + std::to_string(step + 1) + ".gguf";
             const std::string opt_name = "checkpoint-" + std::to_string(step + 1) + ".opt.gguf";
-            save_adapter(o.checkpoint_dir + "/" + name, adapter, bi.arch, o.alpha);
+            save_adapter(o.checkpoint_dir + "/" + name, adapter, bi.arch, alpha);
             save_optimizer(o.checkpoint_dir + "/" + opt_name, lctx, adapter);
             json st;
             st["version"] = TRAINER_VERSION;
@@ -1053,15 +1366,17 @@ int run(const options & o) {
         fclose(mf);
     }
 
-    save_adapter(o.out, adapter, bi.arch, o.alpha);
+    save_adapter(o.out, adapter, bi.arch, alpha);
 
-    // optional: loss on the assistant tokens only, whatever --masking was (forward passes)
+    // optional: loss on the assistant tokens only, whatever --masking was (forward passes, one example per
+    // window, the mean of the windows' mean losses)
     double eval_loss = NAN, eval_acc = NAN;
     if (o.eval_assistant) {
         ggml_opt_result_t res_eval = ggml_opt_result_init();
-        for (int64_t i = 0; i < n_ex; i += o.batch) {
-            for (int k = 0; k < o.batch; ++k) {
-                fill(k, exs[(size_t) ((i + k) % n_ex)], true);
+        llama_opt_set_windows(lctx, 0, nullptr, nullptr);
+        for (int64_t i = 0; i < n_ex; i += windows_per_step) {
+            for (int64_t k = 0; k < windows_per_step; ++k) {
+                fill(k, { (i + k) % n_ex }, true);
             }
             llama_opt_epoch(lctx, ds, nullptr, res_eval, 0, nullptr, nullptr);
         }
@@ -1101,7 +1416,11 @@ int run(const options & o) {
         s["truncated"]          = truncated;
         s["examples"]           = n_ex;
         s["window"]             = n_ctx;
+        s["windows"]            = run_windows;
         s["trainable_params"]   = n_params;
+        s["loss_norm"]          = o.loss_norm;
+        s["packing"]            = o.packing;
+        s["labels"]             = o.labels;
         json em = json::array();
         for (const auto & it : per_epoch) {
             em.push_back(it.second.first / (double) it.second.second);
@@ -1109,6 +1428,7 @@ int run(const options & o) {
         s["epoch_mean_loss"]    = em;
         s["train_seconds"]      = train_secs;
         s["seq_tokens_per_second"] = train_secs > 0 ? (double) run_tokens / train_secs : 0.0;
+        s["max_rss_mib"]        = max_rss_mib();
         if (o.eval_assistant) {
             s["assistant_loss"]     = eval_loss;
             s["assistant_accuracy"] = eval_acc;
