@@ -25,6 +25,7 @@ import { type Digest, digestHex, sha256Bytes, canonicalJson, isDigest } from "./
 import { hashFileSync } from "./hash.js";
 import { writeFileAtomic } from "./atomic.js";
 import { StatCache } from "./stat-cache.js";
+import { pathManifest } from "./path-manifest.js";
 
 /** One entry of a tree manifest; paths use "/" and are relative to the tree root. */
 export type TreeEntry =
@@ -218,23 +219,32 @@ export class Store {
     return { tree, files, manifest };
   }
 
-  /** Copies a user's folder or file into the store (copy, not link: the user may edit it in place). */
+  /**
+   * The digest a user's file or folder has in the store, without copying it
+   * (a no-op run over a large input tree costs one stat per file).
+   */
+  pathDigest(src: string): Digest {
+    return sha256Bytes(
+      canonicalJson(pathManifest(src, (f, st) => this.stat.digest(f, st)).manifest),
+    );
+  }
+
+  /**
+   * A user's file or folder as a tree in the store, copied in (not linked:
+   * the user may edit it in place) only if its content is new.
+   */
   importPath(src: string): Digest {
+    const { manifest, files } = pathManifest(src, (f, st) => this.stat.digest(f, st));
+    const d = sha256Bytes(canonicalJson(manifest));
+    if (this.hasObject(d) && this.checkTree(d).ok) return d;
     const tmp = this.tmpPath("import");
     mkdirSync(tmp);
-    const copy = (from: string, to: string) => {
-      const st = lstatSync(from);
-      if (st.isDirectory()) {
-        mkdirSync(to, { recursive: true });
-        for (const n of readdirSync(from)) copy(join(from, n), join(to, n));
-      } else if (st.isSymbolicLink()) symlinkSync(readlinkSync(from), to);
-      else copyFileSync(from, to, fsc.COPYFILE_FICLONE);
-    };
-    const st = statSync(src);
-    if (st.isDirectory()) {
-      for (const n of readdirSync(src)) copy(join(src, n), join(tmp, n));
-    } else copy(src, join(tmp, src.split("/").pop() ?? "file"));
-    return this.admitTree(tmp).tree;
+    for (const e of manifest.entries) if ("dir" in e) mkdirSync(join(tmp, e.path));
+    for (const f of files) copyFileSync(f.abs, join(tmp, f.path), fsc.COPYFILE_FICLONE);
+    const got = this.admitTree(tmp).tree;
+    if (got !== d)
+      throw new Error(`${src} changed while it was being copied into the cache; run again`);
+    return d;
   }
 
   readManifest(tree: Digest): Manifest {

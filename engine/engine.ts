@@ -1,7 +1,7 @@
-import { existsSync, readFileSync, readdirSync, lstatSync, readlinkSync, statSync } from "node:fs";
-import { join, resolve, basename } from "node:path";
-import { type Digest, hashJson, sha256Bytes, canonicalJson, digestHex } from "../cache/digest.js";
-import { Store, type ActionRecord, type Manifest, type TreeEntry } from "../cache/store.js";
+import { existsSync, readFileSync, statSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { type Digest, hashJson, canonicalJson, digestHex } from "../cache/digest.js";
+import { Store, type ActionRecord } from "../cache/store.js";
 import type { StatCache } from "../cache/stat-cache.js";
 import { Leases } from "../cache/leases.js";
 import { writeFileAtomic } from "../cache/atomic.js";
@@ -71,57 +71,6 @@ export class Engine {
   }
 
   /**
-   * The digest a path input would have once copied into the store, computed
-   * from the stat cache without copying (a no-op run over a large input tree
-   * costs one stat per file).
-   */
-  digestPath(abs: string): Digest {
-    const entries: TreeEntry[] = [];
-    const walk = (a: string, rel: string) => {
-      for (const name of readdirSync(a).sort()) {
-        const p = join(a, name);
-        const r = rel ? `${rel}/${name}` : name;
-        const st = lstatSync(p, { bigint: true });
-        if (st.isSymbolicLink()) entries.push({ path: r, link: readlinkSync(p) });
-        else if (st.isDirectory()) {
-          entries.push({ path: r, dir: true });
-          walk(p, r);
-        } else if (st.isFile()) {
-          const { digest, size } = this.store.stat.digest(p, st);
-          entries.push(
-            (st.mode & 0o111n) !== 0n
-              ? { path: r, digest, size, exec: true }
-              : { path: r, digest, size },
-          );
-        }
-      }
-    };
-    const st = lstatSync(abs);
-    if (st.isDirectory()) walk(abs, "");
-    else {
-      const { digest, size } = this.store.stat.digest(abs);
-      const name = basename(abs);
-      entries.push(
-        (st.mode & 0o111) !== 0
-          ? { path: name, digest, size, exec: true }
-          : { path: name, digest, size },
-      );
-    }
-    const manifest: Manifest = { v: 1, entries };
-    return sha256Bytes(canonicalJson(manifest));
-  }
-
-  /** A path input as a tree in the store (copied in only if its content is new). */
-  admitPath(abs: string): Digest {
-    const d = this.digestPath(abs);
-    if (this.store.hasObject(d) && this.store.checkTree(d).ok) return d;
-    const got = this.store.importPath(abs);
-    if (got !== d)
-      throw new Error(`${abs} changed while it was being copied into the cache; run again`);
-    return d;
-  }
-
-  /**
    * The key of an instance, given the results of its upstream instances.
    * Returns undefined while an upstream result is unknown. With `admit`
    * false (plan, status), path inputs are hashed but not copied.
@@ -150,7 +99,7 @@ export class Engine {
       if (spec.type === "path") {
         if (!existsSync(spec.path))
           throw new Error(`${inst.id}: input ${name}: ${spec.path} does not exist`);
-        const d = opts.admit ? this.admitPath(spec.path) : this.digestPath(spec.path);
+        const d = opts.admit ? this.store.importPath(spec.path) : this.store.pathDigest(spec.path);
         inputs[name] = { id: spec.ref, coords: {}, digest: d, path: this.store.treePath(d) };
         keyed[name] = d;
       } else if (spec.type === "one") {

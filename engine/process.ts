@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { createInterface } from "node:readline";
+import { openSync, readSync, fstatSync, closeSync } from "node:fs";
 import type { Logger } from "pino";
 
 /**
@@ -138,4 +139,40 @@ export async function runCommand(
   if (code === 0 || (code !== undefined && opts.okCodes?.includes(code))) return;
   const how = r.signal ? `was killed by ${r.signal}` : `failed with exit code ${code}`;
   throw new CommandError(`Command ${how}: ${r.escapedCommand}`, code, r.signal ?? undefined, tail);
+}
+
+/**
+ * The last `n` stderr lines `runCommand` logged into an attempt's log (pino
+ * JSON lines with `stream: "stderr"`), read from the log's end only: what a
+ * failure summary shows under the error ("CUDA error: out of memory").
+ */
+export function stderrTail(logFile: string, n = 10): string[] {
+  let text: string;
+  try {
+    const fd = openSync(logFile, "r");
+    try {
+      const size = fstatSync(fd).size;
+      const len = Math.min(size, 256 << 10);
+      const buf = Buffer.alloc(len);
+      readSync(fd, buf, 0, len, size - len);
+      text = buf.toString("utf8");
+      // A read that starts mid-file starts mid-line: drop that partial line.
+      if (len < size) text = text.slice(text.indexOf("\n") + 1);
+    } finally {
+      closeSync(fd);
+    }
+  } catch {
+    return [];
+  }
+  const out: string[] = [];
+  for (const line of text.split("\n")) {
+    if (!line.includes('"stderr"')) continue;
+    try {
+      const rec = JSON.parse(line) as { stream?: string; msg?: string };
+      if (rec.stream === "stderr" && typeof rec.msg === "string") out.push(rec.msg);
+    } catch {
+      // a line cut short by a crash
+    }
+  }
+  return out.slice(-n);
 }

@@ -7,6 +7,7 @@ import { runJob, slurmExecutor } from "../executors/slurm.js";
 import { openPipeline, parse } from "./common.js";
 import { UsageError } from "../errors.js";
 import { diffFields } from "../key.js";
+import { stderrTail } from "../process.js";
 import type { Engine } from "../engine.js";
 import type { Pipeline } from "../pipeline/expand.js";
 
@@ -122,7 +123,9 @@ export async function run(argv: string[]): Promise<number> {
   if (!values.only) writeLockfile(pl, results, engine.store.root);
   const seconds = (Date.now() - t0) / 1000;
   const failures = [...summary.outcomes].flatMap(([id, o]) =>
-    o.status === "failed" ? [{ id, error: o.error.message }] : [],
+    o.status === "failed"
+      ? [{ id, error: o.error.message, stderr: o.logFile ? stderrTail(o.logFile) : [] }]
+      : [],
   );
   if (values.json) {
     process.stdout.write(
@@ -146,8 +149,12 @@ export async function run(argv: string[]): Promise<number> {
   );
   const fileArg = values.file ?? positionals[0];
   for (const f of failures) {
+    // The stage's own last words, where the reason usually is (an OOM, a traceback).
+    const tail = f.stderr.length
+      ? `  last stderr lines:\n${f.stderr.map((l) => `  │ ${l}`).join("\n")}\n`
+      : "";
     process.stderr.write(
-      `\n✗ ${f.error}\n  full log: valley logs ${f.id}${fileArg ? ` -f ${fileArg}` : ""}\n`,
+      `\n✗ ${f.error}\n${tail}  full log: valley logs ${f.id}${fileArg ? ` -f ${fileArg}` : ""}\n`,
     );
   }
   if (ac.signal.aborted) return 130;
