@@ -363,3 +363,34 @@ stages:
   assert.equal(g.code, 2, g.stderr);
   assert.match(g.stderr, /needs 1 GPU\(s\); this machine has 0/);
 });
+
+test("a failed stage's summary shows its last 10 stderr lines, not stdout, and --json carries them", () => {
+  const dir = project({
+    "p.yaml": `
+version: 1
+stages:
+  oom:
+    uses: shell
+    with:
+      run: |
+        for i in $(seq 1 15); do echo "err line $i" >&2; done
+        echo "an stdout line"
+        echo "CUDA error: out of memory" >&2
+        exit 3
+`,
+  });
+  const r = valley(["run", "p.yaml", "--json"], { cwd: dir });
+  assert.equal(r.code, 1, r.stderr);
+  const summary = r.stderr.slice(r.stderr.indexOf("✗"));
+  assert.match(summary, /exit code 3/);
+  const shown = summary.split("\n").filter((l) => l.startsWith("  │ "));
+  assert.deepEqual(shown, [
+    ...Array.from({ length: 9 }, (_, k) => `  │ err line ${k + 7}`),
+    "  │ CUDA error: out of memory",
+  ]);
+  assert.match(summary, /full log: valley logs oom/);
+  const j = json(r) as unknown as { failures: { id: string; stderr: string[] }[] };
+  assert.equal(j.failures[0].stderr.length, 10);
+  assert.equal(j.failures[0].stderr[9], "CUDA error: out of memory");
+  assert.ok(!j.failures[0].stderr.includes("an stdout line"));
+});
