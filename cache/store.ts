@@ -57,6 +57,8 @@ export interface ActionRecord {
   log?: Digest;
   timings: { start: string; end: string; seconds: number; attempts: number };
   host: string;
+  /** GPU device ids the attempt ran on (CUDA_VISIBLE_DEVICES): where, not what, so never keyed. */
+  gpus?: string[];
   engine: string;
 }
 

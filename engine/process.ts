@@ -2,6 +2,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { createInterface } from "node:readline";
 import { openSync, readSync, fstatSync, closeSync } from "node:fs";
+import { AsyncLocalStorage } from "node:async_hooks";
 import type { Logger } from "pino";
 
 /**
@@ -43,6 +44,14 @@ export function killGroup(pgid: number, signal: NodeJS.Signals = "SIGKILL"): voi
   }
 }
 
+/**
+ * Where the engine placed the attempt running in this async context: the GPU
+ * device ids it reserved. Every program a stage starts through runCommand
+ * gets them as CUDA_VISIBLE_DEVICES, so concurrent instances use distinct
+ * GPUs without any stage handling it.
+ */
+export const placement = new AsyncLocalStorage<{ gpus: string[] }>();
+
 /** A command that failed, with what a user needs to act on it. */
 export class CommandError extends Error {
   override name = "CommandError";
@@ -81,8 +90,13 @@ export async function runCommand(
 ): Promise<void> {
   const tail: string[] = [];
   const { execa } = await import("execa");
+  const place = placement.getStore();
+  const env =
+    place && place.gpus.length > 0
+      ? { ...opts.env, CUDA_VISIBLE_DEVICES: place.gpus.join(",") }
+      : opts.env;
   const child = execa(file, args, {
-    env: opts.env,
+    env,
     extendEnv: false,
     cwd: opts.cwd,
     detached: true,

@@ -111,7 +111,10 @@ export async function runInstances(engine: Engine, opts: RunOptions): Promise<Ru
   const ids = new Set(selected.map((i) => i.id));
   const emit = opts.onEvent ?? (() => {});
   const executor = opts.executor ?? runAttempt;
-  const pool = ResourcePool.detect(opts.resources);
+  const pool = ResourcePool.detect(
+    opts.resources,
+    selected.some((i) => i.resources.gpu > 0),
+  );
   const queue = new PQueue({ concurrency: Math.max(1, opts.jobs) });
   const results = new Map<string, ActionRecord>();
   const outcomes = new Map<string, Outcome>();
@@ -182,13 +185,13 @@ export async function runInstances(engine: Engine, opts: RunOptions): Promise<Ru
       return fail(
         inst,
         new Error(
-          `${inst.id} needs ${inst.resources.gpu} GPU(s); this machine has ${pool.total.gpu} (set VALLEY_GPUS or CUDA_VISIBLE_DEVICES)`,
+          `${inst.id} needs ${inst.resources.gpu} GPU(s); this machine has ${pool.total.gpu} (found through VALLEY_GPUS, else CUDA_VISIBLE_DEVICES, else /proc/driver/nvidia/gpus or nvidia-smi -L)`,
         ),
         { input: true },
       );
     }
     const need = pool.clamp(inst.resources);
-    await pool.acquire(need);
+    const gpus = await pool.acquire(need);
     try {
       if (stopLaunching || opts.signal.aborted) return cancel(inst);
       const forced = force.has(inst.stage);
@@ -223,6 +226,7 @@ export async function runInstances(engine: Engine, opts: RunOptions): Promise<Ru
               signal: opts.signal,
               timeoutMs: inst.timeoutMs,
               attempt,
+              gpus,
               onProgress: (done, total, note) =>
                 emit({ type: "progress", id: inst.id, done, total, note }),
             });
@@ -265,7 +269,7 @@ export async function runInstances(engine: Engine, opts: RunOptions): Promise<Ru
         engine.leases.release(got);
       }
     } finally {
-      pool.release(need);
+      pool.release(need, gpus);
     }
   };
 

@@ -394,3 +394,61 @@ stages:
   assert.equal(j.failures[0].stderr[9], "CUDA error: out of memory");
   assert.ok(!j.failures[0].stderr.includes("an stdout line"));
 });
+
+test("GPU placement: with VALLEY_GPUS=4, five 1-GPU instances get distinct devices, four at once, the fifth waits", () => {
+  const dir = project({});
+  const side = join(dir, "side.log");
+  writeFileSync(
+    join(dir, "p.yaml"),
+    `
+version: 1
+stages:
+  train:
+    uses: shell
+    matrix: {i: [1, 2, 3, 4, 5]}
+    resources: {gpu: 1, cpu: 0.1}
+    with:
+      run: |
+        echo "start $CUDA_VISIBLE_DEVICES" >> ${side}
+        echo "\${{ matrix.i }} $CUDA_VISIBLE_DEVICES" > $OUT/device
+        sleep 1.5
+        echo "end $CUDA_VISIBLE_DEVICES" >> ${side}
+`,
+  );
+  const env = { VALLEY_GPUS: "4", CUDA_VISIBLE_DEVICES: "" };
+  const r = valley(["run", "p.yaml", "--json", "--jobs", "8"], { cwd: dir, env });
+  assert.equal(r.code, 0, r.stderr);
+  const l = lines(side);
+  assert.equal(l.length, 10, l.join("|"));
+  const firstFour = l.slice(0, 4);
+  assert.ok(
+    firstFour.every((x) => x.startsWith("start ")),
+    `four start at once: ${l.join("|")}`,
+  );
+  assert.deepEqual(firstFour.map((x) => x.slice(6)).sort(), ["0", "1", "2", "3"]);
+  const fifth = l.findIndex((x, k) => k >= 4 && x.startsWith("start "));
+  const freed = l
+    .slice(0, fifth)
+    .filter((x) => x.startsWith("end "))
+    .map((x) => x.slice(4));
+  assert.ok(freed.length >= 1, `the fifth waits for a GPU: ${l.join("|")}`);
+  assert.ok(freed.includes(l[fifth].slice(6)), `the fifth gets a freed GPU: ${l.join("|")}`);
+  // The device is recorded in the action record, and is not part of the key.
+  const records = readdirSync(join(dir, ".valley", "actions")).map(
+    (f) =>
+      JSON.parse(readFileSync(join(dir, ".valley", "actions", f), "utf8")) as {
+        gpus?: string[];
+        fields: Record<string, unknown>;
+      },
+  );
+  assert.equal(records.length, 5);
+  for (const rec of records) {
+    assert.equal(rec.gpus?.length, 1);
+    assert.deepEqual(rec.fields.env, {}, "the device is not in the key's env");
+  }
+  const again = valley(["run", "p.yaml", "--json"], {
+    cwd: dir,
+    env: { VALLEY_GPUS: "2", CUDA_VISIBLE_DEVICES: "" },
+  });
+  assert.equal(json(again).cached, 5, "other devices re-run nothing");
+});

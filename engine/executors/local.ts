@@ -18,6 +18,7 @@ import type { Engine, ResolvedKey } from "../engine.js";
 import type { Instance } from "../pipeline/expand.js";
 import { InputError, type StageContext } from "../stage-api.js";
 import { ENGINE_VERSION } from "../engine.js";
+import { placement } from "../process.js";
 
 /** Why an attempt ended without a result. `input` failures are not retried and exit 2. */
 export class AttemptFailed extends Error {
@@ -52,6 +53,8 @@ export interface AttemptOptions {
   signal: AbortSignal;
   timeoutMs?: number;
   attempt: number;
+  /** GPU device ids reserved for this attempt (given to its programs as CUDA_VISIBLE_DEVICES). */
+  gpus?: string[];
   onProgress?: (done: number, total?: number, note?: string) => void;
 }
 
@@ -133,7 +136,8 @@ export async function runAttempt(
         ),
       );
       // A stage gets 10 s after abort to clean up and return; then we stop waiting.
-      result = await Promise.race([kind.impl.run(ctx), aborted]);
+      const gpus = opts.gpus ?? [];
+      result = await Promise.race([placement.run({ gpus }, () => kind.impl.run(ctx)), aborted]);
       if (ac.signal.aborted) throw new Error(String(ac.signal.reason));
     } catch (e) {
       const why = timedOut
@@ -175,6 +179,7 @@ export async function runAttempt(
         attempts: opts.attempt,
       },
       host: Store.host(),
+      ...(opts.gpus?.length ? { gpus: opts.gpus } : {}),
       engine: ENGINE_VERSION,
     };
     store.putAction(rec);

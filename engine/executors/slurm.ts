@@ -17,6 +17,7 @@ import type { Engine, ResolvedKey } from "../engine.js";
 import type { Instance, Pipeline } from "../pipeline/expand.js";
 import type { Executor } from "../scheduler.js";
 import { AttemptFailed, runAttempt, type AttemptOptions } from "./local.js";
+import { detectGpus } from "../resources.js";
 
 /** `executor.slurm` in a pipeline, merged with `--slurm-*` flags. */
 export interface SlurmConfig {
@@ -397,6 +398,8 @@ export async function runJob(
     signal: job.signal,
     timeoutMs: inst.timeoutMs,
     attempt: job.attempt,
+    // The devices Slurm's --gres gave this job (its CUDA_VISIBLE_DEVICES).
+    gpus: inst.resources.gpu > 0 ? detectGpus().slice(0, inst.resources.gpu) : undefined,
   };
   try {
     await runAttempt(engine, inst, rk, opts);
