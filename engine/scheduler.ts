@@ -202,14 +202,18 @@ export async function runInstances(engine: Engine, opts: RunOptions): Promise<Ru
       });
       if (got === "ready") {
         const rec = engine.lookup(rk.key);
-        if (rec)
+        if (rec) {
+          emit({ type: "cached", id: inst.id, waited: true });
           return complete(inst, { status: "cached", key: rk.key, record: rec, waited: true }, rk);
+        }
         return runOne(inst, rk); // the other run's result was invalid: compute it ourselves
       }
       try {
         const prior = forced ? undefined : engine.lookup(rk.key);
-        if (prior)
+        if (prior) {
+          emit({ type: "cached", id: inst.id, waited: true });
           return complete(inst, { status: "cached", key: rk.key, record: prior, waited: true }, rk);
+        }
         const pulled = forced || !opts.fetch ? undefined : await opts.fetch(rk.key);
         if (pulled) {
           emit({ type: "cached", id: inst.id, waited: false });

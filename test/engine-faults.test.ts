@@ -452,3 +452,29 @@ stages:
   });
   assert.equal(json(again).cached, 5, "other devices re-run nothing");
 });
+
+test("a result obtained by waiting on another run's lease is reported as done by the waiting run", async () => {
+  const dir = project({});
+  const side = join(dir, "side.log");
+  writeFileSync(
+    join(dir, "p.yaml"),
+    `
+version: 1
+stages:
+  slow:
+    uses: shell
+    with: {run: "echo started >> ${side}; sleep 2; echo 1 > $OUT/x"}
+`,
+  );
+  const a = valleyChild(["run", "p.yaml", "--json"], { cwd: dir });
+  await waitFor(() => lines(side).length > 0, 30_000, "the first run to start the stage");
+  const b = valleyChild(["run", "p.yaml", "--json"], { cwd: dir });
+  const [ra, rb] = await Promise.all([a.done, b.done]);
+  assert.equal(ra.code, 0, ra.stderr);
+  assert.equal(rb.code, 0, rb.stderr);
+  assert.equal(json(ra).executed, 1);
+  assert.equal(json(rb).cached, 1);
+  assert.match(rb.stderr, /wait {4}slow: computed by /);
+  assert.match(rb.stderr, /cached {2}slow \(computed by another run\)/);
+  assert.deepEqual(lines(side), ["started"]);
+});
