@@ -23,16 +23,17 @@ export interface SourceFile {
  * once the tree is in the store). A link that points at a folder above it
  * (a cycle) or at nothing is reported, not walked.
  *
- * `digest` hashes one regular file given its stat (the stat cache).
+ * `digest` hashes one regular file given its stat (the stat cache; a large
+ * file in a worker thread, so that lease heartbeats keep ticking).
  */
-export function pathManifest(
+export async function pathManifest(
   abs: string,
-  digest: (file: string, st: BigIntStats) => { digest: Digest; size: number },
-): { manifest: Manifest; files: SourceFile[] } {
+  digest: (file: string, st: BigIntStats) => Promise<{ digest: Digest; size: number }>,
+): Promise<{ manifest: Manifest; files: SourceFile[] }> {
   const entries: TreeEntry[] = [];
   const files: SourceFile[] = [];
-  const file = (a: string, rel: string, st: BigIntStats) => {
-    const { digest: d, size } = digest(a, st);
+  const file = async (a: string, rel: string, st: BigIntStats) => {
+    const { digest: d, size } = await digest(a, st);
     const exec = (st.mode & 0o111n) !== 0n;
     entries.push(
       exec ? { path: rel, digest: d, size, exec: true } : { path: rel, digest: d, size },
@@ -51,7 +52,7 @@ export function pathManifest(
   };
   // Folders on the current walk, by device and inode: a link back to one is a cycle.
   const open = new Set<string>();
-  const walk = (dir: string, rel: string, st: BigIntStats) => {
+  const walk = async (dir: string, rel: string, st: BigIntStats) => {
     const id = `${st.dev}:${st.ino}`;
     if (open.has(id)) throw new Error(`${dir} links back to a folder that contains it`);
     open.add(id);
@@ -61,15 +62,15 @@ export function pathManifest(
       const s = follow(a);
       if (s.isDirectory()) {
         entries.push({ path: r, dir: true });
-        walk(a, r, s);
-      } else if (s.isFile()) file(a, r, s);
+        await walk(a, r, s);
+      } else if (s.isFile()) await file(a, r, s);
       else throw new Error(`${a} is neither a file nor a folder`);
     }
     open.delete(id);
   };
   const st = follow(abs);
-  if (st.isDirectory()) walk(abs, "", st);
-  else if (st.isFile()) file(abs, basename(abs), st);
+  if (st.isDirectory()) await walk(abs, "", st);
+  else if (st.isFile()) await file(abs, basename(abs), st);
   else throw new Error(`${abs} is neither a file nor a folder`);
   return { manifest: { v: 1, entries }, files };
 }

@@ -22,7 +22,7 @@ import { join, dirname } from "node:path";
 import { randomBytes } from "node:crypto";
 import { hostname } from "node:os";
 import { type Digest, digestHex, sha256Bytes, canonicalJson, isDigest } from "./digest.js";
-import { hashFileSync } from "./hash.js";
+import { hashFile } from "./hash.js";
 import { writeFileAtomic } from "./atomic.js";
 import { StatCache } from "./stat-cache.js";
 import { pathManifest } from "./path-manifest.js";
@@ -151,8 +151,12 @@ export class Store {
    * it again). If the object exists already, `file` is replaced by a link to
    * it, so the tree and the store share one inode.
    */
-  private admitFile(file: string, exec: boolean): { digest: Digest; size: number } {
-    const { digest, size } = hashFileSync(file);
+  private async admitFile(
+    file: string,
+    exec: boolean,
+    bytes: number,
+  ): Promise<{ digest: Digest; size: number }> {
+    const { digest, size } = await hashFile(file, bytes);
     const p = this.objectPath(digest, exec);
     if (existsSync(p)) {
       unlinkSync(file);
@@ -177,10 +181,12 @@ export class Store {
    * the manifest is stored, and the folder itself is renamed to trees/<hex>
    * (read-only). The folder must be on the cache's filesystem.
    */
-  admitTree(dir: string): { tree: Digest; files: Record<string, Digest>; manifest: Manifest } {
+  async admitTree(
+    dir: string,
+  ): Promise<{ tree: Digest; files: Record<string, Digest>; manifest: Manifest }> {
     const entries: TreeEntry[] = [];
     const dirs: string[] = [];
-    const walk = (abs: string, rel: string) => {
+    const walk = async (abs: string, rel: string) => {
       const names = readdirSync(abs).sort();
       for (const name of names) {
         const a = join(abs, name);
@@ -190,17 +196,17 @@ export class Store {
         else if (st.isDirectory()) {
           entries.push({ path: r, dir: true });
           dirs.push(a);
-          walk(a, r);
+          await walk(a, r);
         } else if (st.isFile()) {
           const exec = (st.mode & 0o111) !== 0;
-          const { digest, size } = this.admitFile(a, exec);
+          const { digest, size } = await this.admitFile(a, exec, st.size);
           entries.push(exec ? { path: r, digest, size, exec: true } : { path: r, digest, size });
         } else {
           throw new Error(`output ${r} is neither a file, a folder nor a symlink`);
         }
       }
     };
-    walk(dir, "");
+    await walk(dir, "");
     const manifest: Manifest = { v: 1, entries };
     const tree = this.putBytes(canonicalJson(manifest));
     const files: Record<string, Digest> = {};
@@ -225,25 +231,24 @@ export class Store {
    * The digest a user's file or folder has in the store, without copying it
    * (a no-op run over a large input tree costs one stat per file).
    */
-  pathDigest(src: string): Digest {
-    return sha256Bytes(
-      canonicalJson(pathManifest(src, (f, st) => this.stat.digest(f, st)).manifest),
-    );
+  async pathDigest(src: string): Promise<Digest> {
+    const { manifest } = await pathManifest(src, (f, st) => this.stat.digestAsync(f, st));
+    return sha256Bytes(canonicalJson(manifest));
   }
 
   /**
    * A user's file or folder as a tree in the store, copied in (not linked:
    * the user may edit it in place) only if its content is new.
    */
-  importPath(src: string): Digest {
-    const { manifest, files } = pathManifest(src, (f, st) => this.stat.digest(f, st));
+  async importPath(src: string): Promise<Digest> {
+    const { manifest, files } = await pathManifest(src, (f, st) => this.stat.digestAsync(f, st));
     const d = sha256Bytes(canonicalJson(manifest));
     if (this.hasObject(d) && this.checkTree(d).ok) return d;
     const tmp = this.tmpPath("import");
     mkdirSync(tmp);
     for (const e of manifest.entries) if ("dir" in e) mkdirSync(join(tmp, e.path));
     for (const f of files) copyFileSync(f.abs, join(tmp, f.path), fsc.COPYFILE_FICLONE);
-    const got = this.admitTree(tmp).tree;
+    const got = (await this.admitTree(tmp)).tree;
     if (got !== d)
       throw new Error(`${src} changed while it was being copied into the cache; run again`);
     return d;

@@ -75,11 +75,11 @@ export class Engine {
    * Returns undefined while an upstream result is unknown. With `admit`
    * false (plan, status), path inputs are hashed but not copied.
    */
-  resolveKey(
+  async resolveKey(
     inst: Instance,
     results: Map<string, ActionRecord>,
     opts: { admit: boolean },
-  ): ResolvedKey | undefined {
+  ): Promise<ResolvedKey | undefined> {
     const kind = this.pipeline.kinds.get(inst.kind);
     if (!kind) throw new Error(`kind ${inst.kind} not loaded`);
     const artifact = (id: string): InputArtifact | undefined => {
@@ -99,7 +99,9 @@ export class Engine {
       if (spec.type === "path") {
         if (!existsSync(spec.path))
           throw new Error(`${inst.id}: input ${name}: ${spec.path} does not exist`);
-        const d = opts.admit ? this.store.importPath(spec.path) : this.store.pathDigest(spec.path);
+        const d = opts.admit
+          ? await this.store.importPath(spec.path)
+          : await this.store.pathDigest(spec.path);
         inputs[name] = { id: spec.ref, coords: {}, digest: d, path: this.store.treePath(d) };
         keyed[name] = d;
       } else if (spec.type === "one") {

@@ -277,41 +277,51 @@ export async function runInstances(engine: Engine, opts: RunOptions): Promise<Ru
     }
   };
 
-  const drain = () => {
-    while (ready.length) {
-      const inst = ready.shift() as Instance;
-      if (outcomes.has(inst.id)) continue;
-      if (stopLaunching || opts.signal.aborted) {
-        cancel(inst);
-        continue;
-      }
-      let rk: ResolvedKey | undefined;
-      try {
-        rk = engine.resolveKey(inst, results, { admit: true });
-      } catch (e) {
-        fail(inst, e as Error, { input: true });
-        continue;
-      }
-      if (!rk) {
-        fail(inst, new Error(`${inst.id}: an input has no result`));
-        continue;
-      }
-      const rec = force.has(inst.stage) ? undefined : engine.lookup(rk.key);
-      if (rec) {
-        emit({ type: "cached", id: inst.id, waited: false });
-        complete(inst, { status: "cached", key: rk.key, record: rec, waited: false }, rk);
-        continue;
-      }
-      const key = rk;
-      void queue.add(async () => {
-        started.add(inst.id);
-        try {
-          await runOne(inst, key);
-        } catch (e) {
-          fail(inst, e as Error);
+  // Resolving a key may hash (and copy in) a path input, which awaits a
+  // worker for large files: one drain loop at a time takes instances off
+  // `ready`, and whoever finds it running leaves the new ones to it.
+  let draining = false;
+  const drain = async (): Promise<void> => {
+    if (draining) return;
+    draining = true;
+    try {
+      while (ready.length) {
+        const inst = ready.shift() as Instance;
+        if (outcomes.has(inst.id)) continue;
+        if (stopLaunching || opts.signal.aborted) {
+          cancel(inst);
+          continue;
         }
-        drain();
-      });
+        let rk: ResolvedKey | undefined;
+        try {
+          rk = await engine.resolveKey(inst, results, { admit: true });
+        } catch (e) {
+          fail(inst, e as Error, { input: true });
+          continue;
+        }
+        if (!rk) {
+          fail(inst, new Error(`${inst.id}: an input has no result`));
+          continue;
+        }
+        const rec = force.has(inst.stage) ? undefined : engine.lookup(rk.key);
+        if (rec) {
+          emit({ type: "cached", id: inst.id, waited: false });
+          complete(inst, { status: "cached", key: rk.key, record: rec, waited: false }, rk);
+          continue;
+        }
+        const key = rk;
+        void queue.add(async () => {
+          started.add(inst.id);
+          try {
+            await runOne(inst, key);
+          } catch (e) {
+            fail(inst, e as Error);
+          }
+          void drain();
+        });
+      }
+    } finally {
+      draining = false;
     }
   };
 
@@ -327,7 +337,7 @@ export async function runInstances(engine: Engine, opts: RunOptions): Promise<Ru
 
   for (const inst of selected) if ((waitingOn.get(inst.id) ?? 0) === 0) ready.push(inst);
   if (selected.length === 0) finish();
-  drain();
+  void drain();
   await allDone;
   await queue.onIdle();
   opts.signal.removeEventListener("abort", onAbort);

@@ -463,12 +463,16 @@ version: 1
 stages:
   slow:
     uses: shell
-    with: {run: "echo started >> ${side}; sleep 2; echo 1 > $OUT/x"}
+    with: {run: "echo started >> ${side}; while [ ! -e ${dir}/go ]; do sleep 0.05; done; echo 1 > $OUT/x"}
 `,
   );
   const a = valleyChild(["run", "p.yaml", "--json"], { cwd: dir });
-  await waitFor(() => lines(side).length > 0, 30_000, "the first run to start the stage");
+  await waitFor(() => lines(side).length > 0, 60_000, "the first run to start the stage");
   const b = valleyChild(["run", "p.yaml", "--json"], { cwd: dir });
+  let bErr = "";
+  b.child.stderr?.on("data", (d: Buffer) => (bErr += d.toString()));
+  await waitFor(() => bErr.includes("wait "), 60_000, "the second run to wait on the lease");
+  writeFileSync(join(dir, "go"), "");
   const [ra, rb] = await Promise.all([a.done, b.done]);
   assert.equal(ra.code, 0, ra.stderr);
   assert.equal(rb.code, 0, rb.stderr);

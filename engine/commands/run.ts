@@ -212,7 +212,11 @@ export interface PlanRow {
 }
 
 /** What would run, without running or writing anything. */
-export function planRows(pl: Pipeline, engine: Engine, force: string[] = []): PlanRow[] {
+export async function planRows(
+  pl: Pipeline,
+  engine: Engine,
+  force: string[] = [],
+): Promise<PlanRow[]> {
   const results = new Map<string, ActionRecord>();
   const rows: PlanRow[] = [];
   const missing = new Set<string>();
@@ -228,7 +232,7 @@ export function planRows(pl: Pipeline, engine: Engine, force: string[] = []): Pl
       reason: "",
     };
     rows.push(row);
-    const rk = engine.resolveKey(inst, results, { admit: false });
+    const rk = await engine.resolveKey(inst, results, { admit: false });
     if (!rk) {
       const ups = inst.deps.filter((d) => missing.has(d));
       row.reason = `runs after ${ups.join(", ")} (its key depends on their outputs)`;
@@ -277,7 +281,7 @@ export async function plan(argv: string[]): Promise<number> {
   });
   await engine.prepareFingerprints();
   const keep = new Set(selectInstances(pl.instances, values.only).map((i) => i.id));
-  const rows = planRows(pl, engine, values.force ?? []).filter((r) => keep.has(r.id));
+  const rows = (await planRows(pl, engine, values.force ?? [])).filter((r) => keep.has(r.id));
   if (values.json) {
     process.stdout.write(JSON.stringify({ pipeline: pl.name, instances: rows }, null, 1) + "\n");
     return 0;
@@ -309,7 +313,7 @@ export async function status(argv: string[]): Promise<number> {
     readOnly: true,
   });
   await engine.prepareFingerprints();
-  const rows = planRows(pl, engine);
+  const rows = await planRows(pl, engine);
   engine.store.stat.save();
   const byStage = new Map<string, { hit: number; miss: number }>();
   for (const r of rows) {

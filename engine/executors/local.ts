@@ -161,7 +161,7 @@ export async function runAttempt(
     const end = new Date();
     log.info({ seconds: (end.getTime() - start.getTime()) / 1000 }, "done");
     dest.close();
-    const admitted = store.admitTree(out);
+    const admitted = await store.admitTree(out);
     const logDigest = existsSync(logFile) ? store.putBytes(readFileSync(logFile)) : undefined;
     const rec: ActionRecord = {
       v: 1,

@@ -362,7 +362,7 @@ export async function runJob(
   const results = new Map<string, ActionRecord>();
   for (const up of pl.instances) {
     if (!need.has(up.id)) continue;
-    const urk = engine.resolveKey(up, results, { admit: false });
+    const urk = await engine.resolveKey(up, results, { admit: false });
     const rec = urk && engine.lookup(urk.key);
     if (!rec)
       return finish(2, {
@@ -374,7 +374,7 @@ export async function runJob(
   }
   let rk: ResolvedKey | undefined;
   try {
-    rk = engine.resolveKey(inst, results, { admit: true });
+    rk = await engine.resolveKey(inst, results, { admit: true });
   } catch (e) {
     return finish(2, { status: "failed", kind: "input", message: (e as Error).message });
   }
