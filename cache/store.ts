@@ -19,11 +19,10 @@ import {
   constants as fsc,
 } from "node:fs";
 import { join, dirname } from "node:path";
-import { randomBytes } from "node:crypto";
 import { hostname } from "node:os";
 import { type Digest, digestHex, sha256Bytes, canonicalJson, isDigest } from "./digest.js";
 import { hashFile } from "./hash.js";
-import { writeFileAtomic } from "./atomic.js";
+import { uniqueSuffix, writeFileAtomic } from "./atomic.js";
 import { StatCache } from "./stat-cache.js";
 import { pathManifest } from "./path-manifest.js";
 
@@ -132,7 +131,7 @@ export class Store {
   }
 
   tmpPath(prefix = "t"): string {
-    return join(this.root, "tmp", `${prefix}-${process.pid}-${randomBytes(6).toString("hex")}`);
+    return join(this.root, "tmp", `${prefix}-${uniqueSuffix()}`);
   }
 
   /** Stores bytes; returns their digest. */
@@ -402,7 +401,7 @@ export class Store {
    */
   discard(dir: string): void {
     try {
-      renameSync(dir, join(this.root, "trash", `${process.pid}-${randomBytes(6).toString("hex")}`));
+      renameSync(dir, join(this.root, "trash", uniqueSuffix()));
     } catch {
       this.removeTree(dir);
     }

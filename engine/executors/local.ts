@@ -10,7 +10,7 @@ import {
   readdirSync,
 } from "node:fs";
 import { join } from "node:path";
-import { randomBytes } from "node:crypto";
+import { uniqueSuffix } from "../../cache/atomic.js";
 import type { Logger } from "pino";
 import { digestHex } from "../../cache/digest.js";
 import { Store, type ActionRecord } from "../../cache/store.js";
@@ -75,7 +75,7 @@ export async function runAttempt(
   const hex = digestHex(rk.key);
   // The output folder is renamed into the store on success, so it is created
   // directly under work/ (no wrapper folder to remove: see Store.discard).
-  const attemptName = `${hex}-${process.pid}-${randomBytes(4).toString("hex")}`;
+  const attemptName = `${hex}-${uniqueSuffix()}`;
   const out = join(store.dir("work"), attemptName);
   const logFile = join(store.dir("work"), attemptName + ".log");
   const scratch = join(store.dir("scratch"), hex);
