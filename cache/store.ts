@@ -24,6 +24,7 @@ import { type Digest, digestHex, sha256Bytes, canonicalJson, isDigest } from "./
 import { hashFile } from "./hash.js";
 import { uniqueSuffix, writeFileAtomic } from "./atomic.js";
 import { StatCache } from "./stat-cache.js";
+import { CREATED_ON_OPEN, cachePath, type CacheEntry } from "./layout.js";
 import { pathManifest } from "./path-manifest.js";
 
 /** One entry of a tree manifest; paths use "/" and are relative to the tree root. */
@@ -67,30 +68,10 @@ function isFileEntry(
   return "digest" in e;
 }
 
-const STORE_DIRS = [
-  "objects",
-  "trees",
-  "actions",
-  "history",
-  "leases",
-  "work",
-  "scratch",
-  "tmp",
-  "corrupt",
-  "pins",
-  "trash",
-];
-
 /**
- * The content-addressed store under one cache root:
- *   objects/ab/cdef…      immutable read-only blobs (".x" suffix: executable copy)
- *   trees/<hex>/          a tree materialised as read-only hardlinks to objects
- *   actions/<hex>.json    action records, by key
- *   history/<hex>.json    the last key recorded per (pipeline, instance id)
- *   leases/ work/ scratch/ tmp/ corrupt/ pins/
- *   parsed/<hex>.json     pipelines' data by the digest of their YAML text
- *                         (engine/pipeline/source.ts; gc empties it)
- * Every write lands under a temporary name and is renamed into place.
+ * The content-addressed store under one cache root (its layout: see
+ * CACHE_LAYOUT in cache/layout.ts). Every write lands under a temporary name
+ * and is renamed into place.
  */
 export class Store {
   readonly stat: StatCache;
@@ -104,22 +85,22 @@ export class Store {
     opts: { create?: boolean } = {},
   ) {
     if (opts.create !== false || existsSync(root)) {
-      for (const d of STORE_DIRS) mkdirSync(join(root, d), { recursive: true });
+      for (const d of CREATED_ON_OPEN) mkdirSync(cachePath(root, d), { recursive: true });
     }
-    this.stat = new StatCache(join(root, "statcache.json"));
+    this.stat = new StatCache(cachePath(root, "statcache.json"));
   }
 
-  dir(name: string): string {
-    return join(this.root, name);
+  dir(name: CacheEntry): string {
+    return cachePath(this.root, name);
   }
 
   objectPath(d: Digest, exec = false): string {
     const h = digestHex(d);
-    return join(this.root, "objects", h.slice(0, 2), h.slice(2) + (exec ? ".x" : ""));
+    return join(this.dir("objects"), h.slice(0, 2), h.slice(2) + (exec ? ".x" : ""));
   }
 
   treePath(d: Digest): string {
-    return join(this.root, "trees", digestHex(d));
+    return join(this.dir("trees"), digestHex(d));
   }
 
   hasObject(d: Digest, exec = false): boolean {
@@ -131,7 +112,7 @@ export class Store {
   }
 
   tmpPath(prefix = "t"): string {
-    return join(this.root, "tmp", `${prefix}-${uniqueSuffix()}`);
+    return join(this.dir("tmp"), `${prefix}-${uniqueSuffix()}`);
   }
 
   /** Stores bytes; returns their digest. */
@@ -343,7 +324,7 @@ export class Store {
     try {
       renameSync(
         path,
-        join(this.root, "corrupt", `${path.split("/").slice(-2).join("")}-${Date.now()}`),
+        join(this.dir("corrupt"), `${path.split("/").slice(-2).join("")}-${Date.now()}`),
       );
     } catch {
       // already moved by another run
@@ -353,7 +334,7 @@ export class Store {
   quarantineTree(tree: Digest): void {
     const p = this.treePath(tree);
     if (!existsSync(p)) return;
-    const dest = join(this.root, "corrupt", `tree-${digestHex(tree)}-${Date.now()}`);
+    const dest = join(this.dir("corrupt"), `tree-${digestHex(tree)}-${Date.now()}`);
     try {
       renameSync(p, dest);
     } catch {
@@ -401,7 +382,7 @@ export class Store {
    */
   discard(dir: string): void {
     try {
-      renameSync(dir, join(this.root, "trash", uniqueSuffix()));
+      renameSync(dir, join(this.dir("trash"), uniqueSuffix()));
     } catch {
       this.removeTree(dir);
     }
@@ -409,8 +390,8 @@ export class Store {
 
   /** Empties trash/ and the parsed-pipeline memo (gc): both are rebuilt on demand. */
   emptyTrash(): number {
-    rmSync(join(this.root, "parsed"), { recursive: true, force: true });
-    const t = join(this.root, "trash");
+    rmSync(this.dir("parsed"), { recursive: true, force: true });
+    const t = this.dir("trash");
     const names = readdirSync(t);
     for (const n of names) this.removeTree(join(t, n));
     return names.length;
@@ -434,7 +415,7 @@ export class Store {
   }
 
   actionPath(key: Digest): string {
-    return join(this.root, "actions", digestHex(key) + ".json");
+    return join(this.dir("actions"), digestHex(key) + ".json");
   }
 
   getAction(key: Digest): ActionRecord | undefined {

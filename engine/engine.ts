@@ -7,7 +7,7 @@ import { Leases } from "../cache/leases.js";
 import { writeFileAtomic } from "../cache/atomic.js";
 import type { Pipeline, Instance } from "./pipeline/expand.js";
 import type { FingerprintTools, InputArtifact, StageInput, ToolInfo } from "./stage-api.js";
-import { computeKey, hashToolDir, type KeyFields } from "./key.js";
+import { computeKey, hashToolDir, keyFields, type KeyFields } from "./key.js";
 
 export const ENGINE_VERSION = "0.1.0";
 
@@ -127,7 +127,14 @@ export class Engine {
     }
     const env: Record<string, string> = {};
     for (const name of inst.env) env[name] = process.env[name] ?? "";
-    const fields = this.fieldsFor(inst, keyed, tools, env);
+    const fields = keyFields({
+      inst,
+      impl: kind.impl,
+      inputs: keyed,
+      tools,
+      env,
+      fingerprint: this.fingerprints.get(inst.kind + canonicalJson(inst.params)),
+    });
     return {
       key: computeKey(fields),
       fields,
@@ -149,29 +156,6 @@ export class Engine {
       if (!this.fingerprints.has(k))
         this.fingerprints.set(k, await kind.impl.fingerprint(inst.params, tools));
     }
-  }
-
-  private fieldsFor(
-    inst: Instance,
-    inputs: KeyFields["inputs"],
-    tools: Record<string, ToolInfo>,
-    env: Record<string, string>,
-  ): KeyFields {
-    const kind = this.pipeline.kinds.get(inst.kind);
-    const unkeyed = kind?.impl.unkeyedParams;
-    return {
-      kind: inst.kind,
-      version: kind?.impl.version ?? "?",
-      params: unkeyed?.length
-        ? Object.fromEntries(Object.entries(inst.params).filter(([k]) => !unkeyed.includes(k)))
-        : inst.params,
-      inputs,
-      tools: Object.fromEntries(Object.entries(tools).map(([n, t]) => [n, t.digest])),
-      env,
-      fingerprint: kind?.impl.fingerprint
-        ? (this.fingerprints.get(inst.kind + canonicalJson(inst.params)) ?? {})
-        : {},
-    };
   }
 
   /** A valid cached result for `key`: the record exists and its tree is intact. */

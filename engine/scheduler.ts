@@ -11,7 +11,15 @@ import type { Resources } from "./stage-api.js";
 export type Outcome =
   | { status: "cached"; key: Digest; record: ActionRecord; waited: boolean }
   | { status: "executed"; key: Digest; record: ActionRecord }
-  | { status: "failed"; key?: Digest; error: Error; inputError: boolean; logFile?: string }
+  | {
+      status: "failed";
+      key?: Digest;
+      error: Error;
+      inputError: boolean;
+      logFile?: string;
+      /** The last attempt's own error and number, when an attempt ran. */
+      attempt?: { error: Error; n: number };
+    }
   | { status: "skipped"; because: string }
   | { status: "cancelled" };
 
@@ -132,9 +140,24 @@ export async function runInstances(engine: Engine, opts: RunOptions): Promise<Ru
   let inputError = false;
   let finish: () => void = () => {};
   const allDone = new Promise<void>((res) => (finish = res));
+  // The one place an instance's outcome is recorded, and so the one place
+  // its outcome event is emitted: no path to a result can forget to report it.
+  // (Events of an attempt in flight — start, progress, waiting, a retry — are
+  // emitted where they happen.)
   const settle = (id: string, o: Outcome) => {
     if (outcomes.has(id)) return;
     outcomes.set(id, o);
+    if (o.status === "cached") emit({ type: "cached", id, waited: o.waited });
+    else if (o.status === "executed") emit({ type: "done", id, seconds: o.record.timings.seconds });
+    else if (o.status === "failed")
+      emit({
+        type: "failed",
+        id,
+        error: o.attempt?.error ?? o.error,
+        logFile: o.logFile,
+        willRetry: false,
+        attempt: o.attempt?.n ?? 1,
+      });
     if (outcomes.size === selected.length) finish();
   };
   const ready: Instance[] = [];
@@ -165,7 +188,12 @@ export async function runInstances(engine: Engine, opts: RunOptions): Promise<Ru
   const fail = (
     inst: Instance,
     error: Error,
-    extra: { key?: Digest; input?: boolean; logFile?: string } = {},
+    extra: {
+      key?: Digest;
+      input?: boolean;
+      logFile?: string;
+      attempt?: { error: Error; n: number };
+    } = {},
   ) => {
     if (extra.input) inputError = true;
     settle(inst.id, {
@@ -174,6 +202,7 @@ export async function runInstances(engine: Engine, opts: RunOptions): Promise<Ru
       error,
       inputError: !!extra.input,
       logFile: extra.logFile,
+      attempt: extra.attempt,
     });
     skipDescendants(inst.id, `${inst.id} failed`);
     if (!opts.keepGoing) stopLaunching = true;
@@ -203,7 +232,6 @@ export async function runInstances(engine: Engine, opts: RunOptions): Promise<Ru
       if (got === "ready") {
         const rec = engine.lookup(rk.key);
         if (rec) {
-          emit({ type: "cached", id: inst.id, waited: true });
           return complete(inst, { status: "cached", key: rk.key, record: rec, waited: true }, rk);
         }
         return runOne(inst, rk); // the other run's result was invalid: compute it ourselves
@@ -211,12 +239,10 @@ export async function runInstances(engine: Engine, opts: RunOptions): Promise<Ru
       try {
         const prior = forced ? undefined : engine.lookup(rk.key);
         if (prior) {
-          emit({ type: "cached", id: inst.id, waited: true });
           return complete(inst, { status: "cached", key: rk.key, record: prior, waited: true }, rk);
         }
         const pulled = forced || !opts.fetch ? undefined : await opts.fetch(rk.key);
         if (pulled) {
-          emit({ type: "cached", id: inst.id, waited: false });
           return complete(
             inst,
             { status: "cached", key: rk.key, record: pulled, waited: false },
@@ -234,7 +260,6 @@ export async function runInstances(engine: Engine, opts: RunOptions): Promise<Ru
               onProgress: (done, total, note) =>
                 emit({ type: "progress", id: inst.id, done, total, note }),
             });
-            emit({ type: "done", id: inst.id, seconds: rec.timings.seconds });
             return complete(inst, { status: "executed", key: rk.key, record: rec }, rk);
           } catch (e) {
             const af = e instanceof AttemptFailed ? e : undefined;
@@ -243,14 +268,18 @@ export async function runInstances(engine: Engine, opts: RunOptions): Promise<Ru
               af?.kind !== "input" &&
               af?.kind !== "aborted" &&
               !opts.signal.aborted;
-            emit({
-              type: "failed",
-              id: inst.id,
-              error: e as Error,
-              logFile: af?.logFile,
-              willRetry: retry,
-              attempt,
-            });
+            // An attempt that will be retried, or one stopped by the abort
+            // (whose instance ends cancelled), is reported here; a final
+            // failure is reported by settle().
+            if (retry || opts.signal.aborted)
+              emit({
+                type: "failed",
+                id: inst.id,
+                error: e as Error,
+                logFile: af?.logFile,
+                willRetry: retry,
+                attempt,
+              });
             if (opts.signal.aborted) return cancel(inst);
             if (!retry) {
               const n = attempt > 1 ? ` (after ${attempt} attempts)` : "";
@@ -259,6 +288,7 @@ export async function runInstances(engine: Engine, opts: RunOptions): Promise<Ru
                 key: rk.key,
                 input: af?.kind === "input",
                 logFile: af?.logFile,
+                attempt: { error: e as Error, n: attempt },
               });
             }
             // Exponential backoff with jitter, capped at a minute.
@@ -305,7 +335,6 @@ export async function runInstances(engine: Engine, opts: RunOptions): Promise<Ru
         }
         const rec = force.has(inst.stage) ? undefined : engine.lookup(rk.key);
         if (rec) {
-          emit({ type: "cached", id: inst.id, waited: false });
           complete(inst, { status: "cached", key: rk.key, record: rec, waited: false }, rk);
           continue;
         }

@@ -6,6 +6,7 @@ import { loadPipeline, type Pipeline } from "../pipeline/expand.js";
 import { yaml } from "../pipeline/source.js";
 import { PACKAGE_ROOT } from "../root.js";
 import { Engine, cacheRootFor } from "../engine.js";
+import { cachePath } from "../../cache/layout.js";
 
 export function parse<const O extends NonNullable<ParseArgsConfig["options"]>>(
   argv: string[],
@@ -54,7 +55,7 @@ export async function openPipeline(
   const pl = await loadPipeline(path, {
     params: paramOverrides(params),
     // Parsed pipelines are remembered in the cache (see Source); reading costs nothing if absent.
-    memo: join(cacheRootFor(dirname(resolve(path))), "parsed"),
+    memo: cachePath(cacheRootFor(dirname(resolve(path))), "parsed"),
   });
   const engine = new Engine(pl, undefined, opts);
   // Relative paths in a pipeline's params mean "beside the pipeline file",

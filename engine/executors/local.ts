@@ -16,7 +16,7 @@ import { digestHex } from "../../cache/digest.js";
 import { Store, type ActionRecord } from "../../cache/store.js";
 import type { Engine, ResolvedKey } from "../engine.js";
 import type { Instance } from "../pipeline/expand.js";
-import { InputError, type StageContext } from "../stage-api.js";
+import { BadStageInput, type StageContext } from "../stage-api.js";
 import { ENGINE_VERSION } from "../engine.js";
 import { placement } from "../process.js";
 
@@ -119,7 +119,7 @@ export async function runAttempt(
     tools: rk.tools,
     env,
     resources: inst.resources,
-    requestCache: join(store.root, "requests.sqlite"),
+    requestCache: store.dir("requests.sqlite"),
   };
   const start = new Date();
   log.info({ attempt: opts.attempt, key: rk.key }, `start ${inst.id}`);
@@ -144,7 +144,7 @@ export async function runAttempt(
         ? "timeout"
         : opts.signal.aborted
           ? "aborted"
-          : e instanceof InputError
+          : e instanceof BadStageInput
             ? "input"
             : "error";
       log.error({ err: e }, `failed: ${(e as Error).message}`);

@@ -1,7 +1,7 @@
 import { readFileSync } from "node:fs";
 import { basename, dirname, resolve, extname } from "node:path";
 import { Source, type YamlPath } from "./source.js";
-import { InvalidInput, type Problem, closest, didYouMean } from "../errors.js";
+import { InvalidPipeline, type Problem, closest, didYouMean } from "../errors.js";
 import { compileSchema, listKinds, loadKind, type LoadedKind, type ErrorObject } from "../kinds.js";
 import type { Coords, Resources, Scalar } from "../stage-api.js";
 import { PACKAGE_ROOT } from "../root.js";
@@ -313,7 +313,7 @@ function compatible(a: Coords, b: Coords): boolean {
   return true;
 }
 
-/** Loads, validates and expands a pipeline file. Throws InvalidInput with every problem found. */
+/** Loads, validates and expands a pipeline file. Throws InvalidPipeline with every problem found. */
 export async function loadPipeline(
   file: string,
   opts: { params?: Record<string, unknown>; text?: string; memo?: string } = {},
@@ -326,7 +326,7 @@ export async function loadPipeline(
   })();
   const raw = structuredClone(src.data) as RawPipeline;
   if (!pipelineValidator(raw))
-    throw new InvalidInput(ajvProblems(src, [], pipelineValidator.errors));
+    throw new InvalidPipeline(ajvProblems(src, [], pipelineValidator.errors));
 
   const problems: Problem[] = templateProblems(src, raw);
   const declaredParams = Object.keys(raw.params ?? {});
@@ -343,7 +343,7 @@ export async function loadPipeline(
           : " (it has no `params:`)"),
     });
   }
-  if (problems.length) throw new InvalidInput(problems);
+  if (problems.length) throw new InvalidPipeline(problems);
   const params = { ...(raw.params ?? {}), ...(opts.params ?? {}) };
   const stages = raw.stages;
   const names = Object.keys(stages);
@@ -419,7 +419,7 @@ export async function loadPipeline(
     });
     cellRefs.set(name, rules);
   }
-  if (problems.length) throw new InvalidInput(problems);
+  if (problems.length) throw new InvalidPipeline(problems);
   const allRefs = (name: string): [string, Ref][] => [
     ...(refs.get(name) ?? []),
     ...(cellRefs.get(name) ?? []).flatMap((c) => [...c.inputs]),
@@ -446,7 +446,7 @@ export async function loadPipeline(
     order.push(name);
   };
   for (const name of names) visit(name, []);
-  if (problems.length) throw new InvalidInput(problems);
+  if (problems.length) throw new InvalidPipeline(problems);
 
   // Expansion, stage by stage in dependency order.
   const byStage = new Map<string, Instance[]>();
@@ -704,7 +704,7 @@ export async function loadPipeline(
     byStage.set(name, list);
     instances.push(...list);
   }
-  if (problems.length) throw new InvalidInput(problems);
+  if (problems.length) throw new InvalidPipeline(problems);
 
   const byId = new Map(instances.map((i) => [i.id, i]));
   const name = raw.name ?? basename(abs, extname(abs));
