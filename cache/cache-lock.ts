@@ -1,3 +1,4 @@
+import { cachePath } from "./layout.js";
 import {
   closeSync,
   linkSync,
@@ -46,7 +47,7 @@ function procStart(pid: number): string {
 
 const SELF_START = procStart(process.pid);
 
-const locksDir = (root: string) => join(root, "locks");
+const locksDir = (root: string) => cachePath(root, "locks");
 const usersDir = (root: string) => join(locksDir(root), "users");
 const gcPath = (root: string) => join(locksDir(root), "gc.lock");
 

@@ -147,7 +147,7 @@ export function cleanLeftovers(
     else rmSync(p, { force: true });
   };
   const hasResult = (hex: string) => existsSync(join(store.dir("actions"), hex + ".json"));
-  for (const d of ["work", "tmp", "trash"]) {
+  for (const d of ["work", "tmp", "trash"] as const) {
     const dir = store.dir(d);
     if (!existsSync(dir)) continue;
     for (const n of readdirSync(dir)) {

@@ -56,7 +56,21 @@ export class Leases {
   private timer: NodeJS.Timeout | undefined;
   readonly runId = randomBytes(6).toString("hex");
 
-  constructor(private readonly dir: string) {}
+  private readonly heartbeatMs: number;
+
+  /** `heartbeatMs` (tests make it short): how often held leases are touched. */
+  constructor(
+    private readonly dir: string,
+    opts: { heartbeatMs?: number } = {},
+  ) {
+    this.heartbeatMs = opts.heartbeatMs ?? HEARTBEAT_MS;
+  }
+
+  /** True if the lease file at `path` names this run as its holder. */
+  private ours(path: string): boolean {
+    const h = this.readHolder(path);
+    return h !== undefined && h.pid === process.pid && h.run === this.runId;
+  }
 
   private pathOf(key: Digest): string {
     return join(this.dir, digestHex(key) + ".lock");
@@ -169,12 +183,19 @@ export class Leases {
     }
   }
 
+  /**
+   * Gives a lease up. The file is removed only if it still names this run: a
+   * run that judged us dead (no heartbeat for STALE_MS) may have taken the
+   * key over, and its lease is not ours to delete.
+   */
   release(lease: Lease): void {
     this.held.delete(lease.path);
-    try {
-      unlinkSync(lease.path);
-    } catch {
-      // already gone
+    if (this.ours(lease.path)) {
+      try {
+        unlinkSync(lease.path);
+      } catch {
+        // already gone
+      }
     }
     if (this.held.size === 0) this.stopHeartbeat();
   }
@@ -198,13 +219,18 @@ export class Leases {
     this.timer = setInterval(() => {
       const now = new Date();
       for (const l of this.held.values()) {
+        // A lease taken over from us (we were judged dead) is the new holder's to refresh.
+        if (!this.ours(l.path)) {
+          this.held.delete(l.path);
+          continue;
+        }
         try {
           utimesSync(l.path, now, now);
         } catch {
-          // lease taken from us (we were considered dead): nothing to refresh
+          // removed meanwhile
         }
       }
-    }, HEARTBEAT_MS);
+    }, this.heartbeatMs);
     this.timer.unref();
   }
 

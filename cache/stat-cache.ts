@@ -1,7 +1,7 @@
 import { readFileSync, statSync, existsSync, type BigIntStats } from "node:fs";
 import { dirname } from "node:path";
 import type { Digest } from "./digest.js";
-import { hashFileSync } from "./hash.js";
+import { hashFile, hashFileSync } from "./hash.js";
 import { writeFileAtomic } from "./atomic.js";
 
 /**
@@ -46,19 +46,44 @@ export class StatCache {
   /** Digest of `path`, re-hashing only if its stat fields changed. */
   digest(path: string, st?: BigIntStats): { digest: Digest; size: number; hashed: boolean } {
     st ??= statSync(path, { bigint: true });
+    const hit = this.lookup(path, st);
+    if (hit) return { digest: hit.digest, size: hit.size, hashed: false };
+    const { digest, size } = hashFileSync(path);
+    this.settle(path, digest, st);
+    return { digest, size, hashed: true };
+  }
+
+  /** As `digest`, hashing a large changed file in a worker thread (see hashFile). */
+  async digestAsync(
+    path: string,
+    st?: BigIntStats,
+  ): Promise<{ digest: Digest; size: number; hashed: boolean }> {
+    st ??= statSync(path, { bigint: true });
+    const hit = this.lookup(path, st);
+    if (hit) return { digest: hit.digest, size: hit.size, hashed: false };
+    const { digest, size } = await hashFile(path, Number(st.size));
+    this.settle(path, digest, st);
+    return { digest, size, hashed: true };
+  }
+
+  private lookup(path: string, st: BigIntStats): Entry | undefined {
     const f = StatCache.fields(st);
     const e = this.entries.get(path);
-    if (e && e.dev === f.dev && e.ino === f.ino && e.size === f.size && e.mtimeNs === f.mtimeNs) {
-      return { digest: e.digest, size: e.size, hashed: false };
-    }
-    const { digest, size } = hashFileSync(path);
-    // "Racily clean" (git's term): a file modified within the filesystem's
-    // timestamp granularity of being hashed could change again with the same
-    // size and mtime. Such an entry is not kept; the next run hashes it again.
+    return e && e.dev === f.dev && e.ino === f.ino && e.size === f.size && e.mtimeNs === f.mtimeNs
+      ? e
+      : undefined;
+  }
+
+  /**
+   * Keeps a fresh digest, unless the file is "racily clean" (git's term): a
+   * file modified within the filesystem's timestamp granularity of being
+   * hashed could change again with the same size and mtime. Such an entry is
+   * not kept; the next run hashes it again.
+   */
+  private settle(path: string, digest: Digest, st: BigIntStats): void {
     const ageNs = BigInt(Date.now()) * 1_000_000n - st.mtimeNs;
     if (ageNs >= RACY_NS) this.remember(path, digest, st);
     else this.forget(path);
-    return { digest, size, hashed: true };
   }
 
   /** True if `path` still has the stat fields recorded for `digest`. */

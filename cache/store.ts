@@ -19,12 +19,13 @@ import {
   constants as fsc,
 } from "node:fs";
 import { join, dirname } from "node:path";
-import { randomBytes } from "node:crypto";
 import { hostname } from "node:os";
 import { type Digest, digestHex, sha256Bytes, canonicalJson, isDigest } from "./digest.js";
-import { hashFileSync } from "./hash.js";
-import { writeFileAtomic } from "./atomic.js";
+import { hashFile } from "./hash.js";
+import { uniqueSuffix, writeFileAtomic } from "./atomic.js";
 import { StatCache } from "./stat-cache.js";
+import { CREATED_ON_OPEN, cachePath, type CacheEntry } from "./layout.js";
+import { pathManifest } from "./path-manifest.js";
 
 /** One entry of a tree manifest; paths use "/" and are relative to the tree root. */
 export type TreeEntry =
@@ -56,6 +57,8 @@ export interface ActionRecord {
   log?: Digest;
   timings: { start: string; end: string; seconds: number; attempts: number };
   host: string;
+  /** GPU device ids the attempt ran on (CUDA_VISIBLE_DEVICES): where, not what, so never keyed. */
+  gpus?: string[];
   engine: string;
 }
 
@@ -65,30 +68,10 @@ function isFileEntry(
   return "digest" in e;
 }
 
-const STORE_DIRS = [
-  "objects",
-  "trees",
-  "actions",
-  "history",
-  "leases",
-  "work",
-  "scratch",
-  "tmp",
-  "corrupt",
-  "pins",
-  "trash",
-];
-
 /**
- * The content-addressed store under one cache root:
- *   objects/ab/cdef…      immutable read-only blobs (".x" suffix: executable copy)
- *   trees/<hex>/          a tree materialised as read-only hardlinks to objects
- *   actions/<hex>.json    action records, by key
- *   history/<hex>.json    the last key recorded per (pipeline, instance id)
- *   leases/ work/ scratch/ tmp/ corrupt/ pins/
- *   parsed/<hex>.json     pipelines' data by the digest of their YAML text
- *                         (engine/pipeline/source.ts; gc empties it)
- * Every write lands under a temporary name and is renamed into place.
+ * The content-addressed store under one cache root (its layout: see
+ * CACHE_LAYOUT in cache/layout.ts). Every write lands under a temporary name
+ * and is renamed into place.
  */
 export class Store {
   readonly stat: StatCache;
@@ -102,22 +85,22 @@ export class Store {
     opts: { create?: boolean } = {},
   ) {
     if (opts.create !== false || existsSync(root)) {
-      for (const d of STORE_DIRS) mkdirSync(join(root, d), { recursive: true });
+      for (const d of CREATED_ON_OPEN) mkdirSync(cachePath(root, d), { recursive: true });
     }
-    this.stat = new StatCache(join(root, "statcache.json"));
+    this.stat = new StatCache(cachePath(root, "statcache.json"));
   }
 
-  dir(name: string): string {
-    return join(this.root, name);
+  dir(name: CacheEntry): string {
+    return cachePath(this.root, name);
   }
 
   objectPath(d: Digest, exec = false): string {
     const h = digestHex(d);
-    return join(this.root, "objects", h.slice(0, 2), h.slice(2) + (exec ? ".x" : ""));
+    return join(this.dir("objects"), h.slice(0, 2), h.slice(2) + (exec ? ".x" : ""));
   }
 
   treePath(d: Digest): string {
-    return join(this.root, "trees", digestHex(d));
+    return join(this.dir("trees"), digestHex(d));
   }
 
   hasObject(d: Digest, exec = false): boolean {
@@ -129,7 +112,7 @@ export class Store {
   }
 
   tmpPath(prefix = "t"): string {
-    return join(this.root, "tmp", `${prefix}-${process.pid}-${randomBytes(6).toString("hex")}`);
+    return join(this.dir("tmp"), `${prefix}-${uniqueSuffix()}`);
   }
 
   /** Stores bytes; returns their digest. */
@@ -148,8 +131,12 @@ export class Store {
    * it again). If the object exists already, `file` is replaced by a link to
    * it, so the tree and the store share one inode.
    */
-  private admitFile(file: string, exec: boolean): { digest: Digest; size: number } {
-    const { digest, size } = hashFileSync(file);
+  private async admitFile(
+    file: string,
+    exec: boolean,
+    bytes: number,
+  ): Promise<{ digest: Digest; size: number }> {
+    const { digest, size } = await hashFile(file, bytes);
     const p = this.objectPath(digest, exec);
     if (existsSync(p)) {
       unlinkSync(file);
@@ -174,10 +161,12 @@ export class Store {
    * the manifest is stored, and the folder itself is renamed to trees/<hex>
    * (read-only). The folder must be on the cache's filesystem.
    */
-  admitTree(dir: string): { tree: Digest; files: Record<string, Digest>; manifest: Manifest } {
+  async admitTree(
+    dir: string,
+  ): Promise<{ tree: Digest; files: Record<string, Digest>; manifest: Manifest }> {
     const entries: TreeEntry[] = [];
     const dirs: string[] = [];
-    const walk = (abs: string, rel: string) => {
+    const walk = async (abs: string, rel: string) => {
       const names = readdirSync(abs).sort();
       for (const name of names) {
         const a = join(abs, name);
@@ -187,17 +176,17 @@ export class Store {
         else if (st.isDirectory()) {
           entries.push({ path: r, dir: true });
           dirs.push(a);
-          walk(a, r);
+          await walk(a, r);
         } else if (st.isFile()) {
           const exec = (st.mode & 0o111) !== 0;
-          const { digest, size } = this.admitFile(a, exec);
+          const { digest, size } = await this.admitFile(a, exec, st.size);
           entries.push(exec ? { path: r, digest, size, exec: true } : { path: r, digest, size });
         } else {
           throw new Error(`output ${r} is neither a file, a folder nor a symlink`);
         }
       }
     };
-    walk(dir, "");
+    await walk(dir, "");
     const manifest: Manifest = { v: 1, entries };
     const tree = this.putBytes(canonicalJson(manifest));
     const files: Record<string, Digest> = {};
@@ -218,23 +207,31 @@ export class Store {
     return { tree, files, manifest };
   }
 
-  /** Copies a user's folder or file into the store (copy, not link: the user may edit it in place). */
-  importPath(src: string): Digest {
+  /**
+   * The digest a user's file or folder has in the store, without copying it
+   * (a no-op run over a large input tree costs one stat per file).
+   */
+  async pathDigest(src: string): Promise<Digest> {
+    const { manifest } = await pathManifest(src, (f, st) => this.stat.digestAsync(f, st));
+    return sha256Bytes(canonicalJson(manifest));
+  }
+
+  /**
+   * A user's file or folder as a tree in the store, copied in (not linked:
+   * the user may edit it in place) only if its content is new.
+   */
+  async importPath(src: string): Promise<Digest> {
+    const { manifest, files } = await pathManifest(src, (f, st) => this.stat.digestAsync(f, st));
+    const d = sha256Bytes(canonicalJson(manifest));
+    if (this.hasObject(d) && this.checkTree(d).ok) return d;
     const tmp = this.tmpPath("import");
     mkdirSync(tmp);
-    const copy = (from: string, to: string) => {
-      const st = lstatSync(from);
-      if (st.isDirectory()) {
-        mkdirSync(to, { recursive: true });
-        for (const n of readdirSync(from)) copy(join(from, n), join(to, n));
-      } else if (st.isSymbolicLink()) symlinkSync(readlinkSync(from), to);
-      else copyFileSync(from, to, fsc.COPYFILE_FICLONE);
-    };
-    const st = statSync(src);
-    if (st.isDirectory()) {
-      for (const n of readdirSync(src)) copy(join(src, n), join(tmp, n));
-    } else copy(src, join(tmp, src.split("/").pop() ?? "file"));
-    return this.admitTree(tmp).tree;
+    for (const e of manifest.entries) if ("dir" in e) mkdirSync(join(tmp, e.path));
+    for (const f of files) copyFileSync(f.abs, join(tmp, f.path), fsc.COPYFILE_FICLONE);
+    const got = (await this.admitTree(tmp)).tree;
+    if (got !== d)
+      throw new Error(`${src} changed while it was being copied into the cache; run again`);
+    return d;
   }
 
   readManifest(tree: Digest): Manifest {
@@ -327,7 +324,7 @@ export class Store {
     try {
       renameSync(
         path,
-        join(this.root, "corrupt", `${path.split("/").slice(-2).join("")}-${Date.now()}`),
+        join(this.dir("corrupt"), `${path.split("/").slice(-2).join("")}-${Date.now()}`),
       );
     } catch {
       // already moved by another run
@@ -337,7 +334,7 @@ export class Store {
   quarantineTree(tree: Digest): void {
     const p = this.treePath(tree);
     if (!existsSync(p)) return;
-    const dest = join(this.root, "corrupt", `tree-${digestHex(tree)}-${Date.now()}`);
+    const dest = join(this.dir("corrupt"), `tree-${digestHex(tree)}-${Date.now()}`);
     try {
       renameSync(p, dest);
     } catch {
@@ -385,7 +382,7 @@ export class Store {
    */
   discard(dir: string): void {
     try {
-      renameSync(dir, join(this.root, "trash", `${process.pid}-${randomBytes(6).toString("hex")}`));
+      renameSync(dir, join(this.dir("trash"), uniqueSuffix()));
     } catch {
       this.removeTree(dir);
     }
@@ -393,8 +390,8 @@ export class Store {
 
   /** Empties trash/ and the parsed-pipeline memo (gc): both are rebuilt on demand. */
   emptyTrash(): number {
-    rmSync(join(this.root, "parsed"), { recursive: true, force: true });
-    const t = join(this.root, "trash");
+    rmSync(this.dir("parsed"), { recursive: true, force: true });
+    const t = this.dir("trash");
     const names = readdirSync(t);
     for (const n of names) this.removeTree(join(t, n));
     return names.length;
@@ -418,7 +415,7 @@ export class Store {
   }
 
   actionPath(key: Digest): string {
-    return join(this.root, "actions", digestHex(key) + ".json");
+    return join(this.dir("actions"), digestHex(key) + ".json");
   }
 
   getAction(key: Digest): ActionRecord | undefined {

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-import { InvalidInput, UsageError } from "./errors.js";
+import { InvalidPipeline, UsageError } from "./errors.js";
 import { asDiskFull, isDiskFull } from "../cache/disk.js";
 
 const HELP = `valley: knowledge-distillation experiments as content-addressed YAML DAGs
@@ -71,7 +71,7 @@ async function main(argv: string[]): Promise<number> {
       await load()
     )(rest);
   } catch (e) {
-    if (e instanceof InvalidInput) {
+    if (e instanceof InvalidPipeline) {
       process.stderr.write(e.message + "\n");
       return 2;
     }

@@ -1,13 +1,13 @@
-import { existsSync, readFileSync, readdirSync, lstatSync, readlinkSync, statSync } from "node:fs";
-import { join, resolve, basename } from "node:path";
-import { type Digest, hashJson, sha256Bytes, canonicalJson, digestHex } from "../cache/digest.js";
-import { Store, type ActionRecord, type Manifest, type TreeEntry } from "../cache/store.js";
+import { existsSync, readFileSync, statSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { type Digest, hashJson, canonicalJson, digestHex } from "../cache/digest.js";
+import { Store, type ActionRecord } from "../cache/store.js";
 import type { StatCache } from "../cache/stat-cache.js";
 import { Leases } from "../cache/leases.js";
 import { writeFileAtomic } from "../cache/atomic.js";
 import type { Pipeline, Instance } from "./pipeline/expand.js";
 import type { FingerprintTools, InputArtifact, StageInput, ToolInfo } from "./stage-api.js";
-import { computeKey, hashToolDir, type KeyFields } from "./key.js";
+import { computeKey, hashToolDir, keyFields, type KeyFields } from "./key.js";
 import { UsageError } from "./errors.js";
 
 export const ENGINE_VERSION = "0.1.0";
@@ -82,66 +82,15 @@ export class Engine {
   }
 
   /**
-   * The digest a path input would have once copied into the store, computed
-   * from the stat cache without copying (a no-op run over a large input tree
-   * costs one stat per file).
-   */
-  digestPath(abs: string): Digest {
-    const entries: TreeEntry[] = [];
-    const walk = (a: string, rel: string) => {
-      for (const name of readdirSync(a).sort()) {
-        const p = join(a, name);
-        const r = rel ? `${rel}/${name}` : name;
-        const st = lstatSync(p, { bigint: true });
-        if (st.isSymbolicLink()) entries.push({ path: r, link: readlinkSync(p) });
-        else if (st.isDirectory()) {
-          entries.push({ path: r, dir: true });
-          walk(p, r);
-        } else if (st.isFile()) {
-          const { digest, size } = this.store.stat.digest(p, st);
-          entries.push(
-            (st.mode & 0o111n) !== 0n
-              ? { path: r, digest, size, exec: true }
-              : { path: r, digest, size },
-          );
-        }
-      }
-    };
-    const st = lstatSync(abs);
-    if (st.isDirectory()) walk(abs, "");
-    else {
-      const { digest, size } = this.store.stat.digest(abs);
-      const name = basename(abs);
-      entries.push(
-        (st.mode & 0o111) !== 0
-          ? { path: name, digest, size, exec: true }
-          : { path: name, digest, size },
-      );
-    }
-    const manifest: Manifest = { v: 1, entries };
-    return sha256Bytes(canonicalJson(manifest));
-  }
-
-  /** A path input as a tree in the store (copied in only if its content is new). */
-  admitPath(abs: string): Digest {
-    const d = this.digestPath(abs);
-    if (this.store.hasObject(d) && this.store.checkTree(d).ok) return d;
-    const got = this.store.importPath(abs);
-    if (got !== d)
-      throw new Error(`${abs} changed while it was being copied into the cache; run again`);
-    return d;
-  }
-
-  /**
    * The key of an instance, given the results of its upstream instances.
    * Returns undefined while an upstream result is unknown. With `admit`
    * false (plan, status), path inputs are hashed but not copied.
    */
-  resolveKey(
+  async resolveKey(
     inst: Instance,
     results: Map<string, ActionRecord>,
     opts: { admit: boolean },
-  ): ResolvedKey | undefined {
+  ): Promise<ResolvedKey | undefined> {
     const kind = this.pipeline.kinds.get(inst.kind);
     if (!kind) throw new Error(`kind ${inst.kind} not loaded`);
     const artifact = (id: string): InputArtifact | undefined => {
@@ -161,7 +110,9 @@ export class Engine {
       if (spec.type === "path") {
         if (!existsSync(spec.path))
           throw new Error(`${inst.id}: input ${name}: ${spec.path} does not exist`);
-        const d = opts.admit ? this.admitPath(spec.path) : this.digestPath(spec.path);
+        const d = opts.admit
+          ? await this.store.importPath(spec.path)
+          : await this.store.pathDigest(spec.path);
         inputs[name] = { id: spec.ref, coords: {}, digest: d, path: this.store.treePath(d) };
         keyed[name] = d;
       } else if (spec.type === "one") {
@@ -187,7 +138,14 @@ export class Engine {
     }
     const env: Record<string, string> = {};
     for (const name of inst.env) env[name] = process.env[name] ?? "";
-    const fields = this.fieldsFor(inst, keyed, tools, env);
+    const fields = keyFields({
+      inst,
+      impl: kind.impl,
+      inputs: keyed,
+      tools,
+      env,
+      fingerprint: this.fingerprints.get(inst.kind + canonicalJson(inst.params)),
+    });
     return {
       key: computeKey(fields),
       fields,
@@ -209,29 +167,6 @@ export class Engine {
       if (!this.fingerprints.has(k))
         this.fingerprints.set(k, await kind.impl.fingerprint(inst.params, tools));
     }
-  }
-
-  private fieldsFor(
-    inst: Instance,
-    inputs: KeyFields["inputs"],
-    tools: Record<string, ToolInfo>,
-    env: Record<string, string>,
-  ): KeyFields {
-    const kind = this.pipeline.kinds.get(inst.kind);
-    const unkeyed = kind?.impl.unkeyedParams;
-    return {
-      kind: inst.kind,
-      version: kind?.impl.version ?? "?",
-      params: unkeyed?.length
-        ? Object.fromEntries(Object.entries(inst.params).filter(([k]) => !unkeyed.includes(k)))
-        : inst.params,
-      inputs,
-      tools: Object.fromEntries(Object.entries(tools).map(([n, t]) => [n, t.digest])),
-      env,
-      fingerprint: kind?.impl.fingerprint
-        ? (this.fingerprints.get(inst.kind + canonicalJson(inst.params)) ?? {})
-        : {},
-    };
   }
 
   /** A valid cached result for `key`: the record exists and its tree is intact. */

@@ -23,9 +23,14 @@ export function formatProblem(p: Problem): string {
   return `${where}${what}${p.message}`;
 }
 
-/** The pipeline (or other user input) is invalid: exit 2, nothing runs, nothing is cached. */
-export class InvalidInput extends Error {
-  override name = "InvalidInput";
+/**
+ * The pipeline file (or a -p override) is invalid, found before anything
+ * runs: exit 2, nothing runs, nothing is cached. Not to be confused with
+ * BadStageInput, which a stage throws while running when an artifact it
+ * reads is unusable.
+ */
+export class InvalidPipeline extends Error {
+  override name = "InvalidPipeline";
   constructor(readonly problems: Problem[]) {
     super(problems.map(formatProblem).join("\n"));
   }

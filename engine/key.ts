@@ -2,7 +2,8 @@ import { readdirSync, lstatSync } from "node:fs";
 import { join } from "node:path";
 import { type Digest, hashJson, sha256Bytes, canonicalJson } from "../cache/digest.js";
 import type { StatCache } from "../cache/stat-cache.js";
-import type { Coords } from "./stage-api.js";
+import type { Coords, StageKind, ToolInfo } from "./stage-api.js";
+import type { Instance } from "./pipeline/expand.js";
 
 /**
  * Everything that makes a result stale, and nothing else (wireit's
@@ -25,6 +26,35 @@ export interface KeyFields {
   env: Record<string, string>;
   /** Kind-specific material, e.g. digests of patch files a build applies. */
   fingerprint: Record<string, unknown>;
+}
+
+/**
+ * The key fields of one instance, from what the engine resolved: its
+ * upstream digests, its tools, its declared env values and its kind's
+ * fingerprint. The only place they are put together.
+ */
+export function keyFields(a: {
+  inst: Instance;
+  impl: StageKind<Record<string, unknown>>;
+  inputs: KeyFields["inputs"];
+  tools: Record<string, ToolInfo>;
+  env: Record<string, string>;
+  /** The kind's fingerprint hook's result for these params (when it has one). */
+  fingerprint?: Record<string, unknown>;
+}): KeyFields {
+  const unkeyed = a.impl.unkeyedParams;
+  return {
+    kind: a.inst.kind,
+    version: a.impl.version,
+    // Parallelism params change how, never what: left out (see StageKind.unkeyedParams).
+    params: unkeyed?.length
+      ? Object.fromEntries(Object.entries(a.inst.params).filter(([k]) => !unkeyed.includes(k)))
+      : a.inst.params,
+    inputs: a.inputs,
+    tools: Object.fromEntries(Object.entries(a.tools).map(([n, t]) => [n, t.digest])),
+    env: a.env,
+    fingerprint: a.impl.fingerprint ? (a.fingerprint ?? {}) : {},
+  };
 }
 
 export function computeKey(fields: KeyFields): Digest {

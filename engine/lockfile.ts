@@ -1,3 +1,4 @@
+import { cachePath } from "../cache/layout.js";
 import { readFileSync, existsSync, readdirSync, mkdirSync, rmSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { writeFileAtomic } from "../cache/atomic.js";
@@ -79,7 +80,7 @@ export function readLockfile(path: string): Lockfile | undefined {
 }
 
 const legacyRootsFile = (cacheRoot: string) => join(cacheRoot, "roots.json");
-const rootsDir = (cacheRoot: string) => join(cacheRoot, "roots");
+const rootsDir = (cacheRoot: string) => cachePath(cacheRoot, "roots");
 
 /** Every registered lockfile path, whether or not it exists (yet). */
 function registered(cacheRoot: string): { path: string; file?: string }[] {

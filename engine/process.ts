@@ -1,46 +1,72 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { createInterface } from "node:readline";
+import { openSync, readSync, fstatSync, closeSync, writeSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { delimiter, join } from "node:path";
+import { AsyncLocalStorage } from "node:async_hooks";
 import type { Logger } from "pino";
 
 /**
  * Child processes of stages run in their own process group, registered with
  * a watchdog that kills the group if the engine dies. Use `runCommand` for
  * every external program a stage starts.
+ *
+ * Registration is a line appended to a file the watchdog reads only when the
+ * engine is gone (its stdin pipe closes): a message over the pipe would wake
+ * the watchdog twice per command, and on a busy machine each wake-up costs a
+ * context switch away from the engine.
  */
-let reaper: ChildProcess | undefined;
+let reaper: { child: ChildProcess; fd: number } | undefined;
 
-function reaperProcess(): ChildProcess {
-  if (!reaper || reaper.exitCode !== null) {
+function reaperProcess(): { child: ChildProcess; fd: number } {
+  if (!reaper || reaper.child.exitCode !== null) {
+    const file = join(tmpdir(), `valley-groups-${process.pid}-${Date.now()}`);
+    const fd = openSync(file, "a", 0o600);
     const script = fileURLToPath(new URL("./reaper-child.js", import.meta.url));
-    reaper = spawn(process.execPath, [script], {
+    const child = spawn(process.execPath, [script, file], {
       stdio: ["pipe", "ignore", "ignore"],
       detached: true,
     });
-    reaper.unref();
-    (reaper.stdin as NodeJS.WritableStream & { unref?: () => void }).on("error", () => {});
+    child.unref();
+    (child.stdin as NodeJS.WritableStream & { unref?: () => void }).on("error", () => {});
     // The pipe must not keep the engine alive; the watchdog is detached so
     // that Ctrl-C on the terminal does not kill it before it can act.
-    (reaper.stdin as unknown as { unref(): void }).unref?.();
+    (child.stdin as unknown as { unref(): void }).unref?.();
+    reaper = { child, fd };
   }
   return reaper;
 }
 
 export function watchGroup(pgid: number): void {
-  reaperProcess().stdin?.write(`+${pgid}\n`);
+  writeSync(reaperProcess().fd, `+${pgid}\n`);
 }
 
 export function unwatchGroup(pgid: number): void {
-  reaper?.stdin?.write(`-${pgid}\n`);
+  if (reaper) writeSync(reaper.fd, `-${pgid}\n`);
 }
 
 export function killGroup(pgid: number, signal: NodeJS.Signals = "SIGKILL"): void {
+  // Usually the group is empty by now (ESRCH): skip the stack trace of the
+  // error that reports it, which costs more than the kill itself.
+  const limit = Error.stackTraceLimit;
+  Error.stackTraceLimit = 0;
   try {
     process.kill(-pgid, signal);
   } catch {
     // no such group: already gone
+  } finally {
+    Error.stackTraceLimit = limit;
   }
 }
+
+/**
+ * Where the engine placed the attempt running in this async context: the GPU
+ * device ids it reserved. Every program a stage starts through runCommand
+ * gets them as CUDA_VISIBLE_DEVICES, so concurrent instances use distinct
+ * GPUs without any stage handling it.
+ */
+export const placement = new AsyncLocalStorage<{ gpus: string[] }>();
 
 /** A command that failed, with what a user needs to act on it. */
 export class CommandError extends Error {
@@ -79,24 +105,31 @@ export async function runCommand(
   opts: RunCommandOptions,
 ): Promise<void> {
   const tail: string[] = [];
-  const { execa } = await import("execa");
-  const child = execa(file, args, {
-    env: opts.env,
-    extendEnv: false,
+  const place = placement.getStore();
+  const env =
+    place && place.gpus.length > 0
+      ? { ...opts.env, CUDA_VISIBLE_DEVICES: place.gpus.join(",") }
+      : opts.env;
+  const shown = [file, ...args].map(quoteArg).join(" ");
+  // node's spawn directly (not execa): per command it costs a fraction of the
+  // CPU, which matters for DAGs of thousands of small jobs (test/bench/engine.mjs).
+  const child = spawn(executable(file, env.PATH), args, {
+    env,
     cwd: opts.cwd,
     detached: true,
-    buffer: false,
-    stdin: "ignore",
-    stdout: "pipe",
-    stderr: "pipe",
-    reject: false,
-    cleanup: true,
+    stdio: ["ignore", "pipe", "pipe"],
   });
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null; error?: Error }>(
+    (res) => {
+      child.once("error", (error) => res({ code: null, signal: null, error }));
+      child.once("exit", (code, signal) => res({ code, signal }));
+    },
+  );
   const pid = child.pid;
   if (pid === undefined) {
-    const r = await child;
+    const r = await exited;
     throw new CommandError(
-      `cannot start ${file}: ${r.message ?? "spawn failed"}`,
+      `cannot start ${file}: ${r.error?.message ?? "spawn failed"}`,
       undefined,
       undefined,
       [],
@@ -121,21 +154,95 @@ export async function runCommand(
       });
       rl.on("close", () => res());
     });
-  await Promise.all([pump(child.stdout, "stdout"), pump(child.stderr, "stderr")]);
-  const r = await child;
+  const pumped = Promise.all([pump(child.stdout, "stdout"), pump(child.stderr, "stderr")]);
+  const r = await exited;
+  // Leftovers such as `sleep 100 &` die with the program; what they wrote
+  // before is still read from the pipes.
+  killGroup(pid, "SIGKILL");
+  await pumped;
   opts.signal.removeEventListener("abort", onAbort);
-  killGroup(pid, "SIGKILL"); // leftovers such as `sleep 100 &`
   unwatchGroup(pid);
-  const code = r.exitCode;
+  const code = r.code ?? undefined;
   if (opts.signal.aborted) {
     throw new CommandError(
-      `${r.escapedCommand} was stopped (${String(opts.signal.reason ?? "aborted")})`,
+      `${shown} was stopped (${String(opts.signal.reason ?? "aborted")})`,
       code,
-      r.signal,
+      r.signal ?? undefined,
       tail,
     );
   }
   if (code === 0 || (code !== undefined && opts.okCodes?.includes(code))) return;
   const how = r.signal ? `was killed by ${r.signal}` : `failed with exit code ${code}`;
-  throw new CommandError(`Command ${how}: ${r.escapedCommand}`, code, r.signal ?? undefined, tail);
+  throw new CommandError(`Command ${how}: ${shown}`, code, r.signal ?? undefined, tail);
+}
+
+/** An argument as a shell would need it written (for messages only). */
+function quoteArg(a: string): string {
+  return /^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replace(/'/g, "'\\''")}'`;
+}
+
+const found = new Map<string, string>();
+/**
+ * The absolute path of a program named without a folder, looked up in PATH
+ * once per run: exec's own lookup tries every PATH entry on every spawn (a
+ * failed execve each), thousands of times in a large DAG.
+ */
+function executable(file: string, path = process.env.PATH ?? ""): string {
+  if (file.includes("/")) return file;
+  const k = `${path}\0${file}`;
+  let exe = found.get(k);
+  if (exe === undefined) {
+    exe = file;
+    for (const dir of path.split(delimiter)) {
+      if (!dir) continue;
+      const p = join(dir, file);
+      try {
+        const st = statSync(p);
+        if (st.isFile() && (st.mode & 0o111) !== 0) {
+          exe = p;
+          break;
+        }
+      } catch {
+        // not here
+      }
+    }
+    found.set(k, exe);
+  }
+  return exe;
+}
+
+/**
+ * The last `n` stderr lines `runCommand` logged into an attempt's log (pino
+ * JSON lines with `stream: "stderr"`), read from the log's end only: what a
+ * failure summary shows under the error ("CUDA error: out of memory").
+ */
+export function stderrTail(logFile: string, n = 10): string[] {
+  let text: string;
+  try {
+    const fd = openSync(logFile, "r");
+    try {
+      const size = fstatSync(fd).size;
+      const len = Math.min(size, 256 << 10);
+      const buf = Buffer.alloc(len);
+      readSync(fd, buf, 0, len, size - len);
+      text = buf.toString("utf8");
+      // A read that starts mid-file starts mid-line: drop that partial line.
+      if (len < size) text = text.slice(text.indexOf("\n") + 1);
+    } finally {
+      closeSync(fd);
+    }
+  } catch {
+    return [];
+  }
+  const out: string[] = [];
+  for (const line of text.split("\n")) {
+    if (!line.includes('"stderr"')) continue;
+    try {
+      const rec = JSON.parse(line) as { stream?: string; msg?: string };
+      if (rec.stream === "stderr" && typeof rec.msg === "string") out.push(rec.msg);
+    } catch {
+      // a line cut short by a crash
+    }
+  }
+  return out.slice(-n);
 }

@@ -12,7 +12,15 @@ import type { Resources } from "./stage-api.js";
 export type Outcome =
   | { status: "cached"; key: Digest; record: ActionRecord; waited: boolean }
   | { status: "executed"; key: Digest; record: ActionRecord }
-  | { status: "failed"; key?: Digest; error: Error; inputError: boolean; logFile?: string }
+  | {
+      status: "failed";
+      key?: Digest;
+      error: Error;
+      inputError: boolean;
+      logFile?: string;
+      /** The last attempt's own error and number, when an attempt ran. */
+      attempt?: { error: Error; n: number };
+    }
   | { status: "skipped"; because: string }
   | { status: "cancelled" };
 
@@ -112,7 +120,10 @@ export async function runInstances(engine: Engine, opts: RunOptions): Promise<Ru
   const ids = new Set(selected.map((i) => i.id));
   const emit = opts.onEvent ?? (() => {});
   const executor = opts.executor ?? runAttempt;
-  const pool = ResourcePool.detect(opts.resources);
+  const pool = ResourcePool.detect(
+    opts.resources,
+    selected.some((i) => i.resources.gpu > 0),
+  );
   const queue = new PQueue({ concurrency: Math.max(1, opts.jobs) });
   const results = new Map<string, ActionRecord>();
   const outcomes = new Map<string, Outcome>();
@@ -130,9 +141,24 @@ export async function runInstances(engine: Engine, opts: RunOptions): Promise<Ru
   let inputError = false;
   let finish: () => void = () => {};
   const allDone = new Promise<void>((res) => (finish = res));
+  // The one place an instance's outcome is recorded, and so the one place
+  // its outcome event is emitted: no path to a result can forget to report it.
+  // (Events of an attempt in flight — start, progress, waiting, a retry — are
+  // emitted where they happen.)
   const settle = (id: string, o: Outcome) => {
     if (outcomes.has(id)) return;
     outcomes.set(id, o);
+    if (o.status === "cached") emit({ type: "cached", id, waited: o.waited });
+    else if (o.status === "executed") emit({ type: "done", id, seconds: o.record.timings.seconds });
+    else if (o.status === "failed")
+      emit({
+        type: "failed",
+        id,
+        error: o.attempt?.error ?? o.error,
+        logFile: o.logFile,
+        willRetry: false,
+        attempt: o.attempt?.n ?? 1,
+      });
     if (outcomes.size === selected.length) finish();
   };
   const ready: Instance[] = [];
@@ -163,7 +189,12 @@ export async function runInstances(engine: Engine, opts: RunOptions): Promise<Ru
   const fail = (
     inst: Instance,
     error: Error,
-    extra: { key?: Digest; input?: boolean; logFile?: string } = {},
+    extra: {
+      key?: Digest;
+      input?: boolean;
+      logFile?: string;
+      attempt?: { error: Error; n: number };
+    } = {},
   ) => {
     if (extra.input) inputError = true;
     settle(inst.id, {
@@ -172,6 +203,7 @@ export async function runInstances(engine: Engine, opts: RunOptions): Promise<Ru
       error,
       inputError: !!extra.input,
       logFile: extra.logFile,
+      attempt: extra.attempt,
     });
     skipDescendants(inst.id, `${inst.id} failed`);
     if (!opts.keepGoing) stopLaunching = true;
@@ -183,13 +215,13 @@ export async function runInstances(engine: Engine, opts: RunOptions): Promise<Ru
       return fail(
         inst,
         new Error(
-          `${inst.id} needs ${inst.resources.gpu} GPU(s); this machine has ${pool.total.gpu} (set VALLEY_GPUS or CUDA_VISIBLE_DEVICES)`,
+          `${inst.id} needs ${inst.resources.gpu} GPU(s); this machine has ${pool.total.gpu} (found through VALLEY_GPUS, else CUDA_VISIBLE_DEVICES, else /proc/driver/nvidia/gpus or nvidia-smi -L)`,
         ),
         { input: true },
       );
     }
     const need = pool.clamp(inst.resources);
-    await pool.acquire(need);
+    const gpus = await pool.acquire(need);
     try {
       if (stopLaunching || opts.signal.aborted) return cancel(inst);
       const forced = force.has(inst.stage);
@@ -200,17 +232,18 @@ export async function runInstances(engine: Engine, opts: RunOptions): Promise<Ru
       });
       if (got === "ready") {
         const rec = engine.lookup(rk.key);
-        if (rec)
+        if (rec) {
           return complete(inst, { status: "cached", key: rk.key, record: rec, waited: true }, rk);
+        }
         return runOne(inst, rk); // the other run's result was invalid: compute it ourselves
       }
       try {
         const prior = forced ? undefined : engine.lookup(rk.key);
-        if (prior)
+        if (prior) {
           return complete(inst, { status: "cached", key: rk.key, record: prior, waited: true }, rk);
+        }
         const pulled = forced || !opts.fetch ? undefined : await opts.fetch(rk.key);
         if (pulled) {
-          emit({ type: "cached", id: inst.id, waited: false });
           return complete(
             inst,
             { status: "cached", key: rk.key, record: pulled, waited: false },
@@ -224,10 +257,10 @@ export async function runInstances(engine: Engine, opts: RunOptions): Promise<Ru
               signal: opts.signal,
               timeoutMs: inst.timeoutMs,
               attempt,
+              gpus,
               onProgress: (done, total, note) =>
                 emit({ type: "progress", id: inst.id, done, total, note }),
             });
-            emit({ type: "done", id: inst.id, seconds: rec.timings.seconds });
             return complete(inst, { status: "executed", key: rk.key, record: rec }, rk);
           } catch (e) {
             const af = e instanceof AttemptFailed ? e : undefined;
@@ -237,14 +270,18 @@ export async function runInstances(engine: Engine, opts: RunOptions): Promise<Ru
               af?.kind !== "aborted" &&
               af?.kind !== "disk" &&
               !opts.signal.aborted;
-            emit({
-              type: "failed",
-              id: inst.id,
-              error: e as Error,
-              logFile: af?.logFile,
-              willRetry: retry,
-              attempt,
-            });
+            // An attempt that will be retried, or one stopped by the abort
+            // (whose instance ends cancelled), is reported here; a final
+            // failure is reported by settle().
+            if (retry || opts.signal.aborted)
+              emit({
+                type: "failed",
+                id: inst.id,
+                error: e as Error,
+                logFile: af?.logFile,
+                willRetry: retry,
+                attempt,
+              });
             if (opts.signal.aborted) return cancel(inst);
             if (!retry) {
               const n = attempt > 1 ? ` (after ${attempt} attempts)` : "";
@@ -253,6 +290,7 @@ export async function runInstances(engine: Engine, opts: RunOptions): Promise<Ru
                 key: rk.key,
                 input: af?.kind === "input",
                 logFile: af?.logFile,
+                attempt: { error: e as Error, n: attempt },
               });
             }
             // Exponential backoff with jitter, capped at a minute.
@@ -267,45 +305,54 @@ export async function runInstances(engine: Engine, opts: RunOptions): Promise<Ru
         engine.leases.release(got);
       }
     } finally {
-      pool.release(need);
+      pool.release(need, gpus);
     }
   };
 
-  const drain = () => {
-    while (ready.length) {
-      const inst = ready.shift() as Instance;
-      if (outcomes.has(inst.id)) continue;
-      if (stopLaunching || opts.signal.aborted) {
-        cancel(inst);
-        continue;
-      }
-      let rk: ResolvedKey | undefined;
-      try {
-        rk = engine.resolveKey(inst, results, { admit: true });
-      } catch (e) {
-        fail(inst, e as Error, { input: true });
-        continue;
-      }
-      if (!rk) {
-        fail(inst, new Error(`${inst.id}: an input has no result`));
-        continue;
-      }
-      const rec = force.has(inst.stage) ? undefined : engine.lookup(rk.key);
-      if (rec) {
-        emit({ type: "cached", id: inst.id, waited: false });
-        complete(inst, { status: "cached", key: rk.key, record: rec, waited: false }, rk);
-        continue;
-      }
-      const key = rk;
-      void queue.add(async () => {
-        started.add(inst.id);
-        try {
-          await runOne(inst, key);
-        } catch (e) {
-          fail(inst, e as Error);
+  // Resolving a key may hash (and copy in) a path input, which awaits a
+  // worker for large files: one drain loop at a time takes instances off
+  // `ready`, and whoever finds it running leaves the new ones to it.
+  let draining = false;
+  const drain = async (): Promise<void> => {
+    if (draining) return;
+    draining = true;
+    try {
+      while (ready.length) {
+        const inst = ready.shift() as Instance;
+        if (outcomes.has(inst.id)) continue;
+        if (stopLaunching || opts.signal.aborted) {
+          cancel(inst);
+          continue;
         }
-        drain();
-      });
+        let rk: ResolvedKey | undefined;
+        try {
+          rk = await engine.resolveKey(inst, results, { admit: true });
+        } catch (e) {
+          fail(inst, e as Error, { input: true });
+          continue;
+        }
+        if (!rk) {
+          fail(inst, new Error(`${inst.id}: an input has no result`));
+          continue;
+        }
+        const rec = force.has(inst.stage) ? undefined : engine.lookup(rk.key);
+        if (rec) {
+          complete(inst, { status: "cached", key: rk.key, record: rec, waited: false }, rk);
+          continue;
+        }
+        const key = rk;
+        void queue.add(async () => {
+          started.add(inst.id);
+          try {
+            await runOne(inst, key);
+          } catch (e) {
+            fail(inst, e as Error);
+          }
+          void drain();
+        });
+      }
+    } finally {
+      draining = false;
     }
   };
 
@@ -321,7 +368,7 @@ export async function runInstances(engine: Engine, opts: RunOptions): Promise<Ru
 
   for (const inst of selected) if ((waitingOn.get(inst.id) ?? 0) === 0) ready.push(inst);
   if (selected.length === 0) finish();
-  drain();
+  void drain();
   await allDone;
   await queue.onIdle();
   opts.signal.removeEventListener("abort", onAbort);

@@ -137,9 +137,16 @@ export interface StageKind<P = Record<string, unknown>> {
 }
 
 /**
- * Thrown by a stage when its *input* is bad (a truncated GGUF, a record with a
- * missing field): the run exits 2, like any other bad input, not 1.
+ * Thrown by a stage, while it runs, when an artifact it reads is unusable (a
+ * truncated GGUF, a record with a missing field): the attempt is not retried
+ * and the run exits 2, like any other bad input, not 1. (A pipeline file that
+ * is wrong is InvalidPipeline, found before anything runs.)
  */
-export class InputError extends Error {
-  override name = "InputError";
+export class BadStageInput extends Error {
+  override name = "BadStageInput";
 }
+
+/** The former name of BadStageInput, kept while stages move over to it. */
+export const InputError = BadStageInput;
+/** The former name of BadStageInput, kept while stages move over to it. */
+export type InputError = BadStageInput;

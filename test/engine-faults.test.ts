@@ -363,3 +363,122 @@ stages:
   assert.equal(g.code, 2, g.stderr);
   assert.match(g.stderr, /needs 1 GPU\(s\); this machine has 0/);
 });
+
+test("a failed stage's summary shows its last 10 stderr lines, not stdout, and --json carries them", () => {
+  const dir = project({
+    "p.yaml": `
+version: 1
+stages:
+  oom:
+    uses: shell
+    with:
+      run: |
+        for i in $(seq 1 15); do echo "err line $i" >&2; done
+        echo "an stdout line"
+        echo "CUDA error: out of memory" >&2
+        exit 3
+`,
+  });
+  const r = valley(["run", "p.yaml", "--json"], { cwd: dir });
+  assert.equal(r.code, 1, r.stderr);
+  const summary = r.stderr.slice(r.stderr.indexOf("✗"));
+  assert.match(summary, /exit code 3/);
+  const shown = summary.split("\n").filter((l) => l.startsWith("  │ "));
+  assert.deepEqual(shown, [
+    ...Array.from({ length: 9 }, (_, k) => `  │ err line ${k + 7}`),
+    "  │ CUDA error: out of memory",
+  ]);
+  assert.match(summary, /full log: valley logs oom/);
+  const j = json(r) as unknown as { failures: { id: string; stderr: string[] }[] };
+  assert.equal(j.failures[0].stderr.length, 10);
+  assert.equal(j.failures[0].stderr[9], "CUDA error: out of memory");
+  assert.ok(!j.failures[0].stderr.includes("an stdout line"));
+});
+
+test("GPU placement: with VALLEY_GPUS=4, five 1-GPU instances get distinct devices, four at once, the fifth waits", () => {
+  const dir = project({});
+  const side = join(dir, "side.log");
+  writeFileSync(
+    join(dir, "p.yaml"),
+    `
+version: 1
+stages:
+  train:
+    uses: shell
+    matrix: {i: [1, 2, 3, 4, 5]}
+    resources: {gpu: 1, cpu: 0.1}
+    with:
+      run: |
+        echo "start $CUDA_VISIBLE_DEVICES" >> ${side}
+        echo "\${{ matrix.i }} $CUDA_VISIBLE_DEVICES" > $OUT/device
+        sleep 1.5
+        echo "end $CUDA_VISIBLE_DEVICES" >> ${side}
+`,
+  );
+  const env = { VALLEY_GPUS: "4", CUDA_VISIBLE_DEVICES: "" };
+  const r = valley(["run", "p.yaml", "--json", "--jobs", "8"], { cwd: dir, env });
+  assert.equal(r.code, 0, r.stderr);
+  const l = lines(side);
+  assert.equal(l.length, 10, l.join("|"));
+  const firstFour = l.slice(0, 4);
+  assert.ok(
+    firstFour.every((x) => x.startsWith("start ")),
+    `four start at once: ${l.join("|")}`,
+  );
+  assert.deepEqual(firstFour.map((x) => x.slice(6)).sort(), ["0", "1", "2", "3"]);
+  const fifth = l.findIndex((x, k) => k >= 4 && x.startsWith("start "));
+  const freed = l
+    .slice(0, fifth)
+    .filter((x) => x.startsWith("end "))
+    .map((x) => x.slice(4));
+  assert.ok(freed.length >= 1, `the fifth waits for a GPU: ${l.join("|")}`);
+  assert.ok(freed.includes(l[fifth].slice(6)), `the fifth gets a freed GPU: ${l.join("|")}`);
+  // The device is recorded in the action record, and is not part of the key.
+  const records = readdirSync(join(dir, ".valley", "actions")).map(
+    (f) =>
+      JSON.parse(readFileSync(join(dir, ".valley", "actions", f), "utf8")) as {
+        gpus?: string[];
+        fields: Record<string, unknown>;
+      },
+  );
+  assert.equal(records.length, 5);
+  for (const rec of records) {
+    assert.equal(rec.gpus?.length, 1);
+    assert.deepEqual(rec.fields.env, {}, "the device is not in the key's env");
+  }
+  const again = valley(["run", "p.yaml", "--json"], {
+    cwd: dir,
+    env: { VALLEY_GPUS: "2", CUDA_VISIBLE_DEVICES: "" },
+  });
+  assert.equal(json(again).cached, 5, "other devices re-run nothing");
+});
+
+test("a result obtained by waiting on another run's lease is reported as done by the waiting run", async () => {
+  const dir = project({});
+  const side = join(dir, "side.log");
+  writeFileSync(
+    join(dir, "p.yaml"),
+    `
+version: 1
+stages:
+  slow:
+    uses: shell
+    with: {run: "echo started >> ${side}; while [ ! -e ${dir}/go ]; do sleep 0.05; done; echo 1 > $OUT/x"}
+`,
+  );
+  const a = valleyChild(["run", "p.yaml", "--json"], { cwd: dir });
+  await waitFor(() => lines(side).length > 0, 60_000, "the first run to start the stage");
+  const b = valleyChild(["run", "p.yaml", "--json"], { cwd: dir });
+  let bErr = "";
+  b.child.stderr?.on("data", (d: Buffer) => (bErr += d.toString()));
+  await waitFor(() => bErr.includes("wait "), 60_000, "the second run to wait on the lease");
+  writeFileSync(join(dir, "go"), "");
+  const [ra, rb] = await Promise.all([a.done, b.done]);
+  assert.equal(ra.code, 0, ra.stderr);
+  assert.equal(rb.code, 0, rb.stderr);
+  assert.equal(json(ra).executed, 1);
+  assert.equal(json(rb).cached, 1);
+  assert.match(rb.stderr, /wait {4}slow: computed by /);
+  assert.match(rb.stderr, /cached {2}slow \(computed by another run\)/);
+  assert.deepEqual(lines(side), ["started"]);
+});

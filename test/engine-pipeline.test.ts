@@ -197,3 +197,32 @@ test("pipelines/valley.yaml plans without any model or data: 14 fine-tunes, thei
   const text = valley(["plan", join(PACKAGE_ROOT, "pipelines", "valley.yaml")]);
   assert.match(text.stdout, /tune2@subset=hard,n=4000,start=base\n\s+finetune \{/);
 });
+
+test("-p naming an undeclared param exits 2, names the closest declared one, runs nothing", () => {
+  const dir = project({
+    "p.yaml": `
+version: 1
+params: {sizes: [1, 2], seed: 0}
+stages:
+  a:
+    uses: shell
+    matrix: {n: "\${{ params.sizes }}"}
+    with: {run: "echo \${{ matrix.n }} > $OUT/x"}
+`,
+  });
+  for (const cmd of ["run", "plan"]) {
+    const r = valley([cmd, "p.yaml", "-p", "size=[3]"], { cwd: dir });
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(
+      r.stderr,
+      /-p size: the pipeline declares no param "size"; did you mean "sizes"\?/,
+    );
+  }
+  const far = valley(["run", "p.yaml", "-p", "nosuch=1"], { cwd: dir });
+  assert.equal(far.code, 2, far.stderr);
+  assert.match(far.stderr, /no param "nosuch".*declared: sizes, seed/);
+  assert.equal(existsSync(join(dir, ".valley")), false, "nothing cached");
+  const ok = valley(["run", "p.yaml", "-p", "sizes=[3]"], { cwd: dir });
+  assert.equal(ok.code, 0, ok.stderr);
+  assert.match(ok.stderr, /1 instances: 1 executed/);
+});

@@ -8,6 +8,8 @@ import {
   readdirSync,
   mkdirSync,
   utimesSync,
+  symlinkSync,
+  unlinkSync,
 } from "node:fs";
 import { join } from "node:path";
 import { valley, project, lines } from "./helpers/valley.js";
@@ -317,4 +319,54 @@ test("a run remembers the parsed pipeline by its text; errors found later still 
   assert.equal(readdirSync(memo).length, 2);
   assert.equal(valley(["gc"], { cwd: dir }).code, 0);
   assert.equal(existsSync(memo), false);
+});
+
+test("inputs that are symbolic links: to a file, to a folder, inside a folder; a cycle or a dangling link is bad input", () => {
+  const dir = project({
+    "real/a.txt": "alpha\n",
+    "real/sub/b.txt": "beta\n",
+    "outside.txt": "outside\n",
+    "p.yaml": `
+version: 1
+stages:
+  f:
+    uses: shell
+    inputs: {x: ./file-link}
+    with: {run: "cat $IN_X/file-link > $OUT/got"}
+  d:
+    uses: shell
+    inputs: {x: ./dir-link}
+    with: {run: "cat $IN_X/a.txt $IN_X/sub/b.txt $IN_X/out-link > $OUT/got"}
+`,
+  });
+  symlinkSync(join(dir, "real", "a.txt"), join(dir, "file-link"));
+  symlinkSync("real", join(dir, "dir-link"));
+  // A link inside the folder, pointing outside it: its target's bytes are what the stage reads.
+  symlinkSync(join(dir, "outside.txt"), join(dir, "real", "out-link"));
+  const first = valley(["run", "p.yaml", "--json"], { cwd: dir });
+  assert.equal(first.code, 0, first.stderr);
+  assert.equal((JSON.parse(first.stdout) as { executed: number }).executed, 2);
+  const got = (id: string) => {
+    const show = valley(["show", id, "-f", "p.yaml", "--json"], { cwd: dir });
+    const out = JSON.parse(show.stdout) as { outputs: Record<string, { path: string }> };
+    return readFileSync(out.outputs.got.path, "utf8");
+  };
+  assert.equal(got("f"), "alpha\n");
+  assert.equal(got("d"), "alpha\nbeta\noutside\n");
+  assert.equal(runJson(dir).cached, 2, "a second run reuses both");
+  // The link's target is in the key: editing it re-runs its reader.
+  writeFileSync(join(dir, "outside.txt"), "changed\n");
+  const after = runJson(dir);
+  assert.deepEqual([after.executed, after.cached], [1, 1]);
+  assert.equal(got("d"), "alpha\nbeta\nchanged\n");
+
+  symlinkSync("..", join(dir, "real", "sub", "up"));
+  const cycle = valley(["run", "p.yaml"], { cwd: dir });
+  assert.equal(cycle.code, 2, cycle.stderr);
+  assert.match(cycle.stderr, /links back to a folder that contains it/);
+  unlinkSync(join(dir, "real", "sub", "up"));
+  symlinkSync(join(dir, "nowhere"), join(dir, "real", "dangling"));
+  const dangling = valley(["run", "p.yaml"], { cwd: dir });
+  assert.equal(dangling.code, 2, dangling.stderr);
+  assert.match(dangling.stderr, /dangling is a symbolic link to nothing/);
 });

@@ -7,6 +7,7 @@ import { yaml } from "../pipeline/source.js";
 import { PACKAGE_ROOT } from "../root.js";
 import { Engine, cacheRootFor } from "../engine.js";
 import { describe, type Holder } from "../../cache/cache-lock.js";
+import { cachePath } from "../../cache/layout.js";
 
 export function parse<const O extends NonNullable<ParseArgsConfig["options"]>>(
   argv: string[],
@@ -55,7 +56,7 @@ export async function openPipeline(
   const pl = await loadPipeline(path, {
     params: paramOverrides(params),
     // Parsed pipelines are remembered in the cache (see Source); reading costs nothing if absent.
-    memo: join(cacheRootFor(dirname(resolve(path))), "parsed"),
+    memo: cachePath(cacheRootFor(dirname(resolve(path))), "parsed"),
   });
   const engine = new Engine(pl, undefined, opts);
   // Relative paths in a pipeline's params mean "beside the pipeline file",

@@ -150,7 +150,7 @@ export async function logs(argv: string[]): Promise<number> {
     const r = h ? engine.store.getAction(h.key) : undefined;
     if (r) results.set(i.id, r);
   }
-  const rk = engine.resolveKey(inst, results, { admit: false });
+  const rk = await engine.resolveKey(inst, results, { admit: false });
   const failed = rk ? engine.failedLogPath(rk.key) : undefined;
   if (failed && existsSync(failed) && !engine.store.getAction(rk!.key)) {
     process.stdout.write(formatLog(readFileSync(failed, "utf8"), !!values.raw));

@@ -9,6 +9,7 @@ import { runJob, slurmExecutor } from "../executors/slurm.js";
 import { openPipeline, parse, waitingForGc } from "./common.js";
 import { UsageError } from "../errors.js";
 import { diffFields } from "../key.js";
+import { stderrTail } from "../process.js";
 import type { Engine } from "../engine.js";
 import type { Pipeline } from "../pipeline/expand.js";
 
@@ -156,7 +157,9 @@ async function runLocked(
   }
   const seconds = (Date.now() - t0) / 1000;
   const failures = [...summary.outcomes].flatMap(([id, o]) =>
-    o.status === "failed" ? [{ id, error: o.error.message }] : [],
+    o.status === "failed"
+      ? [{ id, error: o.error.message, stderr: o.logFile ? stderrTail(o.logFile) : [] }]
+      : [],
   );
   if (values.json) {
     process.stdout.write(
@@ -180,8 +183,12 @@ async function runLocked(
   );
   const fileArg = values.file ?? positionals[0];
   for (const f of failures) {
+    // The stage's own last words, where the reason usually is (an OOM, a traceback).
+    const tail = f.stderr.length
+      ? `  last stderr lines:\n${f.stderr.map((l) => `  │ ${l}`).join("\n")}\n`
+      : "";
     process.stderr.write(
-      `\n✗ ${f.error}\n  full log: valley logs ${f.id}${fileArg ? ` -f ${fileArg}` : ""}\n`,
+      `\n✗ ${f.error}\n${tail}  full log: valley logs ${f.id}${fileArg ? ` -f ${fileArg}` : ""}\n`,
     );
   }
   if (lockError) process.stderr.write(`\nvalley run: ${(lockError as Error).message}\n`);
@@ -241,7 +248,11 @@ export interface PlanRow {
 }
 
 /** What would run, without running or writing anything. */
-export function planRows(pl: Pipeline, engine: Engine, force: string[] = []): PlanRow[] {
+export async function planRows(
+  pl: Pipeline,
+  engine: Engine,
+  force: string[] = [],
+): Promise<PlanRow[]> {
   const results = new Map<string, ActionRecord>();
   const rows: PlanRow[] = [];
   const missing = new Set<string>();
@@ -257,7 +268,7 @@ export function planRows(pl: Pipeline, engine: Engine, force: string[] = []): Pl
       reason: "",
     };
     rows.push(row);
-    const rk = engine.resolveKey(inst, results, { admit: false });
+    const rk = await engine.resolveKey(inst, results, { admit: false });
     if (!rk) {
       const ups = inst.deps.filter((d) => missing.has(d));
       row.reason = `runs after ${ups.join(", ")} (its key depends on their outputs)`;
@@ -306,7 +317,7 @@ export async function plan(argv: string[]): Promise<number> {
   });
   await engine.prepareFingerprints();
   const keep = new Set(selectInstances(pl.instances, values.only).map((i) => i.id));
-  const rows = planRows(pl, engine, values.force ?? []).filter((r) => keep.has(r.id));
+  const rows = (await planRows(pl, engine, values.force ?? [])).filter((r) => keep.has(r.id));
   if (values.json) {
     process.stdout.write(JSON.stringify({ pipeline: pl.name, instances: rows }, null, 1) + "\n");
     return 0;
@@ -338,7 +349,7 @@ export async function status(argv: string[]): Promise<number> {
     readOnly: true,
   });
   await engine.prepareFingerprints();
-  const rows = planRows(pl, engine);
+  const rows = await planRows(pl, engine);
   engine.store.stat.save();
   const byStage = new Map<string, { hit: number; miss: number }>();
   for (const r of rows) {

@@ -10,13 +10,13 @@ import {
   readdirSync,
 } from "node:fs";
 import { join } from "node:path";
-import { randomBytes } from "node:crypto";
+import { uniqueSuffix } from "../../cache/atomic.js";
 import type { Logger } from "pino";
 import { digestHex } from "../../cache/digest.js";
 import { Store, type ActionRecord } from "../../cache/store.js";
 import type { Engine, ResolvedKey } from "../engine.js";
 import type { Instance } from "../pipeline/expand.js";
-import { InputError, type StageContext } from "../stage-api.js";
+import { BadStageInput, type StageContext } from "../stage-api.js";
 import { ENGINE_VERSION } from "../engine.js";
 import { DiskFull, bytesUnder, freeBytes, human, isDiskFull } from "../../cache/disk.js";
 
@@ -25,6 +25,7 @@ function nearlyFull(path: string): boolean {
   const s = freeBytes(path);
   return !!s && s.free < Math.max(1 << 20, s.total / 1000);
 }
+import { placement } from "../process.js";
 
 /** Why an attempt ended without a result. `input` failures are not retried and exit 2. */
 export class AttemptFailed extends Error {
@@ -60,6 +61,8 @@ export interface AttemptOptions {
   signal: AbortSignal;
   timeoutMs?: number;
   attempt: number;
+  /** GPU device ids reserved for this attempt (given to its programs as CUDA_VISIBLE_DEVICES). */
+  gpus?: string[];
   onProgress?: (done: number, total?: number, note?: string) => void;
 }
 
@@ -80,7 +83,7 @@ export async function runAttempt(
   const hex = digestHex(rk.key);
   // The output folder is renamed into the store on success, so it is created
   // directly under work/ (no wrapper folder to remove: see Store.discard).
-  const attemptName = `${hex}-${process.pid}-${randomBytes(4).toString("hex")}`;
+  const attemptName = `${hex}-${uniqueSuffix()}`;
   const out = join(store.dir("work"), attemptName);
   const logFile = join(store.dir("work"), attemptName + ".log");
   const scratch = join(store.dir("scratch"), hex);
@@ -124,7 +127,7 @@ export async function runAttempt(
     tools: rk.tools,
     env,
     resources: inst.resources,
-    requestCache: join(store.root, "requests.sqlite"),
+    requestCache: store.dir("requests.sqlite"),
   };
   const start = new Date();
   log.info({ attempt: opts.attempt, key: rk.key }, `start ${inst.id}`);
@@ -141,7 +144,8 @@ export async function runAttempt(
         ),
       );
       // A stage gets 10 s after abort to clean up and return; then we stop waiting.
-      result = await Promise.race([kind.impl.run(ctx), aborted]);
+      const gpus = opts.gpus ?? [];
+      result = await Promise.race([placement.run({ gpus }, () => kind.impl.run(ctx)), aborted]);
       if (ac.signal.aborted) throw new Error(String(ac.signal.reason));
     } catch (e) {
       // A full disk shows as ENOSPC (a TypeScript stage) or as a tool's
@@ -152,7 +156,7 @@ export async function runAttempt(
         ? "timeout"
         : opts.signal.aborted
           ? "aborted"
-          : e instanceof InputError
+          : e instanceof BadStageInput
             ? "input"
             : full
               ? "disk"
@@ -187,10 +191,10 @@ export async function runAttempt(
     const end = new Date();
     log.info({ seconds: (end.getTime() - start.getTime()) / 1000 }, "done");
     dest.close();
-    let admitted: ReturnType<Store["admitTree"]>;
+    let admitted: Awaited<ReturnType<Store["admitTree"]>>;
     let logDigest: ReturnType<Store["putBytes"]> | undefined;
     try {
-      admitted = store.admitTree(out);
+      admitted = await store.admitTree(out);
       logDigest = existsSync(logFile) ? store.putBytes(readFileSync(logFile)) : undefined;
     } catch (e) {
       if (!isDiskFull(e)) throw e;
@@ -221,6 +225,7 @@ export async function runAttempt(
         attempts: opts.attempt,
       },
       host: Store.host(),
+      ...(opts.gpus?.length ? { gpus: opts.gpus } : {}),
       engine: ENGINE_VERSION,
     };
     store.putAction(rec);

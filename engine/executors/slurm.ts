@@ -17,6 +17,7 @@ import type { Engine, ResolvedKey } from "../engine.js";
 import type { Instance, Pipeline } from "../pipeline/expand.js";
 import type { Executor } from "../scheduler.js";
 import { AttemptFailed, runAttempt, type AttemptOptions } from "./local.js";
+import { detectGpus } from "../resources.js";
 
 /** `executor.slurm` in a pipeline, merged with `--slurm-*` flags. */
 export interface SlurmConfig {
@@ -361,7 +362,7 @@ export async function runJob(
   const results = new Map<string, ActionRecord>();
   for (const up of pl.instances) {
     if (!need.has(up.id)) continue;
-    const urk = engine.resolveKey(up, results, { admit: false });
+    const urk = await engine.resolveKey(up, results, { admit: false });
     const rec = urk && engine.lookup(urk.key);
     if (!rec)
       return finish(2, {
@@ -373,7 +374,7 @@ export async function runJob(
   }
   let rk: ResolvedKey | undefined;
   try {
-    rk = engine.resolveKey(inst, results, { admit: true });
+    rk = await engine.resolveKey(inst, results, { admit: true });
   } catch (e) {
     return finish(2, { status: "failed", kind: "input", message: (e as Error).message });
   }
@@ -397,6 +398,8 @@ export async function runJob(
     signal: job.signal,
     timeoutMs: inst.timeoutMs,
     attempt: job.attempt,
+    // The devices Slurm's --gres gave this job (its CUDA_VISIBLE_DEVICES).
+    gpus: inst.resources.gpu > 0 ? detectGpus().slice(0, inst.resources.gpu) : undefined,
   };
   try {
     await runAttempt(engine, inst, rk, opts);

@@ -1,7 +1,7 @@
 import { readFileSync } from "node:fs";
 import { basename, dirname, resolve, extname } from "node:path";
 import { Source, type YamlPath } from "./source.js";
-import { InvalidInput, type Problem, didYouMean } from "../errors.js";
+import { InvalidPipeline, type Problem, closest, didYouMean } from "../errors.js";
 import { compileSchema, listKinds, loadKind, type LoadedKind, type ErrorObject } from "../kinds.js";
 import type { Coords, Resources, Scalar } from "../stage-api.js";
 import { PACKAGE_ROOT } from "../root.js";
@@ -167,6 +167,61 @@ export function parseMemory(m: number | string | undefined): number {
   );
 }
 
+/**
+ * Templates are expanded in `with:` (and include cells' `with:`) and in a
+ * matrix axis given as a string; anywhere else a `${{` would reach a stage or
+ * a path literally. Every `${{` must start a well-formed template.
+ */
+function templateProblems(src: Source, raw: RawPipeline): Problem[] {
+  const out: Problem[] = [];
+  const expanded = (path: YamlPath): boolean =>
+    path[0] === "stages" &&
+    (path[2] === "with" ||
+      (path[2] === "matrix" && path.length === 4 && path[3] !== "include") ||
+      (path[2] === "matrix" && path[3] === "include" && path[5] === "with"));
+  const free = (path: YamlPath): boolean =>
+    path[path.length - 1] === "description" && (path.length === 1 || path[0] === "stages");
+  const walk = (v: unknown, path: YamlPath): void => {
+    if (typeof v === "string") {
+      if (!v.includes("${{") || free(path)) return;
+      if (!expanded(path)) {
+        out.push(
+          src.problem(
+            path,
+            "templates (${{ … }}) are expanded only in `with:` and in a matrix axis; this value would be used literally",
+          ),
+        );
+        return;
+      }
+      const bad = malformedTemplate(v);
+      if (bad !== undefined)
+        out.push(
+          src.problem(
+            path,
+            `unclosed or malformed template "${bad}": write \${{ params.name }} or \${{ matrix.name }}`,
+          ),
+        );
+    } else if (Array.isArray(v)) v.forEach((x, i) => walk(x, [...path, i]));
+    else if (v && typeof v === "object")
+      for (const [k, x] of Object.entries(v)) walk(x, [...path, k]);
+  };
+  walk(raw, []);
+  return out;
+}
+
+/** The first `${{ …` in `s` that does not start a well-formed template, cut short for messages. */
+function malformedTemplate(s: string): string | undefined {
+  const one = new RegExp(TEMPLATE_RE.source, "y");
+  for (let i = s.indexOf("${{"); i >= 0; i = s.indexOf("${{", i + 3)) {
+    one.lastIndex = i;
+    if (!one.test(s)) {
+      const rest = s.slice(i);
+      return rest.length > 40 ? rest.slice(0, 40) + "…" : rest;
+    }
+  }
+  return undefined;
+}
+
 export function parseDuration(t: number | string | undefined): number | undefined {
   if (t === undefined) return undefined;
   if (typeof t === "number") return t * 1000;
@@ -258,7 +313,7 @@ function compatible(a: Coords, b: Coords): boolean {
   return true;
 }
 
-/** Loads, validates and expands a pipeline file. Throws InvalidInput with every problem found. */
+/** Loads, validates and expands a pipeline file. Throws InvalidPipeline with every problem found. */
 export async function loadPipeline(
   file: string,
   opts: { params?: Record<string, unknown>; text?: string; memo?: string } = {},
@@ -271,9 +326,24 @@ export async function loadPipeline(
   })();
   const raw = structuredClone(src.data) as RawPipeline;
   if (!pipelineValidator(raw))
-    throw new InvalidInput(ajvProblems(src, [], pipelineValidator.errors));
+    throw new InvalidPipeline(ajvProblems(src, [], pipelineValidator.errors));
 
-  const problems: Problem[] = [];
+  const problems: Problem[] = templateProblems(src, raw);
+  const declaredParams = Object.keys(raw.params ?? {});
+  for (const name of Object.keys(opts.params ?? {})) {
+    if (declaredParams.includes(name)) continue;
+    // A typo in -p would otherwise run silently with the default.
+    const near = closest(name, declaredParams);
+    problems.push({
+      message:
+        `-p ${name}: the pipeline declares no param "${name}"` +
+        (near ? `; did you mean "${near}"?` : "") +
+        (declaredParams.length
+          ? ` (declared: ${declaredParams.join(", ")})`
+          : " (it has no `params:`)"),
+    });
+  }
+  if (problems.length) throw new InvalidPipeline(problems);
   const params = { ...(raw.params ?? {}), ...(opts.params ?? {}) };
   const stages = raw.stages;
   const names = Object.keys(stages);
@@ -349,7 +419,7 @@ export async function loadPipeline(
     });
     cellRefs.set(name, rules);
   }
-  if (problems.length) throw new InvalidInput(problems);
+  if (problems.length) throw new InvalidPipeline(problems);
   const allRefs = (name: string): [string, Ref][] => [
     ...(refs.get(name) ?? []),
     ...(cellRefs.get(name) ?? []).flatMap((c) => [...c.inputs]),
@@ -376,7 +446,7 @@ export async function loadPipeline(
     order.push(name);
   };
   for (const name of names) visit(name, []);
-  if (problems.length) throw new InvalidInput(problems);
+  if (problems.length) throw new InvalidPipeline(problems);
 
   // Expansion, stage by stage in dependency order.
   const byStage = new Map<string, Instance[]>();
@@ -455,6 +525,22 @@ export async function loadPipeline(
         );
         continue;
       }
+      const odd = list.findIndex((v) => !["string", "number", "boolean"].includes(typeof v));
+      if (odd >= 0) {
+        report(
+          src.problem(
+            at,
+            `matrix axis "${axis}": value ${odd + 1} is not a string, number or boolean`,
+          ),
+        );
+        continue;
+      }
+      // Values that print alike (1 and "1") would give two instances one id.
+      const dup = list.find((v, i) => list.findIndex((w) => String(w) === String(v)) !== i);
+      if (dup !== undefined) {
+        report(src.problem(at, `matrix axis "${axis}" lists ${JSON.stringify(dup)} twice`));
+        continue;
+      }
       axes.push([axis, list as Scalar[]]);
     }
     combos = combos.flatMap((c) => product(axes).map((o) => ({ ...c, ...o })));
@@ -493,6 +579,10 @@ export async function loadPipeline(
         src.problem(base, "no instances: the matrices of its inputs have no combination in common"),
       );
     }
+
+    const timeoutMs = parseDuration(st.timeout);
+    if (st.timeout !== undefined && !(timeoutMs !== undefined && timeoutMs > 0))
+      report(src.problem([...base, "timeout"], "must be a duration greater than 0"));
 
     const list: Instance[] = [];
     for (const coords of combos) {
@@ -602,7 +692,7 @@ export async function loadPipeline(
         deps: [...new Set(deps)],
         resources,
         retries: st.retries ?? 0,
-        timeoutMs: parseDuration(st.timeout),
+        timeoutMs,
         env: st.env ?? [],
         secrets: st.secrets ?? [],
       });
@@ -614,7 +704,7 @@ export async function loadPipeline(
     byStage.set(name, list);
     instances.push(...list);
   }
-  if (problems.length) throw new InvalidInput(problems);
+  if (problems.length) throw new InvalidPipeline(problems);
 
   const byId = new Map(instances.map((i) => [i.id, i]));
   const name = raw.name ?? basename(abs, extname(abs));

@@ -5,7 +5,7 @@ import { dirname, join } from "node:path";
 import { isDeepStrictEqual } from "node:util";
 import type { Document, LineCounter, Node } from "yaml";
 import { writeFileAtomic } from "../../cache/atomic.js";
-import { InvalidInput, type Problem, type SourceLocation } from "../errors.js";
+import { InvalidPipeline, type Problem, type SourceLocation } from "../errors.js";
 
 const isMapping = (v: unknown): v is Record<string, unknown> =>
   v !== null && typeof v === "object" && !Array.isArray(v);
@@ -70,7 +70,7 @@ export class Source {
     try {
       src = text ?? readFileSync(file, "utf8");
     } catch (e) {
-      throw new InvalidInput([
+      throw new InvalidPipeline([
         { message: `cannot read pipeline ${file}: ${(e as Error).message}` },
       ]);
     }
@@ -88,7 +88,7 @@ export class Source {
     const parsed = Source.parse(file, src);
     const data: unknown = parsed.doc.toJS({ maxAliasCount: 100 });
     if (!isMapping(data)) {
-      throw new InvalidInput([
+      throw new InvalidPipeline([
         {
           loc: { file, line: 1, col: 1 },
           message: "a pipeline must be a YAML mapping with `version` and `stages`",
@@ -110,7 +110,7 @@ export class Source {
         message: `YAML ${e.code.toLowerCase().replace(/_/g, " ")}: ${e.message.split("\n")[0].replace(/ at line \d+, column \d+:?$/, "")}`,
       };
     });
-    if (problems.length) throw new InvalidInput(problems);
+    if (problems.length) throw new InvalidPipeline(problems);
     return { doc, lines };
   }
 

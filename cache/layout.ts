@@ -1,0 +1,54 @@
+import { join } from "node:path";
+
+/**
+ * Everything under a cache root, in one place: what each entry holds and who
+ * writes it. The store's own content (objects, trees, actions) is what
+ * `valley verify`, `gc` and the remotes deal in; the rest is the engine's
+ * bookkeeping, rebuilt or discarded at no cost to results.
+ */
+export const CACHE_LAYOUT = {
+  // The content-addressed store (cache/store.ts).
+  objects: "immutable read-only blobs by digest: objects/ab/cdef… ('.x': an executable copy)",
+  trees: "a tree materialised as read-only hardlinks to objects: trees/<hex>/",
+  actions: "action records by key: actions/<hex>.json (Bazel's action cache)",
+  corrupt: "objects and trees found corrupt, moved aside so they are never served",
+  // The engine's bookkeeping.
+  history: "the last key per (pipeline, instance id), for plan --why: history/<hex>.json",
+  leases: "one lock file per key being computed (cache/leases.ts)",
+  pins: "named roots gc keeps: pins/<name>.json",
+  work: "attempts' output folders and logs until admitted; <hex>.failed.log of a failed one",
+  scratch: "per-key folders kept across attempts (checkpoints); removed once admitted",
+  tmp: "files and folders being written, renamed into place when complete",
+  trash: "folders set aside for gc to delete (a rename costs less than rmdir)",
+  parsed: "pipelines' data by the digest of their YAML text (engine/pipeline/source.ts)",
+  slurm: "sbatch scripts, job logs and results (engine/executors/slurm.ts)",
+  "statcache.json": "file digests by stat fields, so unchanged files are not re-read",
+  "requests.sqlite": "model requests answered, shared by stages that ask a model (not keyed)",
+  // gc and sharing (cache/README.md).
+  locks: "gc.lock while gc sweeps; one file per command using the cache (cache/cache-lock.ts)",
+  roots: "one file per lockfile whose results gc keeps (registered before they are visible)",
+  imports: "bundles being imported (valley import), until their objects are admitted",
+  id: "this cache's random id: names its pins on remotes",
+} as const;
+
+export type CacheEntry = keyof typeof CACHE_LAYOUT;
+
+/** The folders a store creates when it is opened; the others appear when first used. */
+export const CREATED_ON_OPEN: readonly CacheEntry[] = [
+  "objects",
+  "trees",
+  "actions",
+  "history",
+  "leases",
+  "work",
+  "scratch",
+  "tmp",
+  "corrupt",
+  "pins",
+  "trash",
+];
+
+/** The path of one entry of the cache at `root`. */
+export function cachePath(root: string, entry: CacheEntry): string {
+  return join(root, entry);
+}
