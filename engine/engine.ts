@@ -1,7 +1,13 @@
 import { existsSync, readFileSync, readdirSync, lstatSync, readlinkSync, statSync } from "node:fs";
 import { join, resolve, basename } from "node:path";
 import { type Digest, hashJson, sha256Bytes, canonicalJson, digestHex } from "../cache/digest.js";
-import { Store, type ActionRecord, type Manifest, type TreeEntry } from "../cache/store.js";
+import {
+  Store,
+  isComplete,
+  type ActionRecord,
+  type Manifest,
+  type TreeEntry,
+} from "../cache/store.js";
 import type { StatCache } from "../cache/stat-cache.js";
 import { Leases } from "../cache/leases.js";
 import { writeFileAtomic } from "../cache/atomic.js";
@@ -223,9 +229,13 @@ export class Engine {
     };
   }
 
-  /** A valid cached result for `key`: the record exists and its tree is intact. */
+  /**
+   * A valid cached result for `key`: the record exists, its tree is intact,
+   * and it is complete (an incomplete one is re-run to fill its gap).
+   */
   lookup(key: Digest): ActionRecord | undefined {
-    return this.store.lookupAction(key);
+    const rec = this.store.lookupAction(key);
+    return isComplete(rec) ? rec : undefined;
   }
 
   // History: the last key and key fields per instance id of this pipeline,

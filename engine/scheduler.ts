@@ -1,5 +1,5 @@
 import PQueue from "p-queue";
-import type { ActionRecord } from "../cache/store.js";
+import { isComplete, type ActionRecord } from "../cache/store.js";
 import type { Digest } from "../cache/digest.js";
 import type { LeaseInfo } from "../cache/leases.js";
 import type { Engine, ResolvedKey } from "./engine.js";
@@ -18,7 +18,7 @@ export type Outcome =
 export type RunEvent =
   | { type: "start"; id: string; attempt: number }
   | { type: "cached"; id: string; waited: boolean }
-  | { type: "done"; id: string; seconds: number }
+  | { type: "done"; id: string; seconds: number; incomplete?: string }
   | {
       type: "failed";
       id: string;
@@ -194,7 +194,7 @@ export async function runInstances(engine: Engine, opts: RunOptions): Promise<Ru
       const forced = force.has(inst.stage);
       const got = await engine.leases.acquire(rk.key, {
         signal: opts.signal,
-        ready: () => !forced && engine.store.getAction(rk.key) !== undefined,
+        ready: () => !forced && isComplete(engine.store.getAction(rk.key)),
         onWait: (holder) => emit({ type: "waiting", id: inst.id, holder }),
       });
       if (got === "ready") {
@@ -226,7 +226,12 @@ export async function runInstances(engine: Engine, opts: RunOptions): Promise<Ru
               onProgress: (done, total, note) =>
                 emit({ type: "progress", id: inst.id, done, total, note }),
             });
-            emit({ type: "done", id: inst.id, seconds: rec.timings.seconds });
+            emit({
+              type: "done",
+              id: inst.id,
+              seconds: rec.timings.seconds,
+              incomplete: rec.incomplete,
+            });
             return complete(inst, { status: "executed", key: rk.key, record: rec }, rk);
           } catch (e) {
             const af = e instanceof AttemptFailed ? e : undefined;

@@ -91,7 +91,13 @@ export async function runAttempt(
   for (const n of inst.secrets) if (process.env[n] !== undefined) env[n] = process.env[n] as string;
 
   const ac = new AbortController();
-  const onOuter = () => ac.abort(opts.signal.reason ?? "interrupted");
+  // Reasons are strings, so a stage that throws `signal.reason` still says why.
+  const onOuter = () => {
+    const r: unknown = opts.signal.reason;
+    ac.abort(
+      `interrupted${r === undefined ? "" : ` (${r instanceof Error ? r.message : String(r)})`}`,
+    );
+  };
   if (opts.signal.aborted) onOuter();
   opts.signal.addEventListener("abort", onOuter, { once: true });
   let timedOut = false;
@@ -135,7 +141,16 @@ export async function runAttempt(
       // A stage gets 10 s after abort to clean up and return; then we stop waiting.
       result = await Promise.race([kind.impl.run(ctx), aborted]);
       if (ac.signal.aborted) throw new Error(String(ac.signal.reason));
-    } catch (e) {
+    } catch (thrown) {
+      // A stage may throw a signal's reason as it is: a string, or nothing.
+      const e =
+        thrown instanceof Error && thrown.message
+          ? thrown
+          : new Error(
+              ac.signal.aborted
+                ? String(ac.signal.reason)
+                : String((thrown as Error)?.message || thrown || "failed without a reason"),
+            );
       const why = timedOut
         ? "timeout"
         : opts.signal.aborted
@@ -168,6 +183,7 @@ export async function runAttempt(
       outputs: { tree: admitted.tree, files: admitted.files, entries: admitted.manifest.entries },
       metrics: (result && result.metrics) ?? {},
       log: logDigest,
+      ...(result && result.incomplete ? { incomplete: result.incomplete } : {}),
       timings: {
         start: start.toISOString(),
         end: end.toISOString(),
