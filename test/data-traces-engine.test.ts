@@ -125,6 +125,8 @@ test("failures within the budget: the run says so and the next one sends exactly
       /done\s+teacher \([\d.]+s\): INCOMPLETE, 33\/40 answered, 7 failed within budget/,
     );
     const lock1 = readFileSync(join(dir, "p.lock"), "utf8");
+    const plan = await run(dir, ["plan", "p.yaml", "--why"]);
+    assert.match(plan.stdout, /teacher\s+— incomplete: 33\/40 answered, 7 failed within budget/);
 
     server.plan = () => "ok";
     const before = server.received;
