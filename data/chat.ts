@@ -43,6 +43,8 @@ export interface RetryOptions {
   retries: number;
   backoffMs: number;
   backoffMaxMs: number;
+  /** Cap on a wait the server asks for (Retry-After); default backoffMaxMs. */
+  maxRetryAfterMs?: number;
   timeoutMs: number;
   signal: AbortSignal;
   /** Called for each failed attempt (for counts in the summary and logs). */
@@ -261,7 +263,8 @@ export async function chatWithRetries(
     // Full jitter, and Retry-After honoured but never beyond the cap: a server
     // asking for a day must not hang a run silently.
     const backoff = Math.random() * Math.min(o.backoffMaxMs, o.backoffMs * 2 ** attempt);
-    const wait = Math.min(Math.max(backoff, e.retryAfterMs ?? 0), o.backoffMaxMs);
+    const asked = Math.min(e.retryAfterMs ?? 0, o.maxRetryAfterMs ?? o.backoffMaxMs);
+    const wait = Math.max(backoff, asked);
     o.onBackoff?.(wait, e, attempt);
     try {
       await sleep(wait, o.halt ? AbortSignal.any([o.signal, o.halt]) : o.signal);

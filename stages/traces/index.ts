@@ -254,7 +254,6 @@ async function generate(
     let sent = 0;
     let fromOthers = 0;
     let done = cached;
-    const retryMax = p.maxRetryAfterS !== undefined ? p.maxRetryAfterS * 1000 : p.backoffMaxMs;
 
     const runJob = async (job: Job) => {
       const est = Math.ceil(JSON.stringify(job.messages).length / 4) + p.max_tokens;
@@ -262,7 +261,8 @@ async function generate(
         const ans = await chatWithRetries(url, apiKey, job.body, {
           retries: p.retries,
           backoffMs: p.backoffMs,
-          backoffMaxMs: retryMax,
+          backoffMaxMs: p.backoffMaxMs,
+          maxRetryAfterMs: p.maxRetryAfterS !== undefined ? p.maxRetryAfterS * 1000 : undefined,
           timeoutMs: p.timeoutS * 1000,
           signal: ctx.signal,
           halt: halt.signal,
