@@ -234,6 +234,16 @@ test("openai backend: SIGKILL mid-generation, re-run: no answered request is sen
     assert.equal(await exited, -1, "the child was not killed mid-generation");
     const receivedBeforeRerun = server.received;
     const stalledAtKill = server.stalled;
+    // The dead child's claims on the stalled requests are still there: the re-run takes them over.
+    const claimsOf = async () => {
+      const { RequestCache } = await import("../data/request-cache.js");
+      const c = await RequestCache.open(join(scratch, "requests.sqlite"));
+      const db = (c as unknown as { db: import("better-sqlite3").Database }).db;
+      const n = (db.prepare("SELECT count(*) AS n FROM claims").get() as { n: number }).n;
+      c.close();
+      return n;
+    };
+    assert.equal(await claimsOf(), stalledAtKill);
     stalling = false;
     answeredBeforeKill = -1e9; // never stall again
     mkdirSync(scratch, { recursive: true });
@@ -253,6 +263,7 @@ test("openai backend: SIGKILL mid-generation, re-run: no answered request is sen
       "an answered request was sent again",
     );
     assert.equal(server.received - stalledAtKill, total);
+    assert.equal(await claimsOf(), 0);
     assert.ok(receivedBeforeRerun >= 10);
   } finally {
     await server.close();
@@ -728,5 +739,47 @@ test("openai backend: the request identity survives URL spellings, a moved serve
   } finally {
     await server.close();
     await moved.close();
+  }
+});
+
+test("request cache claims: held by a live holder, taken over from a dead or silent one", async () => {
+  const { RequestCache } = await import("../data/request-cache.js");
+  const { hostname } = await import("node:os");
+  const file = join(tempDir(), "requests.sqlite");
+  const a = await RequestCache.open(file);
+  const b = await RequestCache.open(file);
+  try {
+    assert.equal(a.claim("k1"), "claimed");
+    assert.equal(a.claim("k1"), "claimed", "a holder's own claim is its own");
+    assert.equal(b.claim("k1"), "held");
+    a.put("k1", { text: "x" });
+    assert.equal(b.claim("k1"), "answered");
+    assert.deepEqual(b.get("k1"), { text: "x" });
+    // A released claim is free for the next one.
+    assert.equal(a.claim("k2"), "claimed");
+    a.release("k2");
+    assert.equal(b.claim("k2"), "claimed");
+
+    const db = (a as unknown as { db: import("better-sqlite3").Database }).db;
+    const set = (key: string, holder: string, ageMs: number) =>
+      db
+        .prepare("INSERT OR REPLACE INTO claims (key, holder, heartbeat) VALUES (?, ?, ?)")
+        .run(key, holder, Date.now() - ageMs);
+    // Another host, heartbeat fresh: alive. Silent for over a minute: taken over.
+    set("k3", "elsewhere|123|456|abc", 1000);
+    assert.equal(b.claim("k3"), "held");
+    set("k3", "elsewhere|123|456|abc", 61_000);
+    assert.equal(b.claim("k3"), "claimed");
+    // This host, a process that is gone (or a reused pid): taken over at once.
+    set("k4", `${hostname()}|999999999|1|abc`, 0);
+    assert.equal(b.claim("k4"), "claimed");
+    set("k5", `${hostname()}|1|not-its-start|abc`, 0);
+    assert.equal(b.claim("k5"), "claimed");
+    // Closing releases a holder's claims.
+    b.close();
+    assert.equal(a.claim("k3"), "claimed");
+  } finally {
+    a.close();
+    b.close();
   }
 });
