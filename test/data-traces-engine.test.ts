@@ -125,6 +125,15 @@ test("failures within the budget: the run says so and the next one sends exactly
       /done\s+teacher \([\d.]+s\): INCOMPLETE, 33\/40 answered, 7 failed within budget/,
     );
     const lock1 = readFileSync(join(dir, "p.lock"), "utf8");
+    // Plain `valley logs` names each request that failed, and why.
+    const log1 = await run(dir, ["logs", "teacher", "-f", "p.yaml"]);
+    assert.equal(
+      log1.stdout.match(
+        /warn traces: p\d+#\d not answered \(2 attempt\(s\)\): failed after 1 retries: HTTP 500/g,
+      )?.length,
+      7,
+      log1.stdout,
+    );
     const plan = await run(dir, ["plan", "p.yaml", "--why"]);
     assert.match(plan.stdout, /teacher\s+— incomplete: 33\/40 answered, 7 failed within budget/);
 

@@ -44,7 +44,8 @@ function params(url: string, extra: Partial<TracesParams> = {}): TracesParams {
     retries: 4,
     backoffMs: 5,
     backoffMaxMs: 50,
-    timeoutS: 0.3,
+    // Long enough that a loaded machine never cuts an answer the server gave (a re-send).
+    timeoutS: 5,
     failureBudget: 0,
     ...extra,
   };
@@ -84,7 +85,7 @@ test("openai backend: 429, 500, resets and stalls are retried; every request ans
     },
   });
   try {
-    // A time-out long enough that a loaded machine never cuts an answer the server gave.
+    // Stalls need a short time-out, still long enough for a loaded machine.
     const ctx = makeCtx(params(server.url, { timeoutS: 1.5 }), {
       problems: artifact(problemsDir(12)),
     });
@@ -118,7 +119,7 @@ test("openai backend: 429, 500, resets and stalls are retried; every request ans
     // More samples send only the new requests; the rest come from the cache.
     const before = server.received;
     const ctx2 = makeCtx(
-      params(server.url, { samples: 3 }),
+      params(server.url, { samples: 3, timeoutS: 1.5 }),
       { problems: artifact(problemsDir(12)) },
       { scratch: ctx.scratch },
     );
@@ -702,7 +703,9 @@ test("openai backend: the request identity survives URL spellings, a moved serve
     const cacheFile = join(tempDir(), "requests.sqlite");
     const problems = problemsDir(3);
     const run = (extra: Partial<TracesParams>) => {
-      const ctx = makeCtx(params(server.url, extra), { problems: artifact(problems) });
+      const ctx = makeCtx(params(server.url, { timeoutS: 5, ...extra }), {
+        problems: artifact(problems),
+      });
       ctx.requestCache = cacheFile;
       return traces.run(ctx).then((r) => r!.metrics as { sent: number; cached: number });
     };
@@ -716,6 +719,25 @@ test("openai backend: the request identity survives URL spellings, a moved serve
     ])
       assert.equal((await run({ baseUrl: u })).cached, 6, u);
     assert.equal(server.received, 6);
+    // Answers cached under the identity of version 1 (the raw baseUrl text) are carried over.
+    const { RequestCache, requestKey } = await import("../data/request-cache.js");
+    const { renderPrompt, DEFAULT_PROMPT } = await import("../data/prompt.js");
+    const c = await RequestCache.open(cacheFile);
+    const p0 = JSON.parse(
+      readFileSync(join(problems, "problems.jsonl"), "utf8").split("\n")[0],
+    ) as Problem;
+    const v1 = {
+      model: { backend: "openai", model: `teacher @ ${base}/` },
+      request: { messages: renderPrompt(DEFAULT_PROMPT, p0) },
+      sampling: { temperature: 0.6, top_p: 0.95, max_tokens: 64, seed: 1000 },
+      sample: 0,
+    };
+    c.put(requestKey(v1), { text: "from v1" });
+    c.close();
+    const carried = await run({ baseUrl: `${base}/`, seed: 1000, samples: 1 });
+    assert.equal(carried.cached, 1);
+    assert.equal(carried.sent, 2);
+    assert.equal(server.received, 8);
 
     // A server that moves: endpointIdentity names it, whatever the port.
     assert.equal((await run({ endpointIdentity: "local-teacher" })).sent, 6);
@@ -735,7 +757,7 @@ test("openai backend: the request identity survives URL spellings, a moved serve
     });
     const r = await run({ modelIdentity: "teacher-v1", model: "other", modelRenamed: true });
     assert.equal(r.cached, 6);
-    assert.equal(server.received, 18);
+    assert.equal(server.received, 20);
   } finally {
     await server.close();
     await moved.close();

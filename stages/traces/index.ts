@@ -145,6 +145,8 @@ export interface ModelIdentity {
   identity: { backend: string; model: string };
   /** Set when the user named the identity (modelIdentity): the model it stood for so far must match. */
   binding?: { name: string; model: string };
+  /** The identity an earlier version used (the raw baseUrl text): its answers are carried over, not paid again. */
+  legacy?: { backend: string; model: string };
 }
 
 /**
@@ -201,6 +203,12 @@ async function generate(
         };
         const key = requestKey({ model: id.identity, request: { messages }, sampling, sample });
         all.push({ problem: pi, sample, key });
+        if (!cache.has(key) && id.legacy) {
+          const old = cache.get(
+            requestKey({ model: id.legacy, request: { messages }, sampling, sample }),
+          );
+          if (old) cache.put(key, old);
+        }
         if (cache.has(key)) cached++;
         else
           jobs.push({
@@ -519,6 +527,10 @@ const kind: StageKind<TracesParams> = {
       const id: ModelIdentity = {
         identity: { backend: "openai", model: p.modelIdentity ?? `${p.model} @ ${endpoint}` },
         binding: p.modelIdentity ? { name: p.modelIdentity, model: `${p.model}` } : undefined,
+        legacy:
+          p.modelIdentity || p.endpointIdentity || endpoint === p.baseUrl
+            ? undefined
+            : { backend: "openai", model: `${p.model} @ ${p.baseUrl}` },
       };
       ({ metrics, incomplete } = await generate(
         ctx,
