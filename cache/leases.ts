@@ -29,7 +29,7 @@ export interface LeaseInfo {
 const HEARTBEAT_MS = 5_000;
 const STALE_MS = 60_000;
 
-function procStart(pid: number): string {
+export function procStart(pid: number): string {
   try {
     // Field 22 of /proc/<pid>/stat: start time in clock ticks since boot.
     const stat = readFileSync(`/proc/${pid}/stat`, "utf8");

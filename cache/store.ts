@@ -55,11 +55,18 @@ export interface ActionRecord {
   };
   metrics: Record<string, unknown>;
   log?: Digest;
+  /** What the output lacks (StageResult.incomplete): admitted, but re-run by the next run. */
+  incomplete?: string;
   timings: { start: string; end: string; seconds: number; attempts: number };
   host: string;
   /** GPU device ids the attempt ran on (CUDA_VISIBLE_DEVICES): where, not what, so never keyed. */
   gpus?: string[];
   engine: string;
+}
+
+/** A record that is a cache hit: present and not marked incomplete. */
+export function isComplete(rec: ActionRecord | undefined): rec is ActionRecord {
+  return rec !== undefined && rec.incomplete === undefined;
 }
 
 function isFileEntry(

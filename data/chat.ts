@@ -1,10 +1,12 @@
 /**
  * One OpenAI-compatible /v1/chat/completions call with retries: exponential
- * backoff with full jitter on 429 (honouring Retry-After), 408, 5xx,
- * connection resets and time-outs. Other 4xx fail at once. Reasoning is taken
- * from `reasoning_content` (or `reasoning`) or from inline <think>…</think>.
+ * backoff with full jitter on 408, 409, 429 (honouring Retry-After up to the
+ * back-off cap), 5xx, connection resets, time-outs and 200s whose body is not
+ * a usable answer (null, not JSON, cut off, no choices or message). Other 4xx
+ * fail at once ("not retried"). Reasoning is taken from `reasoning_content`
+ * (or `reasoning`) or from inline <think>…</think>.
  */
-import { sleep } from "./ratelimit.js";
+import { abortError, sleep } from "./ratelimit.js";
 
 export interface Message {
   role: "system" | "user" | "assistant";
@@ -33,16 +35,29 @@ export class ChatError extends Error {
   ) {
     super(message);
   }
+  /** HTTP attempts made for the request when this error ended it (set by chatWithRetries). */
+  attempts = 1;
 }
 
 export interface RetryOptions {
   retries: number;
   backoffMs: number;
   backoffMaxMs: number;
+  /** Cap on a wait the server asks for (Retry-After); default backoffMaxMs. */
+  maxRetryAfterMs?: number;
   timeoutMs: number;
   signal: AbortSignal;
   /** Called for each failed attempt (for counts in the summary and logs). */
   onAttemptError?(e: ChatError, attempt: number): void;
+  /**
+   * Called before each HTTP attempt (retries included) to wait for the rate
+   * limits; the returned function is called with the tokens used when it ends.
+   */
+  acquire?(): Promise<(usedTokens?: number) => void>;
+  /** Called before sleeping `waitMs` between attempts (a 429 pauses the whole stage). */
+  onBackoff?(waitMs: number, e: ChatError, attempt: number): void;
+  /** When aborted, no further attempt starts (the current one finishes). */
+  halt?: AbortSignal;
   /** Strings (the API key) scrubbed from every error message. */
   secrets?: string[];
 }
@@ -89,6 +104,12 @@ function scrub(s: string, secrets: string[] = []): string {
   return s;
 }
 
+/** A URL with what does not identify the server normalised: case, default port, trailing slash, the implied /v1. */
+export function normalizeBaseUrl(baseUrl: string): string {
+  const u = new URL(chatUrl(baseUrl.trim()));
+  return u.origin + u.pathname.replace(/\/chat\/completions$/, "");
+}
+
 function retryAfter(h: string | null): number | undefined {
   if (!h) return undefined;
   const s = Number(h);
@@ -124,27 +145,37 @@ export async function chatOnce(
     const raw = await res.text();
     if (!res.ok) {
       const s = res.status;
-      const retryable = s === 429 || s === 408 || s >= 500;
+      // 408/409/429 and 5xx say "try again"; any other 4xx will not change (a bad key, a bad request).
+      const retryable = s === 429 || s === 408 || s === 409 || s >= 500;
+      const what = `${s}${res.statusText ? " " + res.statusText : ""}`;
       throw new ChatError(
-        `HTTP ${s} from ${url}: ${scrub(raw.slice(0, 300), secrets)}`,
+        `${retryable ? `HTTP ${what}` : `not retried: ${what}`} from ${url}: ${scrub(raw.slice(0, 300), secrets)}`,
         `http_${s}`,
         retryable,
         retryAfter(res.headers.get("retry-after")),
       );
     }
+    let parsed: unknown;
     try {
-      json = JSON.parse(raw) as Record<string, unknown>;
+      parsed = JSON.parse(raw);
     } catch {
-      // A cut-off body on a 200 is a transport problem, so retry it.
+      // A cut-off or HTML body on a 200 is a server or transport problem, so retry it.
       throw new ChatError(
-        `invalid JSON from ${url}: ${scrub(raw.slice(0, 200), secrets)}`,
+        `invalid JSON in a 200 from ${url} (${raw.length} bytes): ${scrub(raw.slice(0, 200), secrets)}`,
         "bad_json",
         true,
       );
     }
+    if (parsed === null || typeof parsed !== "object" || Array.isArray(parsed))
+      throw new ChatError(
+        `a 200 from ${url} whose body is ${scrub(JSON.stringify(parsed).slice(0, 100), secrets)}, not an object`,
+        "bad_answer",
+        true,
+      );
+    json = parsed as Record<string, unknown>;
   } catch (e) {
     if (e instanceof ChatError) throw e;
-    if (signal.aborted) throw signal.reason ?? e;
+    if (signal.aborted) throw abortError(signal);
     if (timeout.aborted)
       throw new ChatError(`no answer from ${url} within ${timeoutMs} ms`, "timeout", true);
     const err = e as Error & { cause?: { code?: string; message?: string } };
@@ -156,10 +187,22 @@ export async function chatOnce(
     // Refused connections are retried too: a local server may be restarting.
     throw new ChatError(`request to ${url} failed: ${scrub(msg, secrets)}`, kind, true);
   }
-  const choice = (json.choices as Record<string, unknown>[] | undefined)?.[0];
-  const msg = choice?.message as Record<string, unknown> | undefined;
-  if (!msg)
-    throw new ChatError(`answer from ${url} has no choices[0].message`, "bad_answer", false);
+  // A 200 without an answer in it (overloaded proxies do this) is worth another try.
+  const choices = json.choices;
+  if (!Array.isArray(choices) || choices.length === 0)
+    throw new ChatError(
+      `a 200 from ${url} with ${Array.isArray(choices) ? "empty" : "no"} choices: ${scrub(JSON.stringify(json).slice(0, 200), secrets)}`,
+      "bad_answer",
+      true,
+    );
+  const choice = choices[0] as Record<string, unknown> | null;
+  const msg = choice?.message as Record<string, unknown> | null | undefined;
+  if (!msg || typeof msg !== "object")
+    throw new ChatError(
+      `a 200 from ${url} whose choices[0] has no message: ${scrub(JSON.stringify(choice).slice(0, 200), secrets)}`,
+      "bad_answer",
+      true,
+    );
   const content = typeof msg.content === "string" ? msg.content : "";
   const rc =
     typeof msg.reasoning_content === "string"
@@ -188,7 +231,11 @@ export async function chatOnce(
   };
 }
 
-/** chatOnce with retries; throws the last ChatError when retries run out. */
+/**
+ * chatOnce with retries; throws the last ChatError (its `attempts` set) when
+ * retries run out, at once when the error is not retryable, or when `halt`
+ * stops further attempts.
+ */
 export async function chatWithRetries(
   /** A function when the server may move (a restarted llama-server gets a new port). */
   url: string | (() => string),
@@ -197,15 +244,33 @@ export async function chatWithRetries(
   o: RetryOptions,
 ): Promise<ChatAnswer> {
   for (let attempt = 0; ; attempt++) {
+    // The rate-limit slot is held for the HTTP attempt only, not for the back-off.
+    const release = o.acquire ? await o.acquire() : undefined;
+    let e: unknown;
     try {
       const u = typeof url === "string" ? url : url();
-      return await chatOnce(u, apiKey, body, o.timeoutMs, o.signal, o.secrets);
-    } catch (e) {
-      if (!(e instanceof ChatError)) throw e;
-      o.onAttemptError?.(e, attempt);
-      if (!e.retryable || attempt >= o.retries) throw e;
-      const backoff = Math.random() * Math.min(o.backoffMaxMs, o.backoffMs * 2 ** attempt);
-      await sleep(Math.max(backoff, e.retryAfterMs ?? 0), o.signal);
+      const ans = await chatOnce(u, apiKey, body, o.timeoutMs, o.signal, o.secrets);
+      release?.((ans.prompt_tokens ?? 0) + (ans.completion_tokens ?? 0) || undefined);
+      return ans;
+    } catch (x) {
+      release?.();
+      e = x;
+    }
+    if (!(e instanceof ChatError)) throw e;
+    e.attempts = attempt + 1;
+    o.onAttemptError?.(e, attempt);
+    if (!e.retryable || attempt >= o.retries || o.halt?.aborted) throw e;
+    // Full jitter, and Retry-After honoured but never beyond the cap: a server
+    // asking for a day must not hang a run silently.
+    const backoff = Math.random() * Math.min(o.backoffMaxMs, o.backoffMs * 2 ** attempt);
+    const asked = Math.min(e.retryAfterMs ?? 0, o.maxRetryAfterMs ?? o.backoffMaxMs);
+    const wait = Math.max(backoff, asked);
+    o.onBackoff?.(wait, e, attempt);
+    try {
+      await sleep(wait, o.halt ? AbortSignal.any([o.signal, o.halt]) : o.signal);
+    } catch (s) {
+      if (o.signal.aborted) throw s;
+      throw e; // halted: this error ends the request
     }
   }
 }

@@ -2,6 +2,8 @@
  * Concurrency, requests-per-minute and tokens-per-minute limits for calls to a
  * model server. RPM/TPM use a sliding 60 s window; a request reserves its
  * estimated tokens when it starts and settles to the real count when it ends.
+ * Every HTTP attempt acquires (a retry is a request to the server too), and
+ * `pause` holds every caller back when the server says 429.
  */
 export interface LimitOptions {
   concurrency: number;
@@ -21,6 +23,7 @@ export class Limiter {
   private active = 0;
   private waiters: (() => void)[] = [];
   private window: Entry[] = [];
+  private pausedUntil = 0;
 
   private readonly win: number;
 
@@ -34,7 +37,7 @@ export class Limiter {
     this.active++;
     try {
       for (;;) {
-        const wait = this.waitMs(estTokens);
+        const wait = Math.max(this.waitMs(estTokens), this.pausedUntil - Date.now());
         if (wait <= 0) break;
         await sleep(wait, this.o.signal);
       }
@@ -51,6 +54,11 @@ export class Limiter {
       if (actual !== undefined) entry.tokens = actual;
       this.release();
     };
+  }
+
+  /** Holds every acquire back for `ms` (a shared back-off: the server said slow down). */
+  pause(ms: number): void {
+    this.pausedUntil = Math.max(this.pausedUntil, Date.now() + ms);
   }
 
   private release() {
@@ -80,16 +88,24 @@ export class Limiter {
   }
 }
 
+/** An Error saying why `signal` was aborted (reasons may be strings, or missing). */
+export function abortError(signal: AbortSignal | undefined, what = "stopped"): Error {
+  const r: unknown = signal?.reason;
+  if (r instanceof Error && r.message) return r;
+  const why = r instanceof Error ? r.name : r === undefined ? "" : String(r);
+  return new Error(`${what}: ${why || "aborted without a reason"}`);
+}
+
 export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
-    if (signal?.aborted) return reject(signal.reason ?? new Error("aborted"));
+    if (signal?.aborted) return reject(abortError(signal));
     const t = setTimeout(() => {
       signal?.removeEventListener("abort", onAbort);
       resolve();
     }, ms);
     const onAbort = () => {
       clearTimeout(t);
-      reject(signal?.reason ?? new Error("aborted"));
+      reject(abortError(signal));
     };
     signal?.addEventListener("abort", onAbort, { once: true });
   });

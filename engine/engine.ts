@@ -1,7 +1,7 @@
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { type Digest, hashJson, canonicalJson, digestHex } from "../cache/digest.js";
-import { Store, type ActionRecord } from "../cache/store.js";
+import { Store, isComplete, type ActionRecord } from "../cache/store.js";
 import type { StatCache } from "../cache/stat-cache.js";
 import { Leases } from "../cache/leases.js";
 import { writeFileAtomic } from "../cache/atomic.js";
@@ -169,9 +169,13 @@ export class Engine {
     }
   }
 
-  /** A valid cached result for `key`: the record exists and its tree is intact. */
+  /**
+   * A valid cached result for `key`: the record exists, its tree is intact,
+   * and it is complete (an incomplete one is re-run to fill its gap).
+   */
   lookup(key: Digest): ActionRecord | undefined {
-    return this.store.lookupAction(key);
+    const rec = this.store.lookupAction(key);
+    return isComplete(rec) ? rec : undefined;
   }
 
   // History: the last key and key fields per instance id of this pipeline,

@@ -57,7 +57,10 @@ export class Progress {
       case "done":
         this.running.delete(e.id);
         this.done++;
-        this.line(`done    ${e.id} (${e.seconds.toFixed(1)}s)`);
+        this.line(
+          `done    ${e.id} (${e.seconds.toFixed(1)}s)` +
+            (e.incomplete ? `: INCOMPLETE, ${e.incomplete}` : ""),
+        );
         break;
       case "failed":
         this.running.delete(e.id);

@@ -1,5 +1,5 @@
 import PQueue from "p-queue";
-import type { ActionRecord } from "../cache/store.js";
+import { isComplete, type ActionRecord } from "../cache/store.js";
 import type { Digest } from "../cache/digest.js";
 import type { LeaseInfo } from "../cache/leases.js";
 import { isDiskFull } from "../cache/disk.js";
@@ -27,7 +27,7 @@ export type Outcome =
 export type RunEvent =
   | { type: "start"; id: string; attempt: number }
   | { type: "cached"; id: string; waited: boolean }
-  | { type: "done"; id: string; seconds: number }
+  | { type: "done"; id: string; seconds: number; incomplete?: string }
   | {
       type: "failed";
       id: string;
@@ -149,7 +149,13 @@ export async function runInstances(engine: Engine, opts: RunOptions): Promise<Ru
     if (outcomes.has(id)) return;
     outcomes.set(id, o);
     if (o.status === "cached") emit({ type: "cached", id, waited: o.waited });
-    else if (o.status === "executed") emit({ type: "done", id, seconds: o.record.timings.seconds });
+    else if (o.status === "executed")
+      emit({
+        type: "done",
+        id,
+        seconds: o.record.timings.seconds,
+        incomplete: o.record.incomplete,
+      });
     else if (o.status === "failed")
       emit({
         type: "failed",
@@ -227,7 +233,7 @@ export async function runInstances(engine: Engine, opts: RunOptions): Promise<Ru
       const forced = force.has(inst.stage);
       const got = await engine.leases.acquire(rk.key, {
         signal: opts.signal,
-        ready: () => !forced && engine.store.getAction(rk.key) !== undefined,
+        ready: () => !forced && isComplete(engine.store.getAction(rk.key)),
         onWait: (holder) => emit({ type: "waiting", id: inst.id, holder }),
       });
       if (got === "ready") {

@@ -83,6 +83,21 @@ export interface StageContext<P> {
 export interface StageResult {
   /** Headline numbers, stored in the action record and the lockfile. */
   metrics?: Record<string, unknown>;
+  /**
+   * Set when the output is usable but short of what the params ask (requests
+   * that failed within a failure budget): says what is missing. The result is
+   * admitted and read downstream, but it is not a cache hit for the next run,
+   * which runs the stage again to fill the gap.
+   */
+  incomplete?: string;
+}
+
+/** What a stage declares beside `with:`, for checks that need it. */
+export interface StageDeclarations {
+  /** Names listed under `env:` (their values are keyed). */
+  env: readonly string[];
+  /** Names listed under `secrets:` (passed to the stage, never stored). */
+  secrets: readonly string[];
 }
 
 export interface ParamIssue {
@@ -132,7 +147,7 @@ export interface StageKind<P = Record<string, unknown>> {
     tools: FingerprintTools,
   ): Promise<Record<string, unknown>> | Record<string, unknown>;
   /** Checks the schema cannot express; each issue is reported at its YAML location. */
-  check?(params: P): ParamIssue[];
+  check?(params: P, stage?: StageDeclarations): ParamIssue[];
   run(ctx: StageContext<P>): Promise<StageResult | void>;
 }
 

@@ -44,7 +44,8 @@ function params(url: string, extra: Partial<TracesParams> = {}): TracesParams {
     retries: 4,
     backoffMs: 5,
     backoffMaxMs: 50,
-    timeoutS: 0.3,
+    // Long enough that a loaded machine never cuts an answer the server gave (a re-send).
+    timeoutS: 5,
     failureBudget: 0,
     ...extra,
   };
@@ -84,7 +85,10 @@ test("openai backend: 429, 500, resets and stalls are retried; every request ans
     },
   });
   try {
-    const ctx = makeCtx(params(server.url), { problems: artifact(problemsDir(12)) });
+    // Stalls need a short time-out, still long enough for a loaded machine.
+    const ctx = makeCtx(params(server.url, { timeoutS: 1.5 }), {
+      problems: artifact(problemsDir(12)),
+    });
     const res = await traces.run(ctx);
     const ts = readTraces(ctx.out);
     assert.equal(ts.length, 24);
@@ -115,7 +119,7 @@ test("openai backend: 429, 500, resets and stalls are retried; every request ans
     // More samples send only the new requests; the rest come from the cache.
     const before = server.received;
     const ctx2 = makeCtx(
-      params(server.url, { samples: 3 }),
+      params(server.url, { samples: 3, timeoutS: 1.5 }),
       { problems: artifact(problemsDir(12)) },
       { scratch: ctx.scratch },
     );
@@ -157,9 +161,9 @@ test("openai backend: failure budget stops the stage with a summary; the API key
       msg = e.message;
       return true;
     });
-    assert.match(msg, /request\(s\) failed after 2 retries, over the failure budget of 0/);
-    assert.match(msg, /p\d+#\d \(http_500\)/);
-    assert.match(msg, /Last error: HTTP 500/);
+    assert.match(msg, /request\(s\) not answered, over the failure budget of 0/);
+    assert.match(msg, /p\d+#\d \(failed after 2 retries: HTTP 500/);
+    assert.match(msg, /Final errors by kind: \{"http_500":\d+\}/);
     assert.ok(!msg.includes(secret), "the key is in the error message");
     assert.ok(lines.length > 0 && !lines.join("").includes(secret), "the key is in the logs");
     // With a budget large enough the stage finishes and leaves the failures out.
@@ -175,6 +179,10 @@ test("openai backend: failure budget stops the stage with a summary; the API key
     const res = await traces.run(ctx2);
     const m = res!.metrics as { failed: number; traces: number };
     assert.ok(m.failed > 0 && m.traces === 24 - m.failed);
+    assert.equal(
+      res!.incomplete?.split(" (")[0],
+      `${m.traces}/24 answered, ${m.failed} failed within budget`,
+    );
     for (const dir of [ctx.out, ctx2.out, ctx.scratch]) {
       for (const f of readdirSync(dir, { recursive: true }) as string[]) {
         const p = join(dir, f);
@@ -227,6 +235,16 @@ test("openai backend: SIGKILL mid-generation, re-run: no answered request is sen
     assert.equal(await exited, -1, "the child was not killed mid-generation");
     const receivedBeforeRerun = server.received;
     const stalledAtKill = server.stalled;
+    // The dead child's claims on the stalled requests are still there: the re-run takes them over.
+    const claimsOf = async () => {
+      const { RequestCache } = await import("../data/request-cache.js");
+      const c = await RequestCache.open(join(scratch, "requests.sqlite"));
+      const db = (c as unknown as { db: import("better-sqlite3").Database }).db;
+      const n = (db.prepare("SELECT count(*) AS n FROM claims").get() as { n: number }).n;
+      c.close();
+      return n;
+    };
+    assert.equal(await claimsOf(), stalledAtKill);
     stalling = false;
     answeredBeforeKill = -1e9; // never stall again
     mkdirSync(scratch, { recursive: true });
@@ -246,6 +264,7 @@ test("openai backend: SIGKILL mid-generation, re-run: no answered request is sen
       "an answered request was sent again",
     );
     assert.equal(server.received - stalledAtKill, total);
+    assert.equal(await claimsOf(), 0);
     assert.ok(receivedBeforeRerun >= 10);
   } finally {
     await server.close();
@@ -349,4 +368,440 @@ test("llama and openai backends against the real llama-server (engine-managed) s
     },
   );
   assert.deepEqual(processesWith(join(modelDir, "model.gguf")), [], "llama-server left running");
+});
+
+/** A pino logger at `level` whose lines (JSON) land in `lines`. */
+function capture(level = "debug") {
+  const lines: string[] = [];
+  const sink = new Writable({
+    write(c, _e, cb) {
+      lines.push(String(c));
+      cb();
+    },
+  });
+  return { log: pino({ level }, sink), lines, text: () => lines.join("") };
+}
+
+test("openai backend: every bad answer shape is retried and named by problem and sample", async () => {
+  const shapes: Fault[] = [
+    "null",
+    "empty-choices",
+    "no-message",
+    "html",
+    "truncated",
+    "reset-body",
+    "503",
+    "408",
+    "409",
+  ];
+  const first = new Map<string, Fault>();
+  const server = await startFakeServer({
+    plan: (key, attempt) => {
+      if (attempt > 0) return "ok";
+      const f = shapes[first.size % shapes.length];
+      first.set(key, f);
+      return f;
+    },
+  });
+  try {
+    const cap = capture();
+    const ctx = makeCtx(params(server.url, { timeoutS: 5 }), {
+      problems: artifact(problemsDir(9)),
+    });
+    ctx.log = cap.log;
+    const res = await traces.run(ctx);
+    assert.equal(readTraces(ctx.out).length, 18);
+    assert.equal(server.answered.size, 18);
+    assert.ok([...server.answered.values()].every((n) => n === 1));
+    // Each request: one bad answer, one good one.
+    assert.equal(server.received, 36);
+    const m = res!.metrics as { attempt_errors: Record<string, number> };
+    assert.deepEqual(Object.keys(m.attempt_errors).sort(), [
+      "bad_answer",
+      "bad_json",
+      "http_408",
+      "http_409",
+      "http_503",
+      "reset",
+    ]);
+    const text = cap.text();
+    for (const [what, re] of [
+      ["null", /p\d+#\d attempt 1 failed: a 200 from \S+ whose body is null/],
+      ["empty choices", /p\d+#\d attempt 1 failed: a 200 from \S+ with empty choices/],
+      ["no message", /p\d+#\d attempt 1 failed: a 200 from \S+ whose choices\[0\] has no message/],
+      ["html", /p\d+#\d attempt 1 failed: invalid JSON in a 200 from \S+ \(\d+ bytes\): <html>/],
+    ] as const)
+      assert.match(text, re, what);
+  } finally {
+    await server.close();
+  }
+});
+
+test("openai backend: a null answer over the budget stops cleanly; in-flight answers are kept", async () => {
+  let bad = "";
+  const server = await startFakeServer({
+    delayMs: 150,
+    // One request always answers `null`; the rest are fine but slow.
+    plan: (key) => {
+      bad ||= key;
+      return key === bad ? "null" : "ok";
+    },
+  });
+  try {
+    const scratch = tempDir();
+    const problems = problemsDir(10);
+    const ctx = makeCtx(
+      params(server.url, { retries: 0, timeoutS: 5 }),
+      { problems: artifact(problems) },
+      { scratch },
+    );
+    await assert.rejects(traces.run(ctx), (e: Error) => {
+      assert.match(e.message, /1 request\(s\) not answered, over the failure budget of 0/);
+      assert.match(e.message, /Failed: p\d+#\d \(a 200 from \S+ whose body is null/);
+      assert.match(e.message, /requests in flight finished/);
+      return true;
+    });
+    // The three other requests in flight were answered, and kept: a re-run
+    // against a fixed server sends exactly the requests never answered.
+    const answeredBefore = server.answered.size;
+    assert.ok(answeredBefore >= 3, `only ${answeredBefore} answered`);
+    server.plan = () => "ok";
+    const received = server.received;
+    const ctx2 = makeCtx(
+      params(server.url, { retries: 0, timeoutS: 5 }),
+      { problems: artifact(problems) },
+      { scratch },
+    );
+    const res = await traces.run(ctx2);
+    assert.equal((res!.metrics as { cached: number }).cached, answeredBefore);
+    assert.equal(server.received - received, 20 - answeredBefore);
+    assert.ok(
+      [...server.answered.values()].every((n) => n === 1),
+      "an answer was lost and paid again",
+    );
+  } finally {
+    await server.close();
+  }
+});
+
+test("openai backend: a 401 is not retried and says so; its echo of the key is blanked", async () => {
+  const secret = "sk-test-SECRET-401-abcdef";
+  const server = await startFakeServer({ auth: "the-right-key" });
+  try {
+    const cap = capture();
+    const ctx = makeCtx(
+      params(server.url, { apiKeyEnv: "VALLEY_TEST_KEY", retries: 4, concurrency: 1 }),
+      { problems: artifact(problemsDir(4)) },
+      { env: { VALLEY_TEST_KEY: secret } },
+    );
+    ctx.log = cap.log;
+    await assert.rejects(traces.run(ctx), (e: Error) => {
+      assert.match(
+        e.message,
+        /p0#0 \(not retried: 401 Unauthorized from \S+: bad key \(auth was Bearer \*\*\*\)\)/,
+      );
+      assert.doesNotMatch(e.message, /after \d+ retries/);
+      assert.ok(!e.message.includes(secret));
+      return true;
+    });
+    assert.equal(server.received, 1, "a 401 was sent again, or more requests after it");
+    assert.ok(!cap.text().includes(secret));
+    // 400 the same way, one attempt per request, within a budget.
+    server.auth = undefined;
+    server.plan = () => "400";
+    const before = server.received;
+    const ctx2 = makeCtx(
+      params(server.url, { retries: 4, failureBudget: 8, concurrency: 2 }),
+      { problems: artifact(problemsDir(4)) },
+      { scratch: ctx.scratch },
+    );
+    const res = await traces.run(ctx2);
+    assert.equal(server.received - before, 8);
+    assert.match(res!.incomplete ?? "", /^0\/8 answered, 8 failed within budget/);
+  } finally {
+    await server.close();
+  }
+});
+
+test("openai backend: failures within the budget are recorded; the next run sends exactly those", async () => {
+  const failing = new Set<string>();
+  const server = await startFakeServer({
+    plan: (key) => {
+      if (failing.has(key)) return "500";
+      if (failing.size < 7 && !server.answered.has(key)) {
+        failing.add(key);
+        return "500";
+      }
+      return "ok";
+    },
+  });
+  try {
+    const scratch = tempDir();
+    const problems = problemsDir(20);
+    const p = params(server.url, { retries: 1, failureBudget: 20, timeoutS: 5 });
+    const res = await traces.run(makeCtx(p, { problems: artifact(problems) }, { scratch }));
+    assert.match(
+      res!.incomplete ?? "",
+      /^33\/40 answered, 7 failed within budget \(p\d+#\d: http_500/,
+    );
+    const m = res!.metrics as { answered: number; missing: number; traces: number };
+    assert.deepEqual([m.answered, m.missing, m.traces], [33, 7, 33]);
+
+    // The server recovers: the next run sends the 7, says so, and is complete.
+    server.plan = () => "ok";
+    const before = server.received;
+    const cap = capture("info");
+    const ctx2 = makeCtx(p, { problems: artifact(problems) }, { scratch });
+    ctx2.log = cap.log;
+    const res2 = await traces.run(ctx2);
+    assert.equal(server.received - before, 7);
+    assert.equal(res2!.incomplete, undefined);
+    assert.equal(readTraces(ctx2.out).length, 40);
+    assert.match(
+      cap.text(),
+      /40 requests, 33 cached, 7 to send, of which 7 failed in an earlier run and are sent again \(http_500 ×7\)/,
+    );
+  } finally {
+    await server.close();
+  }
+});
+
+test("openai backend: rpm counts every HTTP attempt, retries included; an abort says why", async () => {
+  // Every request fails twice, then succeeds: 2 requests are 6 attempts, over rpm 4.
+  const server = await startFakeServer({ plan: (_k, attempt) => (attempt < 2 ? "500" : "ok") });
+  try {
+    const ac = new AbortController();
+    const scratch = tempDir();
+    const ctx = makeCtx(
+      params(server.url, { rpm: 4, samples: 1, retries: 4, timeoutS: 5 }),
+      { problems: artifact(problemsDir(2)) },
+      { signal: ac.signal, scratch },
+    );
+    const run = traces.run(ctx);
+    const settled = run.then(
+      () => "resolved",
+      (e: Error) => e.message,
+    );
+    await new Promise((r) => setTimeout(r, 2500));
+    assert.equal(server.received, 4, "the rate limit let a retry through, or held a first attempt");
+    ac.abort("stopped by the test");
+    assert.equal(await settled, "traces stopped: stopped by the test");
+    // Both unanswered requests were cancelled and recorded as such, and their claims released.
+    const { RequestCache } = await import("../data/request-cache.js");
+    const cache = await RequestCache.open(join(scratch, "requests.sqlite"));
+    try {
+      assert.equal(cache.count(), 0);
+      const db = (cache as unknown as { db: import("better-sqlite3").Database }).db;
+      assert.deepEqual(db.prepare("SELECT kind FROM failures").all(), [
+        { kind: "cancelled" },
+        { kind: "cancelled" },
+      ]);
+      assert.deepEqual(db.prepare("SELECT * FROM claims").all(), []);
+    } finally {
+      cache.close();
+    }
+  } finally {
+    await server.close();
+  }
+});
+
+test("openai backend: Retry-After is capped and logged; one 429 pauses every request of the stage", async () => {
+  // A server asking for a day: the cap (backoffMaxMs) bounds the wait.
+  const day = await startFakeServer({
+    retryAfter: "86400",
+    plan: (_k, attempt) => (attempt === 0 ? "429" : "ok"),
+  });
+  try {
+    const cap = capture("info");
+    const ctx = makeCtx(params(day.url, { backoffMaxMs: 300, samples: 1 }), {
+      problems: artifact(problemsDir(2)),
+    });
+    ctx.log = cap.log;
+    const hung = new Promise<string>((r) => setTimeout(() => r("hung"), 30_000).unref());
+    assert.notEqual(await Promise.race([traces.run(ctx), hung]), "hung");
+    assert.match(
+      cap.text(),
+      /the server asked to wait 86400\.0 s \(Retry-After\); waiting 0\.3 s \(capped by backoffMaxMs\), every request of this stage waits too/,
+    );
+  } finally {
+    await day.close();
+  }
+
+  // One 429 with Retry-After: 1 while others are in flight: nothing is sent for that second.
+  let first = "";
+  const server = await startFakeServer({
+    delayMs: 50,
+    retryAfter: "1",
+    plan: (key, attempt) => {
+      first ||= key;
+      return key === first && attempt === 0 ? "429" : "ok";
+    },
+  });
+  try {
+    const ctx = makeCtx(params(server.url, { backoffMaxMs: 5000, concurrency: 4, timeoutS: 5 }), {
+      problems: artifact(problemsDir(8)),
+    });
+    await traces.run(ctx);
+    assert.equal(server.answered.size, 16);
+    const t429 = server.log.find((r) => r.fault === "429")!.t;
+    // Requests sent with the 429 (in flight already) arrive within a few ms of it.
+    const during = server.log.filter((r) => r.t > t429 + 200 && r.t < t429 + 900);
+    assert.deepEqual(during, [], "requests were sent while the server asked to wait");
+    assert.ok(
+      server.log.some((r) => r.t >= t429 + 900),
+      "nothing was sent after the pause",
+    );
+  } finally {
+    await server.close();
+  }
+});
+
+test("openai backend: two instances needing the same requests send each once (claims)", async () => {
+  const server = await startFakeServer({ delayMs: 20 });
+  try {
+    const cacheFile = join(tempDir(), "requests.sqlite");
+    const problems = problemsDir(10);
+    const run = (extra: Partial<TracesParams>) => {
+      const ctx = makeCtx(params(server.url, { timeoutS: 5, ...extra }), {
+        problems: artifact(problems),
+      });
+      ctx.requestCache = cacheFile;
+      return traces.run(ctx).then((r) => ({ r, out: ctx.out }));
+    };
+    // samples 2 and 3 at once (the matrix {s: [2, 3]}): 50 requests, 30 distinct.
+    const [a, b] = await Promise.all([run({ samples: 2 }), run({ samples: 3 })]);
+    assert.equal(readTraces(a.out).length, 20);
+    assert.equal(readTraces(b.out).length, 30);
+    assert.equal(server.bodies.size, 30);
+    assert.equal(server.received, 30, "a request was sent twice");
+    const ma = a.r!.metrics as { sent: number; from_other_runs: number };
+    const mb = b.r!.metrics as { sent: number; from_other_runs: number };
+    assert.equal(ma.sent + mb.sent, 30);
+    assert.ok(ma.from_other_runs + mb.from_other_runs > 0, "the two runs did not overlap");
+    // Same requests, different concurrency, at once: sent once.
+    const problems2 = problemsDir(12);
+    const before = server.received;
+    const run2 = (c: number) => {
+      const ctx = makeCtx(params(server.url, { timeoutS: 5, seed: 99, concurrency: c }), {
+        problems: artifact(problems2),
+      });
+      ctx.requestCache = cacheFile;
+      return traces.run(ctx);
+    };
+    await Promise.all([run2(4), run2(3)]);
+    assert.equal(server.received - before, 24);
+    assert.ok([...server.answered.values()].every((n) => n === 1));
+  } finally {
+    await server.close();
+  }
+});
+
+test("openai backend: the request identity survives URL spellings, a moved server, and refuses a changed model", async () => {
+  const server = await startFakeServer();
+  const moved = await startFakeServer();
+  try {
+    const cacheFile = join(tempDir(), "requests.sqlite");
+    const problems = problemsDir(3);
+    const run = (extra: Partial<TracesParams>) => {
+      const ctx = makeCtx(params(server.url, { timeoutS: 5, ...extra }), {
+        problems: artifact(problems),
+      });
+      ctx.requestCache = cacheFile;
+      return traces.run(ctx).then((r) => r!.metrics as { sent: number; cached: number });
+    };
+    const base = `http://127.0.0.1:${server.port}`;
+    assert.equal((await run({ baseUrl: `${base}/v1` })).sent, 6);
+    for (const u of [
+      `${base}/v1/`,
+      base,
+      `${base}/`,
+      `HTTP://127.0.0.1:${server.port}/v1/chat/completions`,
+    ])
+      assert.equal((await run({ baseUrl: u })).cached, 6, u);
+    assert.equal(server.received, 6);
+    // Answers cached under the identity of version 1 (the raw baseUrl text) are carried over.
+    const { RequestCache, requestKey } = await import("../data/request-cache.js");
+    const { renderPrompt, DEFAULT_PROMPT } = await import("../data/prompt.js");
+    const c = await RequestCache.open(cacheFile);
+    const p0 = JSON.parse(
+      readFileSync(join(problems, "problems.jsonl"), "utf8").split("\n")[0],
+    ) as Problem;
+    const v1 = {
+      model: { backend: "openai", model: `teacher @ ${base}/` },
+      request: { messages: renderPrompt(DEFAULT_PROMPT, p0) },
+      sampling: { temperature: 0.6, top_p: 0.95, max_tokens: 64, seed: 1000 },
+      sample: 0,
+    };
+    c.put(requestKey(v1), { text: "from v1" });
+    c.close();
+    const carried = await run({ baseUrl: `${base}/`, seed: 1000, samples: 1 });
+    assert.equal(carried.cached, 1);
+    assert.equal(carried.sent, 2);
+    assert.equal(server.received, 8);
+
+    // A server that moves: endpointIdentity names it, whatever the port.
+    assert.equal((await run({ endpointIdentity: "local-teacher" })).sent, 6);
+    assert.equal((await run({ baseUrl: moved.url, endpointIdentity: "local-teacher" })).cached, 6);
+    assert.equal(moved.received, 0);
+
+    // modelIdentity keeps answers across servers, but not across models.
+    assert.equal((await run({ modelIdentity: "teacher-v1" })).sent, 6);
+    await assert.rejects(run({ modelIdentity: "teacher-v1", model: "other" }), (e: Error) => {
+      assert.equal(e.name, "InputError");
+      assert.match(
+        e.message,
+        /modelIdentity "teacher-v1" holds answers of model "teacher", but model is now "other"/,
+      );
+      assert.match(e.message, /modelRenamed: true/);
+      return true;
+    });
+    const r = await run({ modelIdentity: "teacher-v1", model: "other", modelRenamed: true });
+    assert.equal(r.cached, 6);
+    assert.equal(server.received, 20);
+  } finally {
+    await server.close();
+    await moved.close();
+  }
+});
+
+test("request cache claims: held by a live holder, taken over from a dead or silent one", async () => {
+  const { RequestCache } = await import("../data/request-cache.js");
+  const { hostname } = await import("node:os");
+  const file = join(tempDir(), "requests.sqlite");
+  const a = await RequestCache.open(file);
+  const b = await RequestCache.open(file);
+  try {
+    assert.equal(a.claim("k1"), "claimed");
+    assert.equal(a.claim("k1"), "claimed", "a holder's own claim is its own");
+    assert.equal(b.claim("k1"), "held");
+    a.put("k1", { text: "x" });
+    assert.equal(b.claim("k1"), "answered");
+    assert.deepEqual(b.get("k1"), { text: "x" });
+    // A released claim is free for the next one.
+    assert.equal(a.claim("k2"), "claimed");
+    a.release("k2");
+    assert.equal(b.claim("k2"), "claimed");
+
+    const db = (a as unknown as { db: import("better-sqlite3").Database }).db;
+    const set = (key: string, holder: string, ageMs: number) =>
+      db
+        .prepare("INSERT OR REPLACE INTO claims (key, holder, heartbeat) VALUES (?, ?, ?)")
+        .run(key, holder, Date.now() - ageMs);
+    // Another host, heartbeat fresh: alive. Silent for over a minute: taken over.
+    set("k3", "elsewhere|123|456|abc", 1000);
+    assert.equal(b.claim("k3"), "held");
+    set("k3", "elsewhere|123|456|abc", 61_000);
+    assert.equal(b.claim("k3"), "claimed");
+    // This host, a process that is gone (or a reused pid): taken over at once.
+    set("k4", `${hostname()}|999999999|1|abc`, 0);
+    assert.equal(b.claim("k4"), "claimed");
+    set("k5", `${hostname()}|1|not-its-start|abc`, 0);
+    assert.equal(b.claim("k5"), "claimed");
+    // Closing releases a holder's claims.
+    b.close();
+    assert.equal(a.claim("k3"), "claimed");
+  } finally {
+    a.close();
+    b.close();
+  }
 });

@@ -287,8 +287,12 @@ export async function planRows(
     const prev = engine.history(inst.id);
     if (force.includes(inst.stage)) row.reason = "forced";
     else if (!prev) row.reason = "never run";
-    else if (prev.key === rk.key) row.reason = "result missing or corrupt in the cache";
-    else if (!prev.fields)
+    else if (prev.key === rk.key) {
+      const incomplete = engine.store.getAction(rk.key)?.incomplete;
+      row.reason = incomplete
+        ? `incomplete: ${incomplete}`
+        : "result missing or corrupt in the cache";
+    } else if (!prev.fields)
       row.reason = "changed (the previous result is no longer in the cache to compare)";
     else {
       row.changed = diffFields(prev.fields, rk.fields);

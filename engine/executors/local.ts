@@ -102,7 +102,13 @@ export async function runAttempt(
   for (const n of inst.secrets) if (process.env[n] !== undefined) env[n] = process.env[n] as string;
 
   const ac = new AbortController();
-  const onOuter = () => ac.abort(opts.signal.reason ?? "interrupted");
+  // Reasons are strings, so a stage that throws `signal.reason` still says why.
+  const onOuter = () => {
+    const r: unknown = opts.signal.reason;
+    ac.abort(
+      `interrupted${r === undefined ? "" : ` (${r instanceof Error ? r.message : String(r)})`}`,
+    );
+  };
   if (opts.signal.aborted) onOuter();
   opts.signal.addEventListener("abort", onOuter, { once: true });
   let timedOut = false;
@@ -147,7 +153,16 @@ export async function runAttempt(
       const gpus = opts.gpus ?? [];
       result = await Promise.race([placement.run({ gpus }, () => kind.impl.run(ctx)), aborted]);
       if (ac.signal.aborted) throw new Error(String(ac.signal.reason));
-    } catch (e) {
+    } catch (thrown) {
+      // A stage may throw a signal's reason as it is: a string, or nothing.
+      const e =
+        thrown instanceof Error && thrown.message
+          ? thrown
+          : new Error(
+              ac.signal.aborted
+                ? String(ac.signal.reason)
+                : String((thrown as Error)?.message || thrown || "failed without a reason"),
+            );
       // A full disk shows as ENOSPC (a TypeScript stage) or as a tool's
       // "No space left on device" (a shell stage), or as a full filesystem.
       const written = bytesUnder(out);
@@ -218,6 +233,7 @@ export async function runAttempt(
       outputs: { tree: admitted.tree, files: admitted.files, entries: admitted.manifest.entries },
       metrics: (result && result.metrics) ?? {},
       log: logDigest,
+      ...(result && result.incomplete ? { incomplete: result.incomplete } : {}),
       timings: {
         start: start.toISOString(),
         end: end.toISOString(),

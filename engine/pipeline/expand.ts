@@ -91,6 +91,9 @@ const REF_RE = /^([A-Za-z_][A-Za-z0-9_-]*)(?:\[([^\]]*)\])?$/;
 const TEMPLATE_RE = /\$\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_-]*)\s*\}\}/g;
 const WHOLE_TEMPLATE_RE = /^\$\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_-]*)\s*\}\}$/;
 
+/** Variable names that look like credentials: they belong under `secrets:`, never `env:`. */
+const KEY_LIKE = /(_KEY|_TOKEN)$|SECRET/i;
+
 let pipelineValidator: ReturnType<typeof compileSchema> | undefined;
 export function pipelineSchema(): Record<string, unknown> {
   return JSON.parse(
@@ -485,6 +488,14 @@ export async function loadPipeline(
     const base: YamlPath = ["stages", name];
     const kind = kinds.get(st.uses);
     const stageRefs = refs.get(name) ?? new Map<string, Ref>();
+    for (const [i, n] of (st.env ?? []).entries())
+      if (KEY_LIKE.test(n))
+        report(
+          src.problem(
+            [...base, "env", i],
+            `${n} looks like a credential: list it under secrets: (env: values are stored in action records, the lockfile and remotes)`,
+          ),
+        );
 
     // Coordinates inherited from mapped matrix inputs (a natural join).
     let combos: Coords[] = [{}];
@@ -670,7 +681,10 @@ export async function loadPipeline(
         if (!kind.validate(p))
           for (const pr of ajvProblems(src, withAt, kind.validate.errors)) report(pr);
         else
-          for (const issue of kind.impl.check?.(p) ?? [])
+          for (const issue of kind.impl.check?.(p, {
+            env: st.env ?? [],
+            secrets: st.secrets ?? [],
+          }) ?? [])
             report(src.problem([...withAt, ...issue.path], issue.message));
       }
       const declared = kind?.impl.resources?.(p) ?? {};

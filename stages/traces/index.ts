@@ -19,18 +19,21 @@ import {
   chatUrl,
   chatWithRetries,
   joinThink,
+  normalizeBaseUrl,
   splitThink,
   type ChatAnswer,
   type Message,
 } from "../../data/chat.js";
 import { RequestCache, requestKey } from "../../data/request-cache.js";
-import { Limiter } from "../../data/ratelimit.js";
+import { abortError, Limiter, sleep } from "../../data/ratelimit.js";
 
 export interface TracesParams {
   backend: "openai" | "llama" | "import";
   baseUrl?: string;
   model?: string;
   modelIdentity?: string;
+  modelRenamed?: boolean;
+  endpointIdentity?: string;
   apiKeyEnv?: string;
   samples: number;
   temperature: number;
@@ -45,6 +48,7 @@ export interface TracesParams {
   retries: number;
   backoffMs: number;
   backoffMaxMs: number;
+  maxRetryAfterS?: number;
   timeoutS: number;
   failureBudget: number;
   parallel?: number;
@@ -133,20 +137,34 @@ interface Job {
   body: Record<string, unknown>;
 }
 
+/** `p3#1`: how a request is named in messages. */
+const jobId = (j: Job) => `${j.problem.id}#${j.sample}`;
+
+/** What names the model in the request cache, and the model it stands for (checked against the cache). */
+export interface ModelIdentity {
+  identity: { backend: string; model: string };
+  /** Set when the user named the identity (modelIdentity): the model it stood for so far must match. */
+  binding?: { name: string; model: string };
+  /** The identity an earlier version used (the raw baseUrl text): its answers are carried over, not paid again. */
+  legacy?: { backend: string; model: string };
+}
+
 /**
  * Sends every (problem, sample) not already in the request cache through an
- * OpenAI-compatible server; answers enter the cache as they arrive.
+ * OpenAI-compatible server; answers enter the cache as they arrive. Each
+ * request is claimed in the cache before it is sent, so another instance or
+ * run needing it waits for this answer instead of paying for it again.
  */
 async function generate(
   ctx: StageContext<TracesParams>,
   problems: Problem[],
   prompt: PromptTemplate,
   baseUrl: string | (() => string),
-  identity: unknown,
+  id: ModelIdentity,
   apiKey: string | undefined,
   /** Writes the output; called while the cache is open, traces read lazily from it. */
   write: (traces: Iterable<Trace>) => Promise<void>,
-): Promise<Record<string, unknown>> {
+): Promise<{ metrics: Record<string, unknown>; incomplete?: string }> {
   const p = ctx.params;
   const cacheFile =
     ctx.env.VALLEY_REQUEST_CACHE ||
@@ -156,12 +174,22 @@ async function generate(
   const cache = await RequestCache.open(cacheFile);
   const url = typeof baseUrl === "string" ? chatUrl(baseUrl) : () => chatUrl(baseUrl());
   const secrets = apiKey ? [apiKey] : [];
-  // Only keys are held in memory; answers live in the cache (30K long traces would not fit).
-  const all: { problem: number; sample: number; key: string }[] = [];
-  const rendered: Message[][] = [];
-  const jobs: Job[] = [];
-  let cached = 0;
   try {
+    if (id.binding) {
+      const { name, model } = id.binding;
+      const before = cache.bindIdentity(name, model, p.modelRenamed === true);
+      if (before !== undefined && before !== model && !p.modelRenamed)
+        throw new InputError(
+          `modelIdentity "${name}" holds answers of model "${before}", but model is now "${model}": ` +
+            `reusing them would label one model's answers as another's. Give the new model its own modelIdentity, ` +
+            `or, if "${model}" is the same model under a new name, set modelRenamed: true.`,
+        );
+    }
+    // Only keys are held in memory; answers live in the cache (30K long traces would not fit).
+    const all: { problem: number; sample: number; key: string }[] = [];
+    const rendered: Message[][] = [];
+    const jobs: Job[] = [];
+    let cached = 0;
     for (const [pi, problem] of problems.entries()) {
       const messages = renderPrompt(prompt, problem);
       rendered.push(messages);
@@ -173,8 +201,14 @@ async function generate(
           ...(p.seed !== undefined ? { seed: p.seed + sample } : {}),
           ...(p.extraBody ?? {}),
         };
-        const key = requestKey({ model: identity, request: { messages }, sampling, sample });
+        const key = requestKey({ model: id.identity, request: { messages }, sampling, sample });
         all.push({ problem: pi, sample, key });
+        if (!cache.has(key) && id.legacy) {
+          const old = cache.get(
+            requestKey({ model: id.legacy, request: { messages }, sampling, sample }),
+          );
+          if (old) cache.put(key, old);
+        }
         if (cache.has(key)) cached++;
         else
           jobs.push({
@@ -186,12 +220,30 @@ async function generate(
           });
       }
     }
-    const total = cached + jobs.length;
+    const total = all.length;
+    // Requests an earlier run could not get answered: say that they are sent again, and why they failed.
+    const before: Record<string, number> = {};
+    let again = 0;
+    for (const j of jobs) {
+      const f = cache.failure(j.key);
+      if (f) {
+        again++;
+        before[f.kind] = (before[f.kind] ?? 0) + 1;
+      }
+    }
+    const shownUrl = typeof url === "string" ? url : url();
     ctx.log.info(
-      { total, cached, toSend: jobs.length, url: typeof url === "string" ? url : url() },
-      "traces: requests",
+      { total, cached, toSend: jobs.length, missingBefore: again, url: shownUrl },
+      `traces: ${total} requests, ${cached} cached, ${jobs.length} to send` +
+        (again
+          ? `, of which ${again} failed in an earlier run and are sent again (${Object.entries(
+              before,
+            )
+              .map(([k, n]) => `${k} ×${n}`)
+              .join(", ")})`
+          : ""),
     );
-    ctx.progress(cached, total);
+    ctx.progress(cached, total, again ? `${again} missing from an earlier run` : undefined);
 
     const limiter = new Limiter({
       concurrency: p.concurrency,
@@ -199,85 +251,172 @@ async function generate(
       tpm: p.tpm,
       signal: ctx.signal,
     });
-    const stop = new AbortController();
-    const signal = AbortSignal.any([ctx.signal, stop.signal]);
+    // Over the failure budget, `halt` stops new requests and retries; requests
+    // in flight finish their attempt and are cached. Ctrl-C or a time-out
+    // (ctx.signal) cancels them; they are recorded as not answered.
+    const halt = new AbortController();
     const attemptErrors: Record<string, number> = {};
     const failed: { id: string; kind: string; error: string }[] = [];
     let lastError = "";
+    let fatal: unknown;
     let sent = 0;
+    let fromOthers = 0;
     let done = cached;
 
     const runJob = async (job: Job) => {
       const est = Math.ceil(JSON.stringify(job.messages).length / 4) + p.max_tokens;
-      const release = await limiter.acquire(est);
-      let used: number | undefined;
       try {
         const ans = await chatWithRetries(url, apiKey, job.body, {
           retries: p.retries,
           backoffMs: p.backoffMs,
           backoffMaxMs: p.backoffMaxMs,
+          maxRetryAfterMs: p.maxRetryAfterS !== undefined ? p.maxRetryAfterS * 1000 : undefined,
           timeoutMs: p.timeoutS * 1000,
-          signal,
+          signal: ctx.signal,
+          halt: halt.signal,
           secrets,
+          acquire: () => limiter.acquire(est),
           onAttemptError: (e, attempt) => {
             attemptErrors[e.kind] = (attemptErrors[e.kind] ?? 0) + 1;
-            lastError = e.message;
+            lastError = `${jobId(job)}: ${e.message}`;
             ctx.log.debug(
               { problem: job.problem.id, sample: job.sample, attempt, kind: e.kind },
-              "traces: attempt failed",
+              `traces: ${jobId(job)} attempt ${attempt + 1} failed: ${e.message}`,
             );
+          },
+          onBackoff: (wait, e) => {
+            if (e.kind === "http_429") limiter.pause(wait);
+            if (e.retryAfterMs !== undefined)
+              ctx.log.info(
+                {
+                  problem: job.problem.id,
+                  sample: job.sample,
+                  retryAfterMs: e.retryAfterMs,
+                  waitMs: wait,
+                },
+                `traces: the server asked to wait ${(e.retryAfterMs / 1000).toFixed(1)} s (Retry-After); ` +
+                  `waiting ${(wait / 1000).toFixed(1)} s${wait < e.retryAfterMs ? " (capped by " + (p.maxRetryAfterS !== undefined ? "maxRetryAfterS" : "backoffMaxMs") + ")" : ""}` +
+                  (e.kind === "http_429" ? ", every request of this stage waits too" : ""),
+              );
           },
         });
         sent++;
-        used = (ans.prompt_tokens ?? 0) + (ans.completion_tokens ?? 0) || undefined;
         cache.put(job.key, ans);
         ctx.progress(++done, total);
       } catch (e) {
-        if (signal.aborted) return;
-        if (!(e instanceof ChatError)) throw e;
-        failed.push({ id: `${job.problem.id}#${job.sample}`, kind: e.kind, error: e.message });
-        lastError = e.message;
+        cache.release(job.key);
+        if (ctx.signal.aborted) {
+          cache.recordFailure(job.key, "cancelled", abortError(ctx.signal).message);
+          return;
+        }
+        const ce =
+          e instanceof ChatError
+            ? e
+            : new ChatError(`${(e as Error)?.message ?? String(e)}`, "error", false);
+        if (!(e instanceof ChatError)) fatal ??= e;
+        const how =
+          ce.retryable && ce.attempts > 1 ? `failed after ${ce.attempts - 1} retries: ` : "";
+        failed.push({ id: jobId(job), kind: ce.kind, error: how + ce.message });
+        lastError = `${jobId(job)}: ${ce.message}`;
+        cache.recordFailure(job.key, ce.kind, ce.message);
         ctx.log.warn(
-          { problem: job.problem.id, sample: job.sample, kind: e.kind },
-          "traces: request failed after retries",
+          { problem: job.problem.id, sample: job.sample, kind: ce.kind, attempts: ce.attempts },
+          `traces: ${jobId(job)} not answered (${ce.attempts} attempt(s)): ${how}${ce.message}`,
         );
-        if (failed.length > p.failureBudget) stop.abort(new Error("failure budget spent"));
-      } finally {
-        release(used);
+        if (failed.length > p.failureBudget || fatal) halt.abort(new Error("failure budget spent"));
       }
     };
 
-    // A fixed pool of workers: the limiter holds them to the concurrency and rate limits.
-    let next = 0;
+    // Claims: a request answered or being sent by another holder is waited
+    // for, not sent. One scan at a time re-checks the waiting ones.
+    const pending = [...jobs];
+    const waiting = new Set<Job>();
+    let scan: Promise<void> | undefined;
+    const rescan = async () => {
+      await sleep(Math.min(2000, 200 + waiting.size / 10), ctx.signal).catch(() => {});
+      for (const j of [...waiting]) {
+        const st = cache.peek(j.key);
+        if (st === "held") continue;
+        waiting.delete(j);
+        if (st === "answered") {
+          fromOthers++;
+          ctx.progress(++done, total);
+        } else pending.push(j); // the holder gave up or died: ours to send
+      }
+    };
+    const nextJob = async (): Promise<Job | undefined> => {
+      for (;;) {
+        if (ctx.signal.aborted || halt.signal.aborted) return undefined;
+        const job = pending.shift();
+        if (job) {
+          const st = cache.claim(job.key);
+          if (st === "claimed") return job;
+          if (st === "held") waiting.add(job);
+          else {
+            fromOthers++;
+            ctx.progress(++done, total);
+          }
+          continue;
+        }
+        if (waiting.size === 0) return undefined;
+        await (scan ??= rescan().finally(() => (scan = undefined)));
+      }
+    };
+    // A fixed pool of workers: the limiter holds their HTTP attempts to the concurrency and rate limits.
     const workers = Array.from({ length: Math.min(p.concurrency, jobs.length) }, async () => {
-      while (next < jobs.length && !signal.aborted) await runJob(jobs[next++]);
+      for (let job = await nextJob(); job; job = await nextJob()) await runJob(job);
     });
-    await Promise.all(workers);
-    if (ctx.signal.aborted) throw ctx.signal.reason ?? new Error("aborted");
+    // Every worker settles before the cache closes, whatever happened to the others.
+    await Promise.allSettled(workers);
+    if (ctx.signal.aborted) throw abortError(ctx.signal, "traces stopped");
+    if (fatal) throw fatal;
+    const notSent = pending.length + waiting.size;
     if (failed.length > p.failureBudget) {
       const byKind: Record<string, number> = {};
       for (const f of failed) byKind[f.kind] = (byKind[f.kind] ?? 0) + 1;
       throw new Error(
-        `traces: ${failed.length} request(s) failed after ${p.retries} retries, over the failure budget of ${p.failureBudget}. ` +
+        `traces: ${failed.length} request(s) not answered, over the failure budget of ${p.failureBudget}; ` +
+          `${notSent} not sent, requests in flight finished. ` +
           `Failed: ${failed
             .slice(0, 5)
-            .map((f) => `${f.id} (${f.kind})`)
-            .join(", ")}${failed.length > 5 ? ", …" : ""}. ` +
+            .map((f) => `${f.id} (${f.error})`)
+            .join("; ")}${failed.length > 5 ? "; …" : ""}. ` +
           `Final errors by kind: ${JSON.stringify(byKind)}; all failed attempts by kind: ${JSON.stringify(attemptErrors)}. ` +
-          `Last error: ${lastError}. ${done} of ${total} requests are answered and cached; a re-run resumes from there.`,
+          `Last error: ${lastError}. ` +
+          `${done} of ${total} requests are answered and cached; a re-run sends only the others.`,
       );
     }
+    let answered = 0;
     await write(
       (function* () {
         for (const r of all) {
           const ans = cache.get<ChatAnswer>(r.key);
           if (!ans) continue; // failed within the failure budget
+          answered++;
           const messages = rendered[r.problem];
           yield { problem_id: problems[r.problem].id, sample: r.sample, messages, ...ans };
         }
       })(),
     );
-    return { requests: total, cached, sent, failed: failed.length, attempt_errors: attemptErrors };
+    const metrics = {
+      requests: total,
+      cached,
+      sent,
+      from_other_runs: fromOthers,
+      answered,
+      failed: failed.length,
+      missing: total - answered,
+      attempt_errors: attemptErrors,
+    };
+    if (answered === total) return { metrics };
+    const incomplete =
+      `${answered}/${total} answered, ${total - answered} failed within budget` +
+      ` (${failed
+        .slice(0, 3)
+        .map((f) => `${f.id}: ${f.kind}`)
+        .join(", ")}${failed.length > 3 ? ", …" : ""}); the next run sends the missing ones`;
+    ctx.log.warn(metrics, `traces: ${incomplete}`);
+    return { metrics, incomplete };
   } finally {
     cache.close();
   }
@@ -289,16 +428,49 @@ async function findGguf(dir: string): Promise<string> {
   return join(dir, names[0]);
 }
 
+/**
+ * How fast and how politely requests are sent, never what is asked: changing
+ * them re-runs nothing (answers are cached per request anyway). `failureBudget`
+ * only decides when to stop; an output short of requests is re-run regardless.
+ */
+export const TRACES_UNKEYED = [
+  "concurrency",
+  "rpm",
+  "tpm",
+  "retries",
+  "backoffMs",
+  "backoffMaxMs",
+  "maxRetryAfterS",
+  "timeoutS",
+  "failureBudget",
+  "modelRenamed",
+] as const;
+
 const kind: StageKind<TracesParams> = {
   kind: "traces",
-  version: "1",
+  version: "2",
+  unkeyedParams: TRACES_UNKEYED,
   // Needed by the llama backend only; the engine skips a tool it cannot find.
   tools: ["llama"],
   resources: (p) => ({ cpu: p.backend === "llama" ? 4 : 1, memory: 1024 }),
-  check(p) {
+  check(p, stage) {
     const issues = [];
     if (p.backend === "openai" && !p.baseUrl)
       issues.push({ path: ["baseUrl"], message: "the openai backend needs baseUrl" });
+    if (p.baseUrl) {
+      try {
+        normalizeBaseUrl(p.baseUrl);
+      } catch {
+        issues.push({ path: ["baseUrl"], message: `"${p.baseUrl}" is not a URL` });
+      }
+    }
+    if (p.apiKeyEnv && stage && !stage.secrets.includes(p.apiKeyEnv))
+      issues.push({
+        path: ["apiKeyEnv"],
+        message:
+          `${p.apiKeyEnv} is not listed under secrets: of this stage; list it there ` +
+          `(its value is then passed to the stage, kept out of keys and records, and blanked in logs)`,
+      });
     if (p.backend === "openai" && !p.model)
       issues.push({ path: ["model"], message: "the openai backend needs model" });
     for (const part of ["system", "user"] as const) {
@@ -337,17 +509,38 @@ const kind: StageKind<TracesParams> = {
         })(),
       ).then(() => undefined);
     let metrics: Record<string, unknown> = {};
+    let incomplete: string | undefined;
     if (p.backend === "import") {
       await write(importTraces(problems, p, prompt));
     } else if (p.backend === "openai") {
       let apiKey: string | undefined;
       if (p.apiKeyEnv) {
-        apiKey = ctx.env[p.apiKeyEnv] ?? process.env[p.apiKeyEnv];
+        // Only from the stage's declared secrets: a key the pipeline does not declare is not scrubbed from logs.
+        apiKey = ctx.env[p.apiKeyEnv];
         if (!apiKey)
-          throw new InputError(`environment variable ${p.apiKeyEnv} (apiKeyEnv) is not set`);
+          throw new InputError(
+            `environment variable ${p.apiKeyEnv} (apiKeyEnv) is not set; export it and list it under secrets: of this stage`,
+          );
       }
-      const identity = { backend: "openai", model: p.modelIdentity ?? `${p.model} @ ${p.baseUrl}` };
-      metrics = await generate(ctx, problems, prompt, p.baseUrl!, identity, apiKey, write);
+      // The endpoint as the server sees it: ".../v1", ".../v1/" and the bare host are one server.
+      const endpoint = p.endpointIdentity ?? normalizeBaseUrl(p.baseUrl!);
+      const id: ModelIdentity = {
+        identity: { backend: "openai", model: p.modelIdentity ?? `${p.model} @ ${endpoint}` },
+        binding: p.modelIdentity ? { name: p.modelIdentity, model: `${p.model}` } : undefined,
+        legacy:
+          p.modelIdentity || p.endpointIdentity || endpoint === p.baseUrl
+            ? undefined
+            : { backend: "openai", model: `${p.model} @ ${p.baseUrl}` },
+      };
+      ({ metrics, incomplete } = await generate(
+        ctx,
+        problems,
+        prompt,
+        p.baseUrl!,
+        id,
+        apiKey,
+        write,
+      ));
     } else {
       // The engine-managed llama-server (llama/server.ts) with N parallel slots.
       const model = one(ctx, "model");
@@ -360,8 +553,11 @@ const kind: StageKind<TracesParams> = {
       const { withLlamaServer } = await import("../../llama/server.js");
       const parallel = p.parallel ?? p.concurrency;
       // The GGUF's digest identifies the model in the request cache, whatever its path.
-      const identity = { backend: "llama", model: p.modelIdentity ?? model.digest };
-      metrics = await withLlamaServer(
+      const id: ModelIdentity = {
+        identity: { backend: "llama", model: p.modelIdentity ?? model.digest },
+        binding: p.modelIdentity ? { name: p.modelIdentity, model: model.digest } : undefined,
+      };
+      ({ metrics, incomplete } = await withLlamaServer(
         {
           llama,
           model: gguf,
@@ -371,12 +567,12 @@ const kind: StageKind<TracesParams> = {
           signal: ctx.signal,
           log: ctx.log,
         },
-        (server) => generate(ctx, problems, prompt, () => server.url, identity, undefined, write),
-      );
+        (server) => generate(ctx, problems, prompt, () => server.url, id, undefined, write),
+      ));
     }
     const m = { problems: problems.length, ...tally, ...metrics };
     ctx.log.info(m, "traces written");
-    return { metrics: m };
+    return { metrics: m, incomplete };
   },
 };
 
