@@ -63,6 +63,8 @@ describe("verify stage", () => {
       instanceId: `verify@${name}`,
       coords: {},
       params: {
+        semantics: "strict",
+        memoryCapMb: 4096,
         policy: "first",
         allTests: false,
         timeoutScale: 1,
