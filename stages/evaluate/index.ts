@@ -22,8 +22,13 @@ import {
   type StageKind,
 } from "../../engine/stage-api.js";
 import { inputFile, singleInput } from "../../llama/inputs.js";
-import { DEFAULT_PROMPT, renderPrompt, unknownPlaceholders } from "../../data/prompt.js";
-import type { PromptTemplate } from "../../data/prompt.js";
+import {
+  DEFAULT_PROMPT,
+  renderPrompt,
+  templateOf,
+  unknownPlaceholders,
+} from "../../data/prompt.js";
+import type { PromptSpec } from "../../data/prompt.js";
 import type { ChatAnswer, Message } from "../../data/chat.js";
 import type { Problem as DataProblem } from "../../data/problem.js";
 import { GRADING_DEFAULTS, gradeOptionsFrom, type GradingParams } from "../../grader/grade.js";
@@ -38,7 +43,7 @@ export interface EvaluateParams extends GradingParams {
   top_p: number;
   max_tokens: number;
   seed: number;
-  prompt?: PromptTemplate;
+  prompt?: PromptSpec;
   extraBody?: Record<string, unknown>;
   /** "eval" by default when records carry a split; "all" keeps every record. */
   split?: "eval" | "train" | "all";
@@ -142,7 +147,7 @@ const kind: StageKind<EvaluateParams> = {
   check(p) {
     const issues: ParamIssue[] = [];
     for (const part of ["system", "user"] as const) {
-      const t = p.prompt?.[part];
+      const t = templateOf(p.prompt)?.[part];
       if (t)
         for (const f of unknownPlaceholders(t))
           issues.push({ path: ["prompt", part], message: `unknown field {{${f}}}` });
