@@ -463,7 +463,8 @@ def preload(semantics):
     """Imports the modules a semantics needs while the warm sandbox waits."""
     names = []
     if semantics == "lcb":
-        names = LCB_STAR + ["ast", "signal", "decimal", "subprocess", "shutil", "faulthandler"]
+        names = LCB_STAR + ["ast", "signal", "decimal", "subprocess", "shutil", "faulthandler",
+                            "platform", "enum", "types"]
     elif semantics == "taco":
         names = ["numpy", "fractions", "random", "heapq", "itertools", "collections",
                  "functools", "math", "typing", "signal", "subprocess", "shutil",
@@ -663,6 +664,14 @@ def inproc_child(req, code_text, tests, expected, res_fd):
         else:
             report(i, "re", truncated(r))
 
+    if not taco and "numpy" in code_text:
+        # LCB's process has numpy loaded before its guard (testing_util imports
+        # it); imported after the guard it fails. Only when the code names it:
+        # it costs ~100 ms.
+        try:
+            import numpy  # noqa: F401
+        except ImportError:
+            pass
     if not functional:  # lcb stdin
         use_mock_open = "open" in code_text
         if use_mock_open:

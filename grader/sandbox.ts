@@ -172,6 +172,11 @@ function bwrapArgs(limits: SandboxLimits, preload?: Semantics): string[] {
     "/bin",
   ];
   if (existsSync("/usr/lib64")) args.push("--symlink", "usr/lib64", "/lib64");
+  // Debian's shared-library alternatives (libblas.so.3 → /etc/alternatives →
+  // /usr/lib/…): numpy, which TACO's preamble imports, cannot load without them.
+  // Symlinks into /usr only.
+  if (existsSync("/etc/alternatives"))
+    args.push("--ro-bind", "/etc/alternatives", "/etc/alternatives");
   args.push(
     "--proc",
     "/proc",

@@ -183,6 +183,8 @@ const kind: StageKind<EvaluateParams> = {
         backend: "llama-server",
         model: model.digest,
         adapter: adapter ? { digest: adapter.digest, scale: p.loraScale } : null,
+        // The prompt is rendered as training rendered it (see below).
+        chat: "llama_chat_apply_template",
       };
       const all: Request[] = [];
       for (const problem of problems) {
@@ -224,6 +226,11 @@ const kind: StageKind<EvaluateParams> = {
             threads: p.threads,
             gpuLayers: p.gpuLayers,
             alias: "student",
+            // The trainer renders chats with llama_chat_apply_template; so
+            // does the server without --jinja. One renderer: the student sees
+            // the prompt format it was trained on, and no system prompt that
+            // only a Jinja template would add.
+            chatTemplate: "builtin",
             // The raw output: the think-tag rate is about what the model wrote.
             extraArgs: ["--reasoning-format", "none"],
             signal: ctx.signal,
