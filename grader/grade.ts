@@ -514,10 +514,9 @@ async function gradeTacoStdin(
     return { tests, labels, end };
   };
   const first = await session("plain", takeSandbox?.());
-  let { tests, labels, end } = first;
-  const allRc1 = labels.length === n && labels.every((l) => l === "returncode:1");
-  const plainCe = end.kind === "compile-error" && !end.final;
-  if (allRc1 || plainCe) ({ tests, labels, end } = await session("wrapped"));
+  const allRc1 = first.labels.length === n && first.labels.every((l) => l === "returncode:1");
+  const plainCe = first.end.kind === "compile-error" && !first.end.final;
+  const { tests, end } = allRc1 || plainCe ? await session("wrapped") : first;
   switch (end.kind) {
     case "infra":
       return { verdict: "IE", tests, ...base, message: end.message };

@@ -4,7 +4,7 @@ real LiveCodeBench and TACO harnesses and records their verdicts in
 test/fixtures/semantics/{lcb,taco}-cases.json. Development only: the tests
 read those files and run valley alone.
 
-    /usr/bin/python3 scripts/semantics-reference.py LCB_CHECKOUT TACO_CHECKOUT
+    /usr/bin/python3 scripts/semantics-reference.py LCB_CHECKOUT TACO_CHECKOUT [lcb|taco] < /dev/null
 
 LCB_CHECKOUT: a checkout of github.com/LiveCodeBench/LiveCodeBench, TACO_CHECKOUT
 of github.com/FlagOpen/TACO (their code is imported from there, never copied
@@ -157,6 +157,14 @@ def main():
     os.symlink(sys.executable, os.path.join(bindir, "python"))
     os.environ["PATH"] = bindir + ":/usr/bin:/bin"
     py = "%d.%d.%d" % sys.version_info[:3]
+    only = sys.argv[3] if len(sys.argv) > 3 else None  # "lcb" or "taco": one fixture
+    if only != "taco":
+        write_lcb(lcb_root, cases, py)
+    if only != "lcb":
+        write_taco(taco_root, cases, py)
+
+
+def write_lcb(lcb_root, cases, py):
     lcb = run_lcb(lcb_root, cases.LCB)
     with open(os.path.join(HERE, "lcb-cases.json"), "w") as f:
         json.dump({"reference": "LiveCodeBench/LiveCodeBench", "commit": commit(lcb_root),
@@ -164,6 +172,9 @@ def main():
                    "compute_code_generation_metrics.check_correctness(sample, code, timeout=6); "
                    "passed = all(result > 0) as pass_k_utils", "cases": lcb}, f, indent=1)
         f.write("\n")
+
+
+def write_taco(taco_root, cases, py):
     taco = run_taco(taco_root, cases.TACO)
     with open(os.path.join(HERE, "taco-cases.json"), "w") as f:
         json.dump({"reference": "FlagOpen/TACO", "commit": commit(taco_root), "python": py,

@@ -88,7 +88,8 @@ describe("TACO's stdout comparison (pure parts)", () => {
   it("Python's round(x, 3): ties to even, otherwise correctly rounded", () => {
     assert.equal(pyRound3(0.0625), 0.062);
     assert.equal(pyRound3(0.1875), 0.188);
-    assert.equal(pyRound3(2.0005), 2.0); // 2.0005 is below the tie in binary
+    assert.equal(pyRound3(2.0005), 2.001); // above the tie in binary, as Python says
+    assert.equal(pyRound3(1.0005), 1.0); // below it
     assert.equal(pyRound3(-0.0625), -0.062);
   });
   it("accepts what TACO accepts from a string and rejects the rest", () => {
