@@ -463,8 +463,7 @@ def preload(semantics):
     """Imports the modules a semantics needs while the warm sandbox waits."""
     names = []
     if semantics == "lcb":
-        names = LCB_STAR + ["ast", "signal", "decimal", "subprocess", "shutil", "faulthandler",
-                            "platform", "enum", "types"]
+        names = LCB_STAR + ["ast", "signal"]
     elif semantics == "taco":
         names = ["numpy", "fractions", "random", "heapq", "itertools", "collections",
                  "functools", "math", "typing", "signal", "subprocess", "shutil",
@@ -563,19 +562,25 @@ class LcbStdin:
         return getattr(self._stringio, name)
 
 
-def guard(exit_too):
-    """The reliability_guard both harnesses apply (without a memory limit)."""
-    import shutil
-    import subprocess
+def guard(exit_too, code_text):
+    """The reliability_guard both harnesses apply (without a memory limit).
 
+    subprocess and shutil are loaded (and patched) only when the code could
+    reach them: importing them costs ~10 ms a candidate, and a module the
+    program never loads cannot be used."""
+    lowered = code_text.lower()
+    if "subprocess" in lowered or "popen" in lowered or "shutil" in lowered or "import_module" in lowered or "__import__" in lowered:
+        import shutil
+        import subprocess
+
+        shutil.rmtree = shutil.move = shutil.chown = None
+        subprocess.Popen = None
     if exit_too:
         builtins.exit = None
     builtins.quit = None
     os.environ["OMP_NUM_THREADS"] = "1"
     for n in GUARD_OS:
         setattr(os, n, None)
-    shutil.rmtree = shutil.move = shutil.chown = None
-    subprocess.Popen = None
     builtins.help = None
     for m in GUARD_MODULES:
         sys.modules[m] = None
@@ -676,7 +681,7 @@ def inproc_child(req, code_text, tests, expected, res_fd):
         use_mock_open = "open" in code_text
         if use_mock_open:
             from unittest import mock
-        guard(False)
+        guard(False, code_text)
         src = lcb_stdin_program(code_text)
         alarm(tle_s)
         try:
@@ -744,7 +749,7 @@ def inproc_child(req, code_text, tests, expected, res_fd):
     fn = req["fn_name"]
     src = (TACO_PREAMBLE if taco else lcb_preamble() + "\n\n") + code_text
     if not taco:
-        guard(False)  # LCB guards before loading; TACO after
+        guard(False, code_text)  # LCB guards before loading; TACO after
     alarm(tle_s)
     try:
         if taco:
@@ -772,7 +777,7 @@ def inproc_child(req, code_text, tests, expected, res_fd):
         report(0, "re", "test data is not JSON per line: " + truncated(repr(e)))
         return
     if taco:
-        guard(True)
+        guard(True, code_text)
 
         def int_keys(d):
             try:
