@@ -80,7 +80,8 @@ export function freePort(): Promise<number> {
 
 export function serverArgs(opts: LlamaServerOptions, port: number): string[] {
   const a = ["-m", opts.model, "--host", "127.0.0.1", "--port", String(port)];
-  if (opts.chatTemplate !== "builtin") a.push("--jinja");
+  // Jinja is llama-server's default; --no-jinja selects llama_chat_apply_template.
+  a.push(opts.chatTemplate === "builtin" ? "--no-jinja" : "--jinja");
   a.push("--no-webui");
   if (opts.alias) a.push("-a", opts.alias);
   if (opts.parallel) a.push("-np", String(opts.parallel));

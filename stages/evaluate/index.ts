@@ -227,7 +227,7 @@ const kind: StageKind<EvaluateParams> = {
             gpuLayers: p.gpuLayers,
             alias: "student",
             // The trainer renders chats with llama_chat_apply_template; so
-            // does the server without --jinja. One renderer: the student sees
+            // does the server with --no-jinja. One renderer: the student sees
             // the prompt format it was trained on, and no system prompt that
             // only a Jinja template would add.
             chatTemplate: "builtin",
