@@ -283,10 +283,15 @@ def child(req, code_obj, test_input, out_w, err_w, res_w, in_fd):
     os._exit(rc)
 
 
-def run_test(req, code_obj, index, test_input):
+def run_test(req, code_obj, index, test_input, file_mode=False):
+    """One test in a forked child. file_mode (TACO's fallback): the input is
+    /tmp/input.txt, stdin is empty, and /tmp/output.txt is reported as stdout."""
     lim = req["limits"]
     in_fd = os.memfd_create("stdin")
-    if req["mode"] == "stdin":
+    if file_mode:
+        with open("/tmp/input.txt", "wb") as f:
+            f.write(test_input)
+    elif req["mode"] == "stdin":
         os.write(in_fd, test_input)
     os.lseek(in_fd, 0, os.SEEK_SET)
     out_r, out_w = os.pipe()
@@ -374,6 +379,13 @@ def run_test(req, code_obj, index, test_input):
     status, ru = REAPED.pop(pid, (None, None))
     REAPED.clear()
     os.close(pidfd)
+    file_out = None
+    if file_mode:
+        try:
+            with open("/tmp/output.txt", "rb") as f:
+                file_out = f.read(lim["stdout_bytes"])
+        except OSError:
+            file_out = None
     wipe_tmp()
     cpu = (ru.ru_utime + ru.ru_stime) if ru is not None else None
     exit_code = None
@@ -399,7 +411,546 @@ def run_test(req, code_obj, index, test_input):
         "stderr_truncated": over[err_r],
         "exc": '"' + b64(exc) + '"' if exc else None,
         "result": '"' + b64(result) + '"' if result is not None else None,
+        "file_mode": file_mode,
+        "file_out": ('"' + b64(file_out) + '"') if file_out is not None else None,
     }
+
+
+# ------------------------------------------------------------ lcb and taco
+#
+# `lcb` reproduces what LiveCodeBench's lcb_runner decides (evaluation/
+# testing_util.py, compute_code_generation_metrics.py at LiveCodeBench
+# 28fef95e) and `taco` what TACO's metrics/testing_util.py decides (FlagOpen/
+# TACO 245eba3b): the same program transformations, the same in-process
+# patching, the same comparisons, written here from reading them. Both run the
+# candidate inside this sandbox like `strict` does; only the semantics differ.
+#
+# LCB's import preamble: these modules with `from m import *` in this order,
+# then plain imports of all but builtins and typing, then the recursion limit.
+LCB_STAR = ("string re datetime collections heapq bisect copy math random statistics "
+            "itertools functools operator io sys json builtins typing").split()
+LCB_PLAIN = [m for m in LCB_STAR if m not in ("builtins", "typing")]
+
+
+def lcb_preamble():
+    return ("".join("from %s import *\n" % m for m in LCB_STAR)
+            + "".join("import %s\n" % m for m in LCB_PLAIN)
+            + "sys.setrecursionlimit(50000)\n")
+
+
+# TACO's preamble (synthesize_*_code), line for line.
+TACO_PREAMBLE = "".join(line + "\n" for line in (
+    "import sys", "import time", "import itertools",
+    "from itertools import accumulate, product, permutations, combinations",
+    "import collections",
+    "from collections import Counter, OrderedDict, deque, defaultdict, ChainMap",
+    "from functools import lru_cache", "import math",
+    "from math import sqrt, sin, cos, tan, ceil, fabs, floor, gcd, exp, log, log2",
+    "import fractions", "from typing import List, Tuple", "import numpy as np",
+    "import random", "import heapq", "from heapq import *",
+))
+TACO_STD_IO = "\nstdin = sys.stdin\nstdout = sys.stdout\n"
+
+# What both harnesses disable before running a candidate (their
+# reliability_guard); TACO also disables exit().
+GUARD_OS = ("kill system putenv remove removedirs rmdir fchdir setuid fork forkpty killpg "
+            "rename renames truncate replace unlink fchmod fchown chmod chown chroot "
+            "lchflags lchmod lchown getcwd chdir").split()
+GUARD_MODULES = ("ipdb", "joblib", "resource", "psutil", "tkinter")
+
+
+def preload(semantics):
+    """Imports the modules a semantics needs while the warm sandbox waits."""
+    names = []
+    if semantics == "lcb":
+        names = LCB_STAR + ["ast", "signal"]
+    elif semantics == "taco":
+        names = ["numpy", "fractions", "random", "heapq", "itertools", "collections",
+                 "functools", "math", "typing", "signal", "subprocess", "shutil",
+                 "faulthandler", "json"]
+    for n in names:
+        try:
+            __import__(n)
+        except Exception:
+            pass
+
+
+def taco_std_programs(code):
+    """TACO's two forms of a stdin program: (run as is, wrapped in code()).
+
+    A line is an `import *` line, an import line (starts with "from " or
+    "import "), or code. The preamble goes before the first code line; the
+    wrapped form hoists `import *` lines above `def code():` and indents the rest
+    with a tab. Returns (plain, wrapped, started)."""
+    lines = code.split("\n")
+    kinds = [2 if "import *" in x else 1 if x.startswith(("from ", "import ")) else 0
+             for x in lines]
+    star = "\n".join(x.lstrip("\t") for x, k in zip(lines, kinds) if k == 2)
+    plain, wrapped, started = [], [], False
+    for x, k in zip(lines, kinds):
+        if k == 0 and not started:
+            plain.append(TACO_PREAMBLE + TACO_STD_IO + x + "\n")
+            wrapped.append(TACO_PREAMBLE + star + TACO_STD_IO + "def code():\n\t" + x + "\n")
+            started = True
+            continue
+        plain.append(x + "\n")
+        if k < 2:
+            wrapped.append(("\t" if started else "") + x + "\n")
+    return "".join(plain), "".join(wrapped), started
+
+
+def lcb_stdin_program(code):
+    """LCB's stdin transformation: a trailing `if __name__ == '__main__':` is
+    replaced by its body; top-level imports stay at module level after the
+    preamble, everything else becomes the body of wrapped_function(). When
+    that fails the code is returned unchanged (LCB then finds no function)."""
+    import ast
+
+    try:
+        tree = ast.parse(code)
+        last = tree.body[-1]
+        if isinstance(last, ast.If) and ast.unparse(last.test).strip() == "__name__ == '__main__'":
+            code = ast.unparse(tree.body[:-1]) + "\n" + ast.unparse(last.body)
+    except Exception:
+        pass
+    try:
+        tree = ast.parse(code)
+        imports = [s for s in tree.body if isinstance(s, (ast.Import, ast.ImportFrom))]
+        rest = [s for s in tree.body if not isinstance(s, (ast.Import, ast.ImportFrom))]
+        fn = ast.FunctionDef(
+            name="wrapped_function",
+            args=ast.arguments(posonlyargs=[], args=[], kwonlyargs=[], kw_defaults=[], defaults=[]),
+            body=rest, decorator_list=[], lineno=-1)
+        return lcb_preamble() + "\n" + ast.unparse(imports) + "\n" + ast.unparse(fn)
+    except Exception:
+        return code
+
+
+class LcbStdinBuffer:
+    """sys.stdin.buffer under LCB: read() is all input, readline() always the first line."""
+
+    def __init__(self, inputs):
+        self.inputs = inputs.encode("utf-8")
+
+    def read(self, *args):
+        return self.inputs
+
+    def readline(self, *args):
+        return self.inputs.split(b"\n")[0] + b"\n"
+
+
+class LcbStdin:
+    """sys.stdin under LCB: read() always returns the whole input, readlines()
+    the lines without newlines, readline() reads on; anything else goes to a
+    StringIO (so the object is not iterable)."""
+
+    def __init__(self, inputs):
+        self.inputs = inputs
+        self._stringio = io.StringIO(inputs)
+        self.buffer = LcbStdinBuffer(inputs)
+
+    def read(self, *args):
+        return self.inputs
+
+    def readline(self, *args):
+        return self._stringio.readline(*args)
+
+    def readlines(self, *args):
+        return self.inputs.split("\n")
+
+    def __getattr__(self, name):
+        return getattr(self._stringio, name)
+
+
+def guard(exit_too, code_text):
+    """The reliability_guard both harnesses apply (without a memory limit).
+
+    subprocess and shutil are loaded (and patched) only when the code could
+    reach them: importing them costs ~10 ms a candidate, and a module the
+    program never loads cannot be used."""
+    lowered = code_text.lower()
+    if "subprocess" in lowered or "popen" in lowered or "shutil" in lowered or "import_module" in lowered or "__import__" in lowered:
+        import shutil
+        import subprocess
+
+        shutil.rmtree = shutil.move = shutil.chown = None
+        subprocess.Popen = None
+    if exit_too:
+        builtins.exit = None
+    builtins.quit = None
+    os.environ["OMP_NUM_THREADS"] = "1"
+    for n in GUARD_OS:
+        setattr(os, n, None)
+    builtins.help = None
+    for m in GUARD_MODULES:
+        sys.modules[m] = None
+
+
+def truncated(s, n=300):
+    try:
+        s = s if isinstance(s, str) else str(s)
+    except BaseException:
+        return "<unprintable>"
+    return s if len(s) <= n else s[: n // 2] + "...(truncated) ..." + s[-n // 2:]
+
+
+def lcb_lines(text):
+    return [line.strip() for line in text.strip().split("\n")]
+
+
+def lcb_stdout_ok(got, want):
+    """LCB's stdin comparison, with Python's own Decimal."""
+    a, b = lcb_lines(got), lcb_lines(want)
+    if len(a) != len(b):
+        return False, "mismatched output length: %d lines, expected %d" % (len(a), len(b))
+    from decimal import Decimal
+
+    for k, (x, y) in enumerate(zip(a, b)):
+        if x == y:
+            continue
+        try:
+            dx = [Decimal(t) for t in x.split()]
+            dy = [Decimal(t) for t in y.split()]
+        except Exception:
+            return False, "line %d: %s != %s" % (k + 1, truncated(x, 80), truncated(y, 80))
+        if dx != dy:
+            return False, "line %d: %s != %s" % (k + 1, truncated(x, 80), truncated(y, 80))
+    return True, None
+
+
+def inproc_child(req, code_text, tests, expected, res_fd):
+    """The candidate's one process under lcb, and under taco for functional
+    problems: every test runs in it in turn (state carries over, as in those
+    harnesses), under a wall-clock alarm. Reports "<index> <status> <note>"
+    lines on res_fd and stops at the first failure."""
+    import signal
+
+    write = os.write
+    sem = req["semantics"]
+    tle_s = req["tle_s"]
+    taco = sem == "taco"
+    functional = req["mode"] == "functional"
+
+    def report(i, status, note=""):
+        try:
+            write(res_fd, ("%d %s %s\n" % (i, status, b64(str(note).encode("utf-8", "replace")))).encode())
+        except BaseException:
+            os._exit(71)
+
+    class TimeoutException(Exception):
+        pass
+
+    def on_alarm(signum, frame):
+        print("alarm went off" if taco else "timeout occured: alarm went off")
+        raise TimeoutException
+
+    def alarm(s):
+        signal.setitimer(signal.ITIMER_REAL, s)
+
+    signal.signal(signal.SIGALRM, on_alarm)
+    if not taco:
+        sys.set_int_max_str_digits(50000)
+    # The process's own stdin as those harnesses leave it (/dev/null), which
+    # the preamble's `from sys import *` binds; its stdout is not captured.
+    sys.stdin = open(os.devnull)
+    texts = [t.decode("utf-8", "surrogateescape") for t in tests]
+    wants = [t.decode("utf-8", "surrogateescape") for t in expected]
+
+    def failed(i, e):
+        r = "<unprintable>"
+        try:
+            r = repr(e)
+        except BaseException:
+            pass
+        if "timeoutexception" in r.lower():
+            report(i, "tle", "alarm after %gs (TimeoutException)" % tle_s)
+        elif isinstance(e, MemoryError):
+            report(i, "mle", "MemoryError")
+        else:
+            report(i, "re", truncated(r))
+
+    if not taco and "numpy" in code_text:
+        # LCB's process has numpy loaded before its guard (testing_util imports
+        # it); imported after the guard it fails. Only when the code names it:
+        # it costs ~100 ms.
+        try:
+            import numpy  # noqa: F401
+        except ImportError:
+            pass
+    if not functional:  # lcb stdin
+        use_mock_open = "open" in code_text
+        if use_mock_open:
+            from unittest import mock
+        guard(False, code_text)
+        src = lcb_stdin_program(code_text)
+        alarm(tle_s)
+        try:
+            mod = type(sys)("tmp_sol", "")
+            exec(src, mod.__dict__)
+            target = mod.Solution() if "class Solution" in src else mod
+        except Exception as e:
+            alarm(0)
+            report(0, "ce" if isinstance(e, SyntaxError) else "re", "while loading: " + truncated(repr(e)))
+            return
+        alarm(0)
+        method = getattr(target, "wrapped_function", None) if hasattr(target, "wrapped_function") else None
+        if method is None:
+            report(0, "re", "no wrapped_function: LCB could not transform the program")
+            return
+        real_stdin = sys.stdin
+        for i, text in enumerate(texts):
+            lines = iter(text.split("\n"))
+            cap = io.StringIO()
+            cap.close = lambda x: 1  # as LCB's capture: close() takes an argument
+            saved_out = sys.stdout
+            saved_open = builtins.open
+            alarm(tle_s)
+            sys.stdout = cap
+            err = None
+            try:
+                patched = {"read": lambda *a: text, "readlines": lambda *a: text.split("\n"),
+                           "readline": lambda *a: next(lines)}
+                for k, v in patched.items():
+                    setattr(real_stdin, k, v)
+                sys.stdin = LcbStdin(text)
+                if use_mock_open:
+                    builtins.open = mock.mock_open(read_data=text)
+                try:
+                    method()
+                except SystemExit:
+                    pass
+                finally:
+                    builtins.open = saved_open
+                    sys.stdin = real_stdin
+                    for k in patched:
+                        try:
+                            delattr(real_stdin, k)
+                        except BaseException:
+                            pass
+                alarm(0)
+            except Exception as e:
+                alarm(0)
+                err = e
+            finally:
+                alarm(0)
+                sys.stdout = saved_out
+            if err is not None:
+                failed(i, err)
+                return
+            ok, note = lcb_stdout_ok(cap.getvalue(), wants[i])
+            if not ok:
+                report(i, "wa", note)
+                return
+            report(i, "pass")
+        return
+
+    import json as _json
+
+    fn = req["fn_name"]
+    src = (TACO_PREAMBLE if taco else lcb_preamble() + "\n\n") + code_text
+    if not taco:
+        guard(False, code_text)  # LCB guards before loading; TACO after
+    alarm(tle_s)
+    try:
+        if taco:
+            g = {}
+            exec(src, g)
+            mod = type(sys)("tmp_sol", "")
+            mod.__dict__.update(g)
+        else:
+            mod = type(sys)("tmp_sol", "")
+            exec(src, mod.__dict__)
+        target = mod.Solution() if "class Solution" in src else mod
+    except Exception as e:
+        alarm(0)
+        report(0, "ce" if isinstance(e, SyntaxError) else "re", "while loading: " + truncated(repr(e)))
+        return
+    alarm(0)
+    method = getattr(target, fn, None) if hasattr(target, fn) else None
+    if method is None:
+        report(0, "re", "no callable %s on %s" % (fn, "Solution()" if "class Solution" in src else "the module"))
+        return
+    try:
+        args = [[_json.loads(line) for line in t.split("\n")] for t in texts]
+        outs = [_json.loads(w) for w in wants]
+    except Exception as e:
+        report(0, "re", "test data is not JSON per line: " + truncated(repr(e)))
+        return
+    if taco:
+        guard(True, code_text)
+
+        def int_keys(d):
+            try:
+                return {int(k): v for k, v in d.items()}
+            except Exception:
+                return None
+
+        # TACO's process_input_output; valley's schema unwrapped APPS's
+        # one-element output lists, so the expected list is [value].
+        for k, a in enumerate(args):
+            if a and isinstance(a[0], dict) and int_keys(a[0]) is not None:
+                args[k] = [int_keys(a[0])]
+        outs = [[int_keys(o)] if isinstance(o, dict) and int_keys(o) is not None else [o] for o in outs]
+    for i in range(len(texts)):
+        alarm(tle_s)
+        try:
+            got = method(*args[i])
+        except Exception as e:
+            alarm(0)
+            failed(i, e)
+            return
+        try:
+            if isinstance(got, tuple):
+                got = list(got)
+            want = outs[i]
+            if taco:
+                ok = got == want
+                if isinstance(want, list) and want:
+                    ok = ok or (got == want[0])
+                try:
+                    if isinstance(got[0], tuple):
+                        got = [list(x) for x in got]
+                        ok = ok or (got == want[0])
+                except Exception:
+                    pass
+            else:
+                ok = got == want
+            verdict = bool(ok)
+            alarm(0)
+        except Exception as e:
+            alarm(0)
+            if taco:
+                report(i, "tle", "comparison failed (TACO counts it as a time-out): " + truncated(repr(e)))
+            else:
+                failed(i, e)
+            return
+        if not verdict:
+            report(i, "wa", "returned %s, expected %s" % (truncated(got, 120), truncated(outs[i], 120)))
+            return
+        report(i, "pass")
+
+
+def run_inproc(req, code_text, tests, expected):
+    """Runs inproc_child and relays its results, with LCB's overall clock
+    ((time limit + 1) × tests + 5 s). Returns when it has ended."""
+    lim = req["limits"]
+    n = len(tests)
+    in_fd = os.memfd_create("stdin")
+    err_r, err_w = os.pipe()
+    res_r, res_w = os.pipe()
+    start = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setsid()
+            fds = [os.dup(fd) for fd in (in_fd, err_w, err_w, res_w)]
+            for target, fd in enumerate(fds):
+                os.dup2(fd, target)
+            os.closerange(4, 1 << 16)
+            cpu = int(lim["cpu_s"])
+            resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+            resource.setrlimit(resource.RLIMIT_AS, (lim["as_bytes"], lim["as_bytes"]))
+            resource.setrlimit(resource.RLIMIT_FSIZE, (lim["fsize_bytes"], lim["fsize_bytes"]))
+            resource.setrlimit(resource.RLIMIT_NOFILE, (lim["nofile"], lim["nofile"]))
+            resource.setrlimit(resource.RLIMIT_NPROC, (lim["nproc"], lim["nproc"]))
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+            sys.stdout = sys.__stdout__ = io.TextIOWrapper(
+                io.BufferedWriter(io.FileIO(1, "wb", closefd=False)), encoding="utf-8",
+                errors="surrogateescape", line_buffering=True)
+            sys.stderr = sys.__stderr__ = io.TextIOWrapper(
+                io.BufferedWriter(io.FileIO(2, "wb", closefd=False)), encoding="utf-8",
+                errors="backslashreplace", line_buffering=True)
+            if SANDBOXED:
+                os.chdir("/tmp")
+            inproc_child(req, code_text, tests, expected, 3)
+        except BaseException:
+            pass
+        os._exit(0)
+    CHILD_PGID[0] = pid
+    for fd in (err_w, res_w, in_fd):
+        os.close(fd)
+    pidfd = os.pidfd_open(pid)
+    err = bytearray()
+    res = bytearray()
+    open_fds = {err_r, res_r}
+    poller = select.poll()
+    for fd in open_fds:
+        poller.register(fd, select.POLLIN)
+    poller.register(pidfd, select.POLLIN)
+    deadline = start + lim["wall_s"]
+    nxt = 0
+    stop = False
+    exited = False
+    timed_out = False
+    last = start
+
+    def emit(status, note):
+        nonlocal nxt, last, stop
+        now = time.monotonic()
+        send({"i": nxt, "exit_code": 0, "signal": None, "timed_out": status == "tle", "ole": False,
+              "cpu_s": None, "wall_s": now - last, "stdout": '""',
+              "stderr": '"' + b64(err[-2048:]) + '"' if status != "pass" else '""',
+              "stderr_truncated": False, "exc": None, "result": None,
+              "status": jstr(status), "note": jstr(note)})
+        last = now
+        nxt += 1
+        if status != "pass" or nxt >= n:
+            stop = True
+
+    while not stop and (open_fds or not exited):
+        now = time.monotonic()
+        if now >= deadline:
+            timed_out = True
+            break
+        events = poller.poll(max(1, int((deadline - now) * 1000)))
+        for fd, _ in events:
+            if fd == pidfd:
+                poller.unregister(pidfd)
+                exited = True
+                continue
+            try:
+                chunk = os.read(fd, 1 << 16)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                poller.unregister(fd)
+                open_fds.discard(fd)
+                os.close(fd)
+                continue
+            if fd == err_r:
+                if len(err) < lim["stderr_bytes"]:
+                    err += chunk[: lim["stderr_bytes"] - len(err)]
+                continue
+            res += chunk
+            while b"\n" in res and not stop:
+                line, _, rest = bytes(res).partition(b"\n")
+                res[:] = rest
+                parts = line.split(b" ")
+                if len(parts) != 3 or int(parts[0]) != nxt:
+                    emit("re", "the program wrote to the harness's result pipe")
+                    break
+                emit(parts[1].decode(), binascii.a2b_base64(parts[2]).decode("utf-8", "replace"))
+        if exited and res_r not in open_fds and not stop:
+            break
+    kill_others()
+    status = None
+    try:
+        _, status, _ = os.wait4(pid, os.WNOHANG)
+    except ChildProcessError:
+        status = REAPED.get(pid, (None,))[0]
+    if not stop:
+        if timed_out:
+            emit("tle", "overall time-out: %gs for %d tests" % (lim["wall_s"], n))
+        else:
+            how = "the process ended"
+            if status is not None and os.WIFSIGNALED(status):
+                how += " (signal %d)" % os.WTERMSIG(status)
+            emit("re", how + " before the test finished (LCB: global failure)")
+    for fd in open_fds:
+        os.close(fd)
+    os.close(pidfd)
+    REAPED.clear()
+    wipe_tmp()
 
 
 def read_blob():
@@ -419,16 +970,42 @@ def main():
             # A dumpable harness could be ptraced by the candidate: refuse to run.
             sys.stderr.write("harness: cannot make itself non-dumpable: %r\n" % (e,))
             sys.exit(70)
+    preload(os.environ.get("VALLEY_PRELOAD", ""))
     head = PROTO_IN.readline().decode().split()
     if not head:
         return  # an unused warm sandbox being closed
     keys = ["cpu_s", "wall_s", "as_bytes", "fsize_bytes", "nofile", "nproc", "stdout_bytes", "stderr_bytes"]
     limits = dict(zip(keys, [float(x) if k == "wall_s" else int(x) for k, x in zip(keys, head[3:])]))
-    req = {"mode": head[0], "fn_name": head[1], "limits": limits}
+    semantics, variant, tle_s = head[11], head[12], float(head[13])
+    req = {"mode": head[0], "fn_name": head[1], "limits": limits, "semantics": semantics,
+           "tle_s": tle_s}
     code = read_blob()
     tests = [read_blob() for _ in range(int(head[2]))]
+    inproc = semantics == "lcb" or (semantics == "taco" and req["mode"] == "functional")
+    expected = [read_blob() for _ in range(int(head[2]))] if inproc else []
     if req["mode"] == "functional":
         import json  # noqa: F401  (only functional tests need it; it costs ~10 ms)
+    if inproc:
+        send({"ready": True})
+        run_inproc(req, code.decode("utf-8", "surrogateescape"), tests, expected)
+        return
+    if semantics == "taco":
+        try:
+            import numpy  # noqa: F401  (TACO's preamble imports it)
+        except ImportError:
+            send({"ie": jstr("TACO semantics need numpy in the sandbox's /usr (apt-get install python3-numpy)")})
+            return
+        plain, wrapped, started = taco_std_programs(code.decode("utf-8", "surrogateescape"))
+        # TACO first loads the wrapped form and gives up when it has no code().
+        try:
+            if not started:
+                raise SyntaxError("no code line: the wrapped form defines no code()")
+            compile(wrapped, "<solution>", "exec", dont_inherit=True)
+        except (SyntaxError, ValueError) as e:
+            send({"ce": jstr("TACO's wrapped form does not compile: %s: %s" % (type(e).__name__, e)),
+                  "final": True})
+            return
+        code = (plain if variant == "plain" else wrapped + "\ncode()\n").encode("utf-8", "surrogateescape")
     try:
         code_obj = compile(code, "<solution>", "exec", dont_inherit=True)
     except (SyntaxError, ValueError) as e:
@@ -436,7 +1013,12 @@ def main():
         return
     send({"ready": True})
     for index, test_input in enumerate(tests):
-        send(run_test(req, code_obj, index, test_input))
+        r = run_test(req, code_obj, index, test_input)
+        if semantics == "taco" and r["exit_code"] != 0 and not r["timed_out"] and not r["ole"] and SANDBOXED:
+            # TACO retries a failed run reading input.txt and judging output.txt.
+            f = run_test(req, code_obj, index, test_input, file_mode=True)
+            r.update({"file_exit": f["exit_code"], "file_timed_out": f["timed_out"], "file_out": f["file_out"]})
+        send(r)
         cmd = PROTO_IN.readline().strip()
         if cmd != b"c":
             break

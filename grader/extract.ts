@@ -1,8 +1,10 @@
 /**
  * Finding the program in a model's answer. The reasoning is removed first (a
  * `<think>` that never closes swallows the rest: code the model only thought
- * about is not an answer), then one fenced block is taken: the first, as
- * LiveCodeBench does, or the last.
+ * about is not an answer), then one fenced block is taken: the first or the
+ * last. This is the `strict` and `taco` extraction; LiveCodeBench's own (the
+ * last two lines containing ``` anywhere in the raw text, think included) is
+ * lcbExtract in semantics.ts.
  */
 import type { ExtractionPolicy } from "./types.js";
 

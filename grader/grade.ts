@@ -5,6 +5,15 @@
 import { compareFunctional, compareStdout } from "./compare.js";
 import { extractCode } from "./extract.js";
 import {
+  LCB_ALARM_S,
+  lcbExtract,
+  semanticsFor,
+  TACO_ALARM_S,
+  tacoStdoutOk,
+  type Semantics,
+  type SemanticsChoice,
+} from "./semantics.js";
+import {
   DEFAULT_LIMITS,
   runSandboxed,
   SandboxProcess,
@@ -27,6 +36,10 @@ import type {
  * files declare the same names and defaults).
  */
 export interface GradingParams {
+  /** Whose verdicts: strict, lcb, taco, or auto (by each problem's source). */
+  semantics: SemanticsChoice;
+  /** Address-space cap under lcb and taco, whose harnesses have none: only the machine's safety. */
+  memoryCapMb: number;
   policy: ExtractionPolicy;
   allTests: boolean;
   timeoutScale: number;
@@ -40,6 +53,8 @@ export interface GradingParams {
 }
 
 export const GRADING_DEFAULTS: GradingParams = {
+  semantics: "auto",
+  memoryCapMb: 4096,
   policy: "first",
   allTests: false,
   timeoutScale: 1,
@@ -52,8 +67,15 @@ export const GRADING_DEFAULTS: GradingParams = {
 };
 
 /** Grader options from a stage's grading params. */
-export function gradeOptionsFrom(p: GradingParams, signal: AbortSignal): Partial<GradeOptions> {
+export function gradeOptionsFrom(
+  p: GradingParams,
+  signal: AbortSignal,
+  where: "verify" | "evaluate",
+): Partial<GradeOptions> {
   return {
+    semantics: p.semantics,
+    memoryCapMb: p.memoryCapMb,
+    where,
     policy: p.policy,
     allTests: p.allTests,
     timeoutScale: p.timeoutScale,
@@ -69,7 +91,13 @@ export function gradeOptionsFrom(p: GradingParams, signal: AbortSignal): Partial
 }
 
 export interface GradeOptions {
-  /** Which fenced block is the program (LCB: first). */
+  /** Whose verdicts (see semantics.ts); `auto` picks by each problem's source. */
+  semantics: SemanticsChoice;
+  /** Which stage's `auto`: TACO problems get taco semantics only in verify. */
+  where: "verify" | "evaluate";
+  /** Address-space cap under lcb and taco (their harnesses have none). */
+  memoryCapMb: number;
+  /** Which fenced Python block is the program under strict and taco (lcb takes the last fenced block of the raw text). */
   policy: ExtractionPolicy;
   /** Run every test instead of stopping at the first failure. */
   allTests: boolean;
@@ -94,6 +122,9 @@ export interface GradeOptions {
 }
 
 export const DEFAULT_GRADE_OPTIONS: GradeOptions = {
+  semantics: "strict",
+  where: "evaluate",
+  memoryCapMb: 4096,
   policy: "first",
   allTests: false,
   timeoutScale: 1,
@@ -111,7 +142,7 @@ export class ProblemError extends Error {
 }
 
 /** The test type of a problem, or why it cannot be graded. */
-export function problemMode(p: Problem): TestType {
+export function problemMode(p: Problem, semantics: Semantics = "strict"): TestType {
   if (!Array.isArray(p.tests) || p.tests.length === 0) {
     throw new ProblemError(`problem ${p.id} has no tests: zero tests would count as a pass`);
   }
@@ -121,7 +152,8 @@ export function problemMode(p: Problem): TestType {
   if (mode !== "stdin" && mode !== "functional") {
     throw new ProblemError(`problem ${p.id}: unknown test type ${JSON.stringify(mode)}`);
   }
-  if (mode === "functional" && !p.fn_name) {
+  // Under lcb this is the problem's own failure (LCB finds no method to call), not bad input.
+  if (mode === "functional" && !p.fn_name && semantics !== "lcb") {
     throw new ProblemError(`problem ${p.id} has functional tests but no fn_name`);
   }
   return mode;
@@ -206,16 +238,69 @@ export async function gradeSample(
   takeSandbox?: () => SandboxProcess,
 ): Promise<SampleResult> {
   const o = options(opts);
-  const mode = problemMode(problem);
-  const code = extractCode(text, o.policy);
+  const semantics = semanticsFor(problem, o.semantics, o.where);
+  const mode = problemMode(problem, semantics);
+  const policy: ExtractionPolicy = semantics === "lcb" ? "last" : o.policy;
+  const code = semantics === "lcb" ? lcbExtract(text) : extractCode(text, o.policy);
+  const base = { policy, semantics };
   if (code === null) {
     return {
       verdict: "NO_CODE",
       tests: [],
-      policy: o.policy,
-      message: "no fenced Python block outside <think>",
+      ...base,
+      message:
+        semantics === "lcb"
+          ? "fewer than two lines with ``` (LiveCodeBench grades an empty program)"
+          : "no fenced Python block outside <think>",
     };
   }
+  if (semantics === "lcb" && mode === "functional" && !problem.fn_name) {
+    return {
+      verdict: "RE",
+      tests: [],
+      ...base,
+      message: `problem ${problem.id} has functional tests but no fn_name: LiveCodeBench finds no method to call`,
+    };
+  }
+  if (semantics === "strict") return gradeStrict(problem, mode, code, o, takeSandbox);
+  if (semantics === "lcb" || mode === "functional")
+    return gradeInProcess(problem, mode, code, semantics, o, takeSandbox);
+  return gradeTacoStdin(problem, code, o, takeSandbox);
+}
+
+const stub = (index: number, verdict: Verdict, note: string): TestResult => ({
+  index,
+  verdict,
+  cpu_s: null,
+  wall_s: 0,
+  exit_code: null,
+  signal: null,
+  note,
+});
+
+function finalVerdict(
+  tests: TestResult[],
+  total: number,
+  base: { policy: ExtractionPolicy; semantics: Semantics },
+): SampleResult {
+  const failed = tests.find((t) => t.verdict !== "AC");
+  const verdict: Outcome = failed ? failed.verdict : tests.length === total ? "AC" : "IE";
+  return {
+    verdict,
+    tests,
+    ...base,
+    ...(verdict === "IE" ? { message: `only ${tests.length} of ${total} tests ran` } : {}),
+  };
+}
+
+async function gradeStrict(
+  problem: Problem,
+  mode: TestType,
+  code: string,
+  o: GradeOptions,
+  takeSandbox?: () => SandboxProcess,
+): Promise<SampleResult> {
+  const base = { policy: o.policy, semantics: "strict" as const };
   const cpuLimit = (problem.time_limit_s ?? o.defaultTimeLimitS) * o.timeoutScale;
   const limits: SandboxLimits = {
     ...DEFAULT_LIMITS,
@@ -242,20 +327,11 @@ export async function gradeSample(
     { sandbox: o.sandbox, bwrap: o.bwrap, signal: o.signal },
     takeSandbox?.(),
   );
-  const stub = (index: number, verdict: Verdict, note: string): TestResult => ({
-    index,
-    verdict,
-    cpu_s: null,
-    wall_s: 0,
-    exit_code: null,
-    signal: null,
-    note,
-  });
   switch (end.kind) {
     case "infra":
-      return { verdict: "IE", tests, policy: o.policy, message: end.message };
+      return { verdict: "IE", tests, ...base, message: end.message };
     case "compile-error":
-      return { verdict: "CE", tests, policy: o.policy, message: end.message };
+      return { verdict: "CE", tests, ...base, message: end.message };
     case "crashed":
       tests.push(stub(end.index, "RE", end.message));
       break;
@@ -265,20 +341,197 @@ export async function gradeSample(
     case "done":
       break;
   }
-  const failed = tests.find((t) => t.verdict !== "AC");
-  const verdict: Outcome = failed
-    ? failed.verdict
-    : tests.length === problem.tests.length
-      ? "AC"
-      : "IE";
-  return {
-    verdict,
-    tests,
-    policy: o.policy,
-    ...(verdict === "IE"
-      ? { message: `only ${tests.length} of ${problem.tests.length} tests ran` }
-      : {}),
+  return finalVerdict(tests, problem.tests.length, base);
+}
+
+const STATUS_VERDICT: Record<string, Verdict> = {
+  pass: "AC",
+  wa: "WA",
+  tle: "TLE",
+  re: "RE",
+  mle: "MLE",
+  ce: "CE",
+};
+
+/**
+ * lcb (stdin and functional) and taco functional: one process runs the tests
+ * in turn and judges each itself, as those harnesses do; it stops at the first
+ * failure. Time: the harnesses' wall-clock alarm per test, and LCB's overall
+ * clock, (alarm + 1) × tests + 5 s, for the whole process.
+ */
+async function gradeInProcess(
+  problem: Problem,
+  mode: TestType,
+  code: string,
+  semantics: Semantics,
+  o: GradeOptions,
+  takeSandbox?: () => SandboxProcess,
+): Promise<SampleResult> {
+  const base = { policy: semantics === "lcb" ? ("last" as const) : o.policy, semantics };
+  const alarmS = (semantics === "lcb" ? LCB_ALARM_S : TACO_ALARM_S) * o.timeoutScale;
+  const overall = (alarmS + 1) * problem.tests.length + 5;
+  const limits: SandboxLimits = {
+    ...DEFAULT_LIMITS,
+    ...o.limits,
+    cpuS: overall,
+    wallS: overall,
+    memoryMb: o.memoryCapMb,
   };
+  const tests: TestResult[] = [];
+  const end = await runSandboxed(
+    {
+      code,
+      mode,
+      fnName: mode === "functional" ? problem.fn_name : undefined,
+      inputs: problem.tests.map((t) => t.input),
+      expected: problem.tests.map((t) => t.output),
+      limits,
+      semantics,
+      alarmS,
+    },
+    (run) => {
+      const verdict = STATUS_VERDICT[run.status ?? ""] ?? "RE";
+      const r: TestResult = {
+        index: run.index,
+        verdict,
+        cpu_s: null,
+        wall_s: Math.round(run.wallS * 1e4) / 1e4,
+        exit_code: null,
+        signal: null,
+        ...(verdict !== "AC" && run.note ? { note: run.note } : {}),
+        ...(verdict !== "AC" && run.stderr.length > 0
+          ? { stderr_tail: run.stderr.toString("utf8") }
+          : {}),
+      };
+      tests.push(r);
+      return verdict === "AC";
+    },
+    { sandbox: o.sandbox, bwrap: o.bwrap, signal: o.signal },
+    takeSandbox?.(),
+  );
+  switch (end.kind) {
+    case "infra":
+      return { verdict: "IE", tests, ...base, message: end.message };
+    case "compile-error":
+      return { verdict: "CE", tests, ...base, message: end.message };
+    case "crashed":
+      tests.push(stub(end.index, "RE", end.message));
+      break;
+    case "timeout":
+      tests.push(stub(end.index, "TLE", "the sandbox's overall wall clock ran out"));
+      break;
+    case "done":
+      break;
+  }
+  const r = finalVerdict(tests, problem.tests.length, base);
+  const ce = tests.find((t) => t.verdict === "CE");
+  return ce?.note ? { ...r, message: ce.note } : r;
+}
+
+/** TACO's label of one stdin test: passed, false, timeout, runtime_error or returncode:N. */
+function tacoLabel(run: RawRun, expected: string): { label: string; verdict: Verdict } {
+  const text = (b: Buffer): string | null => {
+    try {
+      // subprocess.run(text=True): strict UTF-8, universal newlines.
+      return new TextDecoder("utf-8", { fatal: true }).decode(b).replace(/\r\n?/g, "\n");
+    } catch {
+      return null;
+    }
+  };
+  if (run.outputLimitExceeded) return { label: "output limit", verdict: "OLE" };
+  if (run.timedOut) return { label: "timeout", verdict: "TLE" };
+  const rc = run.exitCode ?? (run.signal !== null ? -run.signal : -1);
+  if (rc === 0) {
+    const out = text(run.stdout);
+    if (out === null) return { label: "runtime_error", verdict: "RE" };
+    return tacoStdoutOk(out, expected)
+      ? { label: "passed", verdict: "AC" }
+      : { label: "false", verdict: "WA" };
+  }
+  const f = run.fileRetry;
+  if (!f || f.timedOut) return { label: `returncode:${rc}`, verdict: "RE" };
+  if (f.exitCode !== 0) return { label: `returncode:${f.exitCode ?? -9}`, verdict: "RE" };
+  if (f.output === null) return { label: "returncode:0", verdict: "RE" };
+  const out = text(f.output);
+  if (out === null) return { label: "returncode:0", verdict: "RE" };
+  return tacoStdoutOk(out, expected)
+    ? { label: "passed", verdict: "AC" }
+    : { label: "false", verdict: "WA" };
+}
+
+/**
+ * taco stdin: each test is a fresh run of the program with TACO's preamble
+ * under a 4 s wall clock; a failed run is retried reading input.txt and
+ * writing output.txt. When every test ends with exit code 1 TACO runs the
+ * function-wrapped form instead, and that decides.
+ */
+async function gradeTacoStdin(
+  problem: Problem,
+  code: string,
+  o: GradeOptions,
+  takeSandbox?: () => SandboxProcess,
+): Promise<SampleResult> {
+  const base = { policy: o.policy, semantics: "taco" as const };
+  const wallS = TACO_ALARM_S * o.timeoutScale;
+  const limits: SandboxLimits = {
+    ...DEFAULT_LIMITS,
+    ...o.limits,
+    cpuS: wallS + 1,
+    wallS,
+    memoryMb: o.memoryCapMb,
+  };
+  const n = problem.tests.length;
+  const session = async (variant: "plain" | "wrapped", proc?: SandboxProcess) => {
+    const tests: TestResult[] = [];
+    const labels: string[] = [];
+    const end = await runSandboxed(
+      {
+        code,
+        mode: "stdin",
+        inputs: problem.tests.map((t) => t.input),
+        limits,
+        semantics: "taco",
+        variant,
+        alarmS: wallS,
+      },
+      (run) => {
+        const { label, verdict } = tacoLabel(run, problem.tests[run.index].output);
+        labels.push(label);
+        const r = judge(run, problem, "stdin", Infinity, undefined);
+        tests.push({
+          ...r,
+          verdict,
+          ...(verdict === "AC" ? { note: undefined } : { note: `TACO: ${label}` }),
+        });
+        // The plain run goes on while all pass or all end with exit code 1
+        // (then the wrapped form is tried); the wrapped run stops at a failure.
+        if (variant === "wrapped") return verdict === "AC";
+        return labels.every((l) => l === "passed") || labels.every((l) => l === "returncode:1");
+      },
+      { sandbox: o.sandbox, bwrap: o.bwrap, signal: o.signal },
+      proc,
+    );
+    return { tests, labels, end };
+  };
+  const first = await session("plain", takeSandbox?.());
+  const allRc1 = first.labels.length === n && first.labels.every((l) => l === "returncode:1");
+  const plainCe = first.end.kind === "compile-error" && !first.end.final;
+  const { tests, end } = allRc1 || plainCe ? await session("wrapped") : first;
+  switch (end.kind) {
+    case "infra":
+      return { verdict: "IE", tests, ...base, message: end.message };
+    case "compile-error":
+      return { verdict: "CE", tests, ...base, message: end.message };
+    case "crashed":
+      tests.push(stub(end.index, "RE", end.message));
+      break;
+    case "timeout":
+      tests.push(stub(end.index, "TLE", "the sandbox's overall wall clock ran out"));
+      break;
+    case "done":
+      break;
+  }
+  return finalVerdict(tests, n, base);
 }
 
 export interface Job {
@@ -296,20 +549,27 @@ export async function gradeMany(
   onDone?: (index: number, r: SampleResult) => void,
 ): Promise<SampleResult[]> {
   const o = options(opts);
-  for (const j of jobs) problemMode(j.problem); // bad input before any work
+  // Bad input before any work.
+  for (const j of jobs) problemMode(j.problem, semanticsFor(j.problem, o.semantics, o.where));
   const out = new Array<SampleResult>(jobs.length);
   // Sandboxes start with limits fixed per run (the size of /tmp, output caps).
   const spawnLimits: SandboxLimits = { ...DEFAULT_LIMITS, ...o.limits };
-  const start = () =>
-    new SandboxProcess({ sandbox: o.sandbox, bwrap: o.bwrap, limits: spawnLimits });
+  // A sandbox started for job k imports what k's semantics need while it waits.
+  const start = (k: number) =>
+    new SandboxProcess({
+      sandbox: o.sandbox,
+      bwrap: o.bwrap,
+      limits: spawnLimits,
+      preload: k < jobs.length ? semanticsFor(jobs[k].problem, o.semantics, o.where) : undefined,
+    });
   let next = 0;
   const worker = async () => {
     // Each worker keeps one sandbox started ahead, so its start-up overlaps
     // the previous candidate's run.
     let warm: SandboxProcess | undefined;
     const take = () => {
-      const p = warm ?? start();
-      warm = next < jobs.length && !o.signal?.aborted ? start() : undefined;
+      const p = warm ?? start(next - 1);
+      warm = next < jobs.length && !o.signal?.aborted ? start(next) : undefined;
       return p;
     };
     try {

@@ -4,6 +4,7 @@
  */
 import { readFile } from "node:fs/promises";
 import { problemMode } from "./grade.js";
+import type { Semantics } from "./semantics.js";
 import type { Problem } from "./types.js";
 
 /** Bad input: the message names the file and line; the CLI exits 2. */
@@ -41,7 +42,10 @@ export async function readJsonl(
 }
 
 /** Loads problems.jsonl, checking what grading relies on (ids, tests, fn_name). */
-export async function loadProblems(file: string): Promise<Map<string, Problem>> {
+export async function loadProblems(
+  file: string,
+  semanticsOf: (p: Problem) => Semantics = () => "strict",
+): Promise<Map<string, Problem>> {
   const problems = new Map<string, Problem>();
   for (const { line, value } of await readJsonl(file)) {
     const where = `${file}:${line}`;
@@ -71,7 +75,7 @@ export async function loadProblems(file: string): Promise<Map<string, Problem>> 
     }
     const p = value as unknown as Problem;
     try {
-      problemMode(p);
+      problemMode(p, semanticsOf(p));
     } catch (e) {
       throw new RecordError(`${where}: ${(e as Error).message}`);
     }

@@ -20,6 +20,9 @@ import type { TestType } from "./types.js";
 
 export type SandboxKind = "bwrap" | "none";
 
+/** Whose verdicts the harness reproduces (see grader/semantics.ts). */
+export type Semantics = "strict" | "lcb" | "taco";
+
 export interface SandboxLimits {
   /** CPU seconds per test (RLIMIT_CPU rounds up to whole seconds; the host checks the exact figure). */
   cpuS: number;
@@ -56,9 +59,20 @@ export interface SandboxRequest {
   code: string;
   mode: TestType;
   fnName?: string;
-  /** Test inputs only: expected outputs stay on the host. */
+  /** Test inputs. Expected outputs stay on the host, except under `lcb` and functional `taco` (below). */
   inputs: string[];
   limits: SandboxLimits;
+  /** Default strict. */
+  semantics?: Semantics;
+  /** taco stdin: run the program as given ("plain") or TACO's function-wrapped form ("wrapped"). */
+  variant?: "plain" | "wrapped";
+  /** lcb and taco: the per-test alarm, seconds of wall clock. */
+  alarmS?: number;
+  /**
+   * lcb, and taco functional: the expected outputs. Those harnesses compare in
+   * the candidate's process (Python ==), so these do too.
+   */
+  expected?: string[];
 }
 
 /** One test as the harness saw it. */
@@ -76,11 +90,17 @@ export interface RawRun {
   exception: string | null;
   /** Functional tests: the JSON text of the returned value. */
   result: string | null;
+  /** lcb and functional taco: the in-process judgement (pass, wa, tle, re, mle, ce) and why. */
+  status?: string;
+  note?: string;
+  /** taco stdin: the retry reading input.txt and writing output.txt, after a non-zero exit. */
+  fileRetry?: { exitCode: number | null; timedOut: boolean; output: Buffer | null };
 }
 
 export type SessionEnd =
   | { kind: "done" }
-  | { kind: "compile-error"; message: string }
+  /** `final` (taco): TACO's wrapped form does not load, so no retry helps. */
+  | { kind: "compile-error"; message: string; final?: boolean }
   /** The harness died while test `index` ran (its output never came): the program's doing or a hard kill. */
   | { kind: "crashed"; index: number; message: string }
   /** The host's wall clock for the whole sandbox ran out while test `index` ran. */
@@ -132,7 +152,7 @@ function driverBoot(): { code: string; blob: Buffer } {
   return boot;
 }
 
-function bwrapArgs(limits: SandboxLimits): string[] {
+function bwrapArgs(limits: SandboxLimits, preload?: Semantics): string[] {
   const args = [
     "--unshare-all",
     "--die-with-parent",
@@ -152,6 +172,11 @@ function bwrapArgs(limits: SandboxLimits): string[] {
     "/bin",
   ];
   if (existsSync("/usr/lib64")) args.push("--symlink", "usr/lib64", "/lib64");
+  // Debian's shared-library alternatives (libblas.so.3 → /etc/alternatives →
+  // /usr/lib/…): numpy, which TACO's preamble imports, cannot load without them.
+  // Symlinks into /usr only.
+  if (existsSync("/etc/alternatives"))
+    args.push("--ro-bind", "/etc/alternatives", "/etc/alternatives");
   args.push(
     "--proc",
     "/proc",
@@ -172,6 +197,8 @@ function bwrapArgs(limits: SandboxLimits): string[] {
     "PATH",
     "/usr/bin:/bin",
   );
+  // The harness imports what these semantics need while it waits.
+  if (preload && preload !== "strict") args.push("--setenv", "VALLEY_PRELOAD", preload);
   return args;
 }
 
@@ -184,10 +211,11 @@ export function sandboxCommand(
   kind: SandboxKind,
   limits: SandboxLimits,
   bwrap = BWRAP,
+  preload?: Semantics,
 ): { file: string; args: string[]; uid?: number } {
   const py = [PYTHON, "-I", "-S", "-c", driverBoot().code];
   if (kind === "none") return { file: PYTHON, args: py.slice(1) };
-  const args = [...bwrapArgs(limits), ...py];
+  const args = [...bwrapArgs(limits, preload), ...py];
   // Node sets the uid and gid and clears supplementary groups before exec;
   // bwrap sets no_new_privs itself. One exec fewer than setpriv.
   if (process.getuid?.() === 0) return { file: bwrap, args, uid: 1_000_000 + randomInt(1 << 24) };
@@ -207,10 +235,26 @@ interface DriverTestLine {
   /** base64, like every text field the harness sends. */
   exc: string | null;
   result: string | null;
+  status?: string;
+  note?: string;
+  file_exit?: number | null;
+  file_timed_out?: boolean;
+  file_out?: string | null;
 }
 
 function toRaw(l: DriverTestLine): RawRun {
+  const text = (b: string) => Buffer.from(b, "base64").toString("utf8");
   return {
+    ...(l.status !== undefined ? { status: text(l.status), note: text(l.note ?? "") } : {}),
+    ...(l.file_exit !== undefined
+      ? {
+          fileRetry: {
+            exitCode: l.file_exit,
+            timedOut: l.file_timed_out === true,
+            output: l.file_out ? Buffer.from(l.file_out, "base64") : null,
+          },
+        }
+      : {}),
     index: l.i,
     exitCode: l.exit_code,
     signal: l.signal,
@@ -307,6 +351,8 @@ export interface SpawnOptions {
   bwrap?: string;
   /** Only the fields fixed at start-up are used: the size of /tmp and the output caps. */
   limits: SandboxLimits;
+  /** Modules to import while waiting (lcb, taco). */
+  preload?: Semantics;
 }
 
 /**
@@ -342,7 +388,12 @@ export class SandboxProcess {
       Math.ceil(((opts.limits.stdoutBytes + opts.limits.stderrBytes) * 4) / 3) + (1 << 20);
     let child: ChildProcess;
     try {
-      const { file, args, uid } = sandboxCommand(opts.sandbox, opts.limits, opts.bwrap);
+      const { file, args, uid } = sandboxCommand(
+        opts.sandbox,
+        opts.limits,
+        opts.bwrap,
+        opts.preload,
+      );
       this.file = file;
       this.uid = uid;
       // Throws at once when the uid cannot be set (e.g. root inside a user
@@ -452,7 +503,14 @@ export async function runSandboxed(
       message: `fn_name ${JSON.stringify(req.fnName)} is not a Python identifier`,
     };
   }
-  const p = proc ?? new SandboxProcess({ sandbox: opts.sandbox, bwrap: opts.bwrap, limits: l });
+  const p =
+    proc ??
+    new SandboxProcess({
+      sandbox: opts.sandbox,
+      bwrap: opts.bwrap,
+      limits: l,
+      preload: req.semantics,
+    });
   if (p.taken) throw new Error("a sandbox process runs one candidate only");
   p.taken = true;
   // The harness reads a header line, then length-prefixed blobs (see driver.py).
@@ -468,6 +526,9 @@ export async function runSandboxed(
     l.processes + processesOfOwnUid(),
     l.stdoutBytes,
     l.stderrBytes,
+    req.semantics ?? "strict",
+    req.variant ?? "plain",
+    req.alarmS ?? l.cpuS,
   ].join(" ");
   const blob = (s: string) => {
     const b = Buffer.from(s, "utf8");
@@ -477,6 +538,7 @@ export async function runSandboxed(
     Buffer.from(header + "\n"),
     ...blob(req.code),
     ...req.inputs.flatMap(blob),
+    ...(req.expected ?? []).flatMap(blob),
   ]);
   // The host keeps its own clocks, so a harness that stalls (or was tampered
   // with) cannot stretch a test: start-up, then each test's wall clock + 2 s.
@@ -524,7 +586,15 @@ export async function runSandboxed(
     if (!started) {
       started = true;
       if (typeof msg.ce === "string") {
-        finish({ kind: "compile-error", message: Buffer.from(msg.ce, "base64").toString("utf8") });
+        finish({
+          kind: "compile-error",
+          message: Buffer.from(msg.ce, "base64").toString("utf8"),
+          ...(msg.final === true ? { final: true } : {}),
+        });
+        return;
+      }
+      if (typeof msg.ie === "string") {
+        finish({ kind: "infra", message: Buffer.from(msg.ie, "base64").toString("utf8") });
         return;
       }
       if (msg.ready !== true)

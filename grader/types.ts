@@ -67,6 +67,8 @@ export interface SampleResult {
   /** Per test, in order; stops at the first failure unless allTests. */
   tests: TestResult[];
   policy: ExtractionPolicy;
+  /** Whose verdict this is: strict, lcb or taco (grader/semantics.ts). */
+  semantics: "strict" | "lcb" | "taco";
   /** For `IE`, `CE` and `NO_CODE`: what happened. */
   message?: string;
 }

@@ -36,6 +36,13 @@ export interface LlamaServerOptions {
   /** Name the server reports as the model (-a). */
   alias?: string;
   extraArgs?: string[];
+  /**
+   * How chats become prompts: "jinja" (the default) runs the model's Jinja
+   * template (--jinja); "builtin" is llama.cpp's llama_chat_apply_template,
+   * the renderer valley's trainer uses, so a student is asked exactly as it
+   * was taught (Jinja would add e.g. Qwen's default system prompt).
+   */
+  chatTemplate?: "jinja" | "builtin";
   /** Give up if /health is not OK within this time (default 120 s: big models load slowly). */
   startTimeoutMs?: number;
   /** Restarts after unexpected deaths before giving up (default 3). */
@@ -72,7 +79,9 @@ export function freePort(): Promise<number> {
 }
 
 export function serverArgs(opts: LlamaServerOptions, port: number): string[] {
-  const a = ["-m", opts.model, "--host", "127.0.0.1", "--port", String(port), "--jinja"];
+  const a = ["-m", opts.model, "--host", "127.0.0.1", "--port", String(port)];
+  // Jinja is llama-server's default; --no-jinja selects llama_chat_apply_template.
+  a.push(opts.chatTemplate === "builtin" ? "--no-jinja" : "--jinja");
   a.push("--no-webui");
   if (opts.alias) a.push("-a", opts.alias);
   if (opts.parallel) a.push("-np", String(opts.parallel));

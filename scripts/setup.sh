@@ -6,13 +6,14 @@ cd "$(dirname "$0")/.."
 
 # System packages the tests and stages need:
 #   bubblewrap        the sandbox for untrusted code (grader)
+#   python3-numpy     the grader's taco semantics (TACO's preamble imports numpy) and lcb's numpy answers
 #   cmake g++ git     building llama.cpp from the bundle inside node-llama-cpp
 #   chromium          the report's HTML page is checked in a real headless browser
 #   fonts-dejavu-core text in rendered plots
 #   util-linux        prlimit/setpriv (usually present)
 #   openssh-*         the ssh:// remote tests run a real sshd on loopback
 #   slurm*, munge     the Slurm executor tests start a real single-node cluster
-PKGS=(bubblewrap cmake g++ git chromium fonts-dejavu-core util-linux python3 ca-certificates openssh-server openssh-client slurmctld slurmd slurm-client munge)
+PKGS=(bubblewrap python3-numpy cmake g++ git chromium fonts-dejavu-core util-linux python3 ca-certificates openssh-server openssh-client slurmctld slurmd slurm-client munge)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

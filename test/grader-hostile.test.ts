@@ -385,3 +385,66 @@ describe("hostile programs in the sandbox", { skip: process.platform !== "linux"
     assert.equal(r.verdict, "AC");
   });
 });
+
+// The same programs under LiveCodeBench's and TACO's semantics: verdicts follow
+// those harnesses (one process for all tests, in-process patching, wall-clock
+// alarms), but containment must not change. Alarms scaled to 1 s; the address
+// space capped at 1 GiB here only to spare the shared test machine.
+for (const [semantics, timeoutScale] of [
+  ["lcb", 1 / 6],
+  ["taco", 1 / 4],
+] as const) {
+  describe(
+    `hostile programs under ${semantics} semantics`,
+    { skip: process.platform !== "linux" },
+    () => {
+      let results: SampleResult[] = [];
+      let sandboxUnavailable: string | null = null;
+
+      before(async () => {
+        sandboxUnavailable = await probeSandbox("bwrap");
+        if (sandboxUnavailable) return;
+        process.env.VALLEY_TEST_SECRET = SECRET;
+        results = await gradeMany(
+          cases.map((c) => ({ problem: c.problem, text: c.text })),
+          {
+            semantics,
+            timeoutScale,
+            memoryCapMb: 1024,
+            jobs: 2,
+            limits: { tmpBytes: 8 << 20, fileSizeBytes: 64 << 20 },
+          },
+        );
+      });
+      after(() => {
+        delete process.env.VALLEY_TEST_SECRET;
+      });
+
+      it("every program gets a verdict (no infrastructure error)", () => {
+        assert.equal(sandboxUnavailable, null);
+        assert.equal(results.length, cases.length);
+        for (const [k, r] of results.entries()) {
+          assert.notEqual(r.verdict, "IE", `${cases[k].name}: ${r.message}`);
+          assert.equal(r.semantics, semantics);
+        }
+      });
+
+      it("nothing of the host reaches a program (its files, environment, network)", () => {
+        // Each of these passes only if the program could read or reach the host.
+        for (const id of ["shadow", "repo", "environ1", "envvars"]) {
+          const k = cases.findIndex((c) => c.problem.id === id);
+          assert.notEqual(results[k].verdict, "AC", `${id}: ${JSON.stringify(results[k])}`);
+        }
+      });
+
+      it("no program had an effect outside its sandbox", async () => {
+        await new Promise((r) => setTimeout(r, 500));
+        for (const f of HOST_MARKERS) assert.equal(existsSync(f), false, `${f} must not exist`);
+      });
+
+      it("no process of any sandbox is left", () => {
+        assert.deepEqual(sandboxProcesses(), []);
+      });
+    },
+  );
+}

@@ -63,6 +63,8 @@ describe("verify stage", () => {
       instanceId: `verify@${name}`,
       coords: {},
       params: {
+        semantics: "strict",
+        memoryCapMb: 4096,
         policy: "first",
         allTests: false,
         timeoutScale: 1,
@@ -118,7 +120,41 @@ describe("verify stage", () => {
       incorrect: 3,
       by_verdict: { AC: 1, WA: 1, NO_CODE: 1, TLE: 1 },
       policy: "first",
+      semantics: "strict",
+      semantics_used: { strict: 4 },
     });
+    assert.equal(out[0].verify_semantics, "strict");
+  });
+
+  it("labels TACO problems with TACO's semantics by default (auto)", async () => {
+    const taco = [{ ...problems[0], source: "taco" }];
+    // Correct output, then exit code 1: strict says RE; TACO retries reading
+    // input.txt, the run fails again with 1 on every test, and the wrapped
+    // form fails too: incorrect either way. Lines in another order: TACO's
+    // set comparison accepts them, strict does not.
+    const ctx = setup(
+      "auto",
+      [
+        trace(0, py("a, b = map(int, input().split())\nprint(a + b)")),
+        trace(1, py("a, b = map(int, input().split())\nprint(np.add(a, b))")),
+      ],
+      taco,
+    );
+    ctx.params.semantics = "auto";
+    const res = await verify.run(ctx);
+    const out = readFileSync(join(ctx.out, "traces.jsonl"), "utf8")
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
+    // np without an import: TACO's preamble imports numpy as np.
+    assert.deepEqual(
+      out.map((r) => [r.verdict, r.verify_semantics]),
+      [
+        ["AC", "taco"],
+        ["AC", "taco"],
+      ],
+    );
+    assert.deepEqual((res?.metrics as Record<string, unknown>).semantics_used, { taco: 2 });
   });
 
   it("rejects a trace for an unknown problem as bad input", async () => {

@@ -9,6 +9,7 @@
  */
 import { gradeMany, type GradeOptions } from "../../grader/grade.js";
 import { loadAnswers, loadProblems, RecordError } from "../../grader/records.js";
+import { isSemanticsChoice, SEMANTICS_CHOICES, semanticsFor } from "../../grader/semantics.js";
 import { probeSandbox } from "../../grader/sandbox.js";
 import { summarize } from "../../grader/summary.js";
 import type { SampleResult } from "../../grader/types.js";
@@ -20,7 +21,9 @@ export const io = {
 };
 
 const USAGE = `usage: valley grade <problems.jsonl> <answers.jsonl> [--json] [--policy first|last]
-       [--all-tests] [--jobs N] [--timeout-scale X] [--sandbox bwrap|none]`;
+       [--semantics auto|lcb|taco|strict] [--all-tests] [--jobs N] [--timeout-scale X]
+       [--sandbox bwrap|none]
+  --semantics  whose verdicts (default auto: lcb for LiveCodeBench problems, strict otherwise)`;
 
 interface Args {
   problems: string;
@@ -31,7 +34,7 @@ interface Args {
 
 function parseArgs(argv: string[]): Args | string {
   const pos: string[] = [];
-  const opts: Partial<GradeOptions> = {};
+  const opts: Partial<GradeOptions> = { semantics: "auto" };
   let json = false;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -43,7 +46,12 @@ function parseArgs(argv: string[]): Args | string {
     try {
       if (a === "--json") json = true;
       else if (a === "--all-tests") opts.allTests = true;
-      else if (a === "--policy") {
+      else if (a === "--semantics") {
+        const v = value();
+        if (!isSemanticsChoice(v))
+          return `--semantics must be one of ${SEMANTICS_CHOICES.join(", ")}, got ${JSON.stringify(v)}`;
+        opts.semantics = v;
+      } else if (a === "--policy") {
         const v = value();
         if (v !== "first" && v !== "last") return `--policy must be first or last, got ${v}`;
         opts.policy = v;
@@ -92,7 +100,8 @@ export async function main(argv: string[]): Promise<number> {
   }
   let problems, answers;
   try {
-    problems = await loadProblems(args.problems);
+    const choice = args.opts.semantics ?? "auto";
+    problems = await loadProblems(args.problems, (p) => semanticsFor(p, choice, "evaluate"));
     answers = await loadAnswers(args.answers, problems);
   } catch (e) {
     if (e instanceof RecordError) {
@@ -122,6 +131,7 @@ export async function main(argv: string[]): Promise<number> {
       (id) => problems.get(id)?.difficulty,
     ),
     policy: args.opts.policy ?? "first",
+    semantics: args.opts.semantics ?? "auto",
   };
   if (args.json) {
     const out = {
@@ -130,6 +140,7 @@ export async function main(argv: string[]): Promise<number> {
         sample,
         verdict: r.verdict,
         policy: r.policy,
+        semantics: r.semantics,
         ...(r.message !== undefined ? { message: r.message } : {}),
         tests: r.tests,
       })),

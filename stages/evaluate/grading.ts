@@ -60,6 +60,7 @@ export async function gradeAnswers(
       prompt_tokens: a.prompt_tokens,
       completion_tokens: a.completion_tokens,
       verdict: r.verdict,
+      semantics: r.semantics,
       passed: r.verdict === "AC",
       completed: a.finish_reason === "stop",
       think: startsWithThink(a.text),

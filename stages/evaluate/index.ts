@@ -22,12 +22,18 @@ import {
   type StageKind,
 } from "../../engine/stage-api.js";
 import { inputFile, singleInput } from "../../llama/inputs.js";
-import { DEFAULT_PROMPT, renderPrompt, unknownPlaceholders } from "../../data/prompt.js";
-import type { PromptTemplate } from "../../data/prompt.js";
+import {
+  DEFAULT_PROMPT,
+  renderPrompt,
+  templateOf,
+  unknownPlaceholders,
+} from "../../data/prompt.js";
+import type { PromptSpec } from "../../data/prompt.js";
 import type { ChatAnswer, Message } from "../../data/chat.js";
 import type { Problem as DataProblem } from "../../data/problem.js";
 import { GRADING_DEFAULTS, gradeOptionsFrom, type GradingParams } from "../../grader/grade.js";
 import type { Problem } from "../../grader/types.js";
+import type { SemanticsChoice } from "../../grader/semantics.js";
 import type { RequestCache } from "../../data/request-cache.js";
 import type { SampleStats } from "./metrics.js";
 
@@ -37,7 +43,7 @@ export interface EvaluateParams extends GradingParams {
   top_p: number;
   max_tokens: number;
   seed: number;
-  prompt?: PromptTemplate;
+  prompt?: PromptSpec;
   extraBody?: Record<string, unknown>;
   /** "eval" by default when records carry a split; "all" keeps every record. */
   split?: "eval" | "train" | "all";
@@ -77,11 +83,13 @@ export async function loadEvalProblems(
   file: string,
   split: EvaluateParams["split"],
   limit: number | undefined,
+  semantics: SemanticsChoice = "auto",
 ): Promise<{ problems: Problem[]; split: string }> {
   const { loadProblems, RecordError } = await import("../../grader/records.js");
   let all: Problem[];
   try {
-    all = [...(await loadProblems(file)).values()];
+    const { semanticsFor } = await import("../../grader/semantics.js");
+    all = [...(await loadProblems(file, (q) => semanticsFor(q, semantics, "evaluate"))).values()];
   } catch (e) {
     if (e instanceof RecordError) throw new InputError(e.message);
     throw e;
@@ -121,7 +129,8 @@ interface Request {
 const kind: StageKind<EvaluateParams> = {
   kind: "evaluate",
   // Bump when a change alters samples.jsonl or metrics.json for the same inputs.
-  version: "1",
+  // 2: the semantics param (LiveCodeBench's verdicts for LCB problems by default).
+  version: "2",
   // Each sample has a sandbox of its own: how many run at once changes no verdict.
   unkeyedParams: ["jobs"],
   tools: ["llama"],
@@ -138,7 +147,7 @@ const kind: StageKind<EvaluateParams> = {
   check(p) {
     const issues: ParamIssue[] = [];
     for (const part of ["system", "user"] as const) {
-      const t = p.prompt?.[part];
+      const t = templateOf(p.prompt)?.[part];
       if (t)
         for (const f of unknownPlaceholders(t))
           issues.push({ path: ["prompt", part], message: `unknown field {{${f}}}` });
@@ -153,7 +162,7 @@ const kind: StageKind<EvaluateParams> = {
       ctx.inputs.adapter === undefined ? undefined : singleInput(ctx.inputs, "adapter");
     const adapterGguf = adapter && inputFile(adapter, "adapter.gguf", "adapter");
     const problemsFile = join(singleInput(ctx.inputs, "problems").path, "problems.jsonl");
-    const { problems, split } = await loadEvalProblems(problemsFile, p.split, p.limit);
+    const { problems, split } = await loadEvalProblems(problemsFile, p.split, p.limit, p.semantics);
 
     // Check the sandbox before spending hours of generation on answers it cannot grade.
     const { probeSandbox } = await import("../../grader/sandbox.js");
@@ -174,6 +183,8 @@ const kind: StageKind<EvaluateParams> = {
         backend: "llama-server",
         model: model.digest,
         adapter: adapter ? { digest: adapter.digest, scale: p.loraScale } : null,
+        // The prompt is rendered as training rendered it (see below).
+        chat: "llama_chat_apply_template",
       };
       const all: Request[] = [];
       for (const problem of problems) {
@@ -215,6 +226,11 @@ const kind: StageKind<EvaluateParams> = {
             threads: p.threads,
             gpuLayers: p.gpuLayers,
             alias: "student",
+            // The trainer renders chats with llama_chat_apply_template; so
+            // does the server with --no-jinja. One renderer: the student sees
+            // the prompt format it was trained on, and no system prompt that
+            // only a Jinja template would add.
+            chatTemplate: "builtin",
             // The raw output: the think-tag rate is about what the model wrote.
             extraArgs: ["--reasoning-format", "none"],
             signal: ctx.signal,
@@ -227,7 +243,8 @@ const kind: StageKind<EvaluateParams> = {
       // Grade in batches, streaming records to samples.jsonl; metrics keep only small stats.
       const { gradeAnswers } = await import("./grading.js");
       const { evaluationMetrics } = await import("./metrics.js");
-      const opts = gradeOptionsFrom(p, ctx.signal);
+      const opts = gradeOptionsFrom(p, ctx.signal, "evaluate");
+      const semanticsUsed: Record<string, number> = {};
       const stats: SampleStats[] = [];
       const fh = await open(join(ctx.out, "samples.jsonl"), "w");
       let graded = 0;
@@ -253,6 +270,7 @@ const kind: StageKind<EvaluateParams> = {
           );
           await fh.write(records.map((r) => JSON.stringify(r) + "\n").join(""));
           for (const r of records) {
+            semanticsUsed[r.semantics] = (semanticsUsed[r.semantics] ?? 0) + 1;
             stats.push({
               problem_id: r.problem_id,
               difficulty: r.difficulty,
@@ -285,6 +303,9 @@ const kind: StageKind<EvaluateParams> = {
       });
       const full = {
         ...m,
+        // The param, and what it resolved to per sample (auto: by each problem's source).
+        semantics: p.semantics,
+        semantics_used: semanticsUsed,
         split,
         temperature: p.temperature,
         top_p: p.top_p,
@@ -314,6 +335,8 @@ const kind: StageKind<EvaluateParams> = {
           samples: m.samples,
           max_tokens: m.max_tokens,
           extraction: m.extraction,
+          semantics: p.semantics,
+          semantics_used: semanticsUsed,
           // How this run got its answers (not an output: outputs depend on the key only).
           requests: { total: all.length, cached, sent: toSend.length },
         },

@@ -24,6 +24,8 @@ export interface SampleRecord {
   prompt_tokens: number | null;
   completion_tokens: number | null;
   verdict: Outcome;
+  /** Whose verdict: strict, lcb or taco (the semantics param, resolved for this problem). */
+  semantics: "strict" | "lcb" | "taco";
   passed: boolean;
   /** Ended on its own (finish_reason "stop") rather than at max_tokens. */
   completed: boolean;

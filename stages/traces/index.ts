@@ -12,7 +12,8 @@ import {
   DEFAULT_PROMPT,
   renderPrompt,
   unknownPlaceholders,
-  type PromptTemplate,
+  templateOf,
+  type PromptSpec,
 } from "../../data/prompt.js";
 import {
   ChatError,
@@ -40,7 +41,7 @@ export interface TracesParams {
   top_p: number;
   max_tokens: number;
   seed?: number;
-  prompt?: PromptTemplate;
+  prompt?: PromptSpec;
   extraBody?: Record<string, unknown>;
   concurrency: number;
   rpm?: number;
@@ -94,7 +95,7 @@ async function loadProblems(ctx: StageContext<TracesParams>): Promise<Problem[]>
 }
 
 /** Existing traces from problem records: the demo set's reference trace, OCR2's generations. */
-function importTraces(problems: Problem[], params: TracesParams, prompt: PromptTemplate): Trace[] {
+function importTraces(problems: Problem[], params: TracesParams, prompt: PromptSpec): Trace[] {
   const traces: Trace[] = [];
   const base = {
     finish_reason: "stop",
@@ -158,7 +159,7 @@ export interface ModelIdentity {
 async function generate(
   ctx: StageContext<TracesParams>,
   problems: Problem[],
-  prompt: PromptTemplate,
+  prompt: PromptSpec,
   baseUrl: string | (() => string),
   id: ModelIdentity,
   apiKey: string | undefined,
@@ -474,7 +475,7 @@ const kind: StageKind<TracesParams> = {
     if (p.backend === "openai" && !p.model)
       issues.push({ path: ["model"], message: "the openai backend needs model" });
     for (const part of ["system", "user"] as const) {
-      const t = p.prompt?.[part];
+      const t = templateOf(p.prompt)?.[part];
       if (t)
         for (const f of unknownPlaceholders(t))
           issues.push({ path: ["prompt", part], message: `unknown field {{${f}}}` });

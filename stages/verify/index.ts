@@ -5,7 +5,7 @@
  *
  * Inputs: `problems` (a folder with problems.jsonl), `traces` (a folder with
  * traces.jsonl). Output: traces.jsonl, each record plus `verdict`, `correct`
- * and `verify_policy`. An infrastructure error fails the stage: a trace is
+ * `verify_policy` and `verify_semantics`. An infrastructure error fails the stage: a trace is
  * never labelled because the grader broke.
  */
 import { createWriteStream } from "node:fs";
@@ -38,7 +38,8 @@ function single(inputs: Record<string, StageInput>, name: string): InputArtifact
 const verify: StageKind<VerifyParams> = {
   kind: "verify",
   // Bump when grading changes verdicts for the same code and tests.
-  version: "1",
+  // 2: the semantics param (TACO's verdicts for TACO problems by default).
+  version: "2",
   // Each sample has a sandbox of its own: how many run at once changes no verdict.
   unkeyedParams: ["jobs"],
   resources: (p) => ({ cpu: p.jobs ?? DEFAULTS.jobs, memory: (p.jobs ?? DEFAULTS.jobs) * 1024 }),
@@ -55,7 +56,8 @@ const verify: StageKind<VerifyParams> = {
     let problems;
     let traces;
     try {
-      problems = await loadProblems(problemsFile);
+      const { semanticsFor } = await import("../../grader/semantics.js");
+      problems = await loadProblems(problemsFile, (q) => semanticsFor(q, p.semantics, "verify"));
       traces = await readJsonl(tracesFile);
     } catch (e) {
       if (e instanceof RecordError) throw new InputError(e.message);
@@ -79,7 +81,7 @@ const verify: StageKind<VerifyParams> = {
       if (why) throw new Error(`verify ${ctx.instanceId}: ${why}`);
     }
 
-    const opts = gradeOptionsFrom(p, ctx.signal);
+    const opts = gradeOptionsFrom(p, ctx.signal, "verify");
     let done = 0;
     let results;
     try {
@@ -98,16 +100,19 @@ const verify: StageKind<VerifyParams> = {
     }
 
     const byVerdict: Record<string, number> = {};
+    const semanticsUsed: Record<string, number> = {};
     const out = createWriteStream(join(ctx.out, "traces.jsonl"));
     traces.forEach(({ value }, k) => {
       const r = results[k];
       byVerdict[r.verdict] = (byVerdict[r.verdict] ?? 0) + 1;
+      semanticsUsed[r.semantics] = (semanticsUsed[r.semantics] ?? 0) + 1;
       out.write(
         JSON.stringify({
           ...value,
           verdict: r.verdict,
           correct: r.verdict === "AC",
           verify_policy: r.policy,
+          verify_semantics: r.semantics,
         }) + "\n",
       );
     });
@@ -122,6 +127,8 @@ const verify: StageKind<VerifyParams> = {
         incorrect: traces.length - correct,
         by_verdict: byVerdict,
         policy: p.policy,
+        semantics: p.semantics,
+        semantics_used: semanticsUsed,
       },
     };
   },

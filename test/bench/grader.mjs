@@ -1,7 +1,8 @@
 // Graded programs per second in the sandbox vs bare `/usr/bin/python3 -I`
 // spawns of the same programs on the same inputs, with the same parallelism.
 // Build first (npm run build), then:
-//   node test/bench/grader.mjs [--programs N] [--tests T] [--jobs J] [--dist DIR]
+//   node test/bench/grader.mjs [--programs N] [--tests T] [--jobs J] [--rounds R] [--dist DIR]
+// It also compares the lcb semantics with strict on the same programs (last line).
 // The bare side only runs the programs (no sandbox, no limits, no checking);
 // the sandboxed side does everything a real grading does.
 import { spawn } from "node:child_process";
@@ -98,4 +99,31 @@ console.log(
 );
 console.log(
   `ratio sandboxed/bare:   ${(boxRate / bareRate).toFixed(2)}x${bad ? ` (WARNING: ${bad} not AC)` : ""}`,
+);
+
+// Semantics: the same programs as LiveCodeBench problems, graded with valley's
+// strict semantics and with lcb (LiveCodeBench's, one process for all tests,
+// its import preamble), alternating rounds. Target: lcb ≥ 0.9× strict.
+const lcbWork = work.map((w) => ({ ...w, problem: { ...w.problem, source: "lcb" } }));
+const semS = { strict: [], lcb: [] };
+const semBad = { strict: 0, lcb: 0 };
+await gradeMany(lcbWork.slice(0, 4), { jobs, semantics: "lcb" });
+for (let r = 0; r < rounds; r++) {
+  for (const semantics of ["strict", "lcb"]) {
+    semS[semantics].push(
+      await time(async () => {
+        const res = await gradeMany(lcbWork, { jobs, semantics });
+        semBad[semantics] = res.filter((x) => x.verdict !== "AC").length;
+      }),
+    );
+  }
+}
+const strictRate = programs / median(semS.strict);
+const lcbRate = programs / median(semS.lcb);
+console.log(
+  `semantics strict: ${strictRate.toFixed(1)} programs/s, lcb: ${lcbRate.toFixed(1)} programs/s; ` +
+    `ratio lcb/strict: ${(lcbRate / strictRate).toFixed(2)}x (target ≥ 0.9x)` +
+    (semBad.strict + semBad.lcb
+      ? ` (WARNING: not AC: strict ${semBad.strict}, lcb ${semBad.lcb})`
+      : ""),
 );
