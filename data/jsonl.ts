@@ -82,3 +82,44 @@ export async function listDataFiles(path: string, exts: string[]): Promise<strin
   if (names.length === 0) throw new InputError(`${path}: folder holds no ${exts.join("/")} files`);
   return names.map((n) => join(path, n));
 }
+
+/**
+ * Writes JSONL as records arrive, through a temp file renamed into place on
+ * close: a stage that streams millions of records never holds them, and a
+ * failure leaves no half-written file under the final name.
+ */
+export class JsonlWriter {
+  private buf = "";
+  count = 0;
+  private constructor(
+    readonly file: string,
+    private fh: import("node:fs/promises").FileHandle,
+  ) {}
+
+  static async open(file: string): Promise<JsonlWriter> {
+    return new JsonlWriter(file, await open(file + ".tmp", "w"));
+  }
+
+  async write(record: unknown): Promise<void> {
+    this.buf += JSON.stringify(record) + "\n";
+    this.count++;
+    if (this.buf.length > 1 << 20) await this.flush();
+  }
+
+  private async flush(): Promise<void> {
+    if (this.buf) await this.fh.write(this.buf);
+    this.buf = "";
+  }
+
+  /** Flushes, closes and renames into place. */
+  async close(): Promise<void> {
+    await this.flush();
+    await this.fh.close();
+    await rename(this.file + ".tmp", this.file);
+  }
+
+  /** Closes without renaming (the temp file stays for the caller to remove). */
+  async abandon(): Promise<void> {
+    await this.fh.close().catch(() => {});
+  }
+}
