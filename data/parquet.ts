@@ -1,3 +1,4 @@
+import { closeSync, fstatSync, openSync, readSync } from "node:fs";
 import { InputError } from "../engine/stage-api.js";
 import type { Numbered } from "./jsonl.js";
 
@@ -20,12 +21,58 @@ export async function* readParquet<T = Record<string, unknown>>(
   file: string,
   opts: ReadOptions = {},
 ): AsyncGenerator<Numbered<T>> {
-  const { asyncBufferFromFile, parquetMetadataAsync, parquetReadObjects, parquetSchema } =
-    await import("hyparquet");
+  const { parquetMetadataAsync, parquetReadObjects, parquetSchema } = await import("hyparquet");
   const { compressors } = await import("hyparquet-compressors");
-  let buffer, metadata;
+  const fd = openSync(file, "r");
   try {
-    buffer = await asyncBufferFromFile(file);
+    yield* readGroups<T>(file, fileBuffer(fd), opts, {
+      parquetMetadataAsync,
+      parquetReadObjects,
+      parquetSchema,
+      compressors,
+    });
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
+ * A file as hyparquet's AsyncBuffer: each slice is one positioned read into
+ * a fresh ArrayBuffer (hyparquet's own file buffer streams and concatenates,
+ * copying every byte twice).
+ */
+function fileBuffer(fd: number) {
+  const byteLength = fstatSync(fd).size;
+  return {
+    byteLength,
+    slice(start: number, end = byteLength): ArrayBuffer {
+      const len = Math.max(0, end - start);
+      const out = new ArrayBuffer(len);
+      const view = new Uint8Array(out);
+      for (let off = 0; off < len;) {
+        const n = readSync(fd, view, off, len - off, start + off);
+        if (n === 0) throw new Error(`unexpected end of file at byte ${start + off}`);
+        off += n;
+      }
+      return out;
+    },
+  };
+}
+
+async function* readGroups<T>(
+  file: string,
+  buffer: ReturnType<typeof fileBuffer>,
+  opts: ReadOptions,
+  hp: {
+    parquetMetadataAsync: typeof import("hyparquet").parquetMetadataAsync;
+    parquetReadObjects: typeof import("hyparquet").parquetReadObjects;
+    parquetSchema: typeof import("hyparquet").parquetSchema;
+    compressors: typeof import("hyparquet-compressors").compressors;
+  },
+): AsyncGenerator<Numbered<T>> {
+  const { parquetMetadataAsync, parquetReadObjects, parquetSchema, compressors } = hp;
+  let metadata;
+  try {
     metadata = await parquetMetadataAsync(buffer);
   } catch (e) {
     throw new InputError(`${file}: not a readable Parquet file (${(e as Error).message})`);
