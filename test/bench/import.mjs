@@ -26,6 +26,7 @@ import { tmpdir } from "node:os";
 import { randomBytes } from "node:crypto";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { setInterval, clearInterval } from "node:timers";
 import { ParquetWriter, fileWriter } from "hyparquet-writer";
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
@@ -239,10 +240,15 @@ function treeRss(root) {
 }
 
 const t0 = process.hrtime.bigint();
-const child = spawn(process.execPath, [CLI, "run", join(dir, "import.yaml"), "--json"], {
-  env: { ...process.env, VALLEY_CACHE: cache },
-  stdio: ["ignore", "pipe", "inherit"],
-});
+// GNU time adds the CPU seconds of the whole tree (the machine is shared:
+// CPU seconds say what one free core would do, wall seconds what it did).
+const child = spawn(
+  "/usr/bin/time",
+  ["-f", "CPU %U %S", process.execPath, CLI, "run", join(dir, "import.yaml"), "--json"],
+  { env: { ...process.env, VALLEY_CACHE: cache }, stdio: ["ignore", "pipe", "pipe"] },
+);
+let err = "";
+child.stderr.on("data", (d) => (err += d));
 let out = "";
 child.stdout.on("data", (d) => (out += d));
 let peak = 0;
@@ -251,7 +257,7 @@ const code = await new Promise((res) => child.on("close", res));
 clearInterval(timer);
 const wall = Number(process.hrtime.bigint() - t0) / 1e9;
 if (code !== 0) {
-  console.error(`valley run failed (${code}):\n${out}`);
+  console.error(`valley run failed (${code}):\n${out}\n${err}`);
   process.exit(1);
 }
 const show = (id) =>
@@ -263,8 +269,10 @@ const show = (id) =>
   );
 const p = show("ocr2");
 const t = show("teacher");
-const secs = (x) => (x.timings?.run_ms ?? x.timings?.duration_ms ?? NaN) / 1000;
+const secs = (x) => x.timings.seconds;
 const mb = size / 1e6;
+const [, user, sys] = /CPU ([\d.]+) ([\d.]+)/.exec(err) ?? [];
+const cpu = Number(user) + Number(sys);
 console.log(
   JSON.stringify(
     { ocr2: p.metrics, teacher: t.metrics, timings: { ocr2: p.timings, teacher: t.timings } },
@@ -277,7 +285,8 @@ console.log(
     `file: ${mb.toFixed(0)} MB (${(mb / catS).toFixed(0)} MB/s for cat, the disk baseline: ${catS.toFixed(1)} s)`,
     `valley run (problems + traces import): ${wall.toFixed(1)} s wall`,
     `problems stage: ${secs(p).toFixed(1)} s = ${(mb / secs(p)).toFixed(0)} MB/s (target >= 50; ${(catS / secs(p)).toFixed(2)}x of cat's rate)`,
-    `whole run: ${(mb / wall).toFixed(0)} MB/s of OCR2 file`,
+    `whole run: ${(mb / wall).toFixed(0)} MB/s of OCR2 file by wall clock; ${cpu.toFixed(1)} CPU s (user ${user} + sys ${sys}) = ${(mb / cpu).toFixed(0)} MB/s per CPU second`,
+    `load average at the end: ${readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" ")} (2 cores)`,
     `peak RSS of the valley process tree: ${(peak / 1e6).toFixed(0)} MB (target <= 500)`,
   ].join("\n"),
 );
