@@ -17,6 +17,8 @@ export type PerQuestion = "first" | "random" | "all";
 
 export interface SubsampleParams {
   n?: number;
+  /** Draw round(n × scale) examples (≥ 1): the paper's sizes on small data (smoke tests). */
+  scale: number;
   seed: number | string;
   perQuestion: PerQuestion;
   difficulty?: ("easy" | "medium" | "hard")[];
@@ -35,6 +37,7 @@ export interface SubsampleParams {
 }
 
 export const SUBSAMPLE_DEFAULTS = {
+  scale: 1,
   seed: 0,
   perQuestion: "first",
   requireAnswer: true,
@@ -312,7 +315,8 @@ const kind: StageKind<SubsampleParams> = {
     const fds = files.map((f) => openSync(f, "r"));
     const out = await JsonlWriter.open(join(ctx.out, "train.jsonl"));
     const chosen: { unit: Unit; trace: Candidate }[] = [];
-    const target = p.n ?? Infinity;
+    const want = p.n === undefined ? undefined : Math.max(1, Math.round(p.n * p.scale));
+    const target = want ?? Infinity;
     let walked = 0;
     try {
       for (const unit of units) {
@@ -352,10 +356,10 @@ const kind: StageKind<SubsampleParams> = {
       const d = problems.get(x.unit.problem)!.difficulty;
       byDifficulty[d] = (byDifficulty[d] ?? 0) + 1;
     }
-    if (p.n !== undefined && chosen.length < p.n && !p.allowFewer) {
+    if (want !== undefined && chosen.length < want && !p.allowFewer) {
       const what = p.perQuestion === "all" ? "traces" : "questions";
       throw new InputError(
-        `subsample: asked for ${p.n} ${what} but only ${chosen.length} qualify ` +
+        `subsample: asked for ${want} ${what}${p.scale !== 1 ? ` (n ${p.n} × scale ${p.scale})` : ""} but only ${chosen.length} qualify ` +
           `(every filter applied, length included; ${total} traces read; by difficulty ${JSON.stringify(byDifficulty)}; dropped ${JSON.stringify(counts)}). ` +
           `Lower n or set allowFewer: true.`,
       );
@@ -369,6 +373,7 @@ const kind: StageKind<SubsampleParams> = {
     await rename(traces + ".tmp", traces);
     const metrics = {
       count: chosen.length,
+      ...(p.scale !== 1 ? { scale: p.scale } : {}),
       // Units passing every filter but length; all of them were measured when n is unset.
       candidates: units.length,
       measured: walked,
