@@ -4,6 +4,7 @@ import {
   copyFileSync,
   existsSync,
   mkdirSync,
+  readdirSync,
   readFileSync,
   rmSync,
   symlinkSync,
@@ -20,6 +21,7 @@ import { StatCache } from "../cache/stat-cache.js";
 import { projectRoot } from "../data/root.js";
 import type { Problem } from "../data/problem.js";
 import { makeCtx, tempDir } from "./helpers/data-ctx.js";
+import { project, valley } from "./helpers/valley.js";
 
 const FIX = join(projectRoot(), "test/fixtures/data");
 
@@ -357,4 +359,36 @@ test("fingerprint covers exactly the data files the stage reads, through symboli
   assert.notEqual(after[1], before[1]);
   // A missing path is left for the stage to report.
   assert.match(await fp(join(dir, "nope")), /null/);
+});
+
+test("through the CLI: a corrupt Parquet file or a missing source exits 2 naming it, and nothing enters the store", () => {
+  const dir = project({
+    "bad.yaml": `version: 1
+stages:
+  p:
+    uses: problems
+    with: { format: parquet, path: ./garbled.parquet, fields: { id: pid, statement: text, difficulty: level } }
+`,
+    "nosource.yaml": `version: 1
+stages:
+  p:
+    uses: problems
+    with: { format: ocr, path: ./ocr2.parquet, sources: { taco: ./taco, apps: ./no-apps-here } }
+`,
+  });
+  copyFileSync(join(FIX, "garbled.parquet"), join(dir, "garbled.parquet"));
+  copyFileSync(join(FIX, "ocr2.parquet"), join(dir, "ocr2.parquet"));
+  mkdirSync(join(dir, "taco"));
+  const env = { VALLEY_CACHE: join(dir, "cache") };
+  const bad = valley(["run", join(dir, "bad.yaml")], { env });
+  assert.equal(bad.code, 2, bad.stderr);
+  assert.match(
+    bad.stderr,
+    /garbled\.parquet: corrupted Parquet data in row group 1 of 1 \(rows 1\.\.3\)/,
+  );
+  const missing = valley(["run", join(dir, "nosource.yaml")], { env });
+  assert.equal(missing.code, 2, missing.stderr);
+  assert.match(missing.stderr, /sources\.apps: .*no-apps-here does not exist/);
+  const actions = join(dir, "cache", "actions");
+  assert.deepEqual(existsSync(actions) ? readdirSync(actions) : [], []);
 });
