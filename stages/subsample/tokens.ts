@@ -42,6 +42,7 @@ export async function studentCounter(gguf: string): Promise<TokenCounter> {
     },
     async dispose() {
       await model.dispose();
+      await llama.dispose();
     },
   };
 }
