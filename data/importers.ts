@@ -4,9 +4,7 @@
  * and what is wrong, so a user can fix the input.
  */
 import { inflateSync } from "node:zlib";
-import { createHash } from "node:crypto";
 import { InputError } from "../engine/stage-api.js";
-import { readRecords } from "./parquet.js";
 import { unpickleString, PickleError } from "./pickle.js";
 import {
   isUnknownLabel,
@@ -27,20 +25,10 @@ export interface ImportOptions {
   source?: string;
   /** Generic importers: normalised field → record field (dotted path). */
   fields?: Record<string, string>;
-  /** OCR: records joined on dataset/split/index for questions given as "-". */
-  join?: JoinSpec[];
-}
-
-export interface JoinSpec {
-  dataset: string;
-  split: string;
-  path: string;
-  /** Record layout of the joined file; default from `dataset`. */
-  format?: "taco" | "apps" | "code_contests";
 }
 
 /** A record as read, with where it came from. */
-interface Where {
+export interface Where {
   file: string;
   line: number;
 }
@@ -48,19 +36,19 @@ interface Where {
 /** Counted reasons for records left out (unknown difficulty, …). */
 export type Skips = Map<string, number>;
 
-const at = (w: Where) => `${w.file}: record ${w.line}`;
+export const at = (w: Where) => `${w.file}: record ${w.line}`;
 
-function fail(w: Where, msg: string): never {
+export function fail(w: Where, msg: string): never {
   throw new InputError(`${at(w)}: ${msg}`);
 }
 
-function str(v: unknown): string {
+export function str(v: unknown): string {
   if (v === null || v === undefined) return "";
   return typeof v === "string" ? v : JSON.stringify(v);
 }
 
 /** JSON given either as a string or already parsed (Parquet/JSONL differ). */
-function jsonField(w: Where, name: string, v: unknown): unknown {
+export function jsonField(w: Where, name: string, v: unknown): unknown {
   if (typeof v !== "string") return v;
   if (v.trim() === "") return undefined;
   try {
@@ -70,7 +58,7 @@ function jsonField(w: Where, name: string, v: unknown): unknown {
   }
 }
 
-function difficultyOf(
+export function difficultyOf(
   w: Where,
   raw: unknown,
   opts: ImportOptions,
@@ -96,7 +84,7 @@ function difficultyOf(
   );
 }
 
-function finish(w: Where, p: Problem, opts: ImportOptions): Problem {
+export function finish(w: Where, p: Problem, opts: ImportOptions): Problem {
   if (opts.source) p.source = opts.source;
   const issues = problemIssues(p, opts.requireTests);
   if (issues.length) fail(w, issues.join("; "));
@@ -187,7 +175,7 @@ export function lcbProblem(
 
 // ---------------------------------------------------------------- TACO / APPS
 
-function parseSeconds(v: unknown): number | undefined {
+export function parseSeconds(v: unknown): number | undefined {
   if (typeof v === "number") return v;
   const m = /([\d.]+)\s*(ms|milli|s|sec)?/i.exec(str(v));
   if (!m) return undefined;
@@ -195,7 +183,7 @@ function parseSeconds(v: unknown): number | undefined {
   return /^m/i.test(m[2] ?? "") ? n / 1000 : n;
 }
 
-function parseMb(v: unknown): number | undefined {
+export function parseMb(v: unknown): number | undefined {
   if (typeof v === "number") return v;
   const m = /([\d.]+)\s*(k|m|g)?/i.exec(str(v));
   if (!m) return undefined;
@@ -205,7 +193,7 @@ function parseMb(v: unknown): number | undefined {
 }
 
 /** TACO/APPS `input_output` = {inputs, outputs, fn_name?}. */
-function ioTests(w: Where, io: unknown): { tests: TestCase[]; fn_name?: string } {
+export function ioTests(w: Where, io: unknown): { tests: TestCase[]; fn_name?: string } {
   if (io === undefined || io === null) return { tests: [] };
   const o = io as Record<string, unknown>;
   if (!Array.isArray(o.inputs) || !Array.isArray(o.outputs))
@@ -231,7 +219,7 @@ function ioTests(w: Where, io: unknown): { tests: TestCase[]; fn_name?: string }
 }
 
 /** CodeContests: {public,private,generated}_tests = {input: [], output: []}. */
-function ccTests(r: Record<string, unknown>): TestCase[] {
+export function ccTests(r: Record<string, unknown>): TestCase[] {
   const tests: TestCase[] = [];
   for (const k of ["public_tests", "private_tests", "generated_tests"]) {
     const t = r[k] as { input?: unknown[]; output?: unknown[] } | undefined;
@@ -274,132 +262,6 @@ export function tacoProblem(
   for (const k of ["source", "tags", "skill_types", "url"]) if (r[k] !== undefined) extra[k] = r[k];
   if (Object.keys(extra).length) p.extra = extra;
   return finish(w, p, opts);
-}
-
-// ---------------------------------------------------------------- OpenCodeReasoning
-
-interface Joined {
-  statement: string;
-  tests: TestCase[];
-  fn_name?: string;
-  starter_code: string;
-  title: string;
-}
-
-/** Loads the joined files, keyed "dataset/split/index" (index = 0-based row). */
-export async function loadJoins(specs: JoinSpec[]): Promise<Map<string, Joined>> {
-  const map = new Map<string, Joined>();
-  for (const spec of specs) {
-    const format =
-      spec.format ?? (spec.dataset.replace(/-/g, "_").toLowerCase() as JoinSpec["format"]);
-    let index = 0;
-    for await (const { line, value: r } of readRecords(spec.path)) {
-      const w = { file: spec.path, line };
-      let j: Joined;
-      if (format === "code_contests") {
-        j = {
-          statement: str(r.description),
-          tests: ccTests(r),
-          starter_code: "",
-          title: str(r.name),
-        };
-      } else if (format === "taco" || format === "apps") {
-        const io = ioTests(w, jsonField(w, "input_output", r.input_output));
-        j = {
-          statement: str(r.question),
-          tests: io.tests,
-          fn_name: io.fn_name,
-          starter_code: str(r.starter_code),
-          title: str(r.name),
-        };
-      } else {
-        throw new InputError(
-          `join for dataset "${spec.dataset}": unknown layout; set format to taco, apps or code_contests`,
-        );
-      }
-      map.set(`${spec.dataset}/${spec.split}/${index++}`, j);
-    }
-  }
-  return map;
-}
-
-/** OCR/OCR2 generation fields kept for `traces` (backend import). */
-const GENERATION_FIELDS = [
-  "r1_generation",
-  "qwq_critique",
-  "solution",
-  "judgement",
-  "pass_rate",
-  "output",
-];
-
-/**
- * Rows of OCR/OCR2 are one generation each; several rows share a question.
- * They are grouped into one Problem per question, with the generations in
- * `extra.generations` (in file order, which becomes the sample index).
- */
-export class OcrGrouper {
-  readonly problems = new Map<string, Problem>();
-  constructor(
-    private opts: ImportOptions,
-    private joins: Map<string, Joined>,
-    private skips: Skips,
-  ) {}
-
-  add(w: Where, r: Record<string, unknown>): void {
-    const question = r.question ?? r.input;
-    if (question === undefined || question === null)
-      fail(w, `missing field "question" (OCR2) or "input" (OCR)`);
-    let q = str(question);
-    const difficulty = difficultyOf(w, r.difficulty, this.opts, this.skips);
-    if (!difficulty) return;
-    const ref =
-      r.dataset !== undefined ? `${str(r.dataset)}/${str(r.split)}/${str(r.index)}` : undefined;
-    let joined: Joined | undefined;
-    if (ref !== undefined) joined = this.joins.get(ref);
-    if (q.trim() === "-") {
-      if (ref === undefined)
-        fail(w, `question is "-" but the record has no dataset/split/index to join on`);
-      if (!joined)
-        fail(
-          w,
-          `question is "-" and no joined record ${ref}; add a join entry {dataset: ${str(r.dataset)}, split: ${str(r.split)}, path: …}`,
-        );
-      q = joined.statement;
-    }
-    const id =
-      r.question_id !== undefined && r.question_id !== null
-        ? String(r.question_id)
-        : "ocr/" + createHash("sha256").update(q).digest("hex").slice(0, 16);
-    const gen: Record<string, unknown> = {};
-    for (const k of GENERATION_FIELDS) if (r[k] !== undefined && r[k] !== null) gen[k] = r[k];
-    if (gen.r1_generation === undefined && gen.output !== undefined) gen.r1_generation = gen.output;
-    delete gen.output;
-    const have = this.problems.get(id);
-    if (have) {
-      (have.extra!.generations as unknown[]).push(gen);
-      return;
-    }
-    const p: Problem = {
-      id,
-      source: str(r.source) || "ocr",
-      title: joined?.title ?? "",
-      statement: q,
-      starter_code: joined?.starter_code ?? "",
-      tests: joined?.tests ?? [],
-      difficulty,
-      difficulty_raw: str(r.difficulty),
-      extra: {
-        dataset: r.dataset,
-        split: r.split,
-        index: r.index,
-        license: r.license,
-        generations: [gen],
-      },
-    };
-    if (joined?.fn_name) p.fn_name = joined.fn_name;
-    this.problems.set(id, finish(w, p, this.opts));
-  }
 }
 
 // ---------------------------------------------------------------- generic

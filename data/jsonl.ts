@@ -1,4 +1,4 @@
-import { createReadStream } from "node:fs";
+import { closeSync, createReadStream, openSync, rmSync, writeSync } from "node:fs";
 import { open, readdir, rename, stat } from "node:fs/promises";
 import { basename, extname, join } from "node:path";
 import { createInterface } from "node:readline";
@@ -81,4 +81,55 @@ export async function listDataFiles(path: string, exts: string[]): Promise<strin
     .sort();
   if (names.length === 0) throw new InputError(`${path}: folder holds no ${exts.join("/")} files`);
   return names.map((n) => join(path, n));
+}
+
+/**
+ * Writes JSONL as records arrive, through a temp file renamed into place on
+ * close: a stage that streams millions of records never holds them, and a
+ * failure leaves no half-written file under the final name. Writes are
+ * synchronous in 8 MB blocks: promise round trips per block cost more than
+ * the write itself when a single stage streams gigabytes.
+ */
+export class JsonlWriter {
+  private buf: string[] = [];
+  private size = 0;
+  count = 0;
+  private constructor(
+    readonly file: string,
+    private fd: number | undefined,
+  ) {}
+
+  static async open(file: string): Promise<JsonlWriter> {
+    return new JsonlWriter(file, openSync(file + ".tmp", "w"));
+  }
+
+  async write(record: unknown): Promise<void> {
+    const line = JSON.stringify(record) + "\n";
+    this.buf.push(line);
+    this.size += line.length;
+    this.count++;
+    if (this.size > 8 << 20) this.flush();
+  }
+
+  private flush(): void {
+    if (this.fd === undefined) throw new Error(`${this.file}: written after close`);
+    if (this.buf.length) writeSync(this.fd, this.buf.join(""));
+    this.buf = [];
+    this.size = 0;
+  }
+
+  /** Flushes, closes and renames into place. */
+  async close(): Promise<void> {
+    this.flush();
+    closeSync(this.fd!);
+    this.fd = undefined;
+    await rename(this.file + ".tmp", this.file);
+  }
+
+  /** Closes without renaming and removes the temp file. */
+  async abandon(): Promise<void> {
+    if (this.fd !== undefined) closeSync(this.fd);
+    this.fd = undefined;
+    rmSync(this.file + ".tmp", { force: true });
+  }
 }

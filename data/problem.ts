@@ -46,6 +46,10 @@ const TACO_LABELS: Record<string, Difficulty> = {
   MEDIUM_HARD: "hard",
   HARD: "hard",
   VERY_HARD: "hard",
+  // APPS (codeparrot/apps), whose labels OCR/OCR2 rows carry for APPS questions.
+  INTRODUCTORY: "easy",
+  INTERVIEW: "medium",
+  COMPETITION: "hard",
 };
 
 /** CodeContests' difficulty enum 1..5 (EASY..HARDEST); 7..28 are Codeforces letters. */

@@ -1,8 +1,10 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
+  copyFileSync,
   existsSync,
   mkdirSync,
+  readdirSync,
   readFileSync,
   rmSync,
   symlinkSync,
@@ -19,6 +21,7 @@ import { StatCache } from "../cache/stat-cache.js";
 import { projectRoot } from "../data/root.js";
 import type { Problem } from "../data/problem.js";
 import { makeCtx, tempDir } from "./helpers/data-ctx.js";
+import { project, valley } from "./helpers/valley.js";
 
 const FIX = join(projectRoot(), "test/fixtures/data");
 
@@ -33,6 +36,13 @@ async function load(params: ProblemsParams) {
     ps: lines.map((l) => JSON.parse(l) as Problem),
     metrics: res?.metrics as Record<string, unknown>,
   };
+}
+
+function jsonl<T>(file: string): T[] {
+  return readFileSync(file, "utf8")
+    .split("\n")
+    .filter(Boolean)
+    .map((l) => JSON.parse(l) as T);
 }
 
 async function rejects(params: ProblemsParams, re: RegExp) {
@@ -140,22 +150,78 @@ test("TACO: input_output, 5 labels → 3 levels, raw label kept, unknown skipped
   );
 });
 
-test("OCR2 (JSONL and zstd Parquet): questions given as '-' joined from TACO, generations grouped", async () => {
-  const join_ = [{ dataset: "taco", split: "train", path: join(FIX, "taco.jsonl") }];
+test("OCR2 (JSONL and zstd Parquet): '-' questions rebuilt from a TACO source by (dataset, split, index), generations streamed beside", async () => {
+  // TACO as a source folder: its train split as one shard.
+  const taco = tempDir();
+  copyFileSync(join(FIX, "taco.jsonl"), join(taco, "train.jsonl"));
   for (const file of ["ocr2.jsonl", "ocr2.parquet"]) {
-    const { ps } = await load({ format: "ocr", path: join(FIX, file), join: join_ });
-    assert.equal(ps.length, 2, file);
-    assert.equal(ps[0].id, "q1");
+    const ctx = makeCtx({
+      format: "ocr",
+      path: join(FIX, file),
+      sources: { taco },
+    } as ProblemsParams);
+    const metrics = (await problems.run(ctx))!.metrics as Record<string, unknown>;
+    const ps = jsonl<Problem>(join(ctx.out, "problems.jsonl"));
+    assert.deepEqual(
+      ps.map((p) => p.id),
+      ["q1", "q2"],
+      file,
+    );
+    // q1: TACO train row 1 (0-based), with its tests; q2 carries its own text.
     assert.equal(ps[0].statement, "Print a*b.");
-    assert.equal(ps[0].tests.length, 1);
-    const gens = ps[0].extra!.generations as Record<string, unknown>[];
-    assert.equal(gens.length, 2);
-    assert.equal(gens[1].judgement, "wrong");
+    assert.deepEqual(ps[0].tests, [{ input: "2 3\n", output: "6\n", type: "stdin" }]);
+    assert.deepEqual(ps[0].extra, {
+      dataset: "taco",
+      split: "train",
+      index: 1,
+      license: "apache-2.0",
+      generations: 2,
+    });
+    assert.equal(ps[1].statement, "Print hello.");
     assert.equal(ps[1].difficulty, "easy"); // CodeContests 7 = Codeforces A
+    const gens = jsonl<Record<string, unknown>>(join(ctx.out, "generations.jsonl"));
+    assert.deepEqual(
+      gens.map((g) => [g.problem_id, g.sample, g.judgement]),
+      [
+        ["q1", 0, "right"],
+        ["q1", 1, "wrong"],
+        ["q2", 0, "right"],
+      ],
+    );
+    assert.equal("qwq_critique" in gens[0], false);
+    assert.equal(metrics.generations, 3);
+    assert.deepEqual(metrics.unresolved, {});
   }
+  // No TACO source: q1's two rows are counted and skipped, q2 stays.
+  const ctx = makeCtx({ format: "ocr", path: join(FIX, "ocr2.jsonl") } as ProblemsParams);
+  const metrics = (await problems.run(ctx))!.metrics as Record<string, unknown>;
+  assert.deepEqual(metrics.unresolved, { taco: 2 });
+  assert.deepEqual(metrics.unresolved_questions, { "no source": 1 });
+  assert.deepEqual(
+    jsonl<Record<string, unknown>>(join(ctx.out, "generations.jsonl")).map((g) => g.problem_id),
+    ["q2"],
+  );
+  // An index past the split's end: unresolved too.
+  const short = tempDir();
+  writeFileSync(
+    join(short, "train.jsonl"),
+    readFileSync(join(FIX, "taco.jsonl"), "utf8").split("\n")[0] + "\n",
+  );
+  const ctx2 = makeCtx({
+    format: "ocr",
+    path: join(FIX, "ocr2.jsonl"),
+    sources: { taco: short },
+  } as ProblemsParams);
+  const m2 = (await problems.run(ctx2))!.metrics as Record<string, unknown>;
+  assert.deepEqual(m2.unresolved, { taco: 2 });
+  assert.deepEqual(m2.unresolved_questions, { "index out of range": 1 });
   await rejects(
-    { format: "ocr", path: join(FIX, "ocr2.jsonl") },
-    /record 1: question is "-" and no joined record taco\/train\/1/,
+    { format: "ocr", path: join(FIX, "ocr2.jsonl"), onUnresolved: "fail" },
+    /ocr2\.jsonl: record 1: question "q1" cannot be rebuilt: no entry for dataset "taco" in sources/,
+  );
+  await rejects(
+    { format: "ocr", path: join(FIX, "ocr2.jsonl"), sources: { taco: join(short, "nope") } },
+    /sources\.taco: .*nope does not exist/,
   );
 });
 
@@ -225,7 +291,7 @@ test("bad input: clear errors naming the file and record", async () => {
   );
   await rejects(
     { format: "parquet", path: join(FIX, "garbled.parquet") },
-    /garbled\.parquet: corrupted Parquet data in rows 1\.\.3/,
+    /garbled\.parquet: corrupted Parquet data in row group 1 of 1 \(rows 1\.\.3\)/,
   );
   await rejects({ format: "lcb", path: join(dir, "nope.jsonl") }, /no such file/);
   const lcbBad = w("lcb-bad.jsonl", [
@@ -293,4 +359,36 @@ test("fingerprint covers exactly the data files the stage reads, through symboli
   assert.notEqual(after[1], before[1]);
   // A missing path is left for the stage to report.
   assert.match(await fp(join(dir, "nope")), /null/);
+});
+
+test("through the CLI: a corrupt Parquet file or a missing source exits 2 naming it, and nothing enters the store", () => {
+  const dir = project({
+    "bad.yaml": `version: 1
+stages:
+  p:
+    uses: problems
+    with: { format: parquet, path: ./garbled.parquet, fields: { id: pid, statement: text, difficulty: level } }
+`,
+    "nosource.yaml": `version: 1
+stages:
+  p:
+    uses: problems
+    with: { format: ocr, path: ./ocr2.parquet, sources: { taco: ./taco, apps: ./no-apps-here } }
+`,
+  });
+  copyFileSync(join(FIX, "garbled.parquet"), join(dir, "garbled.parquet"));
+  copyFileSync(join(FIX, "ocr2.parquet"), join(dir, "ocr2.parquet"));
+  mkdirSync(join(dir, "taco"));
+  const env = { VALLEY_CACHE: join(dir, "cache") };
+  const bad = valley(["run", join(dir, "bad.yaml")], { env });
+  assert.equal(bad.code, 2, bad.stderr);
+  assert.match(
+    bad.stderr,
+    /garbled\.parquet: corrupted Parquet data in row group 1 of 1 \(rows 1\.\.3\)/,
+  );
+  const missing = valley(["run", join(dir, "nosource.yaml")], { env });
+  assert.equal(missing.code, 2, missing.stderr);
+  assert.match(missing.stderr, /sources\.apps: .*no-apps-here does not exist/);
+  const actions = join(dir, "cache", "actions");
+  assert.deepEqual(existsSync(actions) ? readdirSync(actions) : [], []);
 });

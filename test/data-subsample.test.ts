@@ -60,10 +60,14 @@ function fixture(): { problems: string; traces: string } {
 
 const fx = fixture();
 
-async function run(p: Partial<SubsampleParams>) {
+async function run(
+  p: Partial<SubsampleParams>,
+  extra: Record<string, ReturnType<typeof artifact>> = {},
+) {
   const ctx = makeCtx(p as SubsampleParams, {
     problems: artifact(fx.problems),
     traces: artifact(fx.traces),
+    ...extra,
   });
   const res = await subsample.run(ctx);
   const bytes = readFileSync(join(ctx.out, "train.jsonl"));
@@ -75,6 +79,7 @@ async function run(p: Partial<SubsampleParams>) {
       .split("\n")
       .filter(Boolean)
       .map((l) => JSON.parse(l) as { messages: { role: string; content: string }[] }),
+    traces: readFileSync(join(ctx.out, "traces.txt"), "utf8").trim().split("\n").filter(Boolean),
     digest: createHash("sha256").update(bytes).digest("hex"),
     metrics: res!.metrics as Record<string, unknown>,
   };
@@ -127,16 +132,16 @@ test("filters: correctness, paper's hard/easy, difficulty, source, split, length
   const short = await run({ maxTokens: 100 });
   assert.equal(short.ids.length, 399);
   assert.equal((short.metrics.dropped as Record<string, number>)["too long"], 2);
-  const all = await run({ per: "trace", correct: false });
+  const all = await run({ perQuestion: "all", correct: false });
   assert.equal(all.ids.length, 400);
   assert.ok(all.ids.every((id) => id.endsWith("#1")));
-  assert.equal((await run({ per: "trace" })).ids.length, 800);
+  assert.equal((await run({ perQuestion: "all" })).ids.length, 800);
 });
 
 test("asking for more than available fails with the counts, unless allowFewer", async () => {
   await assert.rejects(run({ n: 1000, paperDifficulty: "easy" }), (e: Error) => {
     assert.ok(e instanceof InputError);
-    assert.match(e.message, /asked for 1000 problems but only 160 pass the filters/);
+    assert.match(e.message, /asked for 1000 questions but only 160 qualify/);
     assert.match(e.message, /allowFewer/);
     return true;
   });
@@ -152,4 +157,80 @@ test("asking for more than available fails with the counts, unless allowFewer", 
     traces: artifact(noCorrect),
   });
   await assert.rejects(subsample.run(ctx), /no "correct" field; run verify/);
+});
+
+test("exact sizes: length is filtered before drawing, so n holds n or fails with how many qualify; nesting holds", async () => {
+  // p7's two traces are ~4,000 characters: over 100 tokens at 4 characters a token.
+  const n399 = await run({ n: 399, maxTokens: 100 });
+  assert.equal(n399.rows.length, 399);
+  assert.equal(n399.ids.includes("p7"), false);
+  await assert.rejects(
+    run({ n: 400, maxTokens: 100 }),
+    /asked for 400 questions but only 399 qualify/,
+  );
+  const n100 = await run({ n: 100, maxTokens: 100 });
+  const n300 = await run({ n: 300, maxTokens: 100 });
+  assert.deepEqual(n300.ids.slice(0, 100), n100.ids);
+  assert.deepEqual(n399.ids.slice(0, 300), n300.ids);
+  // Only what the walk reached was measured: n=100 measures about 100 questions.
+  assert.ok((n100.metrics.measured as number) <= 101);
+});
+
+test("perQuestion: first takes the lowest sample that passes, random a seeded one, all every trace", async () => {
+  const first = await run({ n: 50, seed: 3 });
+  assert.ok(first.traces.every((t) => t.endsWith("#0")));
+  // Filters apply before the pick: with correct: false the first passing sample is #1.
+  const wrong = await run({ n: 50, seed: 3, correct: false });
+  assert.ok(wrong.traces.every((t) => t.endsWith("#1")));
+  const random = await run({ n: 200, seed: 3, perQuestion: "random" });
+  assert.deepEqual(random.ids, (await run({ n: 200, seed: 3 })).ids, "same questions, same order");
+  const picks = new Set(random.traces.map((t) => t.split("#")[1]));
+  assert.deepEqual([...picks].sort(), ["0", "1"]);
+  assert.deepEqual((await run({ n: 200, seed: 3, perQuestion: "random" })).traces, random.traces);
+  const all = await run({ n: 7, perQuestion: "all" });
+  assert.equal(all.rows.length, 7);
+  assert.deepEqual(all.ids, all.traces);
+});
+
+test("ids: an explicit list, in its order, through the filters; its bytes are in the key", async () => {
+  const dir = tempDir();
+  const file = join(dir, "ids.txt");
+  writeFileSync(file, "# the paper's split\np5\np3#1\n\np9\n");
+  const r = await run({ ids: file });
+  assert.deepEqual(r.ids, ["p5", "p3#1", "p9"]);
+  assert.deepEqual(r.traces, ["p5#0", "p3#1", "p9#0"]);
+  assert.equal(r.rows.length, 3);
+  assert.deepEqual((await run({ ids: file, n: 2 })).ids, ["p5", "p3#1"]);
+  // p3#1 is incorrect: with correct: true it does not qualify, and the error says which.
+  await assert.rejects(
+    run({ ids: file, correct: true }),
+    /ids: "p3#1" .* is no problem or trace that passes the filters/,
+  );
+  writeFileSync(join(dir, "dup.txt"), "p1\np1\n");
+  await assert.rejects(run({ ids: join(dir, "dup.txt") }), /dup\.txt:2: id "p1" repeated/);
+  const { fingerprintTools } = await import("../engine/engine.js");
+  const { StatCache } = await import("../cache/stat-cache.js");
+  const fp = () =>
+    JSON.stringify(
+      subsample.fingerprint!(
+        { ids: file } as SubsampleParams,
+        fingerprintTools(new StatCache(join(dir, "s.json")), dir),
+      ),
+    );
+  const before = fp();
+  writeFileSync(file, "p5\np9\n");
+  assert.notEqual(fp(), before);
+});
+
+test("length in the student's tokens: a real GGUF's vocabulary through llama.cpp's tokenizer", async () => {
+  const model = (await import("../stages/model/index.js")).default;
+  const mctx = makeCtx({ random: { preset: "tiny", seed: 1 } } as never);
+  await model.run(mctx as never);
+  // The tiny random model's vocabulary is character-level: 4,000 characters are > 4,000 tokens.
+  const r = await run({ maxTokens: 1000, charsPerToken: 1000 }, { model: artifact(mctx.out) });
+  assert.equal(r.metrics.length_in, "student tokens");
+  assert.equal(r.ids.length, 399);
+  assert.equal((r.metrics.dropped as Record<string, number>)["too long"], 2);
+  // chars / 1000 would have kept p7: the student's tokens decided.
+  assert.equal((await run({ maxTokens: 1000, charsPerToken: 1000 })).ids.length, 400);
 });

@@ -314,6 +314,32 @@ test("import backend: demo reference traces and OCR2 generations", async () => {
       [1, "C", "D"],
     ],
   );
+
+  // generations.jsonl beside problems.jsonl (format ocr): streamed, at most
+  // `samples` usable ones per problem, the OCR row id kept.
+  const dir3 = tempDir();
+  writeFileSync(join(dir3, "problems.jsonl"), JSON.stringify({ ...p, extra: {} }) + "\n");
+  const gens = [
+    { problem_id: "q1", sample: 0, row_id: "r0", r1_generation: "" },
+    { problem_id: "q1", sample: 1, row_id: "r1", r1_generation: "<think>\nE\n</think>\n\nF" },
+    { problem_id: "gone", sample: 0, row_id: "r9", r1_generation: "x" },
+    { problem_id: "q1", sample: 2, row_id: "r2", r1_generation: "<think>\nG\n</think>\n\nH" },
+    { problem_id: "q1", sample: 3, row_id: "r3", r1_generation: "<think>\nI\n</think>\n\nJ" },
+  ];
+  writeFileSync(join(dir3, "generations.jsonl"), gens.map((g) => JSON.stringify(g)).join("\n"));
+  const ctx3 = makeCtx({ backend: "import", samples: 2 } as TracesParams, {
+    problems: artifact(dir3),
+  });
+  const m3 = (await traces.run(ctx3))!.metrics as Record<string, unknown>;
+  assert.deepEqual(
+    readTraces(ctx3.out).map((t) => [t.sample, t.row_id, t.reasoning, t.answer]),
+    [
+      [0, "r1", "E", "F"],
+      [1, "r2", "G", "H"],
+    ],
+  );
+  assert.deepEqual(m3.skipped, { empty: 1, over_samples: 1, no_problem: 1 });
+  assert.equal(m3.problems, 1);
 });
 
 test("llama and openai backends against the real llama-server (engine-managed) serving a tiny random model", async () => {

@@ -5,20 +5,25 @@ import {
   type StageKind,
   type InputArtifact,
 } from "../../engine/stage-api.js";
-import { listDataFiles, writeJsonl } from "../../data/jsonl.js";
+import { existsSync } from "node:fs";
+import { JsonlWriter, listDataFiles } from "../../data/jsonl.js";
 import { readRecords } from "../../data/parquet.js";
 import { projectRoot } from "../../data/root.js";
 import {
-  OcrGrouper,
   genericProblem,
   lcbProblem,
-  loadJoins,
   tacoProblem,
   type ImportOptions,
-  type JoinSpec,
   type Skips,
   type UnknownPolicy,
 } from "../../data/importers.js";
+import { importOcr, type UnresolvedPolicy } from "../../data/ocr.js";
+import {
+  SOURCE_DATASETS,
+  isSourceDataset,
+  sourceFiles,
+  type SourceDataset,
+} from "../../data/sources.js";
 import type { Problem } from "../../data/problem.js";
 
 export interface ProblemsParams {
@@ -28,7 +33,11 @@ export interface ProblemsParams {
   to?: string;
   release?: string;
   fields?: Record<string, string>;
-  join?: JoinSpec[];
+  /** ocr: OCR dataset name (taco, apps, code_contests, open-r1/codeforces) → local copy. */
+  sources?: Partial<Record<SourceDataset, string>>;
+  /** ocr: keep only rows whose `dataset` is one of these. */
+  datasets?: string[];
+  onUnresolved?: UnresolvedPolicy;
   split?: "train" | "eval";
   limit?: number;
   source?: string;
@@ -76,12 +85,14 @@ function dataExtensions(params: ProblemsParams): string[] {
 
 function paramPaths(params: ProblemsParams): string[] {
   if (params.format === "builtin") return [join(projectRoot(), params.path ?? DEMO_PATH)];
-  return [params.path, ...(params.join ?? []).map((j) => j.path)].filter((x): x is string => !!x);
+  return params.path ? [params.path] : [];
 }
 
 const kind: StageKind<ProblemsParams> = {
   kind: "problems",
-  version: "1",
+  // 2: OCR generations stream to generations.jsonl (no longer extra.generations),
+  // questions rebuilt from `sources`; APPS labels recognised.
+  version: "2",
   resources: () => ({ cpu: 1, memory: 2048 }),
   // The key must change when a local file named in params changes, not only its name.
   // Exactly the files the stage will read (a folder's data files, links
@@ -98,7 +109,16 @@ const kind: StageKind<ProblemsParams> = {
       }
       for (const f of files) out[f] = tools.digestFile(f);
     }
-    return { files: out };
+    // The source datasets' files: a question's text and tests come from them.
+    const sources: Record<string, unknown> = {};
+    for (const [name, root] of Object.entries(params.sources ?? {})) {
+      if (!isSourceDataset(name)) continue;
+      const files = existsSync(root) ? sourceFiles(root, name) : [];
+      sources[name] = files.length
+        ? Object.fromEntries(files.map((f) => [f, tools.digestFile(f)]))
+        : null;
+    }
+    return { files: out, sources };
   },
   check(params) {
     const issues = [];
@@ -107,8 +127,15 @@ const kind: StageKind<ProblemsParams> = {
         path: ["path"],
         message: `format ${params.format} needs a path (file or folder)`,
       });
-    if (params.join && params.format !== "ocr")
-      issues.push({ path: ["join"], message: "join is only used by format ocr" });
+    for (const k of ["sources", "datasets", "onUnresolved"] as const)
+      if (params[k] !== undefined && params.format !== "ocr")
+        issues.push({ path: [k], message: `${k} is only used by format ocr` });
+    for (const name of Object.keys(params.sources ?? {}))
+      if (!isSourceDataset(name))
+        issues.push({
+          path: ["sources", name],
+          message: `unknown source dataset "${name}" (OCR/OCR2 name theirs ${SOURCE_DATASETS.join(", ")})`,
+        });
     const w = dateWindow(params);
     if (w.from && w.to && w.from > w.to)
       issues.push({ path: ["from"], message: `empty date window ${w.from} .. ${w.to}` });
@@ -121,8 +148,16 @@ const kind: StageKind<ProblemsParams> = {
       requireTests: params.requireTests ?? params.format !== "ocr",
       source: params.source,
       fields: params.fields,
-      join: params.join?.map((j) => ({ ...j, path: resolvePath(ctx, j.path) })),
     };
+    // Every named source must exist before a byte is read: a 72 GB pass that
+    // fails at its end for a typo costs an afternoon.
+    const sources: Partial<Record<SourceDataset, string>> = {};
+    for (const [name, p] of Object.entries(params.sources ?? {})) {
+      const path = resolvePath(ctx, p);
+      if (!existsSync(path))
+        throw new InputError(`sources.${name}: ${path} does not exist (a local copy of ${name})`);
+      sources[name as SourceDataset] = path;
+    }
     const skips: Skips = new Map();
     const window = dateWindow(params);
     const inWindow = (p: Problem) => {
@@ -142,38 +177,50 @@ const kind: StageKind<ProblemsParams> = {
         ? [join(projectRoot(), params.path ?? DEMO_PATH)]
         : await listDataFiles(resolvePath(ctx, params.path!), dataExtensions(params));
 
-    const problems: Problem[] = [];
-    const ids = new Map<string, string>();
-    let read = 0;
-    const keep = (p: Problem | null, where: string) => {
-      if (!p) return;
-      if (params.split && p.split !== params.split) return;
-      if (!inWindow(p)) return;
-      const prev = ids.get(p.id);
-      if (prev)
-        throw new InputError(
-          `${where}: duplicate problem id ${JSON.stringify(p.id)} (first at ${prev})`,
-        );
-      ids.set(p.id, where);
-      problems.push(p);
-    };
-    const full = () => params.limit !== undefined && problems.length >= params.limit;
-
     if (params.format === "ocr") {
-      const joins = await loadJoins(opts.join ?? []);
-      const g = new OcrGrouper(opts, joins, skips);
-      for (const file of files)
-        for await (const { line, value } of readRecords(file)) {
-          if (ctx.signal.aborted) throw new Error("aborted");
-          g.add({ file, line }, value);
-          if (++read % 10000 === 0) ctx.progress(read, undefined, "records");
-        }
-      for (const p of g.problems.values()) {
-        keep(p, `${p.id}`);
-        if (full()) break;
-      }
-    } else {
-      let index = 0;
+      const r = await importOcr(
+        files,
+        ctx.out,
+        {
+          ...opts,
+          sources,
+          datasets: params.datasets,
+          onUnresolved: params.onUnresolved ?? "skip",
+          limit: params.limit,
+          signal: ctx.signal,
+          progress: (n) => ctx.progress(n, undefined, "rows"),
+        },
+        skips,
+      );
+      const metrics = {
+        count: r.problems,
+        generations: r.generations,
+        tests: r.tests,
+        by_difficulty: r.by_difficulty,
+        by_source: r.by_source,
+        by_dataset: r.by_dataset,
+        unresolved: r.unresolved_rows,
+        unresolved_questions: r.unresolved_questions,
+        skipped: Object.fromEntries(skips),
+      };
+      ctx.log.info(metrics, "problems imported");
+      return { metrics };
+    }
+
+    // Streamed: each problem is written as it is read; only ids are held.
+    const out = await JsonlWriter.open(join(ctx.out, "problems.jsonl"));
+    const ids = new Map<string, string>();
+    const tally = { tests: 0, difficulty: {}, source: {}, split: {} } as {
+      tests: number;
+      difficulty: Record<string, number>;
+      source: Record<string, number>;
+      split: Record<string, number>;
+    };
+    const bump = (m: Record<string, number>, k: string | undefined) =>
+      (m[k ?? "none"] = (m[k ?? "none"] ?? 0) + 1);
+    let read = 0;
+    let index = 0;
+    try {
       outer: for (const file of files)
         for await (const { line, value } of readRecords(file)) {
           if (ctx.signal.aborted) throw new Error("aborted");
@@ -192,27 +239,33 @@ const kind: StageKind<ProblemsParams> = {
                     params.format === "builtin" ? "demo" : params.format,
                   );
           index++;
-          keep(p, `${file}: record ${line}`);
           if (++read % 10000 === 0) ctx.progress(read, undefined, "records");
-          if (full()) break outer;
+          if (!p || (params.split && p.split !== params.split) || !inWindow(p)) continue;
+          const where = `${file}: record ${line}`;
+          const prev = ids.get(p.id);
+          if (prev)
+            throw new InputError(
+              `${where}: duplicate problem id ${JSON.stringify(p.id)} (first at ${prev})`,
+            );
+          ids.set(p.id, where);
+          await out.write(p);
+          tally.tests += p.tests.length;
+          bump(tally.difficulty, p.difficulty);
+          bump(tally.source, p.source);
+          bump(tally.split, p.split);
+          if (params.limit !== undefined && out.count >= params.limit) break outer;
         }
+      await out.close();
+    } catch (e) {
+      await out.abandon();
+      throw e;
     }
-
-    await writeJsonl(join(ctx.out, "problems.jsonl"), problems);
-    const count = (f: (p: Problem) => string | undefined) => {
-      const m: Record<string, number> = {};
-      for (const p of problems) {
-        const k = f(p) ?? "none";
-        m[k] = (m[k] ?? 0) + 1;
-      }
-      return m;
-    };
     const metrics = {
-      count: problems.length,
-      tests: problems.reduce((a, p) => a + p.tests.length, 0),
-      by_difficulty: count((p) => p.difficulty),
-      by_source: count((p) => p.source),
-      by_split: count((p) => p.split),
+      count: out.count,
+      tests: tally.tests,
+      by_difficulty: tally.difficulty,
+      by_source: tally.source,
+      by_split: tally.split,
       skipped: Object.fromEntries(skips),
       window,
     };

@@ -6,7 +6,8 @@ import {
   type StageContext,
   type StageKind,
 } from "../../engine/stage-api.js";
-import { readJsonl, writeJsonl } from "../../data/jsonl.js";
+import { JsonlWriter, readJsonl, writeJsonl } from "../../data/jsonl.js";
+import { importTraces, type ImportCounts } from "./import.js";
 import type { Problem } from "../../data/problem.js";
 import {
   DEFAULT_PROMPT,
@@ -19,9 +20,7 @@ import {
   ChatError,
   chatUrl,
   chatWithRetries,
-  joinThink,
   normalizeBaseUrl,
-  splitThink,
   type ChatAnswer,
   type Message,
 } from "../../data/chat.js";
@@ -92,42 +91,6 @@ async function loadProblems(ctx: StageContext<TracesParams>): Promise<Problem[]>
   const out: Problem[] = [];
   for await (const { value } of readJsonl<Problem>(file)) out.push(value);
   return out;
-}
-
-/** Existing traces from problem records: the demo set's reference trace, OCR2's generations. */
-function importTraces(problems: Problem[], params: TracesParams, prompt: PromptSpec): Trace[] {
-  const traces: Trace[] = [];
-  const base = {
-    finish_reason: "stop",
-    prompt_tokens: null,
-    completion_tokens: null,
-    latency_ms: 0,
-  };
-  for (const p of problems) {
-    const messages = renderPrompt(prompt, p);
-    const gens = (p.extra?.generations as Record<string, unknown>[] | undefined) ?? [];
-    if (gens.length) {
-      gens.slice(0, params.samples).forEach((g, sample) => {
-        const text = typeof g.r1_generation === "string" ? g.r1_generation : "";
-        if (!text) return;
-        const { reasoning, answer } = splitThink(text);
-        traces.push({ problem_id: p.id, sample, messages, reasoning, answer, text, ...base });
-      });
-    } else if (p.reference_solution) {
-      const reasoning = (p.reference_trace ?? "").trim();
-      const answer = "```python\n" + p.reference_solution.replace(/\s+$/, "") + "\n```";
-      traces.push({
-        problem_id: p.id,
-        sample: 0,
-        messages,
-        reasoning,
-        answer,
-        text: joinThink(reasoning, answer),
-        ...base,
-      });
-    }
-  }
-  return traces;
 }
 
 interface Job {
@@ -449,6 +412,9 @@ export const TRACES_UNKEYED = [
 
 const kind: StageKind<TracesParams> = {
   kind: "traces",
+  // 2: import streams OCR generations from generations.jsonl (row_id kept;
+  // samples numbered among usable generations); request claims, unkeyed
+  // politeness params, normalised endpoint identity.
   version: "2",
   unkeyedParams: TRACES_UNKEYED,
   // Needed by the llama backend only; the engine skips a tool it cannot find.
@@ -484,7 +450,8 @@ const kind: StageKind<TracesParams> = {
   },
   async run(ctx) {
     const p: TracesParams = { ...TRACES_DEFAULTS, ...ctx.params };
-    const problems = await loadProblems(ctx);
+    // The import backend streams (stages/traces/import.ts); the others need the list.
+    const problems = p.backend === "import" ? [] : await loadProblems(ctx);
     const prompt = p.prompt ?? DEFAULT_PROMPT;
     const tally = {
       traces: 0,
@@ -493,26 +460,43 @@ const kind: StageKind<TracesParams> = {
       prompt_tokens: 0,
       completion_tokens: 0,
     };
+    const count = (t: Trace) => {
+      tally.traces++;
+      if (t.reasoning !== "") tally.with_reasoning++;
+      const f = t.finish_reason ?? "none";
+      tally.finish_reason[f] = (tally.finish_reason[f] ?? 0) + 1;
+      tally.prompt_tokens += t.prompt_tokens ?? 0;
+      tally.completion_tokens += t.completion_tokens ?? 0;
+    };
     // Streams traces to traces.jsonl, counting as they pass.
     const write = (traces: Iterable<Trace>) =>
       writeJsonl(
         join(ctx.out, "traces.jsonl"),
         (function* () {
           for (const t of traces) {
-            tally.traces++;
-            if (t.reasoning !== "") tally.with_reasoning++;
-            const f = t.finish_reason ?? "none";
-            tally.finish_reason[f] = (tally.finish_reason[f] ?? 0) + 1;
-            tally.prompt_tokens += t.prompt_tokens ?? 0;
-            tally.completion_tokens += t.completion_tokens ?? 0;
+            count(t);
             yield t;
           }
         })(),
       ).then(() => undefined);
-    let metrics: Record<string, unknown> = {};
+    let metrics: Record<string, unknown>;
     let incomplete: string | undefined;
     if (p.backend === "import") {
-      await write(importTraces(problems, p, prompt));
+      const counts: ImportCounts = { problems: 0, empty: 0, over_samples: 0, no_problem: 0 };
+      const out = await JsonlWriter.open(join(ctx.out, "traces.jsonl"));
+      try {
+        for await (const t of importTraces(one(ctx, "problems").path, p.samples, prompt, counts)) {
+          if (ctx.signal.aborted) throw ctx.signal.reason ?? new Error("aborted");
+          count(t);
+          await out.write(t);
+        }
+        await out.close();
+      } catch (e) {
+        await out.abandon();
+        throw e;
+      }
+      const { problems: n, ...skipped } = counts;
+      metrics = { problems: n, skipped };
     } else if (p.backend === "openai") {
       let apiKey: string | undefined;
       if (p.apiKeyEnv) {
