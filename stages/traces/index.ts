@@ -54,6 +54,8 @@ export interface TracesParams {
 export interface Trace extends ChatAnswer {
   problem_id: string;
   sample: number;
+  /** The request's key in the per-request cache (generated traces only), for `valley lineage`. */
+  request_key?: string;
   messages: Message[];
 }
 
@@ -273,7 +275,13 @@ async function generate(
           const ans = cache.get<ChatAnswer>(r.key);
           if (!ans) continue; // failed within the failure budget
           const messages = rendered[r.problem];
-          yield { problem_id: problems[r.problem].id, sample: r.sample, messages, ...ans };
+          yield {
+            problem_id: problems[r.problem].id,
+            sample: r.sample,
+            request_key: r.key,
+            messages,
+            ...ans,
+          };
         }
       })(),
     );
@@ -291,7 +299,8 @@ async function findGguf(dir: string): Promise<string> {
 
 const kind: StageKind<TracesParams> = {
   kind: "traces",
-  version: "1",
+  // 2: generated traces carry their request_key.
+  version: "2",
   // Needed by the llama backend only; the engine skips a tool it cannot find.
   tools: ["llama"],
   resources: (p) => ({ cpu: p.backend === "llama" ? 4 : 1, memory: 1024 }),
