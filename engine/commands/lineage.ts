@@ -248,11 +248,10 @@ export async function answerLineage(
   const data = tune ? w.up(tune, "data") : undefined;
   let dataset = null;
   let contaminated: boolean | null = null;
-  let trainingRow: TrainingRow | null = null;
   let tracesNode: Node | undefined;
   if (data) {
     const rows = await trainingRows(w, engine, data);
-    trainingRow = rows.find((r) => r.problem_id === problem) ?? null;
+    const trainingRow = rows.find((r) => r.problem_id === problem) ?? null;
     contaminated = trainingRow !== null;
     tracesNode = w.up(data, "traces");
     dataset = {
