@@ -207,6 +207,32 @@ describe("report: paired differences", () => {
     assert.ok(svg.includes("✱"), "step marks drawn");
   });
 
+  it("per-problem strip: a cell per evaluation, each linking to that answer's text", () => {
+    const html = readFileSync(join(out, "index.html"), "utf8");
+    const table = /<table id="strip-table"[\s\S]*?<\/table>/.exec(html)![0];
+    const rows = [...table.matchAll(/<tr><th class="pid">([^<]+)<\/th>(.*?)<\/tr>/g)];
+    assert.equal(rows.length, PROBLEMS);
+    const header = [...table.matchAll(/<th title="([^"]+)">/g)].map((m) => m[1]);
+    assert.equal(header.length, 9, "8 curve points + the stage-2 run");
+    // p50: base solves it, deep@n=1000 does not (p40..p119 kept), shallow keeps it.
+    const p50 = rows.find((r) => r[1] === "p50")!;
+    const cells = [...p50[2].matchAll(/<td class="(\w+)"><a href="([^"]+)"[^>]*>([^<]+)<\/a>/g)];
+    const byCol = new Map(header.map((h, i) => [h, cells[i]]));
+    assert.equal(byCol.get("base@student=deep")![3], "✓");
+    assert.equal(byCol.get("evaluate@n=1000,student=deep")![3], "✓");
+    const p10 = rows.find((r) => r[1] === "p10")!;
+    const c10 = [...p10[2].matchAll(/<td class="(\w+)"><a href="([^"]+)"[^>]*>([^<]+)<\/a>/g)];
+    const k = header.indexOf("evaluate@n=1000,student=deep");
+    assert.equal(c10[k][1], "no");
+    assert.equal(c10[k][3], "✗");
+    // The link resolves: the page exists and holds the anchor with the text.
+    const [page, anchor] = c10[k][2].split("#");
+    const answers = readFileSync(join(out, page), "utf8");
+    assert.ok(answers.includes(`<h2 id="${anchor}">p10 `));
+    assert.ok(answers.includes("print(1)"));
+    assert.ok(answers.includes("valley lineage evaluate@n=1000,student=deep p10 --sample 0"));
+  });
+
   it("quantized vs merged, and stage 2 against its start", () => {
     const q = json.paired.comparisons.find((c) => c.kind === "quantized vs merged")!;
     assert.equal(q.a, "evalmerged@n=30000,student=deep");

@@ -51,6 +51,8 @@ export interface PageInput {
   /** Every input artifact: [input name, id, digest]. */
   artifacts: [string, string, string][];
   sig: Significance;
+  /** The per-problem table (strip.ts), or "" when no evaluation has samples. */
+  strip: string;
 }
 
 const STYLE = `
@@ -67,6 +69,9 @@ tr.base td{background:#fafafa}
 code{font:12px ui-monospace,monospace}
 .muted{color:#666}
 tr.sig td{font-weight:600}
+table.strip td{text-align:center;padding:1px 4px}table.strip a{color:inherit;text-decoration:none;display:block}
+table.strip td.ok{background:#d7f5dd}table.strip td.no{background:#fbe0dc}table.strip td.part{background:#fff1c2}
+table.strip td.na{color:#bbb}table.strip th.pid{font-weight:normal;white-space:nowrap}.cv{color:#777;font-weight:normal;font-size:11px}
 `;
 
 export function page(p: PageInput): string {
@@ -123,6 +128,7 @@ ${pairedHtml(p.sig)}
 ${body}
 </tbody>
 </table>
+${p.strip}
 <h2>Input artifacts</h2>
 <table id="artifacts">
 <thead><tr><th>input</th><th>instance</th><th>digest</th></tr></thead>

@@ -17,6 +17,7 @@ import {
 } from "../../engine/stage-api.js";
 import { page } from "./html.js";
 import { significance, samplesPaths } from "./significance.js";
+import { stripView } from "./strip.js";
 import { pairedJson, pairedMarkdown } from "./paired-tables.js";
 import { ratesSpec, toPng, toSvg, valleySpec, fontOptions } from "./plots.js";
 import {
@@ -179,6 +180,7 @@ const report: StageKind<ReportParams> = {
     const artifacts: [string, string, string][] = [];
     for (const name of ["evals", ...roles.map((r) => ROLE_INPUT[r])])
       for (const a of asList(ctx.inputs[name])) artifacts.push([name, a.id, a.digest]);
+    const strip = await stripView(ctx.out, rows, layout, samplesPaths(paths));
     writeFileSync(
       join(ctx.out, "index.html"),
       page({
@@ -192,6 +194,7 @@ const report: StageKind<ReportParams> = {
         best,
         artifacts,
         sig,
+        strip,
       }),
     );
     ctx.progress(total, total, "done");
