@@ -9,7 +9,7 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import type { InputArtifact } from "../engine/stage-api.js";
+import { InputError, type InputArtifact } from "../engine/stage-api.js";
 import { compare, holm, pair, rates, type PassRecord } from "../grader/paired.js";
 import report from "../stages/report/index.js";
 import { artifact, ctxFor } from "./helpers/report-fixture.js";
@@ -243,5 +243,38 @@ describe("report: paired differences", () => {
     assert.equal(s.b, "eval2@n=4000,start=s30k,student=deep");
     assert.ok(Math.abs(s.delta - 30 / PROBLEMS) < 1e-12);
     assert.ok(s.significant);
+    // The stage-2 panel: the gain over the start, plotted and on the page.
+    const gain = JSON.parse(readFileSync(join(out, "gain.vl.json"), "utf8")) as {
+      data: { values: { instance: string; delta: number; lo: number; hi: number }[] };
+    };
+    assert.deepEqual(
+      gain.data.values.map((v) => [v.instance, v.delta, v.lo, v.hi]),
+      [[s.b, s.delta, s.ci95[0], s.ci95[1]]],
+    );
+    assert.ok(readFileSync(join(out, "gain.svg"), "utf8").includes("<svg"));
+    assert.match(readFileSync(join(out, "index.html"), "utf8"), /id="gain-plot"/);
+  });
+
+  it("a start that names no evaluation is bad input", async () => {
+    const o = join(root, "out-bad");
+    mkdirSync(o);
+    const a = evalArtifact(
+      join(root, "in2"),
+      "eval2@n=4000,start=s30k,student=deep",
+      { student: "deep", n: 4000, start: "s30k" },
+      stage2,
+    );
+    await assert.rejects(
+      report.run(
+        ctxFor(
+          o,
+          { evals: [a] },
+          { start: { coordinate: "start", from: { s30k: "evaluate@n=3000,student=deep" } } },
+        ),
+      ),
+      (e: Error) =>
+        e instanceof InputError &&
+        /start\.from\.s30k names evaluate@n=3000,student=deep, which is not among/.test(e.message),
+    );
   });
 });

@@ -53,6 +53,8 @@ export interface PageInput {
   sig: Significance;
   /** The per-problem table (strip.ts), or "" when no evaluation has samples. */
   strip: string;
+  /** Stage 2's gain over the start (plots.ts gainSpec), when `start` is set. */
+  gainSvg?: string;
 }
 
 const STYLE = `
@@ -116,6 +118,13 @@ export function page(p: PageInput): string {
 <h2>pass@1 vs training examples</h2>
 <figure id="valley-plot">${inlineSvg(p.valleySvg, "pass@1 against training examples", "valley")}
 <figcaption>Log scale; the untuned base at the left (shaded) and as a dashed reference line. Bars: ${esc(ciLevel(p.rows).header.replace(/ CI$/, ""))} interval of pass@1. A ring: the point differs from the base (paired, Holm p &lt; ${p.sig.alpha}); ✱ between two points: the step between them is significant.</figcaption></figure>
+${
+  p.gainSvg
+    ? `<h2>Stage 2: gain over the starting checkpoint</h2>
+<figure id="gain-plot">${inlineSvg(p.gainSvg, "gain over the starting checkpoint", "gain")}
+<figcaption>Paired Δ pass@1 of each stage-2 run against the evaluation of the checkpoint it started from, with its 95% paired-bootstrap interval; a diamond: Holm p &lt; ${p.sig.alpha}.</figcaption></figure>`
+    : ""
+}
 ${pairedHtml(p.sig)}
 <h2>Completion and think-tag rates</h2>
 <figure id="rates-plot">${inlineSvg(p.ratesSvg, "completion and think-tag rates against training examples", "rates")}

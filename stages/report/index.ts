@@ -19,7 +19,7 @@ import { page } from "./html.js";
 import { significance, samplesPaths } from "./significance.js";
 import { stripView } from "./strip.js";
 import { pairedJson, pairedMarkdown } from "./paired-tables.js";
-import { ratesSpec, toPng, toSvg, valleySpec, fontOptions } from "./plots.js";
+import { gainSpec, ratesSpec, toPng, toSvg, valleySpec, fontOptions } from "./plots.js";
 import {
   PROVENANCE_ROLES,
   ROLE_INPUT,
@@ -164,9 +164,11 @@ const report: StageKind<ReportParams> = {
     const font = fontOptions();
     if (!font.file) ctx.log.warn("no DejaVu Sans font found; PNG text uses system fonts");
     const plots: Record<string, string> = {};
+    const gain = gainSpec(sig, opts);
     for (const [name, spec] of [
       ["valley", valleySpec(rows, layout, opts, sig)],
       ["rates", ratesSpec(rows, layout, opts)],
+      ...(gain ? [["gain", gain] as const] : []),
     ] as const) {
       ctx.signal.throwIfAborted();
       ctx.progress(evals.length + (name === "valley" ? 1 : 2), total, `plot ${name}`);
@@ -195,6 +197,7 @@ const report: StageKind<ReportParams> = {
         artifacts,
         sig,
         strip,
+        gainSvg: plots.gain,
       }),
     );
     ctx.progress(total, total, "done");

@@ -248,6 +248,74 @@ export function valleySpec(
   return wrap(values, pointsOnly, opts, `${opts.title}: pass@1 vs training examples`);
 }
 
+/**
+ * Stage 2: each run's gain over its starting checkpoint (paired Δ pass@1 with
+ * its interval), one line per run, a rule at 0. Undefined without `start`.
+ */
+export function gainSpec(
+  sig: Significance,
+  opts: PlotOptions,
+): Record<string, unknown> | undefined {
+  const steps = sig.steps.filter((s) => s.kind === "vs start");
+  if (steps.length === 0) return undefined;
+  const values = steps.map((s) => ({
+    run: `${s.curve}, ${s.b_label}`,
+    start: s.a_label,
+    delta: s.stats.delta,
+    lo: s.stats.ci95[0],
+    hi: s.stats.ci95[1],
+    significant: s.significant ? `Holm p < ${sig.alpha}` : "not significant",
+    instance: s.b,
+  }));
+  const y = { field: "run", type: "nominal", title: null, sort: null, axis: { labelLimit: 400 } };
+  const x = {
+    type: "quantitative",
+    title: "gain over the starting checkpoint (Δ pass@1, 95% CI)",
+    axis: { format: "+.0%" },
+  };
+  return {
+    $schema: "https://vega.github.io/schema/vega-lite/v6.json",
+    title: `${opts.title}: stage 2, gain over the start`,
+    background: "white",
+    config: { font: "sans-serif", view: { stroke: "#ddd" }, legend: { labelLimit: 400 } },
+    data: { values },
+    width: opts.width,
+    height: Math.max(60, 28 * values.length),
+    layer: [
+      {
+        mark: { type: "rule", strokeDash: [4, 3], color: "#888" },
+        encoding: { x: { datum: 0, type: "quantitative" } },
+      },
+      {
+        mark: { type: "rule", strokeWidth: 2 },
+        encoding: {
+          y,
+          x: { ...x, field: "lo" },
+          x2: { field: "hi" },
+          color: { field: "start", type: "nominal", title: "start" },
+        },
+      },
+      {
+        mark: { type: "point", filled: true, size: 70 },
+        encoding: {
+          y,
+          x: { ...x, field: "delta" },
+          color: { field: "start", type: "nominal", title: "start" },
+          shape: {
+            field: "significant",
+            type: "nominal",
+            title: null,
+            scale: {
+              domain: [`Holm p < ${sig.alpha}`, "not significant"],
+              range: ["diamond", "circle"],
+            },
+          },
+        },
+      },
+    ],
+  };
+}
+
 /** Completion rate and think-tag rate against training examples. */
 export function ratesSpec(rows: Row[], layout: Layout, opts: PlotOptions): Record<string, unknown> {
   const ax = xAxis(rows);

@@ -160,12 +160,11 @@ export function significance(inp: SignificanceInput): Significance {
         const fromId = v === undefined ? undefined : inp.start.from[String(v)];
         if (fromId === undefined) continue;
         const from = byId.get(fromId);
-        if (!from) {
-          notes.push(
-            `start: ${inp.start.coordinate}=${String(v)} names ${fromId}, which is not among the evaluations`,
+        if (!from)
+          throw new InputError(
+            `start.from.${String(v)} names ${fromId}, which is not among the report's evaluations` +
+              ` (they are: ${[...byId.keys()].slice(0, 8).join(", ")}${byId.size > 8 ? ", …" : ""})`,
           );
-          continue;
-        }
         push(stepOf(curve, "vs start", from, r, `start (${from.id})`));
       }
     }
