@@ -3,26 +3,34 @@
  * carry `problem_id` (string), `sample` (integer) and `passed` (boolean), once
  * per (problem, sample). The first bad line is an error naming file and line.
  */
-import { readFileSync } from "node:fs";
+import { createReadStream } from "node:fs";
+import { access } from "node:fs/promises";
+import { createInterface } from "node:readline";
 import { RecordError } from "./records.js";
 import type { PassRecord } from "./paired.js";
 
-export function readPassRecords(file: string): PassRecord[] {
-  let text: string;
+/**
+ * Streams the file line by line: samples.jsonl holds every answer's text
+ * (16 samples × 1,000 problems × 32K tokens is gigabytes), far more than one
+ * string may hold; only the three fields are kept.
+ */
+export async function readPassRecords(file: string): Promise<PassRecord[]> {
   try {
-    text = readFileSync(file, "utf8");
+    await access(file);
   } catch (e) {
     throw new RecordError(`cannot read ${file}: ${(e as Error).message}`);
   }
   const out: PassRecord[] = [];
   const seen = new Set<string>();
-  const lines = text.split("\n");
-  for (let i = 0; i < lines.length; i++) {
-    if (lines[i].trim() === "") continue;
+  const rl = createInterface({ input: createReadStream(file, "utf8"), crlfDelay: Infinity });
+  let i = -1;
+  for await (const line of rl) {
+    i++;
+    if (line.trim() === "") continue;
     const where = `${file}:${i + 1}`;
     let v: unknown;
     try {
-      v = JSON.parse(lines[i]);
+      v = JSON.parse(line);
     } catch (e) {
       throw new RecordError(`${where}: not valid JSON (${(e as Error).message})`);
     }

@@ -104,7 +104,7 @@ export async function compareCommand(argv: string[]): Promise<number> {
 
   let records;
   try {
-    records = sides.map((s) => readPassRecords(s.file));
+    records = await Promise.all(sides.map((s) => readPassRecords(s.file)));
   } catch (e) {
     if (e instanceof RecordError) throw new UsageError(e.message);
     throw e;

@@ -10,7 +10,8 @@
  * instance's declared inputs upstream, so it works for any pipeline shape
  * (quantized ← merged ← tune, or an evaluation of base + adapter).
  */
-import { existsSync, readFileSync } from "node:fs";
+import { createReadStream, existsSync, readFileSync } from "node:fs";
+import { createInterface } from "node:readline";
 import { join } from "node:path";
 import { UsageError, nearest } from "../errors.js";
 import type { Engine } from "../engine.js";
@@ -34,6 +35,15 @@ export interface Node {
   /** Top-level output files → digests. */
   outputs: Record<string, string>;
   metrics: Record<string, unknown>;
+}
+
+interface Kept {
+  problem_id: string;
+  sample: number;
+  request_key?: string;
+  messages?: { role: string; content: string }[];
+  answerTell: string;
+  reasoningTell: string;
 }
 
 interface TraceRecord {
@@ -132,12 +142,30 @@ class Walker {
   }
 }
 
-function readJsonl<T>(file: string): T[] {
-  if (!existsSync(file)) return [];
-  return readFileSync(file, "utf8")
-    .split("\n")
-    .filter((l) => l.trim() !== "")
-    .map((l) => JSON.parse(l) as T);
+/**
+ * Streams a JSONL output, keeping what `keep` returns: traces, training rows
+ * and samples hold whole answers (gigabytes at the paper's scale), more than
+ * one string may hold.
+ */
+async function scan<T, U>(file: string, keep: (r: T) => U | undefined): Promise<U[]> {
+  const out: U[] = [];
+  if (!existsSync(file)) return out;
+  const rl = createInterface({ input: createReadStream(file, "utf8"), crlfDelay: Infinity });
+  for await (const line of rl) {
+    if (line.trim() === "") continue;
+    const u = keep(JSON.parse(line) as T);
+    if (u !== undefined) out.push(u);
+  }
+  return out;
+}
+
+/** Enough of an answer to tell several traces of one problem apart (head and tail). */
+const TELL = 300;
+const tell = (s: string) =>
+  s.length <= 2 * TELL ? s : s.slice(0, TELL) + "\u0000" + s.slice(-TELL);
+function tells(said: string, t: { answerTell: string; reasoningTell: string }): boolean {
+  const parts = [...t.answerTell.split("\u0000"), ...t.reasoningTell.split("\u0000")];
+  return t.answerTell !== "" && parts.every((p) => said.includes(p));
 }
 
 /** The per-request cache of the store, if there is one: read-only use. */
@@ -154,17 +182,36 @@ async function trainingRows(w: Walker, engine: Engine, data: Node): Promise<Trai
   const ids = existsSync(join(dir, "ids.txt"))
     ? readFileSync(join(dir, "ids.txt"), "utf8").split("\n").filter(Boolean)
     : [];
-  const train = readJsonl<{ messages: { role: string; content: string }[] }>(
-    join(dir, "train.jsonl"),
-  );
   const perTrace = data.params.per === "trace";
-  // The traces the subsample read (verify's output carries the traces' fields).
+  // The traces the subsample read (verify's output carries the traces' fields),
+  // each kept small: ids, key, prompt, and a head and tail of its texts.
   const tracesNode = w.up(data, "traces");
   const traces = tracesNode
-    ? readJsonl<TraceRecord>(join(w.dir(tracesNode.id), "traces.jsonl"))
+    ? await scan<TraceRecord, Kept>(join(w.dir(tracesNode.id), "traces.jsonl"), (t) => ({
+        problem_id: t.problem_id,
+        sample: t.sample,
+        request_key: t.request_key,
+        messages: t.messages?.filter((m) => m.role !== "assistant"),
+        answerTell: tell((t.answer ?? "").trim()),
+        reasoningTell: tell((t.reasoning ?? "").trim()),
+      }))
     : [];
-  const byProblem = new Map<string, TraceRecord[]>();
+  const byProblem = new Map<string, Kept[]>();
   for (const t of traces) byProblem.set(t.problem_id, [...(byProblem.get(t.problem_id) ?? []), t]);
+  // A training row's assistant turn matters only where a problem has several traces.
+  const ambiguous = new Set([...byProblem].filter(([, ts]) => ts.length > 1).map(([p]) => p));
+  let row = -1;
+  const said = new Map<number, string>();
+  await scan<{ messages: { role: string; content: string }[] }, null>(
+    join(dir, "train.jsonl"),
+    (r) => {
+      row++;
+      const id = ids[row];
+      if (!perTrace && id !== undefined && ambiguous.has(id))
+        said.set(row, r.messages.find((m) => m.role === "assistant")?.content ?? "");
+      return undefined;
+    },
+  );
   const cache = await requestCache(engine);
   try {
     return ids.map((id, row) => {
@@ -173,13 +220,8 @@ async function trainingRows(w: Walker, engine: Engine, data: Node): Promise<Trai
       if (perTrace) cands = cands.filter((t) => `${t.problem_id}#${t.sample}` === id);
       else if (cands.length > 1) {
         // Several traces of one problem: the row's assistant turn holds the chosen one.
-        const said = train[row]?.messages.find((m) => m.role === "assistant")?.content ?? "";
-        cands = cands.filter(
-          (t) =>
-            !!t.answer?.trim() &&
-            said.includes(t.answer.trim()) &&
-            said.includes((t.reasoning ?? "").trim()),
-        );
+        const text = said.get(row) ?? "";
+        cands = cands.filter((t) => tells(text, t));
       }
       const t = cands.length === 1 ? cands[0] : undefined;
       const key = t?.request_key ?? null;
@@ -189,7 +231,7 @@ async function trainingRows(w: Walker, engine: Engine, data: Node): Promise<Trai
         trace_id: t ? `${t.problem_id}#${t.sample}` : null,
         request_key: key,
         in_request_cache: key && cache ? cache.has(key) : null,
-        prompt: t?.messages?.filter((m) => m.role !== "assistant"),
+        prompt: t?.messages,
       };
     });
   } finally {
@@ -227,10 +269,13 @@ export async function answerLineage(
     throw new UsageError(
       `${id} is a ${ev.kind} instance with no samples.jsonl: name an evaluation`,
     );
-  const samples = readJsonl<SampleRec>(join(w.dir(id), "samples.jsonl"));
-  const ofProblem = samples.filter((s) => s.problem_id === problem);
+  const seen = new Set<string>();
+  const ofProblem = await scan<SampleRec, SampleRec>(join(w.dir(id), "samples.jsonl"), (s) => {
+    seen.add(s.problem_id);
+    return s.problem_id === problem ? s : undefined;
+  });
   if (ofProblem.length === 0) {
-    const near = nearest(problem, new Set(samples.map((s) => s.problem_id)), 3);
+    const near = nearest(problem, seen, 3);
     throw new UsageError(
       `${id} did not evaluate problem "${problem}"` +
         (near.length ? `; closest: ${near.map((n) => `"${n}"`).join(", ")}` : ""),

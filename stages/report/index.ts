@@ -131,7 +131,7 @@ const report: StageKind<ReportParams> = {
       [...evals, ...asList(ctx.inputs.unquantized)].map((a) => [a.id, a.path] as const),
     );
     ctx.progress(evals.length, total, "paired comparisons");
-    const sig = significance({
+    const sig = await significance({
       rows,
       layout,
       samplesOf: samplesPaths(paths),

@@ -91,27 +91,27 @@ export interface SignificanceInput {
   unquantized?: Row[];
 }
 
-export function significance(inp: SignificanceInput): Significance {
+export async function significance(inp: SignificanceInput): Promise<Significance> {
   const { rows, layout, alpha } = inp;
   const notes: string[] = [];
+  // Each evaluation's per-problem tallies, read once (streamed) up front.
   const cache = new Map<string, Map<string, [number, number]> | null>();
-  const load = (id: string): Map<string, [number, number]> | null => {
-    if (cache.has(id)) return cache.get(id)!;
-    const file = inp.samplesOf(id);
-    let v: Map<string, [number, number]> | null = null;
+  const all = [...rows, ...(inp.unquantized ?? [])];
+  for (const r of all) {
+    const file = inp.samplesOf(r.id);
     if (!file || !existsSync(file) || statSync(file).size === 0) {
-      notes.push(`${id}: no samples.jsonl records, so no paired comparison with it`);
-    } else {
-      try {
-        v = rates(readPassRecords(file));
-      } catch (e) {
-        if (e instanceof RecordError) throw new InputError(`evals: ${id}: ${e.message}`);
-        throw e;
-      }
+      notes.push(`${r.id}: no samples.jsonl records, so no paired comparison with it`);
+      cache.set(r.id, null);
+      continue;
     }
-    cache.set(id, v);
-    return v;
-  };
+    try {
+      cache.set(r.id, rates(await readPassRecords(file)));
+    } catch (e) {
+      if (e instanceof RecordError) throw new InputError(`evals: ${r.id}: ${e.message}`);
+      throw e;
+    }
+  }
+  const load = (id: string) => cache.get(id) ?? null;
   const byId = new Map([...rows, ...(inp.unquantized ?? [])].map((r) => [r.id, r]));
   const label = (r: Row) => pointLabel(r, layout);
   const stepOf = (curve: string, kind: StepKind, a: Row, b: Row, aLabel?: string) => {
