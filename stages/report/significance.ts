@@ -217,7 +217,7 @@ export function pText(p: number): string {
 
 /** "Δ −0.072 [−0.110, −0.031], Holm p=0.002" */
 export function stepText(s: Step): string {
-  return `Δ ${signed(s.stats.delta)} [${signed(s.stats.ci95[0])}, ${signed(s.stats.ci95[1])}], Holm p=${pText(s.p_holm)}`;
+  return `Δ ${signed(s.stats.delta)} [${signed(s.stats.ci95[0])}, ${signed(s.stats.ci95[1])}], Holm p${s.p_holm < 0.001 ? "<0.001" : `=${s.p_holm.toFixed(3)}`}`;
 }
 
 /** One sentence per curve: is there a point below base, and is that significant? */
