@@ -57,11 +57,12 @@ export function pointLabel(r: Row, layout: Layout): string {
 }
 
 export function curveLabel(r: Row, layout: Layout): string {
-  const parts = [`${layout.series}=${scalarText(r.series)}`];
+  // No series coordinate (one student, as in the demo): the facets alone, or "all".
+  const parts = r.series === null ? [] : [`${layout.series}=${scalarText(r.series)}`];
   for (const f of layout.facets)
     if (r.facets[f] !== null && r.facets[f] !== undefined)
       parts.push(`${f}=${scalarText(r.facets[f])}`);
-  return parts.join(", ");
+  return parts.join(", ") || "all";
 }
 
 const same = (a: Scalar | null | undefined, b: Scalar | null | undefined) =>
