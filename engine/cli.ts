@@ -26,6 +26,10 @@ usage: valley <command> [options]
   schema [kind]         the JSON Schema of pipelines (or of one stage kind)
   grade <problems.jsonl> <answers.jsonl> [--json]
                         grade model answers in the sandbox, without a pipeline
+  compare A B           paired Δ pass@1 of two evaluations (instances or
+                        samples.jsonl): interval, p-value, counts (--json, --seed)
+  lineage <instance> [problem]  from an answer back to the teacher's prompt
+                        (--sample k, --rows for a finetune, --json)
 
 file defaults to ./valley.yaml, else the packaged pipelines/demo.yaml.
 The cache is .valley/ beside the pipeline, or $VALLEY_CACHE.
@@ -49,6 +53,8 @@ const commands: Record<string, () => Promise<Command>> = {
   import: async () => (await import("./commands/remote.js")).importCommand,
   schema: async () => (await import("./commands/schema.js")).schema,
   grade: async () => (await import("./commands/grade.js")).main,
+  compare: async () => (await import("./commands/compare.js")).compareCommand,
+  lineage: async () => (await import("./commands/lineage.js")).lineage,
 };
 
 async function main(argv: string[]): Promise<number> {

@@ -73,3 +73,12 @@ export function didYouMean(name: string, known: Iterable<string>): string {
   const c = closest(name, known);
   return c ? ` (did you mean "${c}"?)` : "";
 }
+
+/** Up to `n` known names nearest to `name` (edit distance), nearest first: for "not found" messages. */
+export function nearest(name: string, known: Iterable<string>, n = 3): string[] {
+  return [...known]
+    .map((k) => ({ k, d: editDistance(name, k) }))
+    .sort((a, b) => a.d - b.d || (a.k < b.k ? -1 : a.k > b.k ? 1 : 0))
+    .slice(0, n)
+    .map((x) => x.k);
+}

@@ -52,7 +52,7 @@ export function passAt1(tallies: ProblemTally[]): number {
 }
 
 /** mulberry32: a small seeded generator, so intervals are reproducible. */
-function rng(seed: number): () => number {
+export function rng(seed: number): () => number {
   let a = seed >>> 0;
   return () => {
     a = (a + 0x6d2b79f5) >>> 0;

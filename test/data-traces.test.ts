@@ -116,6 +116,18 @@ test("openai backend: 429, 500, resets and stalls are retried; every request ans
       assert.equal(t.finish_reason, "stop");
       assert.equal(t.completion_tokens, 20);
     }
+    // Each trace names its request in the per-request cache (for valley lineage).
+    const { RequestCache } = await import("../data/request-cache.js");
+    const rc = await RequestCache.open(join(ctx.scratch, "requests.sqlite"));
+    try {
+      const keys = ts.map((t) => t.request_key as string);
+      assert.equal(new Set(keys).size, 24);
+      for (const k of keys) assert.ok(rc.has(k), `request ${k} not in the cache`);
+      const t0 = ts[0];
+      assert.equal(rc.get<{ text: string }>(keys[0])?.text, t0.text);
+    } finally {
+      rc.close();
+    }
     // More samples send only the new requests; the rest come from the cache.
     const before = server.received;
     const ctx2 = makeCtx(

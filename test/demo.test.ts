@@ -59,6 +59,7 @@ test(
       .sort();
     assert.deepEqual(miss, [
       "data@n=60",
+      "evalmerged@n=60",
       "evaluate@n=60",
       "merged@n=60",
       "quantized@n=60",

@@ -80,6 +80,8 @@ describe("report stage", () => {
         best_pass_at_1: 0.299,
         best_instance: "evaluate@student=llama,n=30000,subset=all,stage=1",
         best_coords: { student: "llama", n: 30000, subset: "all", stage: 1 },
+        // The fixture's evaluations hold no samples: nothing to pair.
+        significant_steps: 0,
       },
     });
   });

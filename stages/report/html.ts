@@ -6,6 +6,8 @@
  */
 import type { Row, Layout, Role, Source } from "./rows.js";
 import { ciLevel, displayTable, shortDigest } from "./rows.js";
+import { pairedHtml } from "./paired-tables.js";
+import type { Significance } from "./significance.js";
 
 export function esc(s: string): string {
   return s
@@ -48,6 +50,11 @@ export interface PageInput {
   best: Row | undefined;
   /** Every input artifact: [input name, id, digest]. */
   artifacts: [string, string, string][];
+  sig: Significance;
+  /** The per-problem table (strip.ts), or "" when no evaluation has samples. */
+  strip: string;
+  /** Stage 2's gain over the start (plots.ts gainSpec), when `start` is set. */
+  gainSvg?: string;
 }
 
 const STYLE = `
@@ -63,6 +70,10 @@ tr.base td{background:#fafafa}
 .d{white-space:nowrap;margin-right:8px}.r{color:#777}
 code{font:12px ui-monospace,monospace}
 .muted{color:#666}
+tr.sig td{font-weight:600}
+table.strip td{text-align:center;padding:1px 4px}table.strip a{color:inherit;text-decoration:none;display:block}
+table.strip td.ok{background:#d7f5dd}table.strip td.no{background:#fbe0dc}table.strip td.part{background:#fff1c2}
+table.strip td.na{color:#bbb}table.strip th.pid{font-weight:normal;white-space:nowrap}.cv{color:#777;font-weight:normal;font-size:11px}
 `;
 
 export function page(p: PageInput): string {
@@ -106,7 +117,15 @@ export function page(p: PageInput): string {
 <p class="muted">${p.rows.length} evaluations. ${best} Files: <a href="table.csv">table.csv</a>, <a href="table.json">table.json</a>, <a href="table.md">table.md</a>, <a href="valley.png">valley.png</a>, <a href="rates.png">rates.png</a>.</p>
 <h2>pass@1 vs training examples</h2>
 <figure id="valley-plot">${inlineSvg(p.valleySvg, "pass@1 against training examples", "valley")}
-<figcaption>Log scale; the untuned base at the left (shaded) and as a dashed reference line. Bars: ${esc(ciLevel(p.rows).header.replace(/ CI$/, ""))} interval of pass@1.</figcaption></figure>
+<figcaption>Log scale; the untuned base at the left (shaded) and as a dashed reference line. Bars: ${esc(ciLevel(p.rows).header.replace(/ CI$/, ""))} interval of pass@1. A ring: the point differs from the base (paired, Holm p &lt; ${p.sig.alpha}); ✱ between two points: the step between them is significant.</figcaption></figure>
+${
+  p.gainSvg
+    ? `<h2>Stage 2: gain over the starting checkpoint</h2>
+<figure id="gain-plot">${inlineSvg(p.gainSvg, "gain over the starting checkpoint", "gain")}
+<figcaption>Paired Δ pass@1 of each stage-2 run against the evaluation of the checkpoint it started from, with its 95% paired-bootstrap interval; a diamond: Holm p &lt; ${p.sig.alpha}.</figcaption></figure>`
+    : ""
+}
+${pairedHtml(p.sig)}
 <h2>Completion and think-tag rates</h2>
 <figure id="rates-plot">${inlineSvg(p.ratesSvg, "completion and think-tag rates against training examples", "rates")}
 <figcaption>Completion: answers that end within the token budget. Think-tag: answers that begin with &lt;think&gt;.</figcaption></figure>
@@ -118,6 +137,7 @@ export function page(p: PageInput): string {
 ${body}
 </tbody>
 </table>
+${p.strip}
 <h2>Input artifacts</h2>
 <table id="artifacts">
 <thead><tr><th>input</th><th>instance</th><th>digest</th></tr></thead>

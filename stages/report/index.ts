@@ -16,7 +16,10 @@ import {
   type StageKind,
 } from "../../engine/stage-api.js";
 import { page } from "./html.js";
-import { ratesSpec, toPng, toSvg, valleySpec, fontOptions } from "./plots.js";
+import { significance, samplesPaths } from "./significance.js";
+import { stripView } from "./strip.js";
+import { pairedJson, pairedMarkdown } from "./paired-tables.js";
+import { gainSpec, ratesSpec, toPng, toSvg, valleySpec, fontOptions } from "./plots.js";
 import {
   PROVENANCE_ROLES,
   ROLE_INPUT,
@@ -43,6 +46,8 @@ export interface ReportParams {
   height: number;
   pngScale: number;
   columns: number;
+  alpha: number;
+  start?: { coordinate: string; from: Record<string, string> };
 }
 
 function asList(input: StageInput | undefined): InputArtifact[] {
@@ -52,7 +57,8 @@ function asList(input: StageInput | undefined): InputArtifact[] {
 
 const report: StageKind<ReportParams> = {
   kind: "report",
-  version: "1",
+  // 2: paired comparisons (table.md, table.json, index.html, plot marks).
+  version: "2",
   resources: () => ({ cpu: 1, memory: 512 }),
   check(params) {
     const issues = [];
@@ -84,7 +90,7 @@ const report: StageKind<ReportParams> = {
     const total = evals.length + 3;
     ctx.progress(0, total, "reading metrics");
 
-    const rows: Row[] = evals.map((a, i) => {
+    const toRow = (a: InputArtifact, i: number): Row => {
       ctx.signal.throwIfAborted();
       const metrics = readMetrics(a);
       const x = xOf(a, p.x);
@@ -108,7 +114,8 @@ const report: StageKind<ReportParams> = {
         metrics,
         provenance,
       };
-    });
+    };
+    const rows: Row[] = evals.map(toRow);
     rows.sort((a, b) => compareRows(a, b, layout));
     for (let i = 1; i < rows.length; i++) {
       if (compareRows({ ...rows[i - 1], id: "" }, { ...rows[i], id: "" }, layout) === 0) {
@@ -118,25 +125,50 @@ const report: StageKind<ReportParams> = {
       }
     }
 
+    // Merged (unquantized) twins of some evaluations: compared, not plotted.
+    const unquantized = asList(ctx.inputs.unquantized).map(toRow);
+    const paths = new Map(
+      [...evals, ...asList(ctx.inputs.unquantized)].map((a) => [a.id, a.path] as const),
+    );
+    ctx.progress(evals.length, total, "paired comparisons");
+    const sig = await significance({
+      rows,
+      layout,
+      samplesOf: samplesPaths(paths),
+      alpha: p.alpha,
+      seed: 0,
+      start: p.start,
+      unquantized,
+    });
+
     let best: Row | undefined;
     for (const r of rows)
       if (r.metrics.pass_at_1 !== null && (!best || r.metrics.pass_at_1 > best.metrics.pass_at_1!))
         best = r;
 
-    writeFileSync(join(ctx.out, "table.md"), markdown(rows, layout, p.decimals, p.title));
+    writeFileSync(
+      join(ctx.out, "table.md"),
+      markdown(rows, layout, p.decimals, p.title) + pairedMarkdown(sig),
+    );
     writeFileSync(join(ctx.out, "table.csv"), csv(rows, layout, roles));
     writeFileSync(
       join(ctx.out, "table.json"),
-      JSON.stringify(jsonTable(rows, layout, best), null, 2) + "\n",
+      JSON.stringify(
+        { ...(jsonTable(rows, layout, best) as object), paired: pairedJson(sig) },
+        null,
+        2,
+      ) + "\n",
     );
 
     const opts = { title: p.title, width: p.width, height: p.height, columns: p.columns };
     const font = fontOptions();
     if (!font.file) ctx.log.warn("no DejaVu Sans font found; PNG text uses system fonts");
     const plots: Record<string, string> = {};
+    const gain = gainSpec(sig, opts);
     for (const [name, spec] of [
-      ["valley", valleySpec(rows, layout, opts)],
+      ["valley", valleySpec(rows, layout, opts, sig)],
       ["rates", ratesSpec(rows, layout, opts)],
+      ...(gain ? [["gain", gain] as const] : []),
     ] as const) {
       ctx.signal.throwIfAborted();
       ctx.progress(evals.length + (name === "valley" ? 1 : 2), total, `plot ${name}`);
@@ -150,6 +182,7 @@ const report: StageKind<ReportParams> = {
     const artifacts: [string, string, string][] = [];
     for (const name of ["evals", ...roles.map((r) => ROLE_INPUT[r])])
       for (const a of asList(ctx.inputs[name])) artifacts.push([name, a.id, a.digest]);
+    const strip = await stripView(ctx.out, rows, layout, samplesPaths(paths));
     writeFileSync(
       join(ctx.out, "index.html"),
       page({
@@ -162,6 +195,9 @@ const report: StageKind<ReportParams> = {
         ratesSvg: plots.rates,
         best,
         artifacts,
+        sig,
+        strip,
+        gainSvg: plots.gain,
       }),
     );
     ctx.progress(total, total, "done");
@@ -175,6 +211,7 @@ const report: StageKind<ReportParams> = {
         best_pass_at_1: best?.metrics.pass_at_1 ?? null,
         best_instance: best?.id ?? null,
         best_coords: best?.coords ?? null,
+        significant_steps: sig.steps.filter((s) => s.significant).length,
       },
     };
   },

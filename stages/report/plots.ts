@@ -11,6 +11,7 @@
 import { existsSync } from "node:fs";
 import type { Row, Layout } from "./rows.js";
 import { ciLevel, scalarText } from "./rows.js";
+import type { Significance } from "./significance.js";
 
 export interface PlotOptions {
   title: string;
@@ -138,14 +139,24 @@ export function valleySpec(
   rows: Row[],
   layout: Layout,
   opts: PlotOptions,
+  sig?: Significance,
 ): Record<string, unknown> {
   const ax = xAxis(rows);
   const where = panels(rows, layout);
   const values: Record<string, unknown>[] = [];
+  const steps = (sig?.steps ?? []).filter((s) => s.significant);
+  const vsBase = new Set(
+    steps
+      .filter((s) => s.kind === "vs base" || (s.kind === "adjacent" && s.a_label === "base"))
+      .map((s) => s.b),
+  );
+  const byId = new Map(rows.map((r) => [r.id, r]));
   for (const r of rows) {
     if (r.metrics.pass_at_1 === null) continue;
     for (const panel of where.get(r) ?? []) {
       values.push({
+        kind: "point",
+        sig_base: vsBase.has(r.id),
         panel,
         [SERIES_FIELD]: seriesName(r),
         base: r.x === null,
@@ -157,6 +168,25 @@ export function valleySpec(
         instance: r.id,
       });
     }
+  }
+  // A significant step between adjacent points: ✱ at the segment's middle (log x).
+  for (const s of steps) {
+    if (s.kind !== "adjacent") continue;
+    const a = byId.get(s.a);
+    const b = byId.get(s.b);
+    if (!a || !b || a.metrics.pass_at_1 === null || b.metrics.pass_at_1 === null) continue;
+    const xa = a.x ?? ax.basePos;
+    const xb = b.x ?? ax.basePos;
+    for (const panel of where.get(b) ?? [])
+      values.push({
+        kind: "step",
+        panel,
+        [SERIES_FIELD]: seriesName(b),
+        xpos: Math.sqrt(xa * xb),
+        pass: (a.metrics.pass_at_1 + b.metrics.pass_at_1) / 2,
+        label: "✱",
+        instance: `${s.a} → ${s.b}`,
+      });
   }
   const color = { field: SERIES_FIELD, type: "nominal", title: layout.series };
   const y = {
@@ -197,7 +227,93 @@ export function valleySpec(
       encoding: { x: xEncoding(ax, layout), y, color },
     },
   );
-  return wrap(values, layer, opts, `${opts.title}: pass@1 vs training examples`);
+  // Marks only when there is something to mark (an empty layer still draws a group).
+  if (values.some((v) => v.sig_base))
+    layer.push({
+      transform: [{ filter: "datum.sig_base" }],
+      mark: { type: "point", filled: false, shape: "circle", size: 320, strokeWidth: 2 },
+      encoding: { x: xEncoding(ax, layout), y, color },
+    });
+  // Every layer above draws points only; the step marks get a text layer of their own.
+  const pointsOnly: unknown[] = layer.map((l) => {
+    const o = l as { transform?: unknown[] };
+    return { ...o, transform: [{ filter: "datum.kind === 'point'" }, ...(o.transform ?? [])] };
+  });
+  if (values.some((v) => v.kind === "step"))
+    pointsOnly.push({
+      transform: [{ filter: "datum.kind === 'step'" }],
+      mark: { type: "text", fontSize: 16, dy: -10 },
+      encoding: { x: xEncoding(ax, layout), y, color, text: { field: "label" } },
+    });
+  return wrap(values, pointsOnly, opts, `${opts.title}: pass@1 vs training examples`);
+}
+
+/**
+ * Stage 2: each run's gain over its starting checkpoint (paired Δ pass@1 with
+ * its interval), one line per run, a rule at 0. Undefined without `start`.
+ */
+export function gainSpec(
+  sig: Significance,
+  opts: PlotOptions,
+): Record<string, unknown> | undefined {
+  const steps = sig.steps.filter((s) => s.kind === "vs start");
+  if (steps.length === 0) return undefined;
+  const values = steps.map((s) => ({
+    run: `${s.curve}, ${s.b_label}`,
+    start: s.a_label,
+    delta: s.stats.delta,
+    lo: s.stats.ci95[0],
+    hi: s.stats.ci95[1],
+    significant: s.significant ? `Holm p < ${sig.alpha}` : "not significant",
+    instance: s.b,
+  }));
+  const y = { field: "run", type: "nominal", title: null, sort: null, axis: { labelLimit: 400 } };
+  const x = {
+    type: "quantitative",
+    title: "gain over the starting checkpoint (Δ pass@1, 95% CI)",
+    axis: { format: "+.0%" },
+  };
+  return {
+    $schema: "https://vega.github.io/schema/vega-lite/v6.json",
+    title: `${opts.title}: stage 2, gain over the start`,
+    background: "white",
+    config: { font: "sans-serif", view: { stroke: "#ddd" }, legend: { labelLimit: 400 } },
+    data: { values },
+    width: opts.width,
+    height: Math.max(60, 28 * values.length),
+    layer: [
+      {
+        mark: { type: "rule", strokeDash: [4, 3], color: "#888" },
+        encoding: { x: { datum: 0, type: "quantitative" } },
+      },
+      {
+        mark: { type: "rule", strokeWidth: 2 },
+        encoding: {
+          y,
+          x: { ...x, field: "lo" },
+          x2: { field: "hi" },
+          color: { field: "start", type: "nominal", title: "start" },
+        },
+      },
+      {
+        mark: { type: "point", filled: true, size: 70 },
+        encoding: {
+          y,
+          x: { ...x, field: "delta" },
+          color: { field: "start", type: "nominal", title: "start" },
+          shape: {
+            field: "significant",
+            type: "nominal",
+            title: null,
+            scale: {
+              domain: [`Holm p < ${sig.alpha}`, "not significant"],
+              range: ["diamond", "circle"],
+            },
+          },
+        },
+      },
+    ],
+  };
 }
 
 /** Completion rate and think-tag rate against training examples. */

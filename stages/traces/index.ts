@@ -58,6 +58,8 @@ export interface TracesParams {
 export interface Trace extends ChatAnswer {
   problem_id: string;
   sample: number;
+  /** The request's key in the per-request cache (generated traces only), for `valley lineage`. */
+  request_key?: string;
   messages: Message[];
 }
 
@@ -358,7 +360,13 @@ async function generate(
           if (!ans) continue; // failed within the failure budget
           answered++;
           const messages = rendered[r.problem];
-          yield { problem_id: problems[r.problem].id, sample: r.sample, messages, ...ans };
+          yield {
+            problem_id: problems[r.problem].id,
+            sample: r.sample,
+            request_key: r.key,
+            messages,
+            ...ans,
+          };
         }
       })(),
     );
@@ -414,7 +422,8 @@ const kind: StageKind<TracesParams> = {
   kind: "traces",
   // 2: import streams OCR generations from generations.jsonl (row_id kept;
   // samples numbered among usable generations); request claims, unkeyed
-  // politeness params, normalised endpoint identity.
+  // politeness params, normalised endpoint identity;
+  // generated traces carry their request_key.
   version: "2",
   unkeyedParams: TRACES_UNKEYED,
   // Needed by the llama backend only; the engine skips a tool it cannot find.
