@@ -67,7 +67,7 @@ valley_backward_check valley_check_backward(ggml_backend_dev_t dev, ggml_type t,
                                             int64_t n_tok, uint32_t seed) {
     valley_backward_check res;
     const auto * traits = ggml_get_type_traits(t);
-    if (!traits->to_float || (t != GGML_TYPE_F32 && !traits->from_float_ref)) {
+    if (t != GGML_TYPE_F32 && (!traits->to_float || !traits->from_float_ref)) {
         return res;
     }
     probe p(t, n_in, n_out, n_tok);

@@ -10,11 +10,11 @@
 namespace {
 
 // keep in step with stages/finetune/memory.ts
-constexpr double ACTIVATION_PER_EMBD        = 22;
-constexpr double ACTIVATION_PER_FF          = 5;
-constexpr double ACTIVATION_PER_RANK_TARGET = 1;
+constexpr double ACTIVATION_PER_EMBD        = 4.36;
+constexpr double ACTIVATION_PER_FF          = 2.92;
+constexpr double ACTIVATION_PER_RANK_TARGET = 0.3;
 constexpr double LOGIT_COPIES               = 3;
-constexpr double RUNTIME_BYTES              = 24.0 * 1024 * 1024;
+constexpr double RUNTIME_BYTES              = 14.5 * 1024 * 1024;
 constexpr double F32                        = 4;
 
 int64_t get_int(gguf_context * g, const std::string & key, int64_t dflt) {
