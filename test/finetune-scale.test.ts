@@ -30,6 +30,7 @@ import {
 } from "../stages/finetune/memory.js";
 import { testLlama } from "./llama-fixture.js";
 import { project, valley } from "./helpers/valley.js";
+import finetune, { withDefaults } from "../stages/finetune/index.js";
 
 let BIN = "";
 let work = "";
@@ -330,4 +331,33 @@ test("--gpus 0 is the CPU path bit for bit; more GPUs than the build sees is bad
   const many = out("many", ["--gpus", "64"]);
   assert.equal(many.code, 2, many.stderr);
   assert.match(many.stderr, /--gpus: 64 GPU\(s\) asked for, but this build sees \d+/);
+});
+
+test("admission: a quantized base on the GPU is refused naming the conversion; on the CPU it is not", async () => {
+  const f32 = await writeModel("small-f32", {
+    n_embd: 128,
+    n_layer: 2,
+    n_head: 4,
+    n_ff: 352,
+    initStd: { output: 0.15 },
+  });
+  const dir = join(work, "q8");
+  mkdirSync(dir, { recursive: true });
+  const q = run("llama-quantize", [f32, join(dir, "model.gguf"), "Q8_0"]);
+  assert.equal(q.code, 0, q.stderr.slice(-2000));
+  const D = `sha256:${"0".repeat(64)}` as never;
+  const ctx = (gpu: number) => ({
+    instanceId: "tune",
+    params: withDefaults({ maxSeqLen: 512 }),
+    inputs: { from: { id: "m", coords: {}, digest: D, path: dir } },
+    tools: {},
+    resources: { cpu: 2, gpu, memory: 4096 },
+  });
+  const onGpu = await finetune.admit?.(ctx(1));
+  assert.equal(onGpu?.length, 1);
+  assert.match(
+    onGpu?.[0] ?? "",
+    /weight matrices are [^:]*q8_0[^:]*: on the GPU .* BF16 .* or set device: cpu/,
+  );
+  assert.deepEqual(await finetune.admit?.(ctx(0)), []);
 });

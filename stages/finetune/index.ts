@@ -340,6 +340,13 @@ export async function admitLora(ctx: AdmitContext<FinetuneParams>): Promise<stri
     checkpointing: false,
   };
   const onGpu = p.device !== "cpu" && ctx.resources.gpu > 0;
+  // on CUDA, OUT_PROD (the backward through a frozen matrix) takes F32, F16, BF16 (patch 0006)
+  const cudaless = shape.matrixTypes.filter((t) => !["f32", "f16", "bf16"].includes(t));
+  if (onGpu && cudaless.length)
+    return [
+      `the base's weight matrices are ${cudaless.join(", ")}: on the GPU the backward pass takes F32, F16 and BF16 weights only; ` +
+        "convert the base (llama-quantize --allow-requantize base.gguf base-bf16.gguf BF16) or set device: cpu",
+    ];
   const limit = onGpu ? gpuMemory(ctx.resources.gpu) : ctx.resources.memory * 2 ** 20;
   if (limit === undefined || !(limit > 0)) return [];
   const where = onGpu ? `of ${ctx.resources.gpu} GPU(s)` : "of resources.memory";

@@ -98,7 +98,7 @@ function num(meta: Map<string, unknown>, key: string): number | undefined {
   return typeof v === "number" ? v : typeof v === "bigint" ? Number(v) : undefined;
 }
 
-const TYPE_NAMES: Record<number, string> = { 0: "f32", 1: "f16", 30: "bf16" };
+const TYPE_NAMES: Record<number, string> = { 0: "f32", 1: "f16", 8: "q8_0", 30: "bf16" };
 
 /** The shape of a base model from its GGUF header (inspectGguf). */
 export function shapeFromGguf(g: GgufSummary): ModelShape {
