@@ -209,6 +209,19 @@ test("valley-lora --estimate-memory and memory.ts agree byte for byte", async ()
     for (const [k, v] of Object.entries(ts.bytes)) assert.equal(cpp.bytes[k], Math.floor(v), k);
     assert.equal(cpp.total, Math.floor(ts.total));
   }
+  // the trainer refuses, before loading anything, a run over --memory-limit (the GPUs' free memory on a GPU)
+  const data = join(work, "limit.jsonl");
+  writeFileSync(data, chats(2, 1) + "\n");
+  // prettier-ignore
+  const over = run("valley-lora", [
+    "--model", m, "--data", data, "--out", join(work, "limit.gguf"), "--max-seq-len", "8192", "--memory-limit", "100",
+  ]);
+  assert.equal(over.code, 2, over.stderr);
+  assert.match(
+    over.stderr,
+    /estimates [\d.]+ GiB for a window of up to 8192 tokens, more than the 0.10 GiB of --memory-limit/,
+  );
+  assert.ok(!existsSync(join(work, "limit.gguf")));
 });
 
 test("predicted peak RSS within 15% of the measured, L = 512 ... 8,192, two shapes", async () => {
