@@ -25,7 +25,7 @@
  * prediction, not yet checked against a measurement.
  *
  * mirrored by stages/finetune/native/valley-lora-memory.cpp (valley-lora
- * --estimate-memory); test/finetune-memory.test.ts checks both agree.
+ * --estimate-memory); test/finetune-scale.test.ts checks both agree.
  */
 import type { GgufSummary } from "../../llama/gguf.js";
 

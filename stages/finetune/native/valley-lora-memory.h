@@ -1,5 +1,5 @@
 // valley-lora: the memory model (valley-lora --estimate-memory), a mirror of stages/finetune/memory.ts;
-// the terms and their reasons are documented there. test/finetune-memory.test.ts checks both agree.
+// the terms and their reasons are documented there. test/finetune-scale.test.ts checks both agree.
 #pragma once
 
 #include <cstdint>
