@@ -226,6 +226,23 @@ export async function runInstances(engine: Engine, opts: RunOptions): Promise<Ru
         { input: true },
       );
     }
+    const admit = engine.pipeline.kinds.get(inst.kind)?.impl.admit;
+    if (admit) {
+      let issues: string[];
+      try {
+        issues = await admit({
+          instanceId: inst.id,
+          params: structuredClone(inst.params),
+          inputs: rk.inputs,
+          tools: rk.tools,
+          resources: inst.resources,
+        });
+      } catch (e) {
+        issues = [(e as Error).message];
+      }
+      if (issues.length)
+        return fail(inst, new Error(`${inst.id}: ${issues.join("; ")}`), { input: true });
+    }
     const need = pool.clamp(inst.resources);
     const gpus = await pool.acquire(need);
     try {

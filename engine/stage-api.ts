@@ -80,6 +80,19 @@ export interface StageContext<P> {
   requestCache?: string;
 }
 
+/**
+ * What `admit` sees: the instance once its inputs exist, before it queues for
+ * resources (and before any executor, local or Slurm, is involved).
+ */
+export interface AdmitContext<P> {
+  instanceId: string;
+  params: P;
+  inputs: Record<string, StageInput>;
+  tools: Record<string, ToolInfo>;
+  /** What the instance will be given (its `resources:` or the kind's declaration). */
+  resources: Resources;
+}
+
 export interface StageResult {
   /** Headline numbers, stored in the action record and the lockfile. */
   metrics?: Record<string, unknown>;
@@ -148,6 +161,13 @@ export interface StageKind<P = Record<string, unknown>> {
   ): Promise<Record<string, unknown>> | Record<string, unknown>;
   /** Checks the schema cannot express; each issue is reported at its YAML location. */
   check?(params: P, stage?: StageDeclarations): ParamIssue[];
+  /**
+   * Checks that need the inputs (a model's shape, say), run when they exist and
+   * before the instance queues for resources. Each message returned fails the
+   * instance as bad input (exit 2) without running it. Read headers, not data:
+   * it runs on the engine's machine.
+   */
+  admit?(ctx: AdmitContext<P>): Promise<string[]> | string[];
   run(ctx: StageContext<P>): Promise<StageResult | void>;
 }
 

@@ -11,9 +11,11 @@
  * (one row per optimizer step for lora, per epoch for full), `summary.json`.
  * LoRA checkpoints live in ctx.scratch, so a re-run after a crash resumes.
  */
+import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type {
+  AdmitContext,
   InputArtifact,
   ParamIssue,
   StageContext,
@@ -23,6 +25,8 @@ import type {
 import { InputError } from "../../engine/stage-api.js";
 import { CommandError, runCommand } from "../../engine/process.js";
 import { llamaEnv, llamaExe, resolveLlama } from "../../llama/toolchain.js";
+import { inspectGguf } from "../../llama/gguf.js";
+import { fitProblem, shapeFromGguf } from "./memory.js";
 
 export interface FinetuneParams {
   method: "lora" | "full";
@@ -236,6 +240,8 @@ async function runLora(
     "--device", p.device,
     "--loss-norm", p.lossNorm,
     "--packing", p.packing ? "on" : "off",
+    // the GPUs the engine assigned: the layers are split over them (0: the CPU)
+    ...(p.device === "cpu" ? [] : ["--gpus", String(ctx.resources.gpu)]),
     // checkpoints belong to this model and data, wherever the engine puts them
     "--fingerprint", fingerprint,
   ]; // prettier-ignore
@@ -326,15 +332,66 @@ async function runFull(
   return pick(s);
 }
 
+/** Total memory of the first n GPUs in bytes (nvidia-smi), or undefined when it cannot be read. */
+function gpuMemory(n: number): number | undefined {
+  const r = spawnSync("nvidia-smi", ["--query-gpu=memory.total", "--format=csv,noheader,nounits"], {
+    encoding: "utf8",
+    timeout: 10_000,
+  });
+  if (r.status !== 0 || !r.stdout) return undefined;
+  const mib = r.stdout.trim().split("\n").map(Number).slice(0, n);
+  if (mib.length < n || mib.some((x) => !Number.isFinite(x))) return undefined;
+  return mib.reduce((a, b) => a + b, 0) * 2 ** 20;
+}
+
+/**
+ * Before queueing: does the run fit the memory it may use? On the CPU that is
+ * resources.memory; on GPUs their memory (when nvidia-smi can tell; the trainer
+ * checks the GPUs' free memory again when it starts). The estimate is the
+ * memory model's (memory.ts) for the longest window maxSeqLen (or ctx) allows.
+ */
+export async function admitLora(ctx: AdmitContext<FinetuneParams>): Promise<string[]> {
+  const p = ctx.params;
+  if (p.method !== "lora") return [];
+  const from = ctx.inputs.from;
+  if (from === undefined || Array.isArray(from)) return []; // run() reports it
+  const model = join(from.path, "model.gguf");
+  if (!existsSync(model)) return [];
+  const shape = shapeFromGguf(await inspectGguf(model));
+  const cfg = {
+    window: p.ctx > 0 ? p.ctx : p.maxSeqLen - 1,
+    rank: p.lora.rank,
+    targets: p.lora.targets,
+    batch: p.batch,
+    checkpointing: false,
+  };
+  const onGpu = p.device !== "cpu" && ctx.resources.gpu > 0;
+  // on CUDA, OUT_PROD (the backward through a frozen matrix) takes F32, F16, BF16 (patch 0009)
+  const cudaless = shape.matrixTypes.filter((t) => !["f32", "f16", "bf16"].includes(t));
+  if (onGpu && cudaless.length)
+    return [
+      `the base's weight matrices are ${cudaless.join(", ")}: on the GPU the backward pass takes F32, F16 and BF16 weights only; ` +
+        "convert the base (llama-quantize --allow-requantize base.gguf base-bf16.gguf BF16) or set device: cpu",
+    ];
+  const limit = onGpu ? gpuMemory(ctx.resources.gpu) : ctx.resources.memory * 2 ** 20;
+  if (limit === undefined || !(limit > 0)) return [];
+  const where = onGpu ? `of ${ctx.resources.gpu} GPU(s)` : "of resources.memory";
+  const problem = fitProblem(shape, cfg, limit, where, { checkpointingAvailable: false });
+  return problem ? [`the fine-tune does not fit: ${problem}`] : [];
+}
+
 const finetune: StageKind<FinetuneParams> = {
   kind: "finetune",
-  // 2: exact gradients through attention (K/V bypass the cache), seven targets, lossNorm, packing
+  // 2: exact gradients through attention (K/V bypass the cache), seven targets,
+  // lossNorm, packing; the trainer runs on the GPUs the engine assigns
+  // (resources.gpu; none: the CPU)
   version: "2",
   tools: ["llama"],
   resources(p) {
     return { cpu: p.threads > 0 ? p.threads : 2, memory: 2048 };
   },
   check: checkParams,
+  admit: admitLora,
   async run(ctx) {
     const issues = checkParams(ctx.params);
     if (issues.length)

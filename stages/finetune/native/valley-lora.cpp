@@ -23,6 +23,9 @@
 
 #include "llama-adapter.h"  // internal: the adapter's ab_map (the a/b tensors to train)
 
+#include "valley-lora-devices.h"
+#include "valley-lora-memory.h"
+
 #include <nlohmann/json.hpp>
 
 #include <sys/resource.h>
@@ -37,6 +40,7 @@
 #include <cstring>
 #include <fstream>
 #include <map>
+#include <sys/resource.h>
 #include <random>
 #include <set>
 #include <sstream>
@@ -101,6 +105,10 @@ struct options {
     std::string adapter_in;               // start from this adapter (its tensors, rank and alpha)
     std::string grad_out;                 // one forward + backward over the whole data, d loss / d tensor here
     bool        eval_only        = false; // the loss over the whole data, to --summary
+    int         gpus             = -1;    // GPUs to split the layers over (-1 = all visible, 0 = CPU)
+    bool        estimate_memory  = false; // only print the memory model's estimate (JSON) for these flags
+    double      memory_limit_mib = 0;     // refuse (exit 2) a run whose estimate exceeds this (0 = no limit)
+    std::string check_backward;           // only run OUT_PROD for this weight type on each device and report
 };
 
 void usage() {
@@ -126,7 +134,11 @@ void usage() {
         "  --adapter-in F.gguf    start from this adapter instead of a fresh one\n"
         "  --grad-out F.gguf      no training: one forward + backward over all the data, d(loss)/d(tensor) of every\n"
         "                         LoRA tensor (F32, the adapter's names) to F\n"
-        "  --eval-only            no training: the loss over all the data (training's normalisation) to --summary\n");
+        "  --eval-only            no training: the loss over all the data (training's normalisation) to --summary\n"
+        "  --gpus N               split the layers over the first N GPUs (default: all visible; 0 = the CPU)\n"
+        "  --estimate-memory      print the memory model's estimate for these flags (JSON bytes) and exit\n"
+        "  --memory-limit MIB     exit 2 before loading if the estimate exceeds MIB (a GPU's memory is checked too)\n"
+        "  --check-backward TYPE  run the backward through a TYPE weight (f32|f16|bf16) on each device, print JSON\n");
 }
 
 std::vector<std::string> split_csv(const std::string & s) {
@@ -205,10 +217,17 @@ options parse_args(int argc, char ** argv) {
         else if (a == "--adapter-in")         { o.adapter_in = need(i); }
         else if (a == "--grad-out")           { o.grad_out = need(i); }
         else if (a == "--eval-only")          { o.eval_only = true; }
+        else if (a == "--gpus")               { o.gpus = to_int(a, need(i)); }
+        else if (a == "--estimate-memory")    { o.estimate_memory = true; }
+        else if (a == "--memory-limit")       { o.memory_limit_mib = to_float(a, need(i)); }
+        else if (a == "--check-backward")     { o.check_backward = need(i); }
         else if (a == "-h" || a == "--help")  { usage(); std::exit(0); }
         else { usage(); bad_input("unknown argument '" + a + "'"); }
     }
-    if (o.model.empty() || o.data.empty() || (o.out.empty() && o.render_text.empty() && o.grad_out.empty() && !o.eval_only)) {
+    if (!o.check_backward.empty()) {
+        return o;
+    }
+    if (o.model.empty() || (!o.estimate_memory && (o.data.empty() || (o.out.empty() && o.render_text.empty() && o.grad_out.empty() && !o.eval_only)))) {
         usage();
         bad_input("--model, --data and --out (or --render-text, --grad-out, --eval-only) are required");
     }
@@ -254,6 +273,12 @@ options parse_args(int argc, char ** argv) {
     if (o.packing && o.loss_norm == "example") {
         bad_input("--packing on needs --loss-norm token: a window then holds several examples, and the loss of a "
                   "window is the mean over its tokens, so examples cannot be weighed one by one");
+    }
+    if (o.gpus < -1) {
+        bad_input("--gpus must be >= 0");
+    }
+    if (o.memory_limit_mib < 0) {
+        bad_input("--memory-limit must be >= 0");
     }
     return o;
 }
@@ -847,9 +872,70 @@ std::string fmt_num(double x) {
     return buf;
 }
 
+int check_backward(const options & o) {
+    ggml_type t = GGML_TYPE_COUNT;
+    for (ggml_type c : { GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_BF16 }) {
+        if (o.check_backward == ggml_type_name(c)) {
+            t = c;
+        }
+    }
+    if (t == GGML_TYPE_COUNT) {
+        bad_input("--check-backward takes f32|f16|bf16, got '" + o.check_backward + "'");
+    }
+    llama_backend_init();
+    bool all = true;
+    for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
+        ggml_backend_dev_t dev = ggml_backend_dev_get(i);
+        if (ggml_backend_dev_type(dev) == GGML_BACKEND_DEVICE_TYPE_ACCEL) {
+            continue;
+        }
+        // shapes of a small layer with odd sizes, so that no tile fits exactly
+        const auto r = valley_check_backward(dev, t, 320, 200, 72, 1);
+        json row;
+        row["device"]    = ggml_backend_dev_name(dev);
+        row["type"]      = ggml_type_name(t);
+        row["supported"] = r.err_typed >= 0;
+        row["rel_err"]   = r.err_typed;
+        row["rel_err_f32_path"] = r.err_f32;
+        printf("%s\n", row.dump().c_str());
+        all = all && r.err_typed >= 0;
+    }
+    llama_backend_free();
+    return all ? 0 : 1;
+}
+
+int estimate_memory(const options & o) {
+    valley_memory_config mc;
+    mc.window  = o.ctx > 0 ? o.ctx : o.max_seq_len - 1;  // a run's window: the longest input, rounded up
+    mc.rank    = o.rank;
+    mc.targets = o.targets;
+    mc.batch   = o.batch;
+    valley_memory_estimate e;
+    try {
+        e = valley_estimate_memory(o.model, mc);
+    } catch (const std::exception & ex) {
+        bad_input(ex.what());
+    }
+    json j;
+    j["window"] = e.window;
+    j["bytes"] = { { "weights", (int64_t) e.weights }, { "adapter", (int64_t) e.adapter },
+                   { "kvCache", (int64_t) e.kv_cache }, { "attention", (int64_t) e.attention },
+                   { "activations", (int64_t) e.activations }, { "logits", (int64_t) e.logits },
+                   { "runtime", (int64_t) e.runtime } };
+    j["total"] = (int64_t) e.total();
+    printf("%s\n", j.dump().c_str());
+    return 0;
+}
+
 int run(const options & o) {
     g_verbose = o.verbose;
     llama_log_set(log_cb, nullptr);
+    if (!o.check_backward.empty()) {
+        return check_backward(o);
+    }
+    if (o.estimate_memory) {
+        return estimate_memory(o);
+    }
 
     const base_info bi = o.render_text.empty() ? read_base_info(o.model) : base_info{};
     std::vector<std::string> target_names;
@@ -903,27 +989,75 @@ int run(const options & o) {
 
     llama_backend_init();
 
-    size_t n_gpu = 0;
-    for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
-        const auto t = ggml_backend_dev_type(ggml_backend_dev_get(i));
-        n_gpu += t == GGML_BACKEND_DEVICE_TYPE_GPU || t == GGML_BACKEND_DEVICE_TYPE_IGPU;
+    std::string gpu_err;
+    std::vector<ggml_backend_dev_t> gpus =
+        o.device == "cpu" || !o.render_text.empty() ? std::vector<ggml_backend_dev_t>{} : valley_pick_gpus(o.gpus, gpu_err);
+    if (!gpu_err.empty()) {
+        bad_input("--gpus: " + gpu_err);
     }
-    const bool on_gpu = n_gpu > 0 && o.device != "cpu" && o.render_text.empty();
-    if (on_gpu) {
-        // the backward pass goes through every frozen matrix with OUT_PROD, F32 x F32 only on CUDA
+    const bool on_gpu = !gpus.empty();
+    if (o.render_text.empty()) {
+        // the backward pass goes through every frozen matrix with OUT_PROD: ask each device that holds
+        // weights whether it can for the base's types (this build's CPU: F32, F16, BF16, quantized;
+        // CUDA: F32, F16, BF16 with patch 0006)
+        std::vector<ggml_backend_dev_t> devs = gpus;
+        if (devs.empty()) {
+            devs.push_back(ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU));
+        }
         for (const auto & it : bi.types) {
             // token_embd only feeds GET_ROWS, unless it is also the output layer (tied embeddings)
             const bool skip = it.first == "token_embd.weight" && bi.shapes.count("output.weight") > 0;
-            if (!skip && bi.shapes.at(it.first)[1] > 1 && it.second != GGML_TYPE_F32) {
-                bad_input("on the GPU the base model must be F32 (OUT_PROD, used by the backward pass, is F32-only "
-                          "there) but " + it.first + " is " + ggml_type_name(it.second) +
-                          "; convert it (llama-quantize --allow-requantize base.gguf base-f32.gguf F32) or train with --device cpu");
+            if (skip || bi.shapes.at(it.first)[1] <= 1) {
+                continue;
+            }
+            for (auto * dev : devs) {
+                if (!valley_backward_supported(dev, it.second)) {
+                    bad_input(std::string("the backward pass cannot go through ") + ggml_type_name(it.second) + " weights on " +
+                              ggml_backend_dev_name(dev) + " (" + it.first + "): OUT_PROD does not take them there; "
+                              "convert the base (llama-quantize --allow-requantize base.gguf base-bf16.gguf BF16, or F16, F32)" +
+                              (on_gpu ? " or train with --device cpu" : ""));
+                }
+            }
+        }
+        if (o.memory_limit_mib > 0 || on_gpu) {
+            valley_memory_config mc;
+            mc.window  = o.ctx > 0 ? o.ctx : o.max_seq_len - 1;
+            mc.rank    = o.rank;
+            mc.targets = o.targets;
+            mc.batch   = o.batch;
+            const double need = valley_estimate_memory(o.model, mc).total();
+            double limit = o.memory_limit_mib * 1024.0 * 1024.0;
+            std::string where = "of --memory-limit";
+            if (on_gpu) {
+                double gpu_total = 0;  // layers are split over the GPUs in proportion to their memory
+                for (auto * dev : gpus) {
+                    size_t free = 0, total = 0;
+                    ggml_backend_dev_memory(dev, &free, &total);
+                    gpu_total += (double) free;
+                }
+                if (limit == 0 || gpu_total < limit) {
+                    limit = gpu_total;
+                    where = "free on " + std::to_string(gpus.size()) + " GPU(s)";
+                }
+            }
+            if (need > limit) {
+                char buf[256];
+                snprintf(buf, sizeof(buf), "the memory model estimates %.2f GiB for a window of up to %lld tokens, more than the %.2f GiB ",
+                         need / 1073741824.0, (long long) ((mc.window + 255) / 256 * 256), limit / 1073741824.0);
+                bad_input(std::string(buf) + where + "; lower --max-seq-len or --rank, or use a BF16/F16 base "
+                          "(valley-lora --estimate-memory prints the terms)");
             }
         }
     }
 
     llama_model_params mp = llama_model_default_params();
     mp.n_gpu_layers = on_gpu ? 999 : 0;
+    std::vector<ggml_backend_dev_t> mp_devices = gpus;
+    mp_devices.push_back(nullptr);
+    if (on_gpu) {
+        mp.devices    = mp_devices.data();  // the layers are split over these (and only these) GPUs
+        mp.split_mode = LLAMA_SPLIT_MODE_LAYER;
+    }
     mp.vocab_only   = !o.render_text.empty();
     // repacked weights (AMX, CPU_REPACK buffers) support the forward ops only: the backward pass
     // (OUT_PROD through the frozen matrices) would find no backend for them
@@ -1429,6 +1563,9 @@ int run(const options & o) {
         s["train_seconds"]      = train_secs;
         s["seq_tokens_per_second"] = train_secs > 0 ? (double) run_tokens / train_secs : 0.0;
         s["max_rss_mib"]        = max_rss_mib();
+        struct rusage ru = {};
+        getrusage(RUSAGE_SELF, &ru);
+        s["peak_rss_bytes"] = (int64_t) ru.ru_maxrss * 1024;  // Linux: KiB; what the memory model predicts on the CPU
         if (o.eval_assistant) {
             s["assistant_loss"]     = eval_loss;
             s["assistant_accuracy"] = eval_acc;

@@ -1,0 +1,29 @@
+// valley-lora: which devices train, and what they can do with the base's weight types
+// (valley-lora-devices.cpp). Kept apart from valley-lora.cpp so that the trainer's graph code and
+// these checks change independently.
+#pragma once
+
+#include "ggml-backend.h"
+#include "ggml.h"
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+// The GPUs a run trains on: the first n of them in ggml's device order (n < 0: all of them; 0: none,
+// i.e. the CPU). More than there are is an error: `err` says so and the list is empty.
+std::vector<ggml_backend_dev_t> valley_pick_gpus(int n, std::string & err);
+
+// Can `dev` run the backward pass through a frozen weight of type `t`? That is OUT_PROD with a src0 of
+// type t and the transposed F32 gradient as src1, exactly as ggml builds it for MUL_MAT.
+bool valley_backward_supported(ggml_backend_dev_t dev, ggml_type t);
+
+// Runs that OUT_PROD on `dev` for a weight of type t (random values) and for its F32 widening, and
+// compares both with a double-precision reference on the host. Returns the largest relative error
+// (Frobenius) of the two, or a negative number when the device cannot run it.
+struct valley_backward_check {
+    double err_typed = -1.0;  // out_prod(W of type t, g) vs reference
+    double err_f32   = -1.0;  // out_prod(widened W, g) vs reference
+};
+valley_backward_check valley_check_backward(ggml_backend_dev_t dev, ggml_type t, int64_t n_in, int64_t n_out,
+                                            int64_t n_tok, uint32_t seed);

@@ -1,0 +1,25 @@
+// valley-lora: the memory model (valley-lora --estimate-memory), a mirror of stages/finetune/memory.ts;
+// the terms and their reasons are documented there. test/finetune-scale.test.ts checks both agree.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+struct valley_memory_config {
+    int64_t                  window = 0;  // tokens; rounded up to a multiple of 256
+    int64_t                  rank = 8;
+    std::vector<std::string> targets;
+    int64_t                  batch = 1;
+    bool                     checkpointing = false;
+    bool                     half_weights = false;  // as if the weight matrices were F16/BF16
+};
+
+struct valley_memory_estimate {
+    int64_t window = 0;
+    double  weights = 0, adapter = 0, kv_cache = 0, attention = 0, activations = 0, logits = 0, runtime = 0;
+    double  total() const { return weights + adapter + kv_cache + attention + activations + logits + runtime; }
+};
+
+// Reads the base's shape from its GGUF header; throws std::runtime_error if it cannot.
+valley_memory_estimate valley_estimate_memory(const std::string & model_path, const valley_memory_config & cfg);
