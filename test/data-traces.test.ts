@@ -785,7 +785,7 @@ test("openai backend: the request identity survives URL spellings, a moved serve
     // modelIdentity keeps answers across servers, but not across models.
     assert.equal((await run({ modelIdentity: "teacher-v1" })).sent, 6);
     await assert.rejects(run({ modelIdentity: "teacher-v1", model: "other" }), (e: Error) => {
-      assert.equal(e.name, "InputError");
+      assert.equal(e.name, "BadStageInput");
       assert.match(
         e.message,
         /modelIdentity "teacher-v1" holds answers of model "teacher", but model is now "other"/,
