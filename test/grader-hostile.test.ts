@@ -84,7 +84,9 @@ const cases: Case[] = [
   },
   {
     name: "memory bomb",
-    problem: stdinProblem("membomb", "", "1"),
+    // Zero-filling 256 MB costs ~0.9 s of CPU in page faults on these VMs:
+    // a 1 s CPU limit would race the memory limit, so give the CPU room.
+    problem: stdinProblem("membomb", "", "1", { time_limit_s: 5 }),
     text: py("a = []\nwhile True:\n    a.append(bytearray(10**7))"),
     want: "MLE",
   },
