@@ -40,7 +40,8 @@ test(
       ["Qwen2.5-7B-Instruct", 1],
       ["Llama-3.1-8B-Instruct", 2],
     ] as const) {
-      const ctx = makeCtx({ random: { preset: "tiny", seed } } as never);
+      // 2,048 positions: the LCB prompt alone is ~640 of this character-level vocabulary.
+      const ctx = makeCtx({ random: { preset: "tiny", seed, context_length: 2048 } } as never);
       await model.run(ctx as never);
       copyFileSync(join(ctx.out, "model.gguf"), join(students, `${name}-F32.gguf`));
     }
