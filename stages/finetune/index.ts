@@ -131,6 +131,21 @@ export function resolveBinaries(ctx: StageContext<FinetuneParams>): LlamaBinarie
   return { bin: tool.bin, lib: tool.lib };
 }
 
+/**
+ * A llama-build artifact that says it is a CPU build: `device: auto` then
+ * means the CPU, whatever GPUs the engine reserved for the instance.
+ */
+function cpuBuild(b: LlamaBinaries): boolean {
+  try {
+    const info = JSON.parse(readFileSync(join(b.bin, "..", "build.json"), "utf8")) as {
+      backend?: string;
+    };
+    return info.backend === "cpu";
+  } catch {
+    return false; // a build of the user's own: valley-lora decides
+  }
+}
+
 /** The engine's environment (CUDA_VISIBLE_DEVICES and the like) plus llama.cpp's library folders. */
 function childEnv(b: LlamaBinaries): Record<string, string> {
   const env = llamaEnv({ bin: b.bin, lib: b.lib, digest: "" as ToolInfo["digest"] });
@@ -241,7 +256,7 @@ async function runLora(
     "--loss-norm", p.lossNorm,
     "--packing", p.packing ? "on" : "off",
     // the GPUs the engine assigned: the layers are split over them (0: the CPU)
-    ...(p.device === "cpu" ? [] : ["--gpus", String(ctx.resources.gpu)]),
+    ...(p.device === "cpu" || cpuBuild(b) ? [] : ["--gpus", String(ctx.resources.gpu)]),
     // checkpoints belong to this model and data, wherever the engine puts them
     "--fingerprint", fingerprint,
   ]; // prettier-ignore
