@@ -20,6 +20,7 @@ import {
   type RawRun,
   type SandboxKind,
   type SandboxLimits,
+  type SessionEnd,
 } from "./sandbox.js";
 import type {
   ExtractionPolicy,
@@ -293,6 +294,30 @@ function finalVerdict(
   };
 }
 
+/** A sample's verdict from how its sandbox session ended and the tests it judged. */
+function sessionVerdict(
+  end: SessionEnd,
+  tests: TestResult[],
+  total: number,
+  base: { policy: ExtractionPolicy; semantics: Semantics },
+): SampleResult {
+  switch (end.kind) {
+    case "infra":
+      return { verdict: "IE", tests, ...base, message: end.message };
+    case "compile-error":
+      return { verdict: "CE", tests, ...base, message: end.message };
+    case "crashed":
+      tests.push(stub(end.index, "RE", end.message));
+      break;
+    case "timeout":
+      tests.push(stub(end.index, "TLE", "the sandbox's overall wall clock ran out"));
+      break;
+    case "done":
+      break;
+  }
+  return finalVerdict(tests, total, base);
+}
+
 async function gradeStrict(
   problem: Problem,
   mode: TestType,
@@ -327,21 +352,7 @@ async function gradeStrict(
     { sandbox: o.sandbox, bwrap: o.bwrap, signal: o.signal },
     takeSandbox?.(),
   );
-  switch (end.kind) {
-    case "infra":
-      return { verdict: "IE", tests, ...base, message: end.message };
-    case "compile-error":
-      return { verdict: "CE", tests, ...base, message: end.message };
-    case "crashed":
-      tests.push(stub(end.index, "RE", end.message));
-      break;
-    case "timeout":
-      tests.push(stub(end.index, "TLE", "the sandbox's overall wall clock ran out"));
-      break;
-    case "done":
-      break;
-  }
-  return finalVerdict(tests, problem.tests.length, base);
+  return sessionVerdict(end, tests, problem.tests.length, base);
 }
 
 const STATUS_VERDICT: Record<string, Verdict> = {
@@ -409,21 +420,8 @@ async function gradeInProcess(
     { sandbox: o.sandbox, bwrap: o.bwrap, signal: o.signal },
     takeSandbox?.(),
   );
-  switch (end.kind) {
-    case "infra":
-      return { verdict: "IE", tests, ...base, message: end.message };
-    case "compile-error":
-      return { verdict: "CE", tests, ...base, message: end.message };
-    case "crashed":
-      tests.push(stub(end.index, "RE", end.message));
-      break;
-    case "timeout":
-      tests.push(stub(end.index, "TLE", "the sandbox's overall wall clock ran out"));
-      break;
-    case "done":
-      break;
-  }
-  const r = finalVerdict(tests, problem.tests.length, base);
+  const r = sessionVerdict(end, tests, problem.tests.length, base);
+  if (end.kind === "infra" || end.kind === "compile-error") return r;
   const ce = tests.find((t) => t.verdict === "CE");
   return ce?.note ? { ...r, message: ce.note } : r;
 }
@@ -517,21 +515,7 @@ async function gradeTacoStdin(
   const allRc1 = first.labels.length === n && first.labels.every((l) => l === "returncode:1");
   const plainCe = first.end.kind === "compile-error" && !first.end.final;
   const { tests, end } = allRc1 || plainCe ? await session("wrapped") : first;
-  switch (end.kind) {
-    case "infra":
-      return { verdict: "IE", tests, ...base, message: end.message };
-    case "compile-error":
-      return { verdict: "CE", tests, ...base, message: end.message };
-    case "crashed":
-      tests.push(stub(end.index, "RE", end.message));
-      break;
-    case "timeout":
-      tests.push(stub(end.index, "TLE", "the sandbox's overall wall clock ran out"));
-      break;
-    case "done":
-      break;
-  }
-  return finalVerdict(tests, n, base);
+  return sessionVerdict(end, tests, n, base);
 }
 
 export interface Job {
