@@ -204,6 +204,7 @@ test("valley-lora --estimate-memory and memory.ts agree byte for byte", async ()
       targets: [...targets],
       batch,
       checkpointing: false,
+      flashAttention: true,
     });
     assert.equal(cpp.window, ts.window);
     for (const [k, v] of Object.entries(ts.bytes)) assert.equal(cpp.bytes[k], Math.floor(v), k);
@@ -252,6 +253,7 @@ test("predicted peak RSS within 15% of the measured, L = 512 ... 8,192, two shap
         targets: TARGETS,
         batch: 1,
         checkpointing: false,
+      flashAttention: true,
       };
       const predicted = estimateMemory(shape, cfg).total;
       const ratio = predicted / s.peak_rss_bytes;
@@ -272,6 +274,7 @@ test("the finetune stage refuses, before queueing, a run that cannot fit resourc
     targets: TARGETS,
     batch: 1,
     checkpointing: false,
+      flashAttention: true,
   };
   // fitProblem names a window that does fit, and that window's estimate is under the limit
   const limit = 512 * 2 ** 20;

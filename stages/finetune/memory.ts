@@ -58,6 +58,8 @@ export interface MemoryConfig {
   /** Examples per optimizer step: > 1 adds a gradient accumulator. */
   batch: number;
   checkpointing: boolean;
+  /** Flash attention in training (valley-lora's default on the CPU): its backward pass recomputes the softmax. */
+  flashAttention: boolean;
   /** "as-stored" (default) or a half type the base would be converted to. */
   weights?: "as-stored" | "half";
 }
@@ -163,8 +165,20 @@ export function windowFor(tokens: number): number {
   return Math.ceil(Math.max(1, tokens) / 256) * 256;
 }
 
-/** The materialised attention of today's trainer: quadratic in L. */
-export function attentionBytes(shape: ModelShape, L: number, checkpointing: boolean): number {
+/**
+ * Attention. Flash attention: the F16 mask [L, L] (the only quadratic term)
+ * and one layer's dQ, dK, dV and row statistics in flight. Materialised: every
+ * kept layer's softmax [L, L, heads] F32, one more in flight and the F32 mask.
+ */
+export function attentionBytes(
+  shape: ModelShape,
+  L: number,
+  checkpointing: boolean,
+  flashAttention: boolean,
+): number {
+  if (flashAttention) {
+    return 2 * L * L + F32 * L * (shape.nEmbdQ + 2 * shape.nEmbdKv + 2 * shape.nHead);
+  }
   // checkpointing keeps one layer's softmax (recomputed) instead of all N
   const kept = checkpointing ? 1 : shape.nLayer;
   return F32 * L * L * (shape.nHead * (kept + 1) + 1);
@@ -187,7 +201,7 @@ export function estimateMemory(shape: ModelShape, cfg: MemoryConfig): MemoryEsti
     weights: cfg.weights === "half" ? shape.halfWeightBytes : shape.weightBytes,
     adapter: F32 * P * (4 + (cfg.batch > 1 ? 1 : 0)),
     kvCache: F32 * 2 * N * L * shape.nEmbdKv,
-    attention: attentionBytes(shape, L, cfg.checkpointing),
+    attention: attentionBytes(shape, L, cfg.checkpointing, cfg.flashAttention),
     activations,
     logits: F32 * LOGIT_COPIES * L * shape.nVocab,
     runtime: RUNTIME_BYTES,
