@@ -389,7 +389,8 @@ test("flash attention: the recomputing backward pass gives the gradients of the 
     const on = await gradOf(model, data, adapter, ["--packing", packing, "--flash-attn", "on"]);
     const rel = relDiff(on.grad, off.grad);
     let worst = 0;
-    for (const [nm, t] of on.grad) worst = Math.max(worst, relDiff(new Map([[nm, t]]), new Map([[nm, off.grad.get(nm)!]])));
+    for (const [nm, t] of on.grad)
+      worst = Math.max(worst, relDiff(new Map([[nm, t]]), new Map([[nm, off.grad.get(nm)!]])));
     console.log(
       `# flash vs materialised attention (packing ${packing}): loss ${on.loss} vs ${off.loss}, ` +
         `gradient relative difference ${rel.toExponential(2)} (worst tensor ${worst.toExponential(2)})`,
@@ -397,6 +398,23 @@ test("flash attention: the recomputing backward pass gives the gradients of the 
     assert.ok(Math.abs(on.loss - off.loss) <= 1e-5 * off.loss, `loss ${on.loss} vs ${off.loss}`);
     assert.ok(rel <= 1e-4, `gradients differ by ${rel}`);
     assert.ok(worst <= 1e-4, `a tensor's gradient differs by ${worst}`);
+  }
+});
+
+test("activation checkpointing: recomputing each layer in the backward pass gives the same gradients", async () => {
+  const { model, adapter, data } = await sharedSetup();
+  for (const flash of ["on", "off"]) {
+    const extra = ["--packing", "on", "--flash-attn", flash];
+    const off = await gradOf(model, data, adapter, [...extra, "--checkpointing", "off"]);
+    const on = await gradOf(model, data, adapter, [...extra, "--checkpointing", "on"]);
+    const rel = relDiff(on.grad, off.grad);
+    console.log(
+      `# checkpointing on vs off (flash attention ${flash}): loss ${on.loss} vs ${off.loss}, ` +
+        `gradient relative difference ${rel.toExponential(2)}`,
+    );
+    // the same kernels on the same inputs: only the order of graph nodes differs
+    assert.ok(Math.abs(on.loss - off.loss) <= 1e-6 * off.loss, `loss ${on.loss} vs ${off.loss}`);
+    assert.ok(rel <= 1e-6, `gradients differ by ${rel}`);
   }
 });
 

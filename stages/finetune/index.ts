@@ -59,7 +59,9 @@ export interface FinetuneParams {
 export const CHECKPOINT_FROM = 4096;
 
 /** Whether a run checkpoints, as valley-lora decides it: from the longest window the params allow. */
-export function checkpointingOn(p: Pick<FinetuneParams, "checkpointing" | "ctx" | "maxSeqLen">): boolean {
+export function checkpointingOn(
+  p: Pick<FinetuneParams, "checkpointing" | "ctx" | "maxSeqLen">,
+): boolean {
   if (p.checkpointing !== "auto") return p.checkpointing;
   return windowFor(p.ctx > 0 ? p.ctx : p.maxSeqLen - 1) >= CHECKPOINT_FROM;
 }
@@ -396,6 +398,8 @@ export async function admitLora(ctx: AdmitContext<FinetuneParams>): Promise<stri
     targets: p.lora.targets,
     batch: p.batch,
     checkpointing: checkpointingOn(p),
+    // auto: the suggested shorter windows are judged as valley-lora would run them
+    checkpointFrom: p.checkpointing === "auto" ? CHECKPOINT_FROM : undefined,
     // valley-lora's --flash-attn auto: on for a CPU run (its backward kernel is CPU-only for now)
     flashAttention: !onGpu,
   };

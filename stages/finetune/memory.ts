@@ -58,6 +58,11 @@ export interface MemoryConfig {
   /** Examples per optimizer step: > 1 adds a gradient accumulator. */
   batch: number;
   checkpointing: boolean;
+  /**
+   * valley-lora's `--checkpointing auto`: checkpointing is on for windows of this many tokens or more,
+   * whatever `checkpointing` says (so that longestWindow follows auto across the threshold).
+   */
+  checkpointFrom?: number;
   /** Flash attention in training (valley-lora's default on the CPU): its backward pass recomputes the softmax. */
   flashAttention: boolean;
   /** "as-stored" (default) or a half type the base would be converted to. */
@@ -184,8 +189,13 @@ export function attentionBytes(
   return F32 * L * L * (shape.nHead * (kept + 1) + 1);
 }
 
-export function estimateMemory(shape: ModelShape, cfg: MemoryConfig): MemoryEstimate {
-  const L = windowFor(cfg.window);
+export function estimateMemory(shape: ModelShape, cfg0: MemoryConfig): MemoryEstimate {
+  const L = windowFor(cfg0.window);
+  const cfg = {
+    ...cfg0,
+    checkpointing:
+      cfg0.checkpointFrom !== undefined ? L >= cfg0.checkpointFrom : cfg0.checkpointing,
+  };
   const N = shape.nLayer;
   const P = loraParams(shape, cfg.rank, cfg.targets);
   const targetsPerLayer = cfg.targets.filter((t) => t !== "output").length;
@@ -245,8 +255,14 @@ export function fitProblem(
   const fixes: string[] = [];
   const L = longestWindow(shape, cfg, limit);
   fixes.push(L > 0 ? `maxSeqLen ≤ ${L}` : "no window fits at all with these settings");
-  if (opts.checkpointingAvailable && !cfg.checkpointing) {
-    const withCk = longestWindow(shape, { ...cfg, checkpointing: true }, limit);
+  const ckNow =
+    cfg.checkpointFrom !== undefined ? est.window >= cfg.checkpointFrom : cfg.checkpointing;
+  if (opts.checkpointingAvailable && !ckNow) {
+    const withCk = longestWindow(
+      shape,
+      { ...cfg, checkpointing: true, checkpointFrom: undefined },
+      limit,
+    );
     if (withCk > L) fixes.push(`checkpointing: true (then maxSeqLen ≤ ${withCk})`);
   }
   if (cfg.weights !== "half" && shape.halfWeightBytes < shape.weightBytes) {
