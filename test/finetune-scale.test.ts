@@ -286,21 +286,23 @@ test("the finetune stage refuses, before queueing, a run that cannot fit resourc
     rank: 16,
     targets: TARGETS,
     batch: 1,
-    checkpointing: false,
+    // what the stage asks for on the CPU: valley-lora's --checkpointing auto and flash attention
+    checkpointing: true,
+    checkpointFrom: 4096,
     flashAttention: true,
   };
   // fitProblem names a window that does fit, and that window's estimate is under the limit
-  const limit = 512 * 2 ** 20;
+  const limit = 200 * 2 ** 20;
   const msg = fitProblem(shape, cfg, limit, "of resources.memory", {
-    checkpointingAvailable: false,
+    checkpointingAvailable: true,
   });
-  assert.ok(msg, "8K should not fit 512 MiB");
+  assert.ok(msg, "8K should not fit 200 MiB");
   const L = Number(/maxSeqLen ≤ (\d+)/.exec(msg)?.[1]);
   assert.ok(L >= 256 && L < 8192, msg);
   assert.ok(estimateMemory(shape, { ...cfg, window: L }).total <= limit);
   assert.ok(estimateMemory(shape, { ...cfg, window: L + 256 }).total > limit);
   assert.equal(
-    fitProblem(shape, { ...cfg, window: L }, limit, "", { checkpointingAvailable: false }),
+    fitProblem(shape, { ...cfg, window: L }, limit, "", { checkpointingAvailable: true }),
     null,
   );
 
@@ -325,7 +327,7 @@ stages:
       checkpointEvery: 0
     resources: { memory: ${memory} }
 `;
-  const dir = project({ "valley.yaml": yaml("512M") });
+  const dir = project({ "valley.yaml": yaml("200M") });
   const env = { VALLEY_CACHE: join(dir, ".cache"), VALLEY_LLAMA_BIN: BIN };
   const r = valley(["run", "valley.yaml"], { cwd: dir, env });
   assert.equal(r.code, 2, r.stdout + r.stderr);
