@@ -9,20 +9,21 @@
  * - adapter: LoRA A and B, their gradients and AdamW's two moments (F32), plus
  *   a gradient accumulator when batch > 1;
  * - kvCache: K and V of every layer for the window, F32 (training needs F32);
- * - attention: TODAY's attention, materialised: ggml-opt allocates forward and
- *   backward as one graph, so every layer's softmax [L, L, heads] (F32) stays
- *   alive until its backward reader, plus one more in flight and the KQ mask:
- *   4·L²·(H·(N+1) + 1) bytes. The blockwise (flash) attention of issue 13
- *   item 1 replaces this term with one linear in L;
+ * - attention: with flash attention (patch 0010; valley-lora's default on the
+ *   CPU) the F16 KQ mask, 2·L² bytes, the only quadratic term, plus one layer's
+ *   dQ, dK, dV and row statistics; materialised (flash attention off):
+ *   ggml-opt allocates forward and backward as one graph, so every layer's
+ *   softmax [L, L, heads] (F32) stays alive until its backward reader, plus one
+ *   more in flight and the F32 mask: 4·L²·(H·(N+1) + 1) bytes;
  * - activations: what the graph keeps per token and layer (inputs of the LoRA
  *   products, norms, the SwiGLU inputs, Q/K/V, gradients in flight), linear in
  *   L; fitted against measured peak RSS (see ACTIVATION_* below);
  * - logits: logits, one-hot labels and their gradient, F32 [vocab, L] each;
  * - runtime: the program, its libraries and heap, a constant.
  *
- * With checkpointing (item 2, not in the trainer yet) only the layer inputs are
- * kept and one layer's activations are recomputed at a time; that branch is a
- * prediction, not yet checked against a measurement.
+ * With checkpointing (patch 0010) only the layer inputs are kept and one
+ * layer's activations are recomputed at a time; checked against measurements
+ * like the rest (test/finetune-scale.test.ts).
  *
  * mirrored by stages/finetune/native/valley-lora-memory.cpp (valley-lora
  * --estimate-memory); test/finetune-scale.test.ts checks both agree.
