@@ -237,6 +237,8 @@ test("predicted peak RSS within 15% of the measured, L = 512 ... 8,192, two shap
   for (const L of [1024, 2048]) runs.push(["A", L, ["--checkpointing", "on"]]);
   for (const L of [4096, 8192]) runs.push(["A", L, ["--checkpointing", "off"]]);
   for (const L of [1024, 2048]) runs.push(["A", L, ["--flash-attn", "off"]]);
+  for (const L of [1024, 2048])
+    runs.push(["A", L, ["--flash-attn", "off", "--checkpointing", "on"]]);
   for (const [name, L, extra] of runs) {
     const m = await writeModel(`shape-${name}`, SHAPES[name]);
     const shape = shapeFromGguf(await inspectGguf(m));
