@@ -10,8 +10,10 @@
  *
  * Models: small random qwen2 and llama made by the `model` stage (3 layers,
  * grouped-query attention: n_head_kv < n_head, F32), all seven targets in every
- * layer, CPU. Also here: packing, sparse labels and lossNorm, checked through
- * the same flags, and the bad input of --grad-out.
+ * layer, CPU, flash attention on (valley-lora's default on the CPU). Also
+ * here: flash attention against the materialised softmax, packing, sparse
+ * labels and lossNorm, checked through the same flags, and the bad input of
+ * --grad-out.
  */
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -377,6 +379,43 @@ test("packing: a packed step has the loss and gradients of the same examples one
   );
   assert.ok(rel <= 1e-5, `gradients differ by ${rel}`);
   assert.equal(packed.tokens, one.tokens);
+});
+
+test("flash attention: the recomputing backward pass gives the gradients of the materialised attention", async () => {
+  const { model, adapter, data } = await sharedSetup();
+  // packed too: the mask is then per-sequence causal, not one triangle; n_head_kv < n_head (GQA)
+  for (const packing of ["off", "on"]) {
+    const off = await gradOf(model, data, adapter, ["--packing", packing, "--flash-attn", "off"]);
+    const on = await gradOf(model, data, adapter, ["--packing", packing, "--flash-attn", "on"]);
+    const rel = relDiff(on.grad, off.grad);
+    let worst = 0;
+    for (const [nm, t] of on.grad)
+      worst = Math.max(worst, relDiff(new Map([[nm, t]]), new Map([[nm, off.grad.get(nm)!]])));
+    console.log(
+      `# flash vs materialised attention (packing ${packing}): loss ${on.loss} vs ${off.loss}, ` +
+        `gradient relative difference ${rel.toExponential(2)} (worst tensor ${worst.toExponential(2)})`,
+    );
+    assert.ok(Math.abs(on.loss - off.loss) <= 1e-5 * off.loss, `loss ${on.loss} vs ${off.loss}`);
+    assert.ok(rel <= 1e-4, `gradients differ by ${rel}`);
+    assert.ok(worst <= 1e-4, `a tensor's gradient differs by ${worst}`);
+  }
+});
+
+test("activation checkpointing: recomputing each layer in the backward pass gives the same gradients", async () => {
+  const { model, adapter, data } = await sharedSetup();
+  for (const flash of ["on", "off"]) {
+    const extra = ["--packing", "on", "--flash-attn", flash];
+    const off = await gradOf(model, data, adapter, [...extra, "--checkpointing", "off"]);
+    const on = await gradOf(model, data, adapter, [...extra, "--checkpointing", "on"]);
+    const rel = relDiff(on.grad, off.grad);
+    console.log(
+      `# checkpointing on vs off (flash attention ${flash}): loss ${on.loss} vs ${off.loss}, ` +
+        `gradient relative difference ${rel.toExponential(2)}`,
+    );
+    // the same kernels on the same inputs: only the order of graph nodes differs
+    assert.ok(Math.abs(on.loss - off.loss) <= 1e-6 * off.loss, `loss ${on.loss} vs ${off.loss}`);
+    assert.ok(rel <= 1e-6, `gradients differ by ${rel}`);
+  }
 });
 
 test("sparse labels (token ids) give the loss and gradients of dense one-hot labels", async () => {

@@ -30,7 +30,7 @@ import {
 } from "../stages/finetune/memory.js";
 import { testLlama } from "./llama-fixture.js";
 import { project, valley } from "./helpers/valley.js";
-import finetune, { withDefaults } from "../stages/finetune/index.js";
+import finetune, { checkpointingOn, withDefaults } from "../stages/finetune/index.js";
 
 let BIN = "";
 let work = "";
@@ -203,7 +203,9 @@ test("valley-lora --estimate-memory and memory.ts agree byte for byte", async ()
       rank,
       targets: [...targets],
       batch,
-      checkpointing: false,
+      // valley-lora's defaults on the CPU: flash attention, checkpointing from 4,096 tokens
+      checkpointing: checkpointingOn({ checkpointing: "auto", ctx: 0, maxSeqLen: L + 1 }),
+      flashAttention: true,
     });
     assert.equal(cpp.window, ts.window);
     for (const [k, v] of Object.entries(ts.bytes)) assert.equal(cpp.bytes[k], Math.floor(v), k);
@@ -224,43 +226,58 @@ test("valley-lora --estimate-memory and memory.ts agree byte for byte", async ()
   assert.ok(!existsSync(join(work, "limit.gguf")));
 });
 
-test("predicted peak RSS within 15% of the measured, L = 512 ... 8,192, two shapes", async () => {
+test("predicted peak RSS within 15% of the measured, L = 512 ... 8,192, two shapes, checkpointing and flash attention on and off", async () => {
   const rows: string[] = [];
-  for (const [name, spec] of Object.entries(SHAPES)) {
-    const m = await writeModel(`shape-${name}`, spec);
+  // valley-lora's defaults (flash attention on the CPU, checkpointing from 4,096 tokens) at every L on both
+  // shapes, then the other settings on shape A: checkpointing on below 4,096 and off above, the
+  // materialised softmax (flash attention off)
+  const runs: [string, number, string[]][] = [];
+  for (const name of Object.keys(SHAPES))
+    for (const L of [512, 1024, 2048, 4096, 8192]) runs.push([name, L, []]);
+  for (const L of [1024, 2048]) runs.push(["A", L, ["--checkpointing", "on"]]);
+  for (const L of [4096, 8192]) runs.push(["A", L, ["--checkpointing", "off"]]);
+  for (const L of [1024, 2048]) runs.push(["A", L, ["--flash-attn", "off"]]);
+  for (const L of [1024, 2048])
+    runs.push(["A", L, ["--flash-attn", "off", "--checkpointing", "on"]]);
+  for (const [name, L, extra] of runs) {
+    const m = await writeModel(`shape-${name}`, SHAPES[name]);
     const shape = shapeFromGguf(await inspectGguf(m));
-    for (const L of [512, 1024, 2048, 4096, 8192]) {
-      const data = join(work, `long-${L}.jsonl`);
-      writeFileSync(data, longChat(L + 64) + "\n");
-      const summary = join(work, `rss-${name}-${L}.json`);
-      // every position trained (masking off), the window exactly L: the worst case the model predicts
-      // prettier-ignore
-      const r = run("valley-lora", [
-        "--model", m, "--data", data, "--out", join(work, "rss.gguf"), "--summary", summary,
-        "--max-seq-len", String(L + 1), "--masking", "off", "--rank", "16", "--max-steps", "1",
-        "--threads", "2", "--device", "cpu",
-      ]);
-      assert.equal(r.code, 0, r.stderr);
-      const s = JSON.parse(readFileSync(summary, "utf8")) as {
-        window: number;
-        peak_rss_bytes: number;
-      };
-      assert.equal(s.window, L);
-      const cfg: MemoryConfig = {
-        window: L,
-        rank: 16,
-        targets: TARGETS,
-        batch: 1,
-        checkpointing: false,
-      };
-      const predicted = estimateMemory(shape, cfg).total;
-      const ratio = predicted / s.peak_rss_bytes;
-      rows.push(
-        `# shape ${name} L=${L}: measured ${(s.peak_rss_bytes / 2 ** 20).toFixed(0)} MiB, predicted ${(predicted / 2 ** 20).toFixed(0)} MiB (${ratio.toFixed(3)})`,
-      );
-      console.log(rows[rows.length - 1]);
-      assert.ok(Math.abs(ratio - 1) <= 0.15, rows[rows.length - 1]);
-    }
+    const data = join(work, `long-${L}.jsonl`);
+    writeFileSync(data, longChat(L + 64) + "\n");
+    const summary = join(work, `rss-${name}-${L}.json`);
+    // every position trained (masking off), the window exactly L: the worst case the model predicts
+    // prettier-ignore
+    const r = run("valley-lora", [
+      "--model", m, "--data", data, "--out", join(work, "rss.gguf"), "--summary", summary,
+      "--max-seq-len", String(L + 1), "--masking", "off", "--rank", "16", "--max-steps", "1",
+      "--threads", "2", "--device", "cpu", "--targets", TARGETS.join(","), ...extra,
+    ]);
+    assert.equal(r.code, 0, r.stderr);
+    const s = JSON.parse(readFileSync(summary, "utf8")) as {
+      window: number;
+      peak_rss_bytes: number;
+      checkpointing: boolean;
+      flash_attn: boolean;
+    };
+    assert.equal(s.window, L);
+    assert.equal(s.checkpointing, extra.includes("on") || (L >= 4096 && !extra.includes("off")));
+    assert.equal(s.flash_attn, !extra.includes("--flash-attn"));
+    const cfg: MemoryConfig = {
+      window: L,
+      rank: 16,
+      targets: TARGETS,
+      batch: 1,
+      checkpointing: s.checkpointing,
+      flashAttention: s.flash_attn,
+    };
+    const predicted = estimateMemory(shape, cfg).total;
+    const ratio = predicted / s.peak_rss_bytes;
+    rows.push(
+      `# shape ${name} L=${L} checkpointing ${s.checkpointing ? "on" : "off"} flash ${s.flash_attn ? "on" : "off"}: ` +
+        `measured ${(s.peak_rss_bytes / 2 ** 20).toFixed(0)} MiB, predicted ${(predicted / 2 ** 20).toFixed(0)} MiB (${ratio.toFixed(3)})`,
+    );
+    console.log(rows[rows.length - 1]);
+    assert.ok(Math.abs(ratio - 1) <= 0.15, rows[rows.length - 1]);
   }
 });
 
@@ -271,20 +288,23 @@ test("the finetune stage refuses, before queueing, a run that cannot fit resourc
     rank: 16,
     targets: TARGETS,
     batch: 1,
-    checkpointing: false,
+    // what the stage asks for on the CPU: valley-lora's --checkpointing auto and flash attention
+    checkpointing: true,
+    checkpointFrom: 4096,
+    flashAttention: true,
   };
   // fitProblem names a window that does fit, and that window's estimate is under the limit
-  const limit = 512 * 2 ** 20;
+  const limit = 200 * 2 ** 20;
   const msg = fitProblem(shape, cfg, limit, "of resources.memory", {
-    checkpointingAvailable: false,
+    checkpointingAvailable: true,
   });
-  assert.ok(msg, "8K should not fit 512 MiB");
+  assert.ok(msg, "8K should not fit 200 MiB");
   const L = Number(/maxSeqLen ≤ (\d+)/.exec(msg)?.[1]);
   assert.ok(L >= 256 && L < 8192, msg);
   assert.ok(estimateMemory(shape, { ...cfg, window: L }).total <= limit);
   assert.ok(estimateMemory(shape, { ...cfg, window: L + 256 }).total > limit);
   assert.equal(
-    fitProblem(shape, { ...cfg, window: L }, limit, "", { checkpointingAvailable: false }),
+    fitProblem(shape, { ...cfg, window: L }, limit, "", { checkpointingAvailable: true }),
     null,
   );
 
@@ -309,7 +329,7 @@ stages:
       checkpointEvery: 0
     resources: { memory: ${memory} }
 `;
-  const dir = project({ "valley.yaml": yaml("512M") });
+  const dir = project({ "valley.yaml": yaml("200M") });
   const env = { VALLEY_CACHE: join(dir, ".cache"), VALLEY_LLAMA_BIN: BIN };
   const r = valley(["run", "valley.yaml"], { cwd: dir, env });
   assert.equal(r.code, 2, r.stdout + r.stderr);

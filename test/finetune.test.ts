@@ -484,6 +484,14 @@ test("bad input: exit 2 from the trainer and InputError from the stage", async (
       ],
       /empty/,
     ],
+    [
+      ["--model", model, "--data", d, "--out", join(work, "x.gguf"), "--checkpointing", "yes"],
+      /--checkpointing must be on, off or auto/,
+    ],
+    [
+      ["--model", model, "--data", d, "--out", join(work, "x.gguf"), "--flash-attn", "1"],
+      /--flash-attn must be on, off or auto/,
+    ],
   ];
   for (const [args, re] of direct) {
     const r = trainer(args);

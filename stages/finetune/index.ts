@@ -26,7 +26,7 @@ import { InputError } from "../../engine/stage-api.js";
 import { CommandError, runCommand } from "../../engine/process.js";
 import { llamaEnv, llamaExe, resolveLlama } from "../../llama/toolchain.js";
 import { inspectGguf } from "../../llama/gguf.js";
-import { fitProblem, shapeFromGguf } from "./memory.js";
+import { fitProblem, shapeFromGguf, windowFor } from "./memory.js";
 
 export interface FinetuneParams {
   method: "lora" | "full";
@@ -48,6 +48,22 @@ export interface FinetuneParams {
   lossNorm: "token" | "example";
   /** Several examples per window, each its own sequence (own positions, no attention across examples). */
   packing: boolean;
+  /**
+   * Activation checkpointing (lora): keep each layer's input, recompute its forward pass in the backward
+   * pass. auto: on when the window may reach CHECKPOINT_FROM tokens (valley-lora says why).
+   */
+  checkpointing: "auto" | boolean;
+}
+
+/** valley-lora's `--checkpointing auto` threshold (CHECKPOINT_FROM in native/valley-lora.cpp). */
+export const CHECKPOINT_FROM = 4096;
+
+/** Whether a run checkpoints, as valley-lora decides it: from the longest window the params allow. */
+export function checkpointingOn(
+  p: Pick<FinetuneParams, "checkpointing" | "ctx" | "maxSeqLen">,
+): boolean {
+  if (p.checkpointing !== "auto") return p.checkpointing;
+  return windowFor(p.ctx > 0 ? p.ctx : p.maxSeqLen - 1) >= CHECKPOINT_FROM;
 }
 
 /** The seven projections of a llama/qwen2 block: PEFT's "all-linear" for these decoders. */
@@ -90,6 +106,7 @@ export function withDefaults(
     device: p.device ?? "auto",
     lossNorm: p.lossNorm ?? "token",
     packing: p.packing ?? false,
+    checkpointing: p.checkpointing ?? "auto",
   };
 }
 
@@ -255,6 +272,7 @@ async function runLora(
     "--device", p.device,
     "--loss-norm", p.lossNorm,
     "--packing", p.packing ? "on" : "off",
+    "--checkpointing", p.checkpointing === "auto" ? "auto" : p.checkpointing ? "on" : "off",
     // the GPUs the engine assigned: the layers are split over them (0: the CPU)
     ...(p.device === "cpu" || cpuBuild(b) ? [] : ["--gpus", String(ctx.resources.gpu)]),
     // checkpoints belong to this model and data, wherever the engine puts them
@@ -373,14 +391,18 @@ export async function admitLora(ctx: AdmitContext<FinetuneParams>): Promise<stri
   const model = join(from.path, "model.gguf");
   if (!existsSync(model)) return [];
   const shape = shapeFromGguf(await inspectGguf(model));
+  const onGpu = p.device !== "cpu" && ctx.resources.gpu > 0;
   const cfg = {
     window: p.ctx > 0 ? p.ctx : p.maxSeqLen - 1,
     rank: p.lora.rank,
     targets: p.lora.targets,
     batch: p.batch,
-    checkpointing: false,
+    checkpointing: checkpointingOn(p),
+    // auto: the suggested shorter windows are judged as valley-lora would run them
+    checkpointFrom: p.checkpointing === "auto" ? CHECKPOINT_FROM : undefined,
+    // valley-lora's --flash-attn auto: on for a CPU run (its backward kernel is CPU-only for now)
+    flashAttention: !onGpu,
   };
-  const onGpu = p.device !== "cpu" && ctx.resources.gpu > 0;
   // on CUDA, OUT_PROD (the backward through a frozen matrix) takes F32, F16, BF16 (patch 0009)
   const cudaless = shape.matrixTypes.filter((t) => !["f32", "f16", "bf16"].includes(t));
   if (onGpu && cudaless.length)
@@ -391,7 +413,7 @@ export async function admitLora(ctx: AdmitContext<FinetuneParams>): Promise<stri
   const limit = onGpu ? gpuMemory(ctx.resources.gpu) : ctx.resources.memory * 2 ** 20;
   if (limit === undefined || !(limit > 0)) return [];
   const where = onGpu ? `of ${ctx.resources.gpu} GPU(s)` : "of resources.memory";
-  const problem = fitProblem(shape, cfg, limit, where, { checkpointingAvailable: false });
+  const problem = fitProblem(shape, cfg, limit, where, { checkpointingAvailable: true });
   return problem ? [`the fine-tune does not fit: ${problem}`] : [];
 }
 
@@ -399,8 +421,9 @@ const finetune: StageKind<FinetuneParams> = {
   kind: "finetune",
   // 2: exact gradients through attention (K/V bypass the cache), seven targets,
   // lossNorm, packing; the trainer runs on the GPUs the engine assigns
-  // (resources.gpu; none: the CPU)
-  version: "2",
+  // (resources.gpu; none: the CPU). 3: flash attention with a recomputing
+  // backward pass on the CPU, activation checkpointing (`checkpointing`)
+  version: "3",
   tools: ["llama"],
   resources(p) {
     return { cpu: p.threads > 0 ? p.threads : 2, memory: 2048 };

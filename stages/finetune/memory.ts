@@ -9,20 +9,21 @@
  * - adapter: LoRA A and B, their gradients and AdamW's two moments (F32), plus
  *   a gradient accumulator when batch > 1;
  * - kvCache: K and V of every layer for the window, F32 (training needs F32);
- * - attention: TODAY's attention, materialised: ggml-opt allocates forward and
- *   backward as one graph, so every layer's softmax [L, L, heads] (F32) stays
- *   alive until its backward reader, plus one more in flight and the KQ mask:
- *   4·L²·(H·(N+1) + 1) bytes. The blockwise (flash) attention of issue 13
- *   item 1 replaces this term with one linear in L;
+ * - attention: with flash attention (patch 0010; valley-lora's default on the
+ *   CPU) the F16 KQ mask, 2·L² bytes, the only quadratic term, plus one layer's
+ *   dQ, dK, dV and row statistics; materialised (flash attention off):
+ *   ggml-opt allocates forward and backward as one graph, so every layer's
+ *   softmax [L, L, heads] (F32) stays alive until its backward reader, plus one
+ *   more in flight and the F32 mask: 4·L²·(H·(N+1) + 1) bytes;
  * - activations: what the graph keeps per token and layer (inputs of the LoRA
  *   products, norms, the SwiGLU inputs, Q/K/V, gradients in flight), linear in
  *   L; fitted against measured peak RSS (see ACTIVATION_* below);
  * - logits: logits, one-hot labels and their gradient, F32 [vocab, L] each;
  * - runtime: the program, its libraries and heap, a constant.
  *
- * With checkpointing (item 2, not in the trainer yet) only the layer inputs are
- * kept and one layer's activations are recomputed at a time; that branch is a
- * prediction, not yet checked against a measurement.
+ * With checkpointing (patch 0010) only the layer inputs are kept and one
+ * layer's activations are recomputed at a time; checked against measurements
+ * like the rest (test/finetune-scale.test.ts).
  *
  * mirrored by stages/finetune/native/valley-lora-memory.cpp (valley-lora
  * --estimate-memory); test/finetune-scale.test.ts checks both agree.
@@ -58,6 +59,13 @@ export interface MemoryConfig {
   /** Examples per optimizer step: > 1 adds a gradient accumulator. */
   batch: number;
   checkpointing: boolean;
+  /**
+   * valley-lora's `--checkpointing auto`: checkpointing is on for windows of this many tokens or more,
+   * whatever `checkpointing` says (so that longestWindow follows auto across the threshold).
+   */
+  checkpointFrom?: number;
+  /** Flash attention in training (valley-lora's default on the CPU): its backward pass recomputes the softmax. */
+  flashAttention: boolean;
   /** "as-stored" (default) or a half type the base would be converted to. */
   weights?: "as-stored" | "half";
 }
@@ -86,6 +94,14 @@ export interface MemoryEstimate {
 export const ACTIVATION_PER_EMBD = 4.36;
 export const ACTIVATION_PER_FF = 2.92;
 export const ACTIVATION_PER_RANK_TARGET = 0.3;
+/**
+ * With flash attention, per token and kept layer, in F32 elements of the
+ * embedding width: what the recomputing backward pass holds on top of the
+ * activations above (its dQ/dK/dV, the attention output and its gradient in
+ * flight). Fitted to 17 runs of three shapes (embedding 128/256, 1-4 layers,
+ * 2-8 heads, L = 512 ... 8,192, checkpointing on and off): all within ±5%.
+ */
+export const FLASH_PER_EMBD_LAYER = 4.8;
 /** Per token, F32 elements of the vocabulary: logits, labels, their gradient. */
 export const LOGIT_COPIES = 3;
 /** The program, libraries and heap (the fit's constant). */
@@ -163,15 +179,32 @@ export function windowFor(tokens: number): number {
   return Math.ceil(Math.max(1, tokens) / 256) * 256;
 }
 
-/** The materialised attention of today's trainer: quadratic in L. */
-export function attentionBytes(shape: ModelShape, L: number, checkpointing: boolean): number {
+/**
+ * Attention. Flash attention: the F16 mask [L, L] (the only quadratic term)
+ * and one layer's dQ, dK, dV and row statistics in flight. Materialised: every
+ * kept layer's softmax [L, L, heads] F32, one more in flight and the F32 mask.
+ */
+export function attentionBytes(
+  shape: ModelShape,
+  L: number,
+  checkpointing: boolean,
+  flashAttention: boolean,
+): number {
+  if (flashAttention) {
+    return 2 * L * L + F32 * L * (shape.nEmbdQ + 2 * shape.nEmbdKv + 2 * shape.nHead);
+  }
   // checkpointing keeps one layer's softmax (recomputed) instead of all N
   const kept = checkpointing ? 1 : shape.nLayer;
   return F32 * L * L * (shape.nHead * (kept + 1) + 1);
 }
 
-export function estimateMemory(shape: ModelShape, cfg: MemoryConfig): MemoryEstimate {
-  const L = windowFor(cfg.window);
+export function estimateMemory(shape: ModelShape, cfg0: MemoryConfig): MemoryEstimate {
+  const L = windowFor(cfg0.window);
+  const cfg = {
+    ...cfg0,
+    checkpointing:
+      cfg0.checkpointFrom !== undefined ? L >= cfg0.checkpointFrom : cfg0.checkpointing,
+  };
   const N = shape.nLayer;
   const P = loraParams(shape, cfg.rank, cfg.targets);
   const targetsPerLayer = cfg.targets.filter((t) => t !== "output").length;
@@ -181,13 +214,16 @@ export function estimateMemory(shape: ModelShape, cfg: MemoryConfig): MemoryEsti
     ACTIVATION_PER_RANK_TARGET * cfg.rank * targetsPerLayer;
   // checkpointing: every layer's input, plus one layer's activations recomputed
   const layersKept = cfg.checkpointing ? 1 : N;
+  const flashPerLayerToken = cfg.flashAttention ? FLASH_PER_EMBD_LAYER * shape.nEmbd : 0;
   const activations =
-    F32 * L * (perLayerToken * layersKept + (cfg.checkpointing ? N * shape.nEmbd : 0));
+    F32 *
+    L *
+    ((perLayerToken + flashPerLayerToken) * layersKept + (cfg.checkpointing ? N * shape.nEmbd : 0));
   const bytes = {
     weights: cfg.weights === "half" ? shape.halfWeightBytes : shape.weightBytes,
     adapter: F32 * P * (4 + (cfg.batch > 1 ? 1 : 0)),
     kvCache: F32 * 2 * N * L * shape.nEmbdKv,
-    attention: attentionBytes(shape, L, cfg.checkpointing),
+    attention: attentionBytes(shape, L, cfg.checkpointing, cfg.flashAttention),
     activations,
     logits: F32 * LOGIT_COPIES * L * shape.nVocab,
     runtime: RUNTIME_BYTES,
@@ -231,8 +267,14 @@ export function fitProblem(
   const fixes: string[] = [];
   const L = longestWindow(shape, cfg, limit);
   fixes.push(L > 0 ? `maxSeqLen ≤ ${L}` : "no window fits at all with these settings");
-  if (opts.checkpointingAvailable && !cfg.checkpointing) {
-    const withCk = longestWindow(shape, { ...cfg, checkpointing: true }, limit);
+  const ckNow =
+    cfg.checkpointFrom !== undefined ? est.window >= cfg.checkpointFrom : cfg.checkpointing;
+  if (opts.checkpointingAvailable && !ckNow) {
+    const withCk = longestWindow(
+      shape,
+      { ...cfg, checkpointing: true, checkpointFrom: undefined },
+      limit,
+    );
     if (withCk > L) fixes.push(`checkpointing: true (then maxSeqLen ≤ ${withCk})`);
   }
   if (cfg.weights !== "half" && shape.halfWeightBytes < shape.weightBytes) {

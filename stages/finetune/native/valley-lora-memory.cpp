@@ -13,6 +13,7 @@ namespace {
 constexpr double ACTIVATION_PER_EMBD        = 4.36;
 constexpr double ACTIVATION_PER_FF          = 2.92;
 constexpr double ACTIVATION_PER_RANK_TARGET = 0.3;
+constexpr double FLASH_PER_EMBD_LAYER       = 4.8;
 constexpr double LOGIT_COPIES               = 3;
 constexpr double RUNTIME_BYTES              = 14.5 * 1024 * 1024;
 constexpr double F32                        = 4;
@@ -98,8 +99,13 @@ valley_memory_estimate valley_estimate_memory(const std::string & model_path, co
     e.weights     = cfg.half_weights ? half_weights : weights;
     e.adapter     = F32 * lora_params * (4 + (cfg.batch > 1 ? 1 : 0));
     e.kv_cache    = F32 * 2 * N * L * (double) (n_head_kv * head_k);
-    e.attention   = F32 * L * L * ((double) n_head * ((cfg.checkpointing ? 1 : N) + 1) + 1);
-    e.activations = F32 * L * (per_layer_token * layers_kept + (cfg.checkpointing ? N * (double) n_embd : 0));
+    e.attention   = cfg.flash_attn
+                        // the F16 mask, and one layer's dQ, dK, dV and row statistics in flight
+                        ? 2 * L * L + F32 * L * (double) (n_head * head_k + 2 * n_head_kv * head_k + 2 * n_head)
+                        : F32 * L * L * ((double) n_head * ((cfg.checkpointing ? 1 : N) + 1) + 1);
+    const double flash_per_layer_token = cfg.flash_attn ? FLASH_PER_EMBD_LAYER * (double) n_embd : 0;
+    e.activations = F32 * L * ((per_layer_token + flash_per_layer_token) * layers_kept +
+                               (cfg.checkpointing ? N * (double) n_embd : 0));
     e.logits      = F32 * LOGIT_COPIES * L * (double) n_vocab;
     e.runtime     = RUNTIME_BYTES;
     return e;

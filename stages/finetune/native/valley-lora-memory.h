@@ -12,6 +12,7 @@ struct valley_memory_config {
     std::vector<std::string> targets;
     int64_t                  batch = 1;
     bool                     checkpointing = false;
+    bool                     flash_attn = false;    // flash attention with its recomputing backward pass
     bool                     half_weights = false;  // as if the weight matrices were F16/BF16
 };
 

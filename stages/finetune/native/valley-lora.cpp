@@ -109,7 +109,29 @@ struct options {
     bool        estimate_memory  = false; // only print the memory model's estimate (JSON) for these flags
     double      memory_limit_mib = 0;     // refuse (exit 2) a run whose estimate exceeds this (0 = no limit)
     std::string check_backward;           // only run OUT_PROD for this weight type on each device and report
+    std::string flash_attn       = "auto"; // on | off | auto (on for a CPU run, off with GPUs)
+    std::string checkpointing    = "auto"; // on | off | auto (on when the window may reach CHECKPOINT_FROM tokens)
 };
+
+// Activation checkpointing costs one more forward pass per step (about a third more compute) and saves all but
+// one layer's activations, which grow with the window. From 4,096 tokens they outweigh the frozen base for every
+// shape of the paper (Qwen2.5-7B: ~285 KB per token and layer, 28 layers: 32 GB at 4K against 15 GB of BF16
+// weights); below that the extra compute buys too little. auto looks at the longest window the flags allow
+// (--ctx, else --max-seq-len), not at the data, so that the memory model and the run agree before loading.
+constexpr int64_t CHECKPOINT_FROM = 4096;
+
+bool use_checkpointing(const options & o) {
+    const int64_t bound = ((o.ctx > 0 ? o.ctx : o.max_seq_len - 1) + 255) / 256 * 256;
+    return o.checkpointing == "on" || (o.checkpointing == "auto" && bound >= CHECKPOINT_FROM);
+}
+
+// Flash attention in training graphs: its backward pass (patch 0010, ggml_flash_attn_ext_back) recomputes the
+// softmax row by row, so no layer keeps an [L, L, heads] F32 matrix until the backward pass (memory linear in L,
+// not quadratic). Its kernel is CPU-only for now: auto turns it off where layers go to GPUs, where the op would
+// fall back to the CPU.
+bool use_flash_attn(const options & o, bool on_gpu) {
+    return o.flash_attn == "on" || (o.flash_attn == "auto" && !on_gpu);
+}
 
 void usage() {
     fprintf(stderr,
@@ -138,7 +160,11 @@ void usage() {
         "  --gpus N               split the layers over the first N GPUs (default: all visible; 0 = the CPU)\n"
         "  --estimate-memory      print the memory model's estimate for these flags (JSON bytes) and exit\n"
         "  --memory-limit MIB     exit 2 before loading if the estimate exceeds MIB (a GPU's memory is checked too)\n"
-        "  --check-backward TYPE  run the backward through a TYPE weight (f32|f16|bf16) on each device, print JSON\n");
+        "  --check-backward TYPE  run the backward through a TYPE weight (f32|f16|bf16) on each device, print JSON\n"
+        "  --flash-attn on|off|auto  attention with a recomputing backward pass, memory linear in the window\n"
+        "                         (auto, the default: on for a CPU run, off with --gpus N > 0)\n"
+        "  --checkpointing on|off|auto  keep each layer's input only, recompute its forward pass in the backward\n"
+        "                         pass (auto, the default: on when --ctx or --max-seq-len allows 4,096 tokens)\n");
 }
 
 std::vector<std::string> split_csv(const std::string & s) {
@@ -221,6 +247,14 @@ options parse_args(int argc, char ** argv) {
         else if (a == "--estimate-memory")    { o.estimate_memory = true; }
         else if (a == "--memory-limit")       { o.memory_limit_mib = to_float(a, need(i)); }
         else if (a == "--check-backward")     { o.check_backward = need(i); }
+        else if (a == "--checkpointing")      { o.checkpointing = need(i);
+                                                if (o.checkpointing != "on" && o.checkpointing != "off" && o.checkpointing != "auto") {
+                                                    bad_input("--checkpointing must be on, off or auto");
+                                                } }
+        else if (a == "--flash-attn")         { o.flash_attn = need(i);
+                                                if (o.flash_attn != "on" && o.flash_attn != "off" && o.flash_attn != "auto") {
+                                                    bad_input("--flash-attn must be on, off or auto");
+                                                } }
         else if (a == "-h" || a == "--help")  { usage(); std::exit(0); }
         else { usage(); bad_input("unknown argument '" + a + "'"); }
     }
@@ -910,6 +944,9 @@ int estimate_memory(const options & o) {
     mc.rank    = o.rank;
     mc.targets = o.targets;
     mc.batch   = o.batch;
+    // the stage passes --gpus N for a GPU run
+    mc.flash_attn = use_flash_attn(o, o.device != "cpu" && o.gpus > 0);
+    mc.checkpointing = use_checkpointing(o);
     valley_memory_estimate e;
     try {
         e = valley_estimate_memory(o.model, mc);
@@ -1025,6 +1062,8 @@ int run(const options & o) {
             mc.rank    = o.rank;
             mc.targets = o.targets;
             mc.batch   = o.batch;
+            mc.flash_attn = use_flash_attn(o, on_gpu);
+            mc.checkpointing = use_checkpointing(o);
             const double need = valley_estimate_memory(o.model, mc).total();
             double limit = o.memory_limit_mib * 1024.0 * 1024.0;
             std::string where = "of --memory-limit";
@@ -1258,7 +1297,8 @@ int run(const options & o) {
     cp.kv_unified      = true;   // packed examples are sequences 0, 1, ... of one window
     cp.type_k          = GGML_TYPE_F32;  // OUT_PROD needs F32 K/V
     cp.type_v          = GGML_TYPE_F32;
-    cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;  // FLASH_ATTN_EXT has no backward pass
+    // with flash attention off the training graph materialises softmax(K·Q) per layer (exact, quadratic memory)
+    cp.flash_attn_type = use_flash_attn(o, on_gpu) ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
     cp.op_offload      = on_gpu;
     if (o.threads > 0) {
         cp.n_threads       = o.threads;
@@ -1297,6 +1337,7 @@ int run(const options & o) {
     op.optimizer_type  = GGML_OPT_OPTIMIZER_TYPE_ADAMW;
     op.n_accum         = (uint32_t) windows_per_step;
     op.labels_sparse   = o.labels == "sparse";
+    op.checkpointing   = use_checkpointing(o);
     llama_opt_init(lctx, model, op);
     int64_t n_params = 0;
     for (auto & it : adapter->ab_map) {
@@ -1555,6 +1596,8 @@ int run(const options & o) {
         s["loss_norm"]          = o.loss_norm;
         s["packing"]            = o.packing;
         s["labels"]             = o.labels;
+        s["flash_attn"]         = use_flash_attn(o, on_gpu);
+        s["checkpointing"]      = use_checkpointing(o);
         json em = json::array();
         for (const auto & it : per_epoch) {
             em.push_back(it.second.first / (double) it.second.second);
