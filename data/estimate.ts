@@ -13,6 +13,8 @@ export interface Expected {
   /** Mean prompt and completion tokens per record (traces, training examples). */
   promptTokens?: Range;
   completionTokens?: Range;
+  /** Mean characters per record (prompt turns and answer), for a student's own vocabulary. */
+  chars?: Range;
   /** Words for the numbers above, carried into downstream bases. */
   basis?: string;
   /** A model output: its dimensions. */
@@ -275,4 +277,99 @@ export function fmtHours(h: number): string {
   if (s < 90) return `${s.toFixed(0)} s`;
   if (s < 5400) return `${(s / 60).toFixed(0)} min`;
   return `${h.toFixed(h < 10 ? 1 : 0)} h`;
+}
+
+/**
+ * Mean characters per record of a traces or training file (prompt turns plus
+ * the answer), over its first `limit` records: what a downstream estimate
+ * turns into tokens with its own model's vocabulary.
+ */
+export async function charsPerRecord(
+  file: string,
+  limit = 20000,
+): Promise<{ records: number; meanChars: number; complete: boolean } | undefined> {
+  const { readJsonl } = await import("./jsonl.js");
+  let records = 0;
+  let total = 0;
+  let complete = true;
+  for await (const { value } of readJsonl<{
+    messages?: { content: string }[];
+    text?: string;
+  }>(file)) {
+    if (records >= limit) {
+      complete = false;
+      break;
+    }
+    records++;
+    total += (value.messages ?? []).reduce((a, m) => a + (m.content?.length ?? 0), 0);
+    total += value.text?.length ?? 0;
+  }
+  return records ? { records, meanChars: total / records, complete } : undefined;
+}
+
+/** Characters per token of a model's vocabulary: 1 for a character-level one (valley's random models). */
+export function charsPerToken(d: ModelDims | undefined): { range: Range; basis: string } {
+  if (d && d.nVocab > 0 && d.nVocab < 1000)
+    return {
+      range: [0.9, 1],
+      basis: `a ${d.nVocab}-token vocabulary is character-level: about one character a token`,
+    };
+  return { range: [3, 4.5], basis: "assumed: 3-4.5 characters a token (BPE on English and code)" };
+}
+
+/** The model dims of an input: its GGUF header when the artifact exists, else what its producer expects. */
+export async function modelInput(
+  input: StageInput | undefined,
+  expected: Record<string, unknown> | Record<string, unknown>[] | undefined,
+): Promise<ModelDims | undefined> {
+  const dir = inputPath(input);
+  if (dir) {
+    const { existsSync } = await import("node:fs");
+    const { join } = await import("node:path");
+    const file = join(dir, "model.gguf");
+    if (existsSync(file)) return (await import("../llama/dims.js")).dimsFromGguf(file);
+  }
+  return expectedOf(expected)?.model;
+}
+
+/**
+ * A stage that rewrites a model file (merge, quantize): reading and writing
+ * its weights at an assumed 100-500 MB/s.
+ */
+export function rewriteEstimate(d: ModelDims | undefined, out: ModelDims | undefined) {
+  const bytes = d ? weightBytes(d) + (out ? weightBytes(out) : 0) : undefined;
+  return {
+    hours: (bytes ? [bytes / 500e6 / 3600, bytes / 100e6 / 3600] : [0, 0.5]) as Range,
+    device: "cpu" as const,
+    usd: null,
+    basis: {
+      hours: bytes
+        ? `assumed: ${(bytes / 1e9).toFixed(2)} GB read and written at 100-500 MB/s`
+        : "assumed: up to half an hour (the model's size is unknown)",
+    },
+    output: { model: out } as Record<string, unknown>,
+  };
+}
+
+/** What a traces-like input holds: measured from its file when it exists, else its producer's expectation. */
+export async function tracesInput(
+  input: StageInput | undefined,
+  expected: Record<string, unknown> | Record<string, unknown>[] | undefined,
+  file = "traces.jsonl",
+): Promise<Expected | undefined> {
+  const dir = inputPath(input);
+  if (dir) {
+    const { existsSync } = await import("node:fs");
+    const { join } = await import("node:path");
+    const f = join(dir, file);
+    if (!existsSync(f)) return undefined;
+    const m = await charsPerRecord(f);
+    if (!m) return { records: [0, 0], basis: `measured: ${f} is empty` };
+    return {
+      records: m.complete ? [m.records, m.records] : [m.records, Infinity],
+      chars: [m.meanChars, m.meanChars],
+      basis: `measured: mean ${m.meanChars.toFixed(0)} characters per record over ${m.complete ? "all" : "the first"} ${m.records} records of ${file}`,
+    };
+  }
+  return expectedOf(expected);
 }
