@@ -15,6 +15,8 @@ export interface Expected {
   completionTokens?: Range;
   /** Mean characters per record (prompt turns and answer), for a student's own vocabulary. */
   chars?: Range;
+  /** Characters of the longest record. */
+  maxChars?: number;
   /** Words for the numbers above, carried into downstream bases. */
   basis?: string;
   /** A model output: its dimensions. */
@@ -217,8 +219,8 @@ export function closestRate(
     what: string;
     device: "cpu" | "gpu";
     dims: ModelDims;
-    /** FLOPs per token of a shape (the scaling law between shapes). */
-    flops: (d: ModelDims) => number;
+    /** FLOPs per token of a shape (the scaling law between shapes); `m` the measurement's own record, absent for the target. */
+    flops: (d: ModelDims, m?: Measurement) => number;
     threads?: number;
     /** Extra fields that should match (e.g. parallel slots), preferred but not required. */
     prefer?: Record<string, unknown>;
@@ -238,7 +240,7 @@ export function closestRate(
     const shapeDist = sameShape(m.shape, opts.dims)
       ? 0
       : d
-        ? Math.abs(Math.log(opts.flops(d) / target)) + 1
+        ? Math.abs(Math.log(opts.flops(d, m) / target)) + 1
         : 10;
     const threadDist =
       opts.threads && typeof m.threads === "number"
@@ -252,7 +254,8 @@ export function closestRate(
   const how = String(best.source ?? "").startsWith("calibrate") ? "calibrated" : "measured";
   const rate = best.tokens_per_s as number;
   const where = `${best.device}${typeof best.threads === "number" ? `, ${best.threads} threads` : ""}`;
-  if (sameShape(best.shape, opts.dims)) {
+  const exact = Object.entries(opts.prefer ?? {}).every(([k, v]) => best[k] === v);
+  if (sameShape(best.shape, opts.dims) && exact) {
     return {
       tokensPerS: [rate / 1.25, rate * 1.25],
       basis: `${how}: ${rate.toFixed(1)} tokens/s on this shape (${where}; ${best.source ?? "a past run"})`,
@@ -261,11 +264,12 @@ export function closestRate(
   }
   const from = best.shape as unknown as ModelDims | undefined;
   if (!from) return undefined;
-  const k = opts.flops(from) / target;
+  const k = opts.flops(from, best) / target;
   return {
     tokensPerS: [(rate * k) / 2, rate * k * 1.5],
     basis:
-      `${how}: ${rate.toFixed(1)} tokens/s on a ${from.nLayer}-layer ${from.nEmbd}-wide model (${where}; ${best.source ?? "a past run"}), ` +
+      `${how}: ${rate.toFixed(1)} tokens/s on ${sameShape(best.shape, opts.dims) ? "this shape" : `a ${from.nLayer}-layer ${from.nEmbd}-wide model`}` +
+      `${Object.keys(opts.prefer ?? {}).length ? ` with ${Object.keys(opts.prefer ?? {}).map((k) => `${k} ${String(best[k])}`).join(", ")}` : ""} (${where}; ${best.source ?? "a past run"}), ` +
       `scaled by FLOPs per token (×${k.toPrecision(3)}; assumed proportional)`,
     measurement: best,
   };
@@ -287,10 +291,11 @@ export function fmtHours(h: number): string {
 export async function charsPerRecord(
   file: string,
   limit = 20000,
-): Promise<{ records: number; meanChars: number; complete: boolean } | undefined> {
+): Promise<{ records: number; meanChars: number; maxChars: number; complete: boolean } | undefined> {
   const { readJsonl } = await import("./jsonl.js");
   let records = 0;
   let total = 0;
+  let maxChars = 0;
   let complete = true;
   for await (const { value } of readJsonl<{
     messages?: { content: string }[];
@@ -301,10 +306,13 @@ export async function charsPerRecord(
       break;
     }
     records++;
-    total += (value.messages ?? []).reduce((a, m) => a + (m.content?.length ?? 0), 0);
-    total += value.text?.length ?? 0;
+    const c =
+      (value.messages ?? []).reduce((a, m) => a + (m.content?.length ?? 0), 0) +
+      (value.text?.length ?? 0);
+    total += c;
+    maxChars = Math.max(maxChars, c);
   }
-  return records ? { records, meanChars: total / records, complete } : undefined;
+  return records ? { records, meanChars: total / records, maxChars, complete } : undefined;
 }
 
 /** Characters per token of a model's vocabulary: 1 for a character-level one (valley's random models). */
@@ -368,6 +376,7 @@ export async function tracesInput(
     return {
       records: m.complete ? [m.records, m.records] : [m.records, Infinity],
       chars: [m.meanChars, m.meanChars],
+      maxChars: m.maxChars,
       basis: `measured: mean ${m.meanChars.toFixed(0)} characters per record over ${m.complete ? "all" : "the first"} ${m.records} records of ${file}`,
     };
   }
