@@ -197,6 +197,12 @@ export async function estimateTraces(
     records: [total, total],
     promptTokens: [(promptChars / Math.max(1, toSend)) * perChar[0], (promptChars / Math.max(1, toSend)) * perChar[1]],
     completionTokens: perRequest,
+    // characters for a student's vocabulary: the prompt's, and 3-5 per teacher token of the answer
+    chars: [
+      promptChars / Math.max(1, toSend) + perRequest[0] * 3,
+      promptChars / Math.max(1, toSend) + perRequest[1] * 5,
+    ],
+    maxChars: promptChars / Math.max(1, toSend) + p.max_tokens * 5,
     basis: "the teacher's expected answers",
   };
   return {
