@@ -347,7 +347,15 @@ export function printReport(r: EstimateReport, out: (s: string) => void): void {
     ];
     out(`run     ${row.id}  ${row.kind}: ${parts.join(", ")}\n`);
     for (const [k, v] of Object.entries(e.extra ?? {}))
-      out(`          ${k}: ${typeof v === "string" ? v : JSON.stringify(v)}\n`);
+      out(
+        `          ${k}: ${
+          Array.isArray(v) && v.length === 2 && v.every((x) => typeof x === "number")
+            ? fmtRange(v as Range, (x) => (x < 10 ? x.toPrecision(2) : fmtTok(x)))
+            : typeof v === "string"
+              ? v
+              : JSON.stringify(v)
+        }\n`,
+      );
     for (const [k, v] of Object.entries(e.basis)) out(`          ${k} — ${v}\n`);
   }
   const t = r.totals;

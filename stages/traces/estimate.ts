@@ -48,7 +48,14 @@ export async function estimateTraces(
       usd: null,
       basis,
       extra: { requests_to_send: 0 },
-      output: { records, basis: "imported traces (their lengths unknown before import)" },
+      // lengths are unknown before import: a statement of ~3,500 characters and an answer of
+      // 1,000 tokens to max_tokens at ~4 characters a token
+      output: {
+        records,
+        chars: [3500 + 1000 * 4, 3500 + p.max_tokens * 4],
+        maxChars: 3500 + p.max_tokens * 4,
+        basis: `assumed: imported traces of 1,000-${p.max_tokens} tokens (lengths unknown before import)`,
+      },
     };
   }
 
