@@ -269,7 +269,13 @@ export function closestRate(
     tokensPerS: [(rate * k) / 2, rate * k * 1.5],
     basis:
       `${how}: ${rate.toFixed(1)} tokens/s on ${sameShape(best.shape, opts.dims) ? "this shape" : `a ${from.nLayer}-layer ${from.nEmbd}-wide model`}` +
-      `${Object.keys(opts.prefer ?? {}).length ? ` with ${Object.keys(opts.prefer ?? {}).map((k) => `${k} ${String(best[k])}`).join(", ")}` : ""} (${where}; ${best.source ?? "a past run"}), ` +
+      `${
+        Object.keys(opts.prefer ?? {}).length
+          ? ` with ${Object.keys(opts.prefer ?? {})
+              .map((k) => `${k} ${String(best[k])}`)
+              .join(", ")}`
+          : ""
+      } (${where}; ${best.source ?? "a past run"}), ` +
       `scaled by FLOPs per token (×${k.toPrecision(3)}; assumed proportional)`,
     measurement: best,
   };
@@ -291,7 +297,9 @@ export function fmtHours(h: number): string {
 export async function charsPerRecord(
   file: string,
   limit = 20000,
-): Promise<{ records: number; meanChars: number; maxChars: number; complete: boolean } | undefined> {
+): Promise<
+  { records: number; meanChars: number; maxChars: number; complete: boolean } | undefined
+> {
   const { readJsonl } = await import("./jsonl.js");
   let records = 0;
   let total = 0;

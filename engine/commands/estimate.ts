@@ -6,7 +6,7 @@
  * back. Cached instances cost nothing.
  */
 import { existsSync, mkdirSync, readdirSync, readFileSync } from "node:fs";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { pino } from "pino";
 import type { ActionRecord } from "../../cache/store.js";
 import { writeFileAtomic } from "../../cache/atomic.js";
@@ -103,8 +103,7 @@ export function measurements(engine: Engine): Map<string, Measurement[]> {
       }
     }
   }
-  for (const list of byKind.values())
-    list.sort((a, b) => String(b._t).localeCompare(String(a._t)));
+  for (const list of byKind.values()) list.sort((a, b) => String(b._t).localeCompare(String(a._t)));
   return byKind;
 }
 
@@ -204,15 +203,15 @@ async function contextFor(
   const inputs: Record<string, StageInput | undefined> = {};
   const expected: EstimateContext<unknown>["expected"] = {};
   for (const [name, spec] of Object.entries(inst.inputs)) {
-    if (rk) {
-      inputs[name] = rk.inputs[name];
-      continue;
-    }
     if (spec.type === "path") {
+      // the source itself: plan hashes a path input but does not copy it into the store
       if (!existsSync(spec.path)) continue;
-      const d = await engine.store.pathDigest(spec.path);
-      inputs[name] = { id: spec.ref, coords: {}, digest: d, path: engine.store.treePath(d) };
-    } else if (spec.type === "one") {
+      const d = rk
+        ? (rk.inputs[name] as InputArtifact).digest
+        : await engine.store.pathDigest(spec.path);
+      inputs[name] = { id: spec.ref, coords: {}, digest: d, path: resolve(spec.path) };
+    } else if (rk) inputs[name] = rk.inputs[name];
+    else if (spec.type === "one") {
       inputs[name] = artifact(spec.id);
       if (!inputs[name]) expected[name] = outputs.get(spec.id);
     } else {
@@ -403,9 +402,7 @@ export function overBudget(
       );
   }
   if (b.gpuHours !== undefined && t.gpu_hours[1] > b.gpuHours)
-    why.push(
-      `up to ${t.gpu_hours[1].toFixed(2)} GPU-hours, over --max-gpu-hours ${b.gpuHours}`,
-    );
+    why.push(`up to ${t.gpu_hours[1].toFixed(2)} GPU-hours, over --max-gpu-hours ${b.gpuHours}`);
   if ((b.usd !== undefined || b.gpuHours !== undefined) && t.not_estimated.length)
     why.push(
       `${t.not_estimated.length} instance(s) to run are not estimated (${t.not_estimated.join(", ")})`,

@@ -85,7 +85,13 @@ export async function calibrateServer(
                   max_tokens: maxTokens,
                   seed: i,
                 },
-                { retries: 2, backoffMs: 500, backoffMaxMs: 2000, timeoutMs: 120_000, signal: ctx.signal },
+                {
+                  retries: 2,
+                  backoffMs: 500,
+                  backoffMaxMs: 2000,
+                  timeoutMs: 120_000,
+                  signal: ctx.signal,
+                },
               ),
             ),
           );

@@ -245,4 +245,3 @@ export function trainMeasurement(
     overhead_s: Math.max(0, wallSeconds - secs),
   };
 }
-

@@ -171,8 +171,7 @@ const kind: StageKind<ProblemsParams> = {
       usd: null,
       basis: {
         hours: "assumed: an import takes seconds to minutes",
-        records:
-          output.basis ?? "unknown until imported (not a single JSONL file at hand)",
+        records: output.basis ?? "unknown until imported (not a single JSONL file at hand)",
       },
       output: output as Record<string, unknown>,
     };

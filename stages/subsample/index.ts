@@ -169,8 +169,7 @@ const kind: StageKind<SubsampleParams> = {
     const p: SubsampleParams = { ...SUBSAMPLE_DEFAULTS, ...ctx.params };
     const t = await tracesInput(ctx.inputs.traces, ctx.expected.traces);
     const want = p.n === undefined ? undefined : Math.max(1, Math.round(p.n * p.scale));
-    const records: [number, number] | undefined =
-      want !== undefined ? [want, want] : t?.records;
+    const records: [number, number] | undefined = want !== undefined ? [want, want] : t?.records;
     // lengths of the traces before the filters: the draw keeps at most maxTokens of them
     let chars = t?.chars;
     if (chars && p.maxTokens)

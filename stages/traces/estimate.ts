@@ -202,7 +202,10 @@ export async function estimateTraces(
 
   const output: Expected = {
     records: [total, total],
-    promptTokens: [(promptChars / Math.max(1, toSend)) * perChar[0], (promptChars / Math.max(1, toSend)) * perChar[1]],
+    promptTokens: [
+      (promptChars / Math.max(1, toSend)) * perChar[0],
+      (promptChars / Math.max(1, toSend)) * perChar[1],
+    ],
     completionTokens: perRequest,
     // characters for a student's vocabulary: the prompt's, and 3-5 per teacher token of the answer
     chars: [
