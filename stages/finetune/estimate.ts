@@ -94,7 +94,7 @@ export function plannedWindow(
 ): number {
   const cpt = charsPerToken(dims);
   const longest = data?.maxChars
-    ? Math.min(p.maxSeqLen, data.maxChars / cpt.range[0] + TEMPLATE_TOKENS)
+    ? Math.min(p.maxSeqLen, data.maxChars / ((cpt.range[0] + cpt.range[1]) / 2) + TEMPLATE_TOKENS)
     : p.maxSeqLen;
   return windowFor(p.ctx > 0 ? p.ctx : longest);
 }
