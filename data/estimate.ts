@@ -355,12 +355,13 @@ export async function modelInput(
 export function rewriteEstimate(d: ModelDims | undefined, out: ModelDims | undefined) {
   const bytes = d ? weightBytes(d) + (out ? weightBytes(out) : 0) : undefined;
   return {
-    hours: (bytes ? [bytes / 500e6 / 3600, bytes / 100e6 / 3600] : [0, 0.5]) as Range,
+    // plus 1-10 s of starting the program and loading
+    hours: (bytes ? [(1 + bytes / 500e6) / 3600, (10 + bytes / 100e6) / 3600] : [0, 0.5]) as Range,
     device: "cpu" as const,
     usd: null,
     basis: {
       hours: bytes
-        ? `assumed: ${(bytes / 1e9).toFixed(2)} GB read and written at 100-500 MB/s`
+        ? `assumed: ${(bytes / 1e9).toPrecision(3)} GB read and written at 100-500 MB/s, plus 1-10 s to start`
         : "assumed: up to half an hour (the model's size is unknown)",
     },
     output: { model: out } as Record<string, unknown>,

@@ -163,7 +163,7 @@ export async function estimateFinetune(ctx: EstimateContext<FinetuneParams>): Pr
       tps = [(f[0] * k) / per, (f[1] * k) / per];
       basis.hours =
         `assumed: ${(f[0] / 1e9).toFixed(0)}-${(f[1] / 1e9).toFixed(0)} GFLOP/s per ${device === "cpu" ? "thread" : "GPU"} ` +
-        `at ${(per / 1e9).toFixed(2)} GFLOP per window token (nothing measured: valley calibrate${device === "gpu" ? " --gpu" : ""})`;
+        `at ${(per / 1e9).toPrecision(3)} GFLOP per window token (nothing measured: valley calibrate${device === "gpu" ? " --gpu" : ""})`;
     }
     hours = [
       (overhead[0] + windowTokens[0] / tps[1]) / 3600,
