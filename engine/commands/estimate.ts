@@ -275,7 +275,7 @@ function totalsOf(rows: EstimateRow[], executor: "local" | "slurm"): Totals {
       t.gpu_hours = plus(t.gpu_hours, [e.hours[0] * g, e.hours[1] * g]);
     } else t.cpu_hours = plus(t.cpu_hours, e.hours);
     if (e.usd) t.usd = plus(t.usd ?? ZERO, e.usd);
-    else if (e.tokens && Object.keys(e.basis).some((k) => k === "usd")) t.unpriced.push(r.id);
+    else if (e.basis.usd !== undefined) t.unpriced.push(r.id);
     for (const [k, v] of Object.entries(e.tokens ?? {})) t.tokens[k] = plus(t.tokens[k] ?? ZERO, v);
     const s = (t.by_stage[r.stage] ??= { instances: 0, hours: ZERO, usd: null });
     s.instances++;
