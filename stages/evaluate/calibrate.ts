@@ -83,6 +83,8 @@ export async function calibrateServer(
                   temperature: p.temperature,
                   top_p: p.top_p,
                   max_tokens: maxTokens,
+                  // a random model ends answers at random: generate the whole budget, as long answers do
+                  ignore_eos: true,
                   seed: i,
                 },
                 {

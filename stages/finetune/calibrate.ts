@@ -69,6 +69,7 @@ export async function calibrateTrainer(
       writeFileSync(data, rows.join("\n") + "\n");
       const summary = join(dir, `summary-${examples}.json`);
       const p = inst.params;
+      mkdirSync(join(dir, `ck-${examples}`), { recursive: true });
       const t0 = Date.now();
       await runCommand(
         join(tool.bin, "valley-lora"),
@@ -94,7 +95,10 @@ export async function calibrateTrainer(
     const overhead = Math.max(0, first.wall - Number(first.s.train_seconds));
     const n = Math.max(
       2,
-      Math.min(256, Math.floor((share - first.wall - overhead) / Math.max(perExample, 1e-3))),
+      Math.min(
+        256,
+        Math.floor((0.7 * (share - first.wall - overhead)) / Math.max(perExample, 1e-3)),
+      ),
     );
     const second = n > 2 ? await run(n) : first;
     const m = trainMeasurement(second.s, dims, device, threads, second.wall);

@@ -13,7 +13,7 @@
 // `valley run`, and the comparison. Target: finetune and evaluate within ±30%
 // of the actual (the estimate's midpoint), and inside its low–high range.
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -52,12 +52,24 @@ function valley(args, opts = {}) {
   return { ...r, seconds };
 }
 
-// 1. the llama.cpp build, from the source cache
-const bundle = join(cache, "..", `llama-${process.pid}.tar`);
-const exp = valley(["export", "llama", "-f", demo, "-o", bundle], {
-  env: { ...process.env, VALLEY_CACHE: source },
-  allowFail: true,
-});
+// 1. the llama.cpp build, from the source cache: a pipeline of the demo's
+// llama stage alone has the same key (stage names are not keyed), and its
+// lockfile lets valley export the result
+const { parse, stringify } = await import("yaml");
+const work = mkdtempSync(join(tmpdir(), "valley-bench-estimate-llama-"));
+const llamaOnly = join(work, "llama.yaml");
+const demoDoc = parse(readFileSync(demo, "utf8"));
+writeFileSync(
+  llamaOnly,
+  stringify({ version: 1, name: "demo-llama", stages: { llama: demoDoc.stages.llama } }),
+);
+const sourceEnv = { ...process.env, VALLEY_CACHE: source };
+const bundle = join(work, "llama.tar");
+const hit = valley(["run", llamaOnly, "--json"], { env: sourceEnv, allowFail: true });
+const exp =
+  hit.status === 0 && JSON.parse(hit.stdout).executed === 0
+    ? valley(["export", llamaOnly, "-o", bundle], { env: sourceEnv, allowFail: true })
+    : { status: 1, stderr: hit.stderr };
 if (exp.status !== 0) {
   console.error(
     `no llama.cpp build of the demo in ${source} (${exp.stderr.trim()}); ` +
@@ -66,7 +78,7 @@ if (exp.status !== 0) {
   process.exit(2);
 }
 valley(["import", bundle]);
-rmSync(bundle, { force: true });
+rmSync(work, { recursive: true, force: true });
 
 // 2. the data stages
 const data = valley(["run", demo, "--only", "data", "--only", "student", "--json"]);
