@@ -190,6 +190,13 @@ test("half the teacher's requests cached: half the requests and tokens; price 0 
       assert.equal(r.code, 0, out(r));
       return row(JSON.parse(r.stdout) as Report, "teacher").estimate!;
     };
+    // the run's own result is cached: it costs nothing and is shown so
+    const again = valley(["plan", "one.yaml", "--estimate", "--json"], { cwd: dir });
+    assert.equal(again.code, 0, out(again));
+    const cachedRep = JSON.parse(again.stdout) as Report;
+    assert.equal(row(cachedRep, "teacher").cached, true);
+    assert.equal(row(cachedRep, "teacher").estimate, null);
+    assert.equal(cachedRep.totals.to_run, 0);
     // samples 2: sample 0 of each problem is answered, sample 1 is not
     const half = est("two.yaml");
     assert.equal(half.extra!.requests, 8);
