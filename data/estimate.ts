@@ -327,7 +327,7 @@ export async function charsPerRecord(
 export function charsPerToken(d: ModelDims | undefined): { range: Range; basis: string } {
   if (d && d.nVocab > 0 && d.nVocab < 1000)
     return {
-      range: [0.9, 1],
+      range: [1, 1],
       basis: `a ${d.nVocab}-token vocabulary is character-level: about one character a token`,
     };
   return { range: [3, 4.5], basis: "assumed: 3-4.5 characters a token (BPE on English and code)" };
@@ -355,13 +355,13 @@ export async function modelInput(
 export function rewriteEstimate(d: ModelDims | undefined, out: ModelDims | undefined) {
   const bytes = d ? weightBytes(d) + (out ? weightBytes(out) : 0) : undefined;
   return {
-    // plus 1-10 s of starting the program and loading
-    hours: (bytes ? [(1 + bytes / 500e6) / 3600, (10 + bytes / 100e6) / 3600] : [0, 0.5]) as Range,
+    // plus 0.2-5 s of starting the program and loading
+    hours: (bytes ? [(0.2 + bytes / 500e6) / 3600, (5 + bytes / 100e6) / 3600] : [0, 0.5]) as Range,
     device: "cpu" as const,
     usd: null,
     basis: {
       hours: bytes
-        ? `assumed: ${(bytes / 1e9).toPrecision(3)} GB read and written at 100-500 MB/s, plus 1-10 s to start`
+        ? `assumed: ${(bytes / 1e9).toPrecision(3)} GB read and written at 100-500 MB/s, plus 0.2-5 s to start`
         : "assumed: up to half an hour (the model's size is unknown)",
     },
     output: { model: out } as Record<string, unknown>,

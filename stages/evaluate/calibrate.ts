@@ -123,5 +123,52 @@ export async function calibrateServer(
     );
     out.push(...m);
   }
+  const grade = await calibrateGrading(ctx);
+  if (grade) out.push(grade);
   return out;
+}
+
+/**
+ * The sandbox's cost per sample: a program that reads its input runs on the
+ * first real problems' tests (every test runs, as for an answer with code).
+ */
+async function calibrateGrading(
+  ctx: CalibrateContext<EvaluateParams>,
+): Promise<Measurement | undefined> {
+  const inst = ctx.instances.find((i) => i.inputs.problems);
+  if (!inst || ctx.signal.aborted) return undefined;
+  const p: EvaluateParams = { ...EVALUATE_DEFAULTS, ...inst.params };
+  const dir = Array.isArray(inst.inputs.problems)
+    ? inst.inputs.problems[0]?.path
+    : inst.inputs.problems?.path;
+  if (!dir) return undefined;
+  const { loadEvalProblems } = await import("./index.js");
+  const { problems } = await loadEvalProblems(
+    join(dir, "problems.jsonl"),
+    p.split,
+    p.limit,
+    p.semantics,
+  );
+  const { gradeAnswers } = await import("./grading.js");
+  const { gradeOptionsFrom } = await import("../../grader/grade.js");
+  const n = Math.min(problems.length, 4 * Math.max(1, p.jobs));
+  const answers = problems.slice(0, n).map((problem) => ({
+    problem,
+    sample: 0,
+    text: "```python\nimport sys\nprint(sys.stdin.read())\n```",
+    finish_reason: "stop",
+    prompt_tokens: null,
+    completion_tokens: null,
+  }));
+  const t0 = Date.now();
+  await gradeAnswers(answers, gradeOptionsFrom(p, ctx.signal, "evaluate"));
+  const seconds = (Date.now() - t0) / 1000;
+  return {
+    what: "grade",
+    seconds_per_sample: (seconds * Math.max(1, p.jobs)) / n,
+    device: "cpu",
+    jobs: p.jobs,
+    // the high end: an answer without code is graded without running anything
+    worst_case: true,
+  };
 }

@@ -178,15 +178,21 @@ export async function estimateEvaluate(ctx: EstimateContext<EvaluateParams>): Pr
     const g = ctx.measured.find(
       (m) => m.what === "grade" && typeof m.seconds_per_sample === "number",
     );
+    const sps = g?.seconds_per_sample as number;
+    // calibrated on code that runs every test: the high end (an answer without code costs ~0)
     const s: Range = g
-      ? [(g.seconds_per_sample as number) * 0.7, (g.seconds_per_sample as number) * 1.5]
+      ? g.worst_case
+        ? [sps * 0.05, sps]
+        : [sps * 0.7, sps * 1.5]
       : ASSUMED_GRADE_S;
     const cpuHours: Range = [(total * s[0]) / 3600, (total * s[1]) / 3600];
     extra.grading_cpu_hours = cpuHours;
     const jobs = Math.max(1, p.jobs);
     hours = [hours[0] + cpuHours[0] / jobs, hours[1] + cpuHours[1] / jobs];
     basis.grading = g
-      ? `measured: ${(g.seconds_per_sample as number).toFixed(3)} s of sandbox per sample (${g.source ?? "a past run"}), ${jobs} at a time`
+      ? g.worst_case
+        ? `calibrated: ${sps.toFixed(3)} s of sandbox per sample whose code runs every test (the high end; an answer without code costs ~0), ${jobs} at a time`
+        : `measured: ${sps.toFixed(3)} s of sandbox per sample (${g.source ?? "a past run"}), ${jobs} at a time`
       : `assumed: ${ASSUMED_GRADE_S[0]}-${ASSUMED_GRADE_S[1]} s of sandbox per sample, ${jobs} at a time`;
   }
   return {
