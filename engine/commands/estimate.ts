@@ -462,7 +462,12 @@ export async function calibratePipeline(
             stamped
               .map(
                 (m) =>
-                  `  ${m.what} ${m.device}${m.threads ? ` ${m.threads} threads` : ""}: ${m.tokens_per_s?.toFixed(1)} tokens/s` +
+                  `  ${m.what} ${m.device}${m.threads ? ` ${m.threads} threads` : ""}: ` +
+                  (typeof m.tokens_per_s === "number"
+                    ? `${m.tokens_per_s.toFixed(1)} tokens/s`
+                    : typeof m.seconds_per_sample === "number"
+                      ? `${m.seconds_per_sample.toFixed(3)} s per sample`
+                      : JSON.stringify(m)) +
                   (m.shape ? ` (${m.shape.nLayer} layers × ${m.shape.nEmbd})` : ""),
               )
               .join("\n") +
