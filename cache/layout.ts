@@ -24,6 +24,8 @@ export const CACHE_LAYOUT = {
   slurm: "sbatch scripts, job logs and results (engine/executors/slurm.ts)",
   "statcache.json": "file digests by stat fields, so unchanged files are not re-read",
   "requests.sqlite": "model requests answered, shared by stages that ask a model (not keyed)",
+  calibration:
+    "throughput micro-benchmarks of valley calibrate, per stage kind: calibration/<kind>.json",
   // gc and sharing (cache/README.md).
   locks: "gc.lock while gc sweeps; one file per command using the cache (cache/cache-lock.ts)",
   roots: "one file per lockfile whose results gc keeps (registered before they are visible)",

@@ -54,6 +54,8 @@ export interface ActionRecord {
     entries?: TreeEntry[];
   };
   metrics: Record<string, unknown>;
+  /** Throughput the stage measured (StageResult.measured), for later estimates; never keyed. */
+  measured?: Record<string, unknown>[];
   log?: Digest;
   /** What the output lacks (StageResult.incomplete): admitted, but re-run by the next run. */
   incomplete?: string;

@@ -7,8 +7,14 @@ const HELP = `valley: knowledge-distillation experiments as content-addressed YA
 usage: valley <command> [options]
 
   run [file]            run a pipeline (--only S, --force S, --dry-run, --jobs N,
-                        --keep-going, --json, -p name=value)
-  plan [file]           what would run (--why: which key field changed; --json)
+                        --keep-going, --json, -p name=value; --max-usd X,
+                        --max-gpu-hours Y: refuse (exit 2) when the high
+                        estimate is over)
+  plan [file]           what would run (--why: which key field changed; --json;
+                        --estimate: hours, tokens, dollars, memory per instance,
+                        with --executor slurm the jobs)
+  calibrate [file]      micro-benchmarks of the trainer and llama-server on this
+                        machine, kept in the cache for estimates (--gpu, --json)
   status [file]         cached / to run, by stage
   dag [file]            the instance graph (--format mermaid|dot)
   show <instance>       key, params, inputs, outputs, metrics (-f file, --json)
@@ -40,6 +46,7 @@ type Command = (argv: string[]) => Promise<number>;
 const commands: Record<string, () => Promise<Command>> = {
   run: async () => (await import("./commands/run.js")).run,
   plan: async () => (await import("./commands/run.js")).plan,
+  calibrate: async () => (await import("./commands/calibrate.js")).calibrate,
   status: async () => (await import("./commands/run.js")).status,
   show: async () => (await import("./commands/inspect.js")).show,
   logs: async () => (await import("./commands/inspect.js")).logs,

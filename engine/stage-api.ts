@@ -103,6 +103,11 @@ export interface StageResult {
    * which runs the stage again to fill the gap.
    */
   incomplete?: string;
+  /**
+   * Throughput the stage measured (tokens/s, with the model shape and device),
+   * kept in the action record so later estimates use the closest one.
+   */
+  measured?: Measurement[];
 }
 
 /** What a stage declares beside `with:`, for checks that need it. */
@@ -168,7 +173,98 @@ export interface StageKind<P = Record<string, unknown>> {
    * it runs on the engine's machine.
    */
   admit?(ctx: AdmitContext<P>): Promise<string[]> | string[];
+  /**
+   * What running the instance would cost (`valley plan --estimate`, the run
+   * budgets). Runs on the engine's machine before anything is computed: read
+   * headers and small files, never run a model. The engine only sums and
+   * prints what it returns.
+   */
+  estimate?(ctx: EstimateContext<P>): Promise<Estimate> | Estimate;
+  /**
+   * Short micro-benchmarks on this machine (`valley calibrate`), for the
+   * shapes the pipeline's instances of this kind would use; what they return
+   * is kept in the cache and read back as `EstimateContext.measured`.
+   */
+  calibrate?(ctx: CalibrateContext<P>): Promise<Measurement[]>;
   run(ctx: StageContext<P>): Promise<StageResult | void>;
+}
+
+/** A low and a high value: an estimate is never one number. */
+export type Range = [low: number, high: number];
+
+/**
+ * One throughput measurement: what a stage measured (a run's action record)
+ * or a calibration micro-benchmark. Free-form beyond these fields; the kind
+ * that wrote it reads it back.
+ */
+export interface Measurement {
+  /** What was measured, in the kind's terms ("train", "generate", "grade"). */
+  what: string;
+  tokens_per_s?: number;
+  /** The model's dimensions, so an estimate can pick the closest shape. */
+  shape?: Record<string, number | string>;
+  /** "cpu", or "gpu" with the device's name after a colon. */
+  device: string;
+  /** "run <instance>" or "calibrate". */
+  source?: string;
+  [k: string]: unknown;
+}
+
+/** What a stage estimates for one instance that would run. */
+export interface Estimate {
+  /** Wall-clock hours of the instance. */
+  hours: Range;
+  /** Where it runs: "cpu" or "gpu" (GPU-hours are hours × gpus). */
+  device: "cpu" | "gpu";
+  gpus?: number;
+  /** Token counts by name (prompt, completion, training, generated). */
+  tokens?: Record<string, Range>;
+  /**
+   * Dollars; null when unknown or when nothing is paid per use. A stage that
+   * pays per use (API tokens) says how in `basis.usd`: then null means "no
+   * price given", which `--max-usd` refuses to guess. Never 0 for unknown.
+   */
+  usd: Range | null;
+  peak_memory_bytes?: number;
+  /** Whether the peak fits the memory the instance may use; absent when unknown. */
+  fits?: boolean;
+  /** Per number: "measured: …", "calibrated: …" or "assumed: …", in words. */
+  basis: Record<string, string>;
+  /** Other figures worth showing (requests still to send, CPU-hours of grading). */
+  extra?: Record<string, unknown>;
+  /** What the output is expected to hold, for downstream estimates (opaque to the engine). */
+  output?: Record<string, unknown>;
+}
+
+/** What `estimate` sees. */
+export interface EstimateContext<P> {
+  instanceId: string;
+  params: P;
+  /** Inputs whose producers have a result; an input still to be computed is absent. */
+  inputs: Record<string, StageInput | undefined>;
+  /** For each input still to be computed: its producers' `Estimate.output` (a list for `x[*]`). */
+  expected: Record<string, Record<string, unknown> | Record<string, unknown>[] | undefined>;
+  resources: Resources;
+  tools: Record<string, ToolInfo>;
+  /** The shared per-request cache (may not exist yet). */
+  requestCache: string;
+  /** Measurements of this kind from past runs and calibrations, newest first. */
+  measured: Measurement[];
+  /** Where the run would execute. */
+  executor: "local" | "slurm";
+}
+
+/** What `calibrate` sees: this kind's instances in the pipeline, estimated as for plan. */
+export interface CalibrateContext<P> {
+  instances: EstimateContext<P>[];
+  tools: Record<string, ToolInfo>;
+  /** An empty folder for models and data made up for the benchmark. */
+  scratch: string;
+  log: Logger;
+  signal: AbortSignal;
+  /** Seconds the kind may spend (on the CPU, the whole calibration stays under a minute). */
+  budgetSeconds: number;
+  gpu: boolean;
 }
 
 /**

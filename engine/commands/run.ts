@@ -12,6 +12,7 @@ import { diffFields } from "../key.js";
 import { stderrTail } from "../process.js";
 import type { Engine } from "../engine.js";
 import type { Pipeline } from "../pipeline/expand.js";
+import { budget } from "./estimate.js";
 
 const USAGE =
   "valley run [file] [--only STAGE]... [--force STAGE]... [--dry-run] [--jobs N] [--keep-going] [--executor local|slurm] [--pull] [--remote R] [--slurm-partition P] [--slurm-account A] [--slurm-flag F]... [--json] [-p name=value]...";
@@ -34,6 +35,8 @@ function parseRun(argv: string[]) {
       "slurm-partition": { type: "string" },
       "slurm-account": { type: "string" },
       "slurm-flag": { type: "string", multiple: true },
+      "max-usd": { type: "string" },
+      "max-gpu-hours": { type: "string" },
       // Internal: how a Slurm job runs one attempt on a compute node (see engine/executors/README.md).
       instance: { type: "string" },
       attempt: { type: "string" },
@@ -56,7 +59,15 @@ export async function run(argv: string[]): Promise<number> {
   const jobs = values.jobs !== undefined ? Number(values.jobs) : undefined;
   if (jobs !== undefined && (!Number.isInteger(jobs) || jobs < 1))
     throw new UsageError(`--jobs expects a positive integer`);
+  const budgets = {
+    usd: budget("--max-usd", values["max-usd"]),
+    gpuHours: budget("--max-gpu-hours", values["max-gpu-hours"]),
+  };
   const { pl, engine } = await openPipeline(values.file ?? positionals[0], values.param);
+  if (budgets.usd !== undefined || budgets.gpuHours !== undefined) {
+    const refused = await refuseOverBudget(values, pl, engine, budgets);
+    if (refused !== undefined) return refused;
+  }
   // The cache's lock for the whole run (a gc in progress finishes first), and
   // the lockfile a root before anything is computed: whatever this run
   // writes is kept by any later gc, even if the run fails (cache/README.md).
@@ -70,6 +81,28 @@ export async function run(argv: string[]): Promise<number> {
 }
 
 type RunValues = ReturnType<typeof parseRun>["values"];
+
+/** --max-usd / --max-gpu-hours: exit 2 with the estimate when its high end is over a budget. */
+async function refuseOverBudget(
+  values: RunValues,
+  pl: Pipeline,
+  engine: Engine,
+  budgets: { usd?: number; gpuHours?: number },
+): Promise<number | undefined> {
+  const { estimatePipeline, overBudget, printReport } = await import("./estimate.js");
+  await engine.prepareFingerprints();
+  const executor = (values.executor ?? pl.executor?.kind ?? "local") as "local" | "slurm";
+  const report = await estimatePipeline(pl, engine, {
+    executor,
+    only: values.only,
+    force: values.force,
+  });
+  const why = overBudget(report, budgets);
+  if (!why) return undefined;
+  printReport(report, (s) => process.stderr.write(s));
+  process.stderr.write(`\nvalley run: not started: ${why}\n`);
+  return 2;
+}
 
 async function runLocked(
   values: RunValues,
@@ -308,18 +341,34 @@ export async function plan(argv: string[]): Promise<number> {
     {
       why: { type: "boolean" },
       json: { type: "boolean" },
+      estimate: { type: "boolean" },
+      executor: { type: "string" },
       only: { type: "string", multiple: true },
       force: { type: "string", multiple: true },
       jobs: { type: "string", short: "j" },
       param: { type: "string", short: "p", multiple: true },
       file: { type: "string", short: "f" },
     },
-    "valley plan [file] [--why] [--json] [-p name=value]...",
+    "valley plan [file] [--why] [--estimate [--executor local|slurm]] [--json] [-p name=value]...",
   );
   const { pl, engine } = await openPipeline(values.file ?? positionals[0], values.param, {
     readOnly: true,
   });
   await engine.prepareFingerprints();
+  if (values.estimate) {
+    const executor = values.executor ?? pl.executor?.kind ?? "local";
+    if (executor !== "local" && executor !== "slurm")
+      throw new UsageError(`--executor ${executor}: expected local or slurm`);
+    const { estimatePipeline, printReport } = await import("./estimate.js");
+    const report = await estimatePipeline(pl, engine, {
+      executor,
+      only: values.only,
+      force: values.force,
+    });
+    if (values.json) process.stdout.write(JSON.stringify(report, null, 1) + "\n");
+    else printReport(report, (s) => process.stdout.write(s));
+    return 0;
+  }
   const keep = new Set(selectInstances(pl.instances, values.only).map((i) => i.id));
   const rows = (await planRows(pl, engine, values.force ?? [])).filter((r) => keep.has(r.id));
   if (values.json) {

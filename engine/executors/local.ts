@@ -232,6 +232,7 @@ export async function runAttempt(
       kind: inst.kind,
       outputs: { tree: admitted.tree, files: admitted.files, entries: admitted.manifest.entries },
       metrics: (result && result.metrics) ?? {},
+      ...(result && result.measured?.length ? { measured: result.measured } : {}),
       log: logDigest,
       ...(result && result.incomplete ? { incomplete: result.incomplete } : {}),
       timings: {

@@ -144,6 +144,8 @@ const kind: StageKind<EvaluateParams> = {
       memory: 2048,
     };
   },
+  estimate: async (ctx) => (await import("./estimate.js")).estimateEvaluate(ctx),
+  calibrate: async (ctx) => (await import("./calibrate.js")).calibrateServer(ctx),
   check(p) {
     const issues: ParamIssue[] = [];
     for (const part of ["system", "user"] as const) {
@@ -212,7 +214,10 @@ const kind: StageKind<EvaluateParams> = {
         { problems: problems.length, requests: all.length, cached, toSend: toSend.length },
         "evaluate: requests",
       );
+      // Timings for the throughput this run measures (kept in its action record).
+      const timing = { start: 0, generate: 0, grade: 0 };
       if (toSend.length > 0) {
+        const t0 = Date.now();
         const { resolveLlama } = await import("../../llama/toolchain.js");
         const { withLlamaServer } = await import("../../llama/server.js");
         const llama = resolveLlama(ctx);
@@ -236,9 +241,15 @@ const kind: StageKind<EvaluateParams> = {
             signal: ctx.signal,
             log: ctx.log,
           },
-          (server) => sendAll(ctx, p, toSend, cached, all.length, () => server.url, cache),
+          async (server) => {
+            const t1 = Date.now();
+            timing.start = (t1 - t0) / 1000;
+            await sendAll(ctx, p, toSend, cached, all.length, () => server.url, cache);
+            timing.generate = (Date.now() - t1) / 1000;
+          },
         );
       }
+      const tGrade = Date.now();
 
       // Grade in batches, streaming records to samples.jsonl; metrics keep only small stats.
       const { gradeAnswers } = await import("./grading.js");
@@ -295,6 +306,7 @@ const kind: StageKind<EvaluateParams> = {
       } finally {
         await fh.close();
       }
+      timing.grade = (Date.now() - tGrade) / 1000;
 
       const m = evaluationMetrics(stats, {
         maxTokens: p.max_tokens,
@@ -340,12 +352,45 @@ const kind: StageKind<EvaluateParams> = {
           // How this run got its answers (not an output: outputs depend on the key only).
           requests: { total: all.length, cached, sent: toSend.length },
         },
+        measured: await measuredOf(p, ctx.resources.gpu, gguf, toSend, all.length, cache, timing),
       };
     } finally {
       cache.close();
     }
   },
 };
+
+/** Generation and grading throughput of this run, for later estimates. */
+async function measuredOf(
+  p: EvaluateParams,
+  gpus: number,
+  gguf: string,
+  sent: Request[],
+  graded: number,
+  cache: RequestCache,
+  timing: { start: number; generate: number; grade: number },
+) {
+  const { evalMeasurements, evalDevice } = await import("./estimate.js");
+  const { dimsFromGguf } = await import("../../llama/dims.js");
+  let generated = 0;
+  let promptChars = 0;
+  for (const r of sent) {
+    generated += cache.get<ChatAnswer>(r.key)?.completion_tokens ?? 0;
+    promptChars += (r.body.messages as Message[]).reduce((a, m) => a + m.content.length, 0);
+  }
+  return evalMeasurements({
+    dims: await dimsFromGguf(gguf).catch(() => undefined),
+    p,
+    device: evalDevice(p, gpus),
+    generated,
+    answers: sent.length,
+    generateSeconds: timing.generate,
+    startSeconds: timing.start,
+    promptChars,
+    graded,
+    gradeSeconds: timing.grade,
+  });
+}
 
 /**
  * Sends the requests `parallel` at a time (one per server slot), writing each

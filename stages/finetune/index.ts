@@ -278,12 +278,24 @@ async function runLora(
     // checkpoints belong to this model and data, wherever the engine puts them
     "--fingerprint", fingerprint,
   ]; // prettier-ignore
+  const t0 = Date.now();
   await run2(ctx, join(b.bin, "valley-lora"), args, b, (line) => {
     const m = /step (\d+)\/(\d+) .*loss ([\d.]+)/.exec(line);
     if (m) ctx.progress(Number(m[1]), Number(m[2]), `loss ${m[3]}`);
   });
   const s = JSON.parse(readFileSync(summaryPath, "utf8")) as Summary;
-  return pick(s);
+  // The throughput this run measured, kept in its action record for later estimates.
+  const { trainMeasurement } = await import("./estimate.js");
+  const { dimsFromGguf } = await import("../../llama/dims.js");
+  const device = p.device === "cpu" || cpuBuild(b) || ctx.resources.gpu === 0 ? "cpu" : "gpu";
+  const measured = trainMeasurement(
+    s,
+    await dimsFromGguf(model).catch(() => undefined),
+    device,
+    threads,
+    (Date.now() - t0) / 1000,
+  );
+  return { metrics: pick(s), measured: measured ? [measured] : [] };
 }
 
 function pick(s: Summary) {
@@ -430,6 +442,8 @@ const finetune: StageKind<FinetuneParams> = {
   },
   check: checkParams,
   admit: admitLora,
+  estimate: async (ctx) => (await import("./estimate.js")).estimateFinetune(ctx),
+  calibrate: async (ctx) => (await import("./calibrate.js")).calibrateTrainer(ctx),
   async run(ctx) {
     const issues = checkParams(ctx.params);
     if (issues.length)
@@ -444,11 +458,8 @@ const finetune: StageKind<FinetuneParams> = {
       );
     if (!existsSync(data)) throw new InputError(`input \`data\` (${dataIn.id}) has no train.jsonl`);
     const b = resolveBinaries(ctx);
-    const metrics =
-      ctx.params.method === "full"
-        ? await runFull(ctx, b, model, data)
-        : await runLora(ctx, b, model, data, `${from.digest}+${dataIn.digest}`);
-    return { metrics };
+    if (ctx.params.method === "full") return { metrics: await runFull(ctx, b, model, data) };
+    return await runLora(ctx, b, model, data, `${from.digest}+${dataIn.digest}`);
   },
 };
 

@@ -1,4 +1,5 @@
 /** `merge`: LoRA adapters folded into a base model (llama-export-lora). */
+import { modelInput, rewriteEstimate } from "../../data/estimate.js";
 import { mkdir, rm, symlink } from "node:fs/promises";
 import { join } from "node:path";
 import { InputError, type InputArtifact, type StageKind } from "../../engine/stage-api.js";
@@ -38,6 +39,10 @@ const merge: StageKind<MergeParams> = {
   version: "1",
   tools: ["llama"],
   resources: (p) => ({ cpu: p.threads ?? 2 }),
+  async estimate(ctx) {
+    const d = await modelInput(ctx.inputs.base, ctx.expected.base);
+    return rewriteEstimate(d, d && { ...d, source: `merged onto ${d.source}` });
+  },
   async run(ctx) {
     const llama = resolveLlama(ctx);
     const base = inputFile(singleInput(ctx.inputs, "base"), "model.gguf", "base model");

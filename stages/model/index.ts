@@ -15,11 +15,15 @@ import {
   type RandomModelSpec,
 } from "../../llama/random-model.js";
 import { writeGguf } from "../../llama/gguf-writer.js";
+import { dimsFromGguf, dimsFromHint, dimsFromRandom, type ShapeHint } from "../../llama/dims.js";
+import { knownModel, weightBytes, type Expected, type ModelDims } from "../../data/estimate.js";
 
 export interface ModelParams {
   path?: string;
   hf?: string;
   random?: RandomModelSpec;
+  /** For estimates only (unkeyed): the shape when the GGUF is not at hand. */
+  shape?: ShapeHint;
 }
 
 function sourceIssues(p: ModelParams): ParamIssue[] {
@@ -109,6 +113,8 @@ async function fromHf(
 const model: StageKind<ModelParams> = {
   kind: "model",
   version: "1",
+  // a hint for estimates, never read by run()
+  unkeyedParams: ["shape"],
   resources: () => ({ cpu: 1 }),
   check(p) {
     return [...sourceIssues(p), ...randomIssues(p)];
@@ -122,6 +128,36 @@ const model: StageKind<ModelParams> = {
       if (file) return { file };
     }
     return {};
+  },
+  async estimate(ctx) {
+    const p = ctx.params;
+    // The shape, from the best source at hand, saying which.
+    let dims: ModelDims | undefined;
+    const tried: string[] = [];
+    if (p.random !== undefined) dims = dimsFromRandom(p.random);
+    else if (p.path !== undefined && existsSync(resolve(p.path)))
+      dims = await dimsFromGguf(resolve(p.path));
+    else {
+      if (p.path !== undefined) tried.push(`${p.path} is not there`);
+      if (p.shape !== undefined) dims = dimsFromHint(p.shape);
+      else dims = knownModel(p.path ?? p.hf ?? "");
+    }
+    const output: Expected = { model: dims };
+    const bytes = dims ? weightBytes(dims) : undefined;
+    const basis: Record<string, string> = {
+      shape: dims
+        ? `${dims.source}${tried.length ? ` (${tried.join("; ")})` : ""}: ${dims.nLayer} layers × ${dims.nEmbd}, ${dims.weightType}`
+        : `unknown: ${tried.join("; ") || "no GGUF"} and no known model in the name; give shape: (a known model or its dimensions)`,
+    };
+    // Writing or linking a local file takes seconds; a download, its size at an assumed 20-100 MB/s.
+    let hours: [number, number] = [0, 60 / 3600];
+    if (p.hf !== undefined) {
+      hours = bytes ? [bytes / 100e6 / 3600, bytes / 20e6 / 3600] : [0, 1];
+      basis.hours = bytes
+        ? `assumed: a download of ${(bytes / 1e9).toFixed(1)} GB at 20-100 MB/s`
+        : "assumed: up to an hour's download (size unknown)";
+    } else basis.hours = "assumed: under a minute (a local file or a random model)";
+    return { hours, device: "cpu", usd: null, basis, output: output as Record<string, unknown> };
   },
   async run(ctx) {
     const p = ctx.params;

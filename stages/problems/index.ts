@@ -1,3 +1,4 @@
+import type { Expected } from "../../data/estimate.js";
 import { isAbsolute, join, resolve } from "node:path";
 import {
   InputError,
@@ -5,7 +6,7 @@ import {
   type StageKind,
   type InputArtifact,
 } from "../../engine/stage-api.js";
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync, statSync } from "node:fs";
 import { JsonlWriter, listDataFiles } from "../../data/jsonl.js";
 import { readRecords } from "../../data/parquet.js";
 import { projectRoot } from "../../data/root.js";
@@ -140,6 +141,40 @@ const kind: StageKind<ProblemsParams> = {
     if (w.from && w.to && w.from > w.to)
       issues.push({ path: ["from"], message: `empty date window ${w.from} .. ${w.to}` });
     return issues;
+  },
+  estimate(ctx) {
+    const params = ctx.params;
+    // A count of the records when a single JSONL file is at hand; else unknown until imported.
+    const [file] = paramPaths(params);
+    let records: number | undefined;
+    if (file && /\.jsonl$/.test(file) && existsSync(file) && statSync(file).isFile()) {
+      const text = readFileSync(file, "utf8");
+      records = text.split("\n").filter((l) => l.trim() !== "").length;
+    }
+    let output: Expected =
+      records !== undefined
+        ? { records: [records, records], basis: `measured: ${records} records in ${file}` }
+        : {};
+    // LiveCodeBench adds 30-70 problems a month: a date window says how many to expect
+    if (records === undefined && params.format === "lcb") {
+      const from = Date.parse(String(params.from ?? "2023-05-01"));
+      const to = params.to ? Date.parse(String(params.to)) : Date.now();
+      const months = Math.max(1, (to - from) / (30.44 * 86400e3));
+      output = {
+        records: [Math.round(months * 30), Math.round(months * 70)],
+        basis: `assumed: LiveCodeBench's 30-70 problems a month over ${months.toFixed(1)} months`,
+      };
+    }
+    return {
+      hours: [0, 0.25],
+      device: "cpu",
+      usd: null,
+      basis: {
+        hours: "assumed: an import takes seconds to minutes",
+        records: output.basis ?? "unknown until imported (not a single JSONL file at hand)",
+      },
+      output: output as Record<string, unknown>,
+    };
   },
   async run(ctx) {
     const params = ctx.params;

@@ -1,4 +1,5 @@
 /** `quantize`: llama-quantize over a model artifact. */
+import { modelInput, rewriteEstimate } from "../../data/estimate.js";
 import { join } from "node:path";
 import { InputError, type ParamIssue, type StageKind } from "../../engine/stage-api.js";
 import { checkGguf, recordModel } from "../../llama/model-info.js";
@@ -36,6 +37,13 @@ const quantize: StageKind<QuantizeParams> = {
   version: "1",
   tools: ["llama"],
   resources: (p) => ({ cpu: p.threads ?? 2 }),
+  async estimate(ctx) {
+    const d = await modelInput(ctx.inputs.model, ctx.expected.model);
+    return rewriteEstimate(
+      d,
+      d && { ...d, weightType: ctx.params.type.toLowerCase(), source: `${d.source}, quantized` },
+    );
+  },
   check: typeIssues,
   async run(ctx) {
     const p = ctx.params;

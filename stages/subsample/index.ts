@@ -1,3 +1,4 @@
+import { tracesInput, type Expected } from "../../data/estimate.js";
 import { join, resolve } from "node:path";
 import { closeSync, createReadStream, openSync, readSync } from "node:fs";
 import { readFile, readdir, rename, writeFile } from "node:fs/promises";
@@ -163,6 +164,30 @@ const kind: StageKind<SubsampleParams> = {
   // The id list is part of the result: its bytes join the key.
   fingerprint(params, tools) {
     return params.ids ? { ids: tools.digestFile(params.ids) } : {};
+  },
+  async estimate(ctx) {
+    const p: SubsampleParams = { ...SUBSAMPLE_DEFAULTS, ...ctx.params };
+    const t = await tracesInput(ctx.inputs.traces, ctx.expected.traces);
+    const want = p.n === undefined ? undefined : Math.max(1, Math.round(p.n * p.scale));
+    const records: [number, number] | undefined = want !== undefined ? [want, want] : t?.records;
+    // lengths of the traces before the filters: the draw keeps at most maxTokens of them
+    let chars = t?.chars;
+    if (chars && p.maxTokens)
+      chars = [chars[0], Math.min(chars[1], p.maxTokens * p.charsPerToken)] as [number, number];
+    const output: Expected = {
+      records,
+      chars,
+      basis:
+        `${want !== undefined ? `${want} examples (n × scale)` : "every qualifying trace"}` +
+        `${t?.basis ? `; lengths ${t.basis.replace(/^measured: /, "")} (before the filters)` : ""}`,
+    };
+    return {
+      hours: [0, 0.05],
+      device: "cpu",
+      usd: null,
+      basis: { hours: "assumed: a draw reads the traces once (seconds to minutes)" },
+      output: output as Record<string, unknown>,
+    };
   },
   check(p) {
     const issues = [];

@@ -53,6 +53,8 @@ export interface TracesParams {
   failureBudget: number;
   parallel?: number;
   ctxSize?: number;
+  /** Dollars per million tokens, for estimates (unkeyed). */
+  price?: { input: number; output: number };
 }
 
 export interface Trace extends ChatAnswer {
@@ -101,6 +103,31 @@ interface Job {
   messages: Message[];
   key: string;
   body: Record<string, unknown>;
+}
+
+/** The sampling params of sample `sample`, as keyed in the request cache. */
+export function samplingOf(p: TracesParams, sample: number): Record<string, unknown> {
+  return {
+    temperature: p.temperature,
+    top_p: p.top_p,
+    max_tokens: p.max_tokens,
+    ...(p.seed !== undefined ? { seed: p.seed + sample } : {}),
+    ...(p.extraBody ?? {}),
+  };
+}
+
+/** The openai backend's model identity in the request cache. */
+export function openaiIdentity(p: TracesParams): ModelIdentity {
+  // The endpoint as the server sees it: ".../v1", ".../v1/" and the bare host are one server.
+  const endpoint = p.endpointIdentity ?? normalizeBaseUrl(p.baseUrl!);
+  return {
+    identity: { backend: "openai", model: p.modelIdentity ?? `${p.model} @ ${endpoint}` },
+    binding: p.modelIdentity ? { name: p.modelIdentity, model: `${p.model}` } : undefined,
+    legacy:
+      p.modelIdentity || p.endpointIdentity || endpoint === p.baseUrl
+        ? undefined
+        : { backend: "openai", model: `${p.model} @ ${p.baseUrl}` },
+  };
 }
 
 /** `p3#1`: how a request is named in messages. */
@@ -160,13 +187,7 @@ async function generate(
       const messages = renderPrompt(prompt, problem);
       rendered.push(messages);
       for (let sample = 0; sample < p.samples; sample++) {
-        const sampling = {
-          temperature: p.temperature,
-          top_p: p.top_p,
-          max_tokens: p.max_tokens,
-          ...(p.seed !== undefined ? { seed: p.seed + sample } : {}),
-          ...(p.extraBody ?? {}),
-        };
+        const sampling = samplingOf(p, sample);
         const key = requestKey({ model: id.identity, request: { messages }, sampling, sample });
         all.push({ problem: pi, sample, key });
         if (!cache.has(key) && id.legacy) {
@@ -416,6 +437,8 @@ export const TRACES_UNKEYED = [
   "timeoutS",
   "failureBudget",
   "modelRenamed",
+  // what requests cost, for estimates; never what they return
+  "price",
 ] as const;
 
 const kind: StageKind<TracesParams> = {
@@ -429,6 +452,7 @@ const kind: StageKind<TracesParams> = {
   // Needed by the llama backend only; the engine skips a tool it cannot find.
   tools: ["llama"],
   resources: (p) => ({ cpu: p.backend === "llama" ? 4 : 1, memory: 1024 }),
+  estimate: async (ctx) => (await import("./estimate.js")).estimateTraces(ctx),
   check(p, stage) {
     const issues = [];
     if (p.backend === "openai" && !p.baseUrl)
@@ -516,16 +540,7 @@ const kind: StageKind<TracesParams> = {
             `environment variable ${p.apiKeyEnv} (apiKeyEnv) is not set; export it and list it under secrets: of this stage`,
           );
       }
-      // The endpoint as the server sees it: ".../v1", ".../v1/" and the bare host are one server.
-      const endpoint = p.endpointIdentity ?? normalizeBaseUrl(p.baseUrl!);
-      const id: ModelIdentity = {
-        identity: { backend: "openai", model: p.modelIdentity ?? `${p.model} @ ${endpoint}` },
-        binding: p.modelIdentity ? { name: p.modelIdentity, model: `${p.model}` } : undefined,
-        legacy:
-          p.modelIdentity || p.endpointIdentity || endpoint === p.baseUrl
-            ? undefined
-            : { backend: "openai", model: `${p.model} @ ${p.baseUrl}` },
-      };
+      const id = openaiIdentity(p);
       ({ metrics, incomplete } = await generate(
         ctx,
         problems,

@@ -8,6 +8,7 @@
  * `verify_policy` and `verify_semantics`. An infrastructure error fails the stage: a trace is
  * never labelled because the grader broke.
  */
+import { tracesInput } from "../../data/estimate.js";
 import { createWriteStream } from "node:fs";
 import { join } from "node:path";
 import { finished } from "node:stream/promises";
@@ -43,6 +44,24 @@ const verify: StageKind<VerifyParams> = {
   // Each sample has a sandbox of its own: how many run at once changes no verdict.
   unkeyedParams: ["jobs"],
   resources: (p) => ({ cpu: p.jobs ?? DEFAULTS.jobs, memory: (p.jobs ?? DEFAULTS.jobs) * 1024 }),
+  async estimate(ctx) {
+    // Each trace's code runs on its problem's tests in a sandbox: 0.2-5 s each, `jobs` at a time.
+    const t = await tracesInput(ctx.inputs.traces, ctx.expected.traces);
+    const jobs = ctx.params.jobs ?? DEFAULTS.jobs;
+    const n = t?.records;
+    return {
+      hours: n ? [(n[0] * 0.2) / jobs / 3600, (n[1] * 5) / jobs / 3600] : [0, 0],
+      device: "cpu",
+      usd: null,
+      basis: {
+        hours: n
+          ? `assumed: 0.2-5 s of sandboxed tests per trace (${t?.basis ?? "expected"}), ${jobs} at a time`
+          : "unknown: the number of traces is unknown",
+      },
+      extra: n ? { cpu_hours: [(n[0] * 0.2) / 3600, (n[1] * 5) / 3600] } : undefined,
+      output: (t ?? {}) as Record<string, unknown>,
+    };
+  },
   async run(ctx: StageContext<VerifyParams>) {
     // Imported here: module top-levels stay light for no-op runs.
     const { gradeMany, ProblemError } = await import("../../grader/grade.js");

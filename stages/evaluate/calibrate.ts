@@ -1,0 +1,174 @@
+/**
+ * `valley calibrate` for evaluation: the managed llama-server on a random
+ * model of each shape the pipeline evaluates (a stand-in when too large for
+ * the device), with the instance's slots and threads, answering a round of
+ * requests per slot; the aggregate generated tokens per second and the
+ * server's start-up time are kept.
+ */
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+import type { CalibrateContext, Measurement } from "../../engine/stage-api.js";
+import { modelInput, shapeRecord } from "../../data/estimate.js";
+import { resolveLlama } from "../../llama/toolchain.js";
+import { benchmarkModel } from "../../llama/calibration.js";
+import { EVALUATE_DEFAULTS, type EvaluateParams } from "./index.js";
+import { evalDevice, evalMeasurements } from "./estimate.js";
+
+export async function calibrateServer(
+  ctx: CalibrateContext<EvaluateParams>,
+): Promise<Measurement[]> {
+  const plans = new Map<string, { p: EvaluateParams; inst: (typeof ctx.instances)[number] }>();
+  for (const inst of ctx.instances) {
+    const p: EvaluateParams = { ...EVALUATE_DEFAULTS, ...inst.params };
+    const dims = await modelInput(inst.inputs.model, inst.expected.model);
+    if (!dims) continue;
+    const device = evalDevice(p, ctx.gpu ? 1 : 0);
+    if ((device === "gpu") !== ctx.gpu) continue;
+    const k = JSON.stringify([{ ...shapeRecord(dims), weightType: "" }, p.parallel, p.threads]);
+    if (!plans.has(k)) plans.set(k, { p, inst });
+  }
+  if (plans.size === 0) return [];
+  const llama = resolveLlama({
+    inputs: ctx.instances.find((i) => i.inputs.llama)?.inputs ?? {},
+    tools: ctx.tools,
+  } as Parameters<typeof resolveLlama>[0]);
+  const { withLlamaServer } = await import("../../llama/server.js");
+  const { chatUrl, chatWithRetries } = await import("../../data/chat.js");
+  const out: Measurement[] = [];
+  const share = ctx.budgetSeconds / plans.size;
+  for (const { p, inst } of plans.values()) {
+    if (ctx.signal.aborted) break;
+    const want = (await modelInput(inst.inputs.model, inst.expected.model))!;
+    const dir = join(ctx.scratch, `server-${out.length}`);
+    mkdirSync(dir, { recursive: true });
+    const maxTokens = Math.min(p.max_tokens, 256);
+    const { path, dims } = await benchmarkModel(want, dir, {
+      maxParams: ctx.gpu ? 2e9 : 30e6,
+      contextLength: maxTokens + 1024,
+      signal: ctx.signal,
+    });
+    const prompt =
+      "Write a Python program that reads n integers from standard input and prints their sum. " +
+      "Think step by step, then give the code in one ```python block.";
+    const t0 = Date.now();
+    const m = await withLlamaServer(
+      {
+        llama,
+        model: path,
+        parallel: p.parallel,
+        contextSize: (maxTokens + 1024) * p.parallel,
+        threads: p.threads,
+        gpuLayers: ctx.gpu ? p.gpuLayers || 999 : 0,
+        alias: "student",
+        chatTemplate: "builtin",
+        extraArgs: ["--reasoning-format", "none"],
+        signal: ctx.signal,
+        log: ctx.log,
+      },
+      async (server) => {
+        const start = (Date.now() - t0) / 1000;
+        let generated = 0;
+        let answers = 0;
+        const t1 = Date.now();
+        // rounds of one request per slot until this shape's share of the time is spent
+        for (let round = 0; round === 0 || (Date.now() - t0) / 1000 < share * 0.6; round++) {
+          const got = await Promise.all(
+            Array.from({ length: p.parallel }, (_, i) =>
+              chatWithRetries(
+                () => chatUrl(server.url),
+                undefined,
+                {
+                  model: "student",
+                  messages: [{ role: "user", content: `${prompt} (${round}.${i})` }],
+                  temperature: p.temperature,
+                  top_p: p.top_p,
+                  max_tokens: maxTokens,
+                  // a random model ends answers at random: generate the whole budget, as long answers do
+                  ignore_eos: true,
+                  seed: i,
+                },
+                {
+                  retries: 2,
+                  backoffMs: 500,
+                  backoffMaxMs: 2000,
+                  timeoutMs: 120_000,
+                  signal: ctx.signal,
+                },
+              ),
+            ),
+          );
+          for (const a of got) {
+            generated += a.completion_tokens ?? 0;
+            answers++;
+          }
+          if (round > 20) break;
+        }
+        return evalMeasurements({
+          dims,
+          p: { ...p, max_tokens: maxTokens },
+          device: ctx.gpu ? "gpu" : "cpu",
+          generated,
+          answers,
+          generateSeconds: (Date.now() - t1) / 1000,
+          startSeconds: start,
+          promptChars: (prompt.length + 10) * answers,
+          graded: 0,
+          gradeSeconds: 0,
+        }).map((x) => {
+          // lengths of a random model say nothing of a student's: keep the rate only
+          const { mean_completion_tokens: _m, max_tokens: _t, ...rest } = x;
+          return rest as Measurement;
+        });
+      },
+    );
+    out.push(...m);
+  }
+  const grade = await calibrateGrading(ctx);
+  if (grade) out.push(grade);
+  return out;
+}
+
+/**
+ * The sandbox's cost per sample: a program that reads its input runs on the
+ * first real problems' tests (every test runs, as for an answer with code).
+ */
+async function calibrateGrading(
+  ctx: CalibrateContext<EvaluateParams>,
+): Promise<Measurement | undefined> {
+  const inst = ctx.instances.find((i) => i.inputs.problems);
+  if (!inst || ctx.signal.aborted) return undefined;
+  const p: EvaluateParams = { ...EVALUATE_DEFAULTS, ...inst.params };
+  const dir = Array.isArray(inst.inputs.problems)
+    ? inst.inputs.problems[0]?.path
+    : inst.inputs.problems?.path;
+  if (!dir) return undefined;
+  const { loadEvalProblems } = await import("./index.js");
+  const { problems } = await loadEvalProblems(
+    join(dir, "problems.jsonl"),
+    p.split,
+    p.limit,
+    p.semantics,
+  );
+  const { gradeAnswers } = await import("./grading.js");
+  const { gradeOptionsFrom } = await import("../../grader/grade.js");
+  const n = Math.min(problems.length, 4 * Math.max(1, p.jobs));
+  const answers = problems.slice(0, n).map((problem) => ({
+    problem,
+    sample: 0,
+    text: "```python\nimport sys\nprint(sys.stdin.read())\n```",
+    finish_reason: "stop",
+    prompt_tokens: null,
+    completion_tokens: null,
+  }));
+  const t0 = Date.now();
+  await gradeAnswers(answers, gradeOptionsFrom(p, ctx.signal, "evaluate"));
+  const seconds = (Date.now() - t0) / 1000;
+  return {
+    what: "grade",
+    seconds_per_sample: (seconds * Math.max(1, p.jobs)) / n,
+    device: "cpu",
+    jobs: p.jobs,
+    // the high end: an answer without code is graded without running anything
+    worst_case: true,
+  };
+}

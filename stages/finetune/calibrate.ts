@@ -1,0 +1,108 @@
+/**
+ * `valley calibrate` for the trainer: valley-lora on a random model of each
+ * shape and window the pipeline's fine-tunes will use (a stand-in when the
+ * shape is too large for the device), on synthetic chats as long as the
+ * window, with the threads the instance would get. A first short run sizes a
+ * second one that fills its share of the time; the second is what is kept.
+ */
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import type { CalibrateContext, Measurement } from "../../engine/stage-api.js";
+import { modelInput, shapeRecord, tracesInput } from "../../data/estimate.js";
+import { llamaEnv, envStrings, resolveLlama } from "../../llama/toolchain.js";
+import { runCommand } from "../../engine/process.js";
+import { benchmarkModel } from "../../llama/calibration.js";
+import { plannedWindow, trainDevice, trainMeasurement } from "./estimate.js";
+import type { FinetuneParams } from "./index.js";
+
+export async function calibrateTrainer(
+  ctx: CalibrateContext<FinetuneParams>,
+): Promise<Measurement[]> {
+  // One benchmark per distinct (shape, window, threads, device).
+  const plans = new Map<
+    string,
+    { inst: (typeof ctx.instances)[number]; window: number; threads: number; device: "cpu" | "gpu" }
+  >();
+  for (const inst of ctx.instances) {
+    const p = inst.params;
+    if (p.method !== "lora") continue;
+    const dims = await modelInput(inst.inputs.from, inst.expected.from);
+    if (!dims) continue;
+    const data = await tracesInput(inst.inputs.data, inst.expected.data, "train.jsonl");
+    const device = ctx.gpu ? "gpu" : "cpu";
+    if (device === "gpu" && trainDevice(p, 1, undefined) === "cpu") continue;
+    const window = Math.min(plannedWindow(p, data, dims), device === "cpu" ? 2048 : 8192);
+    const threads = p.threads > 0 ? p.threads : Math.max(1, inst.resources.cpu);
+    const k = JSON.stringify([shapeRecord(dims), window, threads, device]);
+    if (!plans.has(k)) plans.set(k, { inst, window, threads, device });
+  }
+  if (plans.size === 0) return [];
+  const tool = resolveLlama({
+    inputs: ctx.instances.find((i) => i.inputs.llama)?.inputs ?? {},
+    tools: ctx.tools,
+  } as Parameters<typeof resolveLlama>[0]);
+  const env = envStrings(llamaEnv(tool));
+  const out: Measurement[] = [];
+  const share = ctx.budgetSeconds / plans.size;
+  for (const { inst, window, threads, device } of plans.values()) {
+    if (ctx.signal.aborted) break;
+    const want = (await modelInput(inst.inputs.from, inst.expected.from))!;
+    const dir = join(ctx.scratch, `train-${out.length}`);
+    mkdirSync(dir, { recursive: true });
+    const { path, dims } = await benchmarkModel(want, dir, {
+      maxParams: device === "cpu" ? 30e6 : 2e9,
+      contextLength: window,
+      signal: ctx.signal,
+    });
+    const run = async (examples: number) => {
+      // chats as long as the window (character-level vocabulary: a character a token)
+      const text = "x = 1\n".repeat(Math.max(1, Math.floor((window - 64) / 6)));
+      const rows = Array.from({ length: examples }, (_, i) =>
+        JSON.stringify({
+          messages: [
+            { role: "user", content: `problem ${i}` },
+            { role: "assistant", content: text.slice(0, window - 64 - String(i).length) },
+          ],
+        }),
+      );
+      const data = join(dir, "train.jsonl");
+      writeFileSync(data, rows.join("\n") + "\n");
+      const summary = join(dir, `summary-${examples}.json`);
+      const p = inst.params;
+      mkdirSync(join(dir, `ck-${examples}`), { recursive: true });
+      const t0 = Date.now();
+      await runCommand(
+        join(tool.bin, "valley-lora"),
+        [
+          "--model", path, "--data", data, "--out", join(dir, "adapter.gguf"),
+          "--metrics", join(dir, "metrics.jsonl"), "--summary", summary,
+          "--checkpoint-dir", join(dir, `ck-${examples}`), "--checkpoint-every", "100000",
+          "--rank", String(p.lora.rank), "--alpha", String(p.lora.alpha),
+          "--targets", p.lora.targets.join(","), "--epochs", "1", "--batch", "1",
+          "--max-seq-len", String(window), "--overlong", "truncate",
+          "--threads", String(threads), "--device", device === "cpu" ? "cpu" : "auto",
+          "--packing", "off", "--fingerprint", `calibrate-${examples}`,
+          ...(device === "gpu" ? ["--gpus", "1"] : []),
+        ], // prettier-ignore
+        { signal: ctx.signal, log: ctx.log, env, cwd: dir },
+      );
+      const s = JSON.parse(readFileSync(summary, "utf8")) as Record<string, unknown>;
+      return { s, wall: (Date.now() - t0) / 1000 };
+    };
+    // a first short run sizes the second to fill this plan's share of the time
+    const first = await run(2);
+    const perExample = Number(first.s.train_seconds) / 2;
+    const overhead = Math.max(0, first.wall - Number(first.s.train_seconds));
+    const n = Math.max(
+      2,
+      Math.min(
+        256,
+        Math.floor((0.7 * (share - first.wall - overhead)) / Math.max(perExample, 1e-3)),
+      ),
+    );
+    const second = n > 2 ? await run(n) : first;
+    const m = trainMeasurement(second.s, dims, device, threads, second.wall);
+    if (m) out.push({ ...m, examples: n, source: "calibrate" });
+  }
+  return out;
+}

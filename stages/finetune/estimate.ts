@@ -1,0 +1,254 @@
+/**
+ * What a LoRA fine-tune would cost: windows of training (valley-lora puts one
+ * example in a window as long as the longest example, rounded up to 256
+ * tokens, unless `packing`), the trainer's measured throughput in window
+ * tokens per second for the closest shape, window and device, and the peak
+ * memory from the trainer's memory model (memory.ts) against the memory the
+ * instance may use.
+ */
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import type { Estimate, EstimateContext, Measurement, Range } from "../../engine/stage-api.js";
+import {
+  charsPerToken,
+  closestRate,
+  inputPath,
+  matrixParams,
+  modelInput,
+  shapeRecord,
+  tracesInput,
+  trainFlopsPerToken,
+  type ModelDims,
+} from "../../data/estimate.js";
+import { estimateMemory, windowFor, type ModelShape } from "./memory.js";
+import { CHECKPOINT_FROM, checkpointingOn, type FinetuneParams } from "./index.js";
+
+/** Tokens of chat scaffolding per example (role headers, BOS/EOS), beyond the text. */
+const TEMPLATE_TOKENS = 16;
+/**
+ * FLOP/s of valley-lora when nothing is measured: CPU per thread; GPU from the
+ * README's H200 figure (8,458 tokens/s for a Qwen2.5-0.5B shape, F32, r=16,
+ * sequence 2,048: about 2e13 FLOP/s by trainFlopsPerToken), halved and doubled.
+ */
+const ASSUMED_FLOPS: Record<"cpu" | "gpu", Range> = { cpu: [2e9, 2e10], gpu: [1e13, 4e13] };
+
+/** A ModelShape for the memory model from dimensions (the llama/qwen2 block layout). */
+export function shapeOf(d: ModelDims): ModelShape {
+  const matrices = new Map<string, [number, number]>();
+  for (let l = 0; l < d.nLayer; l++) {
+    const b = `blk.${l}`;
+    matrices.set(`${b}.attn_q.weight`, [d.nEmbd, d.nEmbdQ]);
+    matrices.set(`${b}.attn_k.weight`, [d.nEmbd, d.nEmbdKv]);
+    matrices.set(`${b}.attn_v.weight`, [d.nEmbd, d.nEmbdKv]);
+    matrices.set(`${b}.attn_output.weight`, [d.nEmbdQ, d.nEmbd]);
+    matrices.set(`${b}.ffn_gate.weight`, [d.nEmbd, d.nFf]);
+    matrices.set(`${b}.ffn_up.weight`, [d.nEmbd, d.nFf]);
+    matrices.set(`${b}.ffn_down.weight`, [d.nFf, d.nEmbd]);
+  }
+  matrices.set("token_embd.weight", [d.nEmbd, d.nVocab]);
+  matrices.set("output.weight", [d.nEmbd, d.nVocab]);
+  const params = matrixParams(d);
+  const bytes = { f32: 4, f16: 2, bf16: 2 }[d.weightType] ?? 34 / 32;
+  return {
+    arch: d.arch,
+    nLayer: d.nLayer,
+    nEmbd: d.nEmbd,
+    nHead: d.nHead,
+    nHeadKv: d.nHeadKv,
+    nEmbdQ: d.nEmbdQ,
+    nEmbdKv: d.nEmbdKv,
+    nFf: d.nFf,
+    nVocab: d.nVocab,
+    weightBytes: params * bytes,
+    halfWeightBytes: params * Math.min(bytes, 2),
+    matrixTypes: [d.weightType],
+    matrices,
+  };
+}
+
+/** Where the trainer runs: the CPU for device: cpu, a CPU build, or no GPU reserved. */
+export function trainDevice(
+  p: FinetuneParams,
+  gpus: number,
+  llamaDir: string | undefined,
+): "cpu" | "gpu" {
+  if (p.device === "cpu" || gpus === 0) return "cpu";
+  if (llamaDir) {
+    try {
+      const info = JSON.parse(readFileSync(join(llamaDir, "build.json"), "utf8")) as {
+        backend?: string;
+      };
+      if (info.backend === "cpu") return "cpu";
+    } catch {
+      // a build of the user's own: assume it uses the GPU it was given
+    }
+  }
+  return "gpu";
+}
+
+/** The trainer's FLOPs per window token at window `w` (the scaling between measured shapes). */
+export const windowFlops = (w: number) => (d: ModelDims, m?: Measurement) =>
+  trainFlopsPerToken(d, typeof m?.window === "number" ? m.window : w);
+
+/** The window valley-lora will use: ctx, else the longest example (in tokens) rounded up to 256. */
+export function plannedWindow(
+  p: FinetuneParams,
+  data: { maxChars?: number } | undefined,
+  dims: ModelDims | undefined,
+): number {
+  const cpt = charsPerToken(dims);
+  const longest = data?.maxChars
+    ? Math.min(p.maxSeqLen, data.maxChars / ((cpt.range[0] + cpt.range[1]) / 2) + TEMPLATE_TOKENS)
+    : p.maxSeqLen;
+  return windowFor(p.ctx > 0 ? p.ctx : longest);
+}
+
+export async function estimateFinetune(ctx: EstimateContext<FinetuneParams>): Promise<Estimate> {
+  const p = ctx.params;
+  const basis: Record<string, string> = {};
+  const dims = await modelInput(ctx.inputs.from, ctx.expected.from);
+  basis.shape = dims
+    ? `${dims.source}: ${dims.nLayer} layers × ${dims.nEmbd}, ${dims.weightType}`
+    : "unknown: the base model's shape (give the model stage a shape: hint)";
+  const data = await tracesInput(ctx.inputs.data, ctx.expected.data, "train.jsonl");
+  const cpt = charsPerToken(dims);
+  const examples = data?.records;
+  if (!examples || !data?.chars) {
+    basis.tokens = `unknown: ${data?.basis ?? "the training set is unknown"}`;
+  }
+  // tokens per example: characters at the vocabulary's rate plus the chat scaffolding, cut to maxSeqLen
+  const cut = (t: number) => Math.min(t, p.maxSeqLen);
+  const perExample: Range | undefined = data?.chars
+    ? [
+        cut(data.chars[0] / cpt.range[1] + TEMPLATE_TOKENS),
+        cut(data.chars[1] / cpt.range[0] + TEMPLATE_TOKENS),
+      ]
+    : undefined;
+  const window = plannedWindow(p, data, dims);
+  const training: Range | undefined =
+    examples && perExample
+      ? [examples[0] * perExample[0] * p.epochs, examples[1] * perExample[1] * p.epochs]
+      : undefined;
+  if (training && examples && perExample)
+    basis.tokens = `${examples[0]} examples × ${perExample[0].toFixed(0)}-${perExample[1].toFixed(0)} tokens × ${p.epochs} epochs (${data?.basis ?? ""}; ${cpt.basis})`;
+  // Compute: one window per example (padding included) per epoch, unless packed.
+  const windowTokens: Range | undefined = examples
+    ? p.packing && training
+      ? [Math.ceil(training[0] / window) * window, Math.ceil(training[1] / window) * window]
+      : [examples[0] * window * p.epochs, examples[1] * window * p.epochs]
+    : undefined;
+  basis.window = data?.maxChars
+    ? `${window} tokens: the longest example (${data.maxChars} characters) rounded up to 256, ${p.packing ? "examples packed" : "one example per window"}`
+    : `${window} tokens: maxSeqLen rounded up (the longest example is unknown)`;
+
+  const device = trainDevice(p, ctx.resources.gpu, inputPath(ctx.inputs.llama));
+  const threads = p.threads > 0 ? p.threads : Math.max(1, ctx.resources.cpu);
+  let hours: Range = [0, 0];
+  if (dims && windowTokens) {
+    const rate = closestRate(ctx.measured, {
+      what: "train",
+      device,
+      dims,
+      flops: windowFlops(window),
+      threads: device === "cpu" ? threads : undefined,
+      prefer: { window },
+    });
+    let tps: Range;
+    let overhead: Range = [0, 0];
+    if (rate) {
+      tps = rate.tokensPerS;
+      basis.hours = `${rate.basis}; ${windowTokens[0].toExponential(2)} window tokens`;
+      const o = rate.measurement?.overhead_s;
+      if (typeof o === "number") overhead = [o * 0.8, o * 1.25];
+    } else {
+      const f = ASSUMED_FLOPS[device];
+      const k = device === "cpu" ? threads : Math.max(1, ctx.resources.gpu);
+      const per = windowFlops(window)(dims);
+      tps = [(f[0] * k) / per, (f[1] * k) / per];
+      basis.hours =
+        `assumed: ${(f[0] / 1e9).toFixed(0)}-${(f[1] / 1e9).toFixed(0)} GFLOP/s per ${device === "cpu" ? "thread" : "GPU (an H200 measured ~20,000 for valley-lora, F32)"} ` +
+        `at ${(per / 1e9).toPrecision(3)} GFLOP per window token (nothing measured: valley calibrate${device === "gpu" ? " --gpu" : ""})`;
+    }
+    hours = [
+      (overhead[0] + windowTokens[0] / tps[1]) / 3600,
+      (overhead[1] + windowTokens[1] / tps[0]) / 3600,
+    ];
+  } else basis.hours = "unknown: the model's shape or the training set is unknown";
+
+  // Peak memory: the memory model at the window admission checks (maxSeqLen, or ctx).
+  let peak: number | undefined;
+  let fits: boolean | undefined;
+  const extra: Record<string, unknown> = {};
+  if (dims && p.method === "lora") {
+    const cfg = {
+      window: p.ctx > 0 ? p.ctx : p.maxSeqLen - 1,
+      rank: p.lora.rank,
+      targets: p.lora.targets,
+      batch: p.batch,
+      // as valley-lora will run it (and as admission checks it)
+      checkpointing: checkpointingOn(p),
+      checkpointFrom: p.checkpointing === "auto" ? CHECKPOINT_FROM : undefined,
+      flashAttention: device === "cpu",
+    };
+    const est = estimateMemory(shapeOf(dims), cfg);
+    peak = est.total;
+    const limit =
+      device === "cpu" ? ctx.resources.memory * 2 ** 20 : await gpuLimit(ctx.resources.gpu);
+    if (limit !== undefined && limit > 0) fits = peak <= limit;
+    basis.peak_memory = `the trainer's memory model (stages/finetune/memory.ts) at a window of ${est.window} (maxSeqLen, as admission checks it)`;
+    basis.fits =
+      limit === undefined
+        ? `unknown: no GPU here to ask (nvidia-smi); ${(peak / 2 ** 30).toFixed(1)} GiB would ${peak <= 80 * 2 ** 30 ? "" : "not "}fit one 80 GiB GPU`
+        : `${device === "cpu" ? "resources.memory" : `${ctx.resources.gpu} GPU(s)`}: ${(limit / 2 ** 30).toFixed(1)} GiB`;
+  }
+  if (windowTokens) extra.window_tokens = windowTokens;
+  if (examples) extra.examples = examples;
+  return {
+    hours,
+    device,
+    gpus: device === "gpu" ? Math.max(1, ctx.resources.gpu) : undefined,
+    tokens: training ? { training } : undefined,
+    usd: null,
+    peak_memory_bytes: peak,
+    fits,
+    basis,
+    extra,
+    output: {},
+  };
+}
+
+async function gpuLimit(n: number): Promise<number | undefined> {
+  const { spawnSync } = await import("node:child_process");
+  const r = spawnSync("nvidia-smi", ["--query-gpu=memory.total", "--format=csv,noheader,nounits"], {
+    encoding: "utf8",
+    timeout: 10_000,
+  });
+  if (r.status !== 0 || !r.stdout) return undefined;
+  const mib = r.stdout.trim().split("\n").map(Number).slice(0, Math.max(1, n));
+  if (mib.some((x) => !Number.isFinite(x))) return undefined;
+  return mib.reduce((a, b) => a + b, 0) * 2 ** 20;
+}
+
+/** The measurement a finished LoRA run leaves in its action record. */
+export function trainMeasurement(
+  summary: Record<string, unknown>,
+  dims: ModelDims | undefined,
+  device: "cpu" | "gpu",
+  threads: number,
+  wallSeconds: number,
+): Measurement | undefined {
+  const secs = Number(summary.train_seconds);
+  const windows = Number(summary.windows);
+  const window = Number(summary.window);
+  if (!(secs > 0) || !(windows > 0) || !(window > 0)) return undefined;
+  return {
+    what: "train",
+    tokens_per_s: (windows * window) / secs,
+    window,
+    threads: device === "cpu" ? threads : undefined,
+    device,
+    shape: dims ? shapeRecord(dims) : undefined,
+    // loading the model, tokenising, writing the adapter: what the window rate leaves out
+    overhead_s: Math.max(0, wallSeconds - secs),
+  };
+}
