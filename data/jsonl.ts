@@ -2,7 +2,7 @@ import { closeSync, createReadStream, openSync, rmSync, writeSync } from "node:f
 import { open, readdir, rename, stat } from "node:fs/promises";
 import { basename, extname, join } from "node:path";
 import { createInterface } from "node:readline";
-import { InputError } from "../engine/stage-api.js";
+import { BadStageInput } from "../engine/stage-api.js";
 
 /** One parsed line with its 1-based line number, for error messages. */
 export interface Numbered<T> {
@@ -12,7 +12,7 @@ export interface Numbered<T> {
 
 /**
  * Streams a JSONL file. Blank lines are skipped; a line that is not JSON is an
- * InputError naming the file and line.
+ * BadStageInput naming the file and line.
  */
 export async function* readJsonl<T = Record<string, unknown>>(
   file: string,
@@ -29,7 +29,7 @@ export async function* readJsonl<T = Record<string, unknown>>(
     try {
       value = JSON.parse(text) as T;
     } catch (e) {
-      throw new InputError(`${file}: line ${line} is not valid JSON (${(e as Error).message})`);
+      throw new BadStageInput(`${file}: line ${line} is not valid JSON (${(e as Error).message})`);
     }
     yield { line, value };
   }
@@ -73,13 +73,14 @@ export async function listDataFiles(path: string, exts: string[]): Promise<strin
   try {
     st = await stat(path);
   } catch {
-    throw new InputError(`${path}: no such file or folder`);
+    throw new BadStageInput(`${path}: no such file or folder`);
   }
   if (!st.isDirectory()) return [path];
   const names = (await readdir(path))
     .filter((n) => exts.includes(extname(n).toLowerCase()) && !basename(n).startsWith("."))
     .sort();
-  if (names.length === 0) throw new InputError(`${path}: folder holds no ${exts.join("/")} files`);
+  if (names.length === 0)
+    throw new BadStageInput(`${path}: folder holds no ${exts.join("/")} files`);
   return names.map((n) => join(path, n));
 }
 

@@ -180,8 +180,3 @@ export interface StageKind<P = Record<string, unknown>> {
 export class BadStageInput extends Error {
   override name = "BadStageInput";
 }
-
-/** The former name of BadStageInput, kept while stages move over to it. */
-export const InputError = BadStageInput;
-/** The former name of BadStageInput, kept while stages move over to it. */
-export type InputError = BadStageInput;

@@ -4,7 +4,7 @@ import { createHash } from "node:crypto";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import subsample, { type SubsampleParams } from "../stages/subsample/index.js";
-import { InputError } from "../engine/stage-api.js";
+import { BadStageInput } from "../engine/stage-api.js";
 import type { Problem } from "../data/problem.js";
 import { artifact, makeCtx, tempDir } from "./helpers/data-ctx.js";
 
@@ -140,7 +140,7 @@ test("filters: correctness, paper's hard/easy, difficulty, source, split, length
 
 test("asking for more than available fails with the counts, unless allowFewer", async () => {
   await assert.rejects(run({ n: 1000, paperDifficulty: "easy" }), (e: Error) => {
-    assert.ok(e instanceof InputError);
+    assert.ok(e instanceof BadStageInput);
     assert.match(e.message, /asked for 1000 questions but only 160 qualify/);
     assert.match(e.message, /allowFewer/);
     return true;

@@ -6,7 +6,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { InputError } from "../engine/stage-api.js";
+import { BadStageInput } from "../engine/stage-api.js";
 import evaluate, { type EvaluateParams } from "../stages/evaluate/index.js";
 import { evaluationMetrics, type SampleStats } from "../stages/evaluate/metrics.js";
 import { gradeAnswers } from "../stages/evaluate/grading.js";
@@ -119,7 +119,7 @@ test("grading canned answers the way the stage does: AC, WA, NO_CODE, think", as
   // A sandbox that cannot start is an error, never a verdict.
   await assert.rejects(
     gradeAnswers([answer(0, good)], { bwrap: "/nonexistent/bwrap" }),
-    (e: Error) => !(e instanceof InputError) && /grader failed|bwrap|sandbox/i.test(e.message),
+    (e: Error) => !(e instanceof BadStageInput) && /grader failed|bwrap|sandbox/i.test(e.message),
   );
 });
 
@@ -150,33 +150,34 @@ test("bad input: no problems after the filter, missing model.gguf, no statement"
   // Default split "eval": the only record is train.
   await assert.rejects(
     run({}),
-    (e: Error) => e instanceof InputError && /split "eval" matches none of the 1/.test(e.message),
+    (e: Error) =>
+      e instanceof BadStageInput && /split "eval" matches none of the 1/.test(e.message),
   );
   // An explicit split on records without one says how to fix it.
   const noSplit = await problemsDir([sum]);
   await assert.rejects(
     run({ split: "eval" }, modelDir, noSplit),
-    (e: Error) => e instanceof InputError && /use split: all/.test(e.message),
+    (e: Error) => e instanceof BadStageInput && /use split: all/.test(e.message),
   );
   const empty = await problemsDir([]);
   await assert.rejects(
     run({}, modelDir, empty),
-    (e: Error) => e instanceof InputError && /holds no problems/.test(e.message),
+    (e: Error) => e instanceof BadStageInput && /holds no problems/.test(e.message),
   );
   const { tmp: t2 } = await makeCtx({});
   await assert.rejects(
     run({ split: "all" }, t2),
-    (e: Error) => e instanceof InputError && /model\.gguf/.test(e.message),
+    (e: Error) => e instanceof BadStageInput && /model\.gguf/.test(e.message),
   );
   const noStatement = await problemsDir([{ id: "x", tests: sum.tests }]);
   await assert.rejects(
     run({}, modelDir, noStatement),
-    (e: Error) => e instanceof InputError && /statement/.test(e.message),
+    (e: Error) => e instanceof BadStageInput && /statement/.test(e.message),
   );
   const noTests = await problemsDir([{ ...sum, tests: [] }]);
   await assert.rejects(
     run({}, modelDir, noTests),
-    (e: Error) => e instanceof InputError && /no tests/.test(e.message),
+    (e: Error) => e instanceof BadStageInput && /no tests/.test(e.message),
   );
 });
 

@@ -22,7 +22,7 @@ import { dirname, join } from "node:path";
 import { createServer } from "node:net";
 import pino from "pino";
 import finetune, { withDefaults, type FinetuneParams } from "../stages/finetune/index.js";
-import { InputError, type StageContext } from "../engine/stage-api.js";
+import { BadStageInput, type StageContext } from "../engine/stage-api.js";
 import type { Digest } from "../cache/digest.js";
 import { kv, writeGguf } from "../llama/gguf-writer.js";
 import { randomModel, resolveRandomParams } from "../llama/random-model.js";
@@ -409,7 +409,7 @@ test("node-llama-cpp loads the adapter", async () => {
   }
 });
 
-test("bad input: exit 2 from the trainer and InputError from the stage", async () => {
+test("bad input: exit 2 from the trainer and BadStageInput from the stage", async () => {
   const good = dataDir("bad-good", patternData(4, 1));
   const cases: [string, Partial<FinetuneParams>, string, RegExp][] = [
     ["empty", {}, dataDir("bad-empty", ""), /empty/],
@@ -442,7 +442,7 @@ test("bad input: exit 2 from the trainer and InputError from the stage", async (
     const ctx = makeCtx(`bad-${name}`, params, data);
     await assert.rejects(
       finetune.run(ctx),
-      (e: Error) => e instanceof InputError && re.test(e.message),
+      (e: Error) => e instanceof BadStageInput && re.test(e.message),
       name,
     );
     assert.deepEqual(readdirSync(ctx.out), [], `${name}: nothing written`);

@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { pino } from "pino";
 import type { Digest } from "../cache/digest.js";
-import { InputError, type StageContext } from "../engine/stage-api.js";
+import { BadStageInput, type StageContext } from "../engine/stage-api.js";
 import { projectFile } from "../grader/paths.js";
 import verify, { type VerifyParams } from "../stages/verify/index.js";
 
@@ -161,7 +161,7 @@ describe("verify stage", () => {
     const ctx = setup("unknown", [{ ...trace(0, "x"), problem_id: "nope" }]);
     await assert.rejects(
       verify.run(ctx),
-      (e: Error) => e instanceof InputError && /unknown problem "nope"/.test(e.message),
+      (e: Error) => e instanceof BadStageInput && /unknown problem "nope"/.test(e.message),
     );
   });
 
@@ -169,7 +169,7 @@ describe("verify stage", () => {
     const ctx = setup("zero", [trace(0, "x")], [{ ...problems[0], tests: [] }]);
     await assert.rejects(
       verify.run(ctx),
-      (e: Error) => e instanceof InputError && /no tests/.test(e.message),
+      (e: Error) => e instanceof BadStageInput && /no tests/.test(e.message),
     );
   });
 
@@ -178,7 +178,7 @@ describe("verify stage", () => {
     ctx.params.bwrap = "/nonexistent/bwrap";
     await assert.rejects(
       verify.run(ctx),
-      (e: Error) => !(e instanceof InputError) && /sandbox/.test(e.message),
+      (e: Error) => !(e instanceof BadStageInput) && /sandbox/.test(e.message),
     );
     assert.throws(() => readFileSync(join(ctx.out, "traces.jsonl")), "no labels written");
   });

@@ -16,7 +16,7 @@
 import { open } from "node:fs/promises";
 import { join } from "node:path";
 import {
-  InputError,
+  BadStageInput,
   type ParamIssue,
   type StageContext,
   type StageKind,
@@ -78,7 +78,7 @@ const PROMPT_ROOM = 4096;
 /** Answers graded per batch: bounds memory (32K-token answers) while keeping sandboxes busy. */
 const GRADE_BATCH = 256;
 
-/** Problems after the split and limit filters, or an InputError saying why none are left. */
+/** Problems after the split and limit filters, or an BadStageInput saying why none are left. */
 export async function loadEvalProblems(
   file: string,
   split: EvaluateParams["split"],
@@ -91,12 +91,12 @@ export async function loadEvalProblems(
     const { semanticsFor } = await import("../../grader/semantics.js");
     all = [...(await loadProblems(file, (q) => semanticsFor(q, semantics, "evaluate"))).values()];
   } catch (e) {
-    if (e instanceof RecordError) throw new InputError(e.message);
+    if (e instanceof RecordError) throw new BadStageInput(e.message);
     throw e;
   }
   for (const p of all) {
     if (typeof p.statement !== "string" || p.statement.trim() === "")
-      throw new InputError(`${file}: problem ${p.id} has no "statement" to prompt with`);
+      throw new BadStageInput(`${file}: problem ${p.id} has no "statement" to prompt with`);
   }
   const want = split ?? (all.some((p) => p.split !== undefined) ? "eval" : "all");
   let problems = want === "all" ? all : all.filter((p) => p.split === want);
@@ -109,7 +109,7 @@ export async function loadEvalProblems(
           (all.some((p) => p.split !== undefined)
             ? ""
             : ' (the records have no "split" field: use split: all)');
-    throw new InputError(`evaluate: no problems to evaluate: ${why}`);
+    throw new BadStageInput(`evaluate: no problems to evaluate: ${why}`);
   }
   return { problems, split: want };
 }
@@ -287,7 +287,7 @@ const kind: StageKind<EvaluateParams> = {
         if (
           !ctx.signal.aborted &&
           e instanceof Error &&
-          !(e instanceof InputError) &&
+          !(e instanceof BadStageInput) &&
           !/^evaluate/.test(e.message)
         )
           e.message = `evaluate ${ctx.instanceId}: ${e.message}`;

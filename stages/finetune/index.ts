@@ -22,7 +22,7 @@ import type {
   StageKind,
   ToolInfo,
 } from "../../engine/stage-api.js";
-import { InputError } from "../../engine/stage-api.js";
+import { BadStageInput } from "../../engine/stage-api.js";
 import { CommandError, runCommand } from "../../engine/process.js";
 import { llamaEnv, llamaExe, resolveLlama } from "../../llama/toolchain.js";
 import { inspectGguf } from "../../llama/gguf.js";
@@ -105,11 +105,11 @@ function single(
 ): InputArtifact | undefined {
   const input = ctx.inputs[name];
   if (input === undefined) {
-    if (required) throw new InputError(`finetune needs an input \`${name}\``);
+    if (required) throw new BadStageInput(`finetune needs an input \`${name}\``);
     return undefined;
   }
   if (Array.isArray(input))
-    throw new InputError(`finetune's input \`${name}\` must be one artifact, not a list`);
+    throw new BadStageInput(`finetune's input \`${name}\` must be one artifact, not a list`);
   return input;
 }
 
@@ -119,13 +119,13 @@ export function resolveBinaries(ctx: StageContext<FinetuneParams>): LlamaBinarie
   try {
     tool = resolveLlama(ctx);
   } catch (e) {
-    throw new InputError((e as Error).message);
+    throw new BadStageInput((e as Error).message);
   }
   for (const exe of ["valley-lora", ...(ctx.params.method === "full" ? ["llama-finetune"] : [])]) {
     try {
       llamaExe(tool, exe);
     } catch (e) {
-      throw new InputError((e as Error).message);
+      throw new BadStageInput((e as Error).message);
     }
   }
   return { bin: tool.bin, lib: tool.lib };
@@ -154,7 +154,7 @@ function childEnv(b: LlamaBinaries): Record<string, string> {
   );
 }
 
-/** Runs a program; exit code 2 (bad input) becomes an InputError carrying its message. */
+/** Runs a program; exit code 2 (bad input) becomes an BadStageInput carrying its message. */
 async function run2(
   ctx: StageContext<FinetuneParams>,
   file: string,
@@ -176,7 +176,7 @@ async function run2(
     });
   } catch (e) {
     if (e instanceof CommandError && e.exitCode === 2 && !ctx.signal.aborted) {
-      throw new InputError(errors.join("; ") || e.tail.join("\n"));
+      throw new BadStageInput(errors.join("; ") || e.tail.join("\n"));
     }
     throw e;
   }
@@ -410,16 +410,17 @@ const finetune: StageKind<FinetuneParams> = {
   async run(ctx) {
     const issues = checkParams(ctx.params);
     if (issues.length)
-      throw new InputError(issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; "));
+      throw new BadStageInput(issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; "));
     const from = single(ctx, "from", true) as InputArtifact;
     const dataIn = single(ctx, "data", true) as InputArtifact;
     const model = join(from.path, "model.gguf");
     const data = join(dataIn.path, "train.jsonl");
     if (!existsSync(model))
-      throw new InputError(
+      throw new BadStageInput(
         `input \`from\` (${from.id}) has no model.gguf (an adapter must be merged first: the merge stage)`,
       );
-    if (!existsSync(data)) throw new InputError(`input \`data\` (${dataIn.id}) has no train.jsonl`);
+    if (!existsSync(data))
+      throw new BadStageInput(`input \`data\` (${dataIn.id}) has no train.jsonl`);
     const b = resolveBinaries(ctx);
     const metrics =
       ctx.params.method === "full"

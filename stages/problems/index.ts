@@ -1,6 +1,6 @@
 import { isAbsolute, join, resolve } from "node:path";
 import {
-  InputError,
+  BadStageInput,
   type StageContext,
   type StageKind,
   type InputArtifact,
@@ -155,7 +155,9 @@ const kind: StageKind<ProblemsParams> = {
     for (const [name, p] of Object.entries(params.sources ?? {})) {
       const path = resolvePath(ctx, p);
       if (!existsSync(path))
-        throw new InputError(`sources.${name}: ${path} does not exist (a local copy of ${name})`);
+        throw new BadStageInput(
+          `sources.${name}: ${path} does not exist (a local copy of ${name})`,
+        );
       sources[name as SourceDataset] = path;
     }
     const skips: Skips = new Map();
@@ -244,7 +246,7 @@ const kind: StageKind<ProblemsParams> = {
           const where = `${file}: record ${line}`;
           const prev = ids.get(p.id);
           if (prev)
-            throw new InputError(
+            throw new BadStageInput(
               `${where}: duplicate problem id ${JSON.stringify(p.id)} (first at ${prev})`,
             );
           ids.set(p.id, where);

@@ -1,6 +1,6 @@
 /** `quantize`: llama-quantize over a model artifact. */
 import { join } from "node:path";
-import { InputError, type ParamIssue, type StageKind } from "../../engine/stage-api.js";
+import { BadStageInput, type ParamIssue, type StageKind } from "../../engine/stage-api.js";
 import { checkGguf, recordModel } from "../../llama/model-info.js";
 import { inputFile, singleInput } from "../../llama/inputs.js";
 import { resolveLlama, runLlama } from "../../llama/toolchain.js";
@@ -40,7 +40,7 @@ const quantize: StageKind<QuantizeParams> = {
   async run(ctx) {
     const p = ctx.params;
     const issues = typeIssues(p);
-    if (issues.length) throw new InputError(issues[0].message);
+    if (issues.length) throw new BadStageInput(issues[0].message);
     const llama = resolveLlama(ctx);
     const src = inputFile(singleInput(ctx.inputs, "model"), "model.gguf", "input model");
     await checkGguf(src, "input model");

@@ -10,7 +10,7 @@
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import {
-  InputError,
+  BadStageInput,
   type InputArtifact,
   type StageInput,
   type StageKind,
@@ -79,7 +79,9 @@ const report: StageKind<ReportParams> = {
       .sort();
     const evals = evalInputs.flatMap((n) => asList(ctx.inputs[n]));
     if (evals.length === 0) {
-      throw new InputError("report: input `evals` is missing or empty (use `evals: evaluate[*]`)");
+      throw new BadStageInput(
+        "report: input `evals` is missing or empty (use `evals: evaluate[*]`)",
+      );
     }
     const layout: Layout = {
       x: p.x,
@@ -119,7 +121,7 @@ const report: StageKind<ReportParams> = {
     rows.sort((a, b) => compareRows(a, b, layout));
     for (let i = 1; i < rows.length; i++) {
       if (compareRows({ ...rows[i - 1], id: "" }, { ...rows[i], id: "" }, layout) === 0) {
-        throw new InputError(
+        throw new BadStageInput(
           `evals: ${rows[i - 1].id} and ${rows[i].id} sit at the same place (${layout.series}, ${layout.x}, ${layout.facets.join(", ") || "no facets"}); name the coordinate that tells them apart in \`facets\``,
         );
       }

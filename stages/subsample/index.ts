@@ -2,7 +2,7 @@ import { join, resolve } from "node:path";
 import { closeSync, createReadStream, openSync, readSync } from "node:fs";
 import { readFile, readdir, rename, writeFile } from "node:fs/promises";
 import {
-  InputError,
+  BadStageInput,
   type InputArtifact,
   type StageContext,
   type StageKind,
@@ -84,7 +84,7 @@ interface Unit {
 
 function artifacts(ctx: StageContext<SubsampleParams>, name: string): InputArtifact[] {
   const a = ctx.inputs[name];
-  if (!a) throw new InputError(`subsample needs an input "${name}"`);
+  if (!a) throw new BadStageInput(`subsample needs an input "${name}"`);
   return Array.isArray(a) ? a : [a];
 }
 
@@ -134,7 +134,7 @@ async function readIds(path: string): Promise<string[]> {
   try {
     text = await readFile(path, "utf8");
   } catch {
-    throw new InputError(`ids: ${path} cannot be read`);
+    throw new BadStageInput(`ids: ${path} cannot be read`);
   }
   const ids = text
     .split("\n")
@@ -142,16 +142,17 @@ async function readIds(path: string): Promise<string[]> {
     .filter((l) => l && !l.startsWith("#"));
   const seen = new Set<string>();
   ids.forEach((id, i) => {
-    if (seen.has(id)) throw new InputError(`${path}:${i + 1}: id ${JSON.stringify(id)} repeated`);
+    if (seen.has(id))
+      throw new BadStageInput(`${path}:${i + 1}: id ${JSON.stringify(id)} repeated`);
     seen.add(id);
   });
-  if (!ids.length) throw new InputError(`ids: ${path} lists no id`);
+  if (!ids.length) throw new BadStageInput(`ids: ${path} lists no id`);
   return ids;
 }
 
 async function findGguf(dir: string): Promise<string> {
   const names = (await readdir(dir)).filter((n) => n.endsWith(".gguf")).sort();
-  if (!names.length) throw new InputError(`input "model" (${dir}) holds no .gguf file`);
+  if (!names.length) throw new BadStageInput(`input "model" (${dir}) holds no .gguf file`);
   return join(dir, names[0]);
 }
 
@@ -197,12 +198,14 @@ const kind: StageKind<SubsampleParams> = {
         try {
           t = JSON.parse(text) as TraceIn;
         } catch (e) {
-          throw new InputError(`${file}: line ${line} is not valid JSON (${(e as Error).message})`);
+          throw new BadStageInput(
+            `${file}: line ${line} is not valid JSON (${(e as Error).message})`,
+          );
         }
         total++;
         const problem = problems.get(t.problem_id);
         if (!problem)
-          throw new InputError(
+          throw new BadStageInput(
             `${file}: line ${line}: problem ${JSON.stringify(t.problem_id)} is not in the problems input`,
           );
         const id = `${t.problem_id}#${t.sample}`;
@@ -217,7 +220,7 @@ const kind: StageKind<SubsampleParams> = {
         }
         if (p.correct !== undefined) {
           if (typeof t.correct !== "boolean")
-            throw new InputError(
+            throw new BadStageInput(
               `${file}: line ${line}: no "correct" field; run verify on the traces before filtering by correctness`,
             );
           if (t.correct !== p.correct) {
@@ -279,7 +282,7 @@ const kind: StageKind<SubsampleParams> = {
           const c = byTrace.get(id)!;
           units.push({ id, problem: c.problem, candidates: [c] });
         } else
-          throw new InputError(
+          throw new BadStageInput(
             `ids: ${JSON.stringify(id)} (${p.ids}) is no problem or trace that passes the filters (${total} traces read; dropped ${JSON.stringify(counts)})`,
           );
       }
@@ -305,7 +308,7 @@ const kind: StageKind<SubsampleParams> = {
     let counter: TokenCounter | undefined;
     const model = ctx.inputs.model;
     if (p.maxTokens && model) {
-      if (Array.isArray(model)) throw new InputError(`input "model" must be one artifact`);
+      if (Array.isArray(model)) throw new BadStageInput(`input "model" must be one artifact`);
       counter = await studentCounter(await findGguf(model.path));
     }
     const lengthOf = (messages: Message[]) =>
@@ -358,7 +361,7 @@ const kind: StageKind<SubsampleParams> = {
     }
     if (want !== undefined && chosen.length < want && !p.allowFewer) {
       const what = p.perQuestion === "all" ? "traces" : "questions";
-      throw new InputError(
+      throw new BadStageInput(
         `subsample: asked for ${want} ${what}${p.scale !== 1 ? ` (n ${p.n} × scale ${p.scale})` : ""} but only ${chosen.length} qualify ` +
           `(every filter applied, length included; ${total} traces read; by difficulty ${JSON.stringify(byDifficulty)}; dropped ${JSON.stringify(counts)}). ` +
           `Lower n or set allowFewer: true.`,

@@ -1,7 +1,7 @@
 import { join } from "node:path";
 import { readdir } from "node:fs/promises";
 import {
-  InputError,
+  BadStageInput,
   type InputArtifact,
   type StageContext,
   type StageKind,
@@ -79,10 +79,10 @@ export const TRACES_DEFAULTS = {
 
 function one(ctx: StageContext<TracesParams>, name: string): InputArtifact {
   const a = ctx.inputs[name];
-  if (!a) throw new InputError(`traces needs an input "${name}"`);
+  if (!a) throw new BadStageInput(`traces needs an input "${name}"`);
   if (Array.isArray(a)) {
     if (a.length !== 1)
-      throw new InputError(`input "${name}" must be one artifact, got ${a.length}`);
+      throw new BadStageInput(`input "${name}" must be one artifact, got ${a.length}`);
     return a[0];
   }
   return a;
@@ -145,7 +145,7 @@ async function generate(
       const { name, model } = id.binding;
       const before = cache.bindIdentity(name, model, p.modelRenamed === true);
       if (before !== undefined && before !== model && !p.modelRenamed)
-        throw new InputError(
+        throw new BadStageInput(
           `modelIdentity "${name}" holds answers of model "${before}", but model is now "${model}": ` +
             `reusing them would label one model's answers as another's. Give the new model its own modelIdentity, ` +
             `or, if "${model}" is the same model under a new name, set modelRenamed: true.`,
@@ -396,7 +396,7 @@ async function generate(
 
 async function findGguf(dir: string): Promise<string> {
   const names = (await readdir(dir)).filter((n) => n.endsWith(".gguf")).sort();
-  if (!names.length) throw new InputError(`input "model" (${dir}) holds no .gguf file`);
+  if (!names.length) throw new BadStageInput(`input "model" (${dir}) holds no .gguf file`);
   return join(dir, names[0]);
 }
 
@@ -512,7 +512,7 @@ const kind: StageKind<TracesParams> = {
         // Only from the stage's declared secrets: a key the pipeline does not declare is not scrubbed from logs.
         apiKey = ctx.env[p.apiKeyEnv];
         if (!apiKey)
-          throw new InputError(
+          throw new BadStageInput(
             `environment variable ${p.apiKeyEnv} (apiKeyEnv) is not set; export it and list it under secrets: of this stage`,
           );
       }
@@ -541,7 +541,7 @@ const kind: StageKind<TracesParams> = {
       const gguf = await findGguf(model.path);
       const llama = ctx.tools.llama;
       if (!llama)
-        throw new InputError(
+        throw new BadStageInput(
           "the llama backend needs the llama tool (tools.llama.path in the pipeline, or VALLEY_LLAMA_BIN)",
         );
       const { withLlamaServer } = await import("../../llama/server.js");

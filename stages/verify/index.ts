@@ -12,7 +12,7 @@ import { createWriteStream } from "node:fs";
 import { join } from "node:path";
 import { finished } from "node:stream/promises";
 import {
-  InputError,
+  BadStageInput,
   type InputArtifact,
   type StageContext,
   type StageInput,
@@ -26,10 +26,10 @@ const DEFAULTS: VerifyParams = GRADING_DEFAULTS;
 
 function single(inputs: Record<string, StageInput>, name: string): InputArtifact {
   const a = inputs[name];
-  if (a === undefined) throw new InputError(`verify needs an input named "${name}"`);
+  if (a === undefined) throw new BadStageInput(`verify needs an input named "${name}"`);
   if (Array.isArray(a)) {
     if (a.length !== 1)
-      throw new InputError(`verify's "${name}" input must be one artifact, got ${a.length}`);
+      throw new BadStageInput(`verify's "${name}" input must be one artifact, got ${a.length}`);
     return a[0];
   }
   return a;
@@ -60,17 +60,18 @@ const verify: StageKind<VerifyParams> = {
       problems = await loadProblems(problemsFile, (q) => semanticsFor(q, p.semantics, "verify"));
       traces = await readJsonl(tracesFile);
     } catch (e) {
-      if (e instanceof RecordError) throw new InputError(e.message);
+      if (e instanceof RecordError) throw new BadStageInput(e.message);
       throw e;
     }
     const jobs = traces.map(({ line, value }) => {
       const where = `${tracesFile}:${line}`;
       const id = value.problem_id;
-      if (typeof id !== "string") throw new InputError(`${where}: missing string "problem_id"`);
+      if (typeof id !== "string") throw new BadStageInput(`${where}: missing string "problem_id"`);
       const problem = problems.get(id);
       if (!problem)
-        throw new InputError(`${where}: trace for unknown problem ${JSON.stringify(id)}`);
-      if (typeof value.text !== "string") throw new InputError(`${where}: missing string "text"`);
+        throw new BadStageInput(`${where}: trace for unknown problem ${JSON.stringify(id)}`);
+      if (typeof value.text !== "string")
+        throw new BadStageInput(`${where}: missing string "text"`);
       return { problem, text: value.text };
     });
 
@@ -87,7 +88,7 @@ const verify: StageKind<VerifyParams> = {
     try {
       results = await gradeMany(jobs, opts, () => ctx.progress(++done, jobs.length));
     } catch (e) {
-      if (e instanceof ProblemError) throw new InputError(e.message);
+      if (e instanceof ProblemError) throw new BadStageInput(e.message);
       throw e;
     }
     if (ctx.signal.aborted) throw new Error(`verify ${ctx.instanceId}: aborted`);
