@@ -40,7 +40,10 @@ function run(cmd, argv, cwd) {
   return r.stdout.toString();
 }
 const fmt = (s) => `${s.toFixed(2)} s`;
-const load = () => loadavg().map((l) => l.toFixed(2)).join(" ");
+const load = () =>
+  loadavg()
+    .map((l) => l.toFixed(2))
+    .join(" ");
 console.log(`${new Date().toISOString()}  ${cpus().length} CPUs, load average ${load()}`);
 
 if (!only || only === "dag") {
