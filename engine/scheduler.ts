@@ -7,7 +7,7 @@ import type { Engine, ResolvedKey } from "./engine.js";
 import type { Instance } from "./pipeline/expand.js";
 import { ResourcePool } from "./resources.js";
 import { AttemptFailed, runAttempt, type AttemptOptions } from "./executors/local.js";
-import type { Resources } from "./stage-api.js";
+import { inputAccess, type Resources } from "./stage-api.js";
 
 export type Outcome =
   | { status: "cached"; key: Digest; record: ActionRecord; waited: boolean }
@@ -234,6 +234,7 @@ export async function runInstances(engine: Engine, opts: RunOptions): Promise<Ru
           instanceId: inst.id,
           params: structuredClone(inst.params),
           inputs: rk.inputs,
+          ...inputAccess(inst.kind, rk.inputs),
           tools: rk.tools,
           resources: inst.resources,
         });

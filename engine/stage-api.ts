@@ -40,6 +40,49 @@ export interface InputArtifact {
 /** `x` or `x[k=v]` give one artifact; `x[*]` gives a list, in instance-id order. */
 export type StageInput = InputArtifact | InputArtifact[];
 
+/**
+ * How every stage reads its inputs (on StageContext and AdmitContext), so
+ * that all kinds agree on what a reference may be:
+ * - `input(name)`: one artifact: `x`, `x[k=v]`, or a list of exactly one
+ *   (`x[*]` over a stage with one instance);
+ * - `inputList(name)`: a list: `x[*]`, or one artifact as a list of one.
+ * A missing input, or a list of another length where one artifact is needed,
+ * is BadStageInput (exit 2, not retried). With `{ optional: true }` a missing
+ * input is undefined (`input`) or an empty list (`inputList`).
+ */
+export interface InputAccess {
+  input(name: string): InputArtifact;
+  input(name: string, opts: { optional: true }): InputArtifact | undefined;
+  inputList(name: string, opts?: { optional?: boolean }): InputArtifact[];
+}
+
+/** The InputAccess over one instance's inputs; `kind` names the stage in messages. */
+export function inputAccess(kind: string, inputs: Record<string, StageInput>): InputAccess {
+  const list = (name: string, optional = false): InputArtifact[] | undefined => {
+    const v = inputs[name];
+    if (v === undefined) {
+      if (optional) return undefined;
+      throw new BadStageInput(`${kind} needs an input \`${name}\``);
+    }
+    return Array.isArray(v) ? v : [v];
+  };
+  function input(name: string): InputArtifact;
+  function input(name: string, opts: { optional: true }): InputArtifact | undefined;
+  function input(name: string, opts?: { optional: true }): InputArtifact | undefined {
+    const l = list(name, opts?.optional);
+    if (l === undefined) return undefined;
+    if (l.length !== 1)
+      throw new BadStageInput(
+        `${kind}'s input \`${name}\` must be one artifact, got a list of ${l.length}`,
+      );
+    return l[0];
+  }
+  return {
+    input,
+    inputList: (name, opts) => list(name, opts?.optional) ?? [],
+  };
+}
+
 export interface ToolInfo {
   /** Folder with the tool's binaries (e.g. llama.cpp's bin/). */
   bin: string;
@@ -48,11 +91,12 @@ export interface ToolInfo {
   digest: Digest;
 }
 
-export interface StageContext<P> {
+export interface StageContext<P> extends InputAccess {
   instanceId: string;
   coords: Coords;
   /** Params after templates and schema defaults. */
   params: P;
+  /** The inputs as resolved; read them with `input` / `inputList`. */
   inputs: Record<string, StageInput>;
   /** An empty folder; what is here when `run` resolves becomes the output. */
   out: string;
@@ -84,7 +128,7 @@ export interface StageContext<P> {
  * What `admit` sees: the instance once its inputs exist, before it queues for
  * resources (and before any executor, local or Slurm, is involved).
  */
-export interface AdmitContext<P> {
+export interface AdmitContext<P> extends InputAccess {
   instanceId: string;
   params: P;
   inputs: Record<string, StageInput>;

@@ -22,7 +22,7 @@ import { dirname, join } from "node:path";
 import { createServer } from "node:net";
 import pino from "pino";
 import finetune, { withDefaults, type FinetuneParams } from "../stages/finetune/index.js";
-import { BadStageInput, type StageContext } from "../engine/stage-api.js";
+import { BadStageInput, inputAccess, type StageContext } from "../engine/stage-api.js";
 import type { Digest } from "../cache/digest.js";
 import { kv, writeGguf } from "../llama/gguf-writer.js";
 import { randomModel, resolveRandomParams } from "../llama/random-model.js";
@@ -139,15 +139,17 @@ function makeCtx(
   rmSync(out, { recursive: true, force: true });
   mkdirSync(out, { recursive: true });
   mkdirSync(join(base, "scratch"), { recursive: true });
+  const inputs = {
+    from: { id: "model", coords: {}, digest: D, path: dirname(model) },
+    data: { id: "data", coords: {}, digest: D, path: dataPath },
+    llama: { id: "llama", coords: {}, digest: D, path: dirname(BIN) },
+  };
   return {
     instanceId: name,
     coords: {},
     params: withDefaults({ threads: 2, ...params }),
-    inputs: {
-      from: { id: "model", coords: {}, digest: D, path: dirname(model) },
-      data: { id: "data", coords: {}, digest: D, path: dataPath },
-      llama: { id: "llama", coords: {}, digest: D, path: dirname(BIN) },
-    },
+    inputs,
+    ...inputAccess("finetune", inputs),
     out,
     scratch: join(base, "scratch"),
     log: pino({ level: "silent" }),

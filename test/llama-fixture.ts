@@ -15,7 +15,13 @@ import { spawnSync } from "node:child_process";
 import { mkdir, mkdtemp } from "node:fs/promises";
 import { join } from "node:path";
 import { pino } from "pino";
-import type { InputArtifact, StageContext, StageInput, ToolInfo } from "../engine/stage-api.js";
+import {
+  inputAccess,
+  type InputArtifact,
+  type StageContext,
+  type StageInput,
+  type ToolInfo,
+} from "../engine/stage-api.js";
 import { hashJson, type Digest } from "../cache/digest.js";
 import { projectRoot } from "../llama/toolchain.js";
 
@@ -119,6 +125,7 @@ export async function makeCtx<P>(
     coords: {},
     params,
     inputs: o.inputs ?? {},
+    ...inputAccess("test", o.inputs ?? {}),
     out,
     scratch,
     log: pino({ level: "silent" }),

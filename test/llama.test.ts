@@ -9,7 +9,7 @@ import { existsSync, lstatSync, readdirSync, readFileSync } from "node:fs";
 import { readFile, readdir, mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import { tmpdir } from "node:os";
-import { BadStageInput, type ToolInfo } from "../engine/stage-api.js";
+import { BadStageInput, inputAccess, type ToolInfo } from "../engine/stage-api.js";
 import { fingerprintTools } from "../engine/engine.js";
 import { StatCache } from "../cache/stat-cache.js";
 import model from "../stages/model/index.js";
@@ -115,11 +115,14 @@ test("backend: cuda without cuBLAS fails at once, naming what is missing", async
 });
 
 test("resolveLlama: the `llama` input wins over tools, and no build at all is a clear error", () => {
-  const viaInput = resolveLlama({ inputs: { llama: artifact(llama.dir) }, tools: {} });
+  const viaInput = resolveLlama({
+    ...inputAccess("test", { llama: artifact(llama.dir) }),
+    tools: {},
+  });
   assert.equal(viaInput.bin, llama.bin);
-  const viaTools = resolveLlama({ inputs: {}, tools: tools() });
+  const viaTools = resolveLlama({ ...inputAccess("test", {}), tools: tools() });
   assert.equal(viaTools.bin, llama.bin);
-  assert.throws(() => resolveLlama({ inputs: {}, tools: {} }), /VALLEY_LLAMA_BIN/);
+  assert.throws(() => resolveLlama({ ...inputAccess("test", {}), tools: {} }), /VALLEY_LLAMA_BIN/);
 });
 
 test("quantize to Q8_0: smaller, fewer bits per weight, still loads", async () => {

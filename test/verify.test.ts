@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { pino } from "pino";
 import type { Digest } from "../cache/digest.js";
-import { BadStageInput, type StageContext } from "../engine/stage-api.js";
+import { BadStageInput, inputAccess, type StageContext } from "../engine/stage-api.js";
 import { projectFile } from "../grader/paths.js";
 import verify, { type VerifyParams } from "../stages/verify/index.js";
 
@@ -59,6 +59,10 @@ describe("verify stage", () => {
       traces.map((t) => JSON.stringify(t)).join("\n") + "\n",
     );
     const digest = ("sha256:" + "0".repeat(64)) as Digest;
+    const inputs = {
+      problems: { id: "problems", coords: {}, digest, path: join(base, "problems") },
+      traces: { id: "traces", coords: {}, digest, path: join(base, "traces") },
+    };
     const ctx: StageContext<VerifyParams> = {
       instanceId: `verify@${name}`,
       coords: {},
@@ -75,10 +79,8 @@ describe("verify stage", () => {
         sandbox: "bwrap",
         bwrap: "/usr/bin/bwrap",
       },
-      inputs: {
-        problems: { id: "problems", coords: {}, digest, path: join(base, "problems") },
-        traces: { id: "traces", coords: {}, digest, path: join(base, "traces") },
-      },
+      inputs,
+      ...inputAccess("verify", inputs),
       out: join(base, "out"),
       scratch: join(base, "scratch"),
       log: pino({ level: "silent" }),

@@ -16,7 +16,7 @@ import { digestHex } from "../../cache/digest.js";
 import { Store, type ActionRecord } from "../../cache/store.js";
 import type { Engine, ResolvedKey } from "../engine.js";
 import type { Instance } from "../pipeline/expand.js";
-import { BadStageInput, type StageContext } from "../stage-api.js";
+import { BadStageInput, inputAccess, type StageContext } from "../stage-api.js";
 import { ENGINE_VERSION } from "../engine.js";
 import { DiskFull, bytesUnder, freeBytes, human, isDiskFull } from "../../cache/disk.js";
 
@@ -128,6 +128,7 @@ export async function runAttempt(
     coords: inst.coords,
     params: structuredClone(inst.params),
     inputs: rk.inputs,
+    ...inputAccess(inst.kind, rk.inputs),
     out,
     scratch,
     log,

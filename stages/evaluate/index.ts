@@ -21,7 +21,7 @@ import {
   type StageContext,
   type StageKind,
 } from "../../engine/stage-api.js";
-import { inputFile, singleInput } from "../../llama/inputs.js";
+import { inputFile } from "../../llama/inputs.js";
 import {
   DEFAULT_PROMPT,
   renderPrompt,
@@ -156,12 +156,11 @@ const kind: StageKind<EvaluateParams> = {
   },
   async run(ctx: StageContext<EvaluateParams>) {
     const p: EvaluateParams = { ...EVALUATE_DEFAULTS, ...ctx.params };
-    const model = singleInput(ctx.inputs, "model");
+    const model = ctx.input("model");
     const gguf = inputFile(model, "model.gguf", "model");
-    const adapter =
-      ctx.inputs.adapter === undefined ? undefined : singleInput(ctx.inputs, "adapter");
+    const adapter = ctx.input("adapter", { optional: true });
     const adapterGguf = adapter && inputFile(adapter, "adapter.gguf", "adapter");
-    const problemsFile = join(singleInput(ctx.inputs, "problems").path, "problems.jsonl");
+    const problemsFile = join(ctx.input("problems").path, "problems.jsonl");
     const { problems, split } = await loadEvalProblems(problemsFile, p.split, p.limit, p.semantics);
 
     // Check the sandbox before spending hours of generation on answers it cannot grade.

@@ -98,21 +98,6 @@ export interface LlamaBinaries {
   lib?: string;
 }
 
-function single(
-  ctx: StageContext<FinetuneParams>,
-  name: string,
-  required: boolean,
-): InputArtifact | undefined {
-  const input = ctx.inputs[name];
-  if (input === undefined) {
-    if (required) throw new BadStageInput(`finetune needs an input \`${name}\``);
-    return undefined;
-  }
-  if (Array.isArray(input))
-    throw new BadStageInput(`finetune's input \`${name}\` must be one artifact, not a list`);
-  return input;
-}
-
 /** The llama.cpp build: the `llama` input (a llama-build artifact), else the engine's llama tool. */
 export function resolveBinaries(ctx: StageContext<FinetuneParams>): LlamaBinaries {
   let tool: ToolInfo;
@@ -368,8 +353,12 @@ function gpuMemory(n: number): number | undefined {
 export async function admitLora(ctx: AdmitContext<FinetuneParams>): Promise<string[]> {
   const p = ctx.params;
   if (p.method !== "lora") return [];
-  const from = ctx.inputs.from;
-  if (from === undefined || Array.isArray(from)) return []; // run() reports it
+  let from: InputArtifact;
+  try {
+    from = ctx.input("from");
+  } catch {
+    return []; // run() reports it
+  }
   const model = join(from.path, "model.gguf");
   if (!existsSync(model)) return [];
   const shape = shapeFromGguf(await inspectGguf(model));
@@ -411,8 +400,8 @@ const finetune: StageKind<FinetuneParams> = {
     const issues = checkParams(ctx.params);
     if (issues.length)
       throw new BadStageInput(issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; "));
-    const from = single(ctx, "from", true) as InputArtifact;
-    const dataIn = single(ctx, "data", true) as InputArtifact;
+    const from = ctx.input("from");
+    const dataIn = ctx.input("data");
     const model = join(from.path, "model.gguf");
     const data = join(dataIn.path, "train.jsonl");
     if (!existsSync(model))

@@ -2,7 +2,7 @@
 import { mkdir, rm, symlink } from "node:fs/promises";
 import { join } from "node:path";
 import { BadStageInput, type InputArtifact, type StageKind } from "../../engine/stage-api.js";
-import { inputFile, inputList, singleInput } from "../../llama/inputs.js";
+import { inputFile } from "../../llama/inputs.js";
 import { checkGguf, recordModel } from "../../llama/model-info.js";
 import { resolveLlama, runLlama } from "../../llama/toolchain.js";
 
@@ -40,9 +40,9 @@ const merge: StageKind<MergeParams> = {
   resources: (p) => ({ cpu: p.threads ?? 2 }),
   async run(ctx) {
     const llama = resolveLlama(ctx);
-    const base = inputFile(singleInput(ctx.inputs, "base"), "model.gguf", "base model");
+    const base = inputFile(ctx.input("base"), "model.gguf", "base model");
     await checkGguf(base, "base model");
-    const adapters = inputList(ctx.inputs, "adapters");
+    const adapters = ctx.inputList("adapters");
     if (adapters.length === 0)
       throw new BadStageInput("input `adapters` is empty: nothing to merge");
     const scales = adapterScales(ctx.params, adapters);

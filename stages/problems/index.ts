@@ -1,10 +1,5 @@
 import { isAbsolute, join, resolve } from "node:path";
-import {
-  BadStageInput,
-  type StageContext,
-  type StageKind,
-  type InputArtifact,
-} from "../../engine/stage-api.js";
+import { BadStageInput, type StageContext, type StageKind } from "../../engine/stage-api.js";
 import { existsSync } from "node:fs";
 import { JsonlWriter, listDataFiles } from "../../data/jsonl.js";
 import { readRecords } from "../../data/parquet.js";
@@ -73,9 +68,9 @@ export function dateWindow(p: Pick<ProblemsParams, "from" | "to" | "release">): 
 }
 
 function resolvePath(ctx: StageContext<ProblemsParams>, p: string): string {
-  const src = ctx.inputs.source as InputArtifact | undefined;
   if (isAbsolute(p)) return p;
-  if (src && !Array.isArray(src)) return join(src.path, p);
+  const src = ctx.input("source", { optional: true });
+  if (src) return join(src.path, p);
   return resolve(p);
 }
 

@@ -1,12 +1,7 @@
 import { join, resolve } from "node:path";
 import { closeSync, createReadStream, openSync, readSync } from "node:fs";
 import { readFile, readdir, rename, writeFile } from "node:fs/promises";
-import {
-  BadStageInput,
-  type InputArtifact,
-  type StageContext,
-  type StageKind,
-} from "../../engine/stage-api.js";
+import { BadStageInput, type StageKind } from "../../engine/stage-api.js";
 import { JsonlWriter, readJsonl } from "../../data/jsonl.js";
 import { paperDifficulty, type Problem } from "../../data/problem.js";
 import { hashOrder, rankKey, stratifiedOrder } from "../../data/nested.js";
@@ -80,12 +75,6 @@ interface Unit {
   id: string;
   problem: string;
   candidates: Candidate[];
-}
-
-function artifacts(ctx: StageContext<SubsampleParams>, name: string): InputArtifact[] {
-  const a = ctx.inputs[name];
-  if (!a) throw new BadStageInput(`subsample needs an input "${name}"`);
-  return Array.isArray(a) ? a : [a];
 }
 
 /** JSONL lines with their byte offsets, so a chosen line can be read again. */
@@ -174,7 +163,7 @@ const kind: StageKind<SubsampleParams> = {
   async run(ctx) {
     const p: SubsampleParams = { ...SUBSAMPLE_DEFAULTS, ...ctx.params };
     const problems = new Map<string, ProblemInfo>();
-    for (const a of artifacts(ctx, "problems"))
+    for (const a of ctx.inputList("problems"))
       for await (const { value } of readJsonl<Problem>(join(a.path, "problems.jsonl")))
         problems.set(value.id, {
           difficulty: value.difficulty,
@@ -189,7 +178,7 @@ const kind: StageKind<SubsampleParams> = {
     // ---- pass 1: every filter that needs no tokenizer; remember where each trace is
     const counts: Record<string, number> = {};
     const drop = (why: string) => (counts[why] = (counts[why] ?? 0) + 1);
-    const files = artifacts(ctx, "traces").map((a) => join(a.path, "traces.jsonl"));
+    const files = ctx.inputList("traces").map((a) => join(a.path, "traces.jsonl"));
     const byProblem = new Map<string, Candidate[]>();
     let total = 0;
     for (const [fi, file] of files.entries()) {
@@ -306,9 +295,8 @@ const kind: StageKind<SubsampleParams> = {
     // ---- walk in order, measuring length lazily, until n are accepted: the
     // n-set is a prefix of the (n+k)-set, and holds exactly n examples.
     let counter: TokenCounter | undefined;
-    const model = ctx.inputs.model;
+    const model = ctx.input("model", { optional: true });
     if (p.maxTokens && model) {
-      if (Array.isArray(model)) throw new BadStageInput(`input "model" must be one artifact`);
       counter = await studentCounter(await findGguf(model.path));
     }
     const lengthOf = (messages: Message[]) =>

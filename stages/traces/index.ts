@@ -1,11 +1,6 @@
 import { join } from "node:path";
 import { readdir } from "node:fs/promises";
-import {
-  BadStageInput,
-  type InputArtifact,
-  type StageContext,
-  type StageKind,
-} from "../../engine/stage-api.js";
+import { BadStageInput, type StageContext, type StageKind } from "../../engine/stage-api.js";
 import { JsonlWriter, readJsonl, writeJsonl } from "../../data/jsonl.js";
 import { importTraces, type ImportCounts } from "./import.js";
 import type { Problem } from "../../data/problem.js";
@@ -77,19 +72,8 @@ export const TRACES_DEFAULTS = {
   failureBudget: 0,
 } satisfies Partial<TracesParams>;
 
-function one(ctx: StageContext<TracesParams>, name: string): InputArtifact {
-  const a = ctx.inputs[name];
-  if (!a) throw new BadStageInput(`traces needs an input "${name}"`);
-  if (Array.isArray(a)) {
-    if (a.length !== 1)
-      throw new BadStageInput(`input "${name}" must be one artifact, got ${a.length}`);
-    return a[0];
-  }
-  return a;
-}
-
 async function loadProblems(ctx: StageContext<TracesParams>): Promise<Problem[]> {
-  const file = join(one(ctx, "problems").path, "problems.jsonl");
+  const file = join(ctx.input("problems").path, "problems.jsonl");
   const out: Problem[] = [];
   for await (const { value } of readJsonl<Problem>(file)) out.push(value);
   return out;
@@ -494,7 +478,7 @@ const kind: StageKind<TracesParams> = {
       const counts: ImportCounts = { problems: 0, empty: 0, over_samples: 0, no_problem: 0 };
       const out = await JsonlWriter.open(join(ctx.out, "traces.jsonl"));
       try {
-        for await (const t of importTraces(one(ctx, "problems").path, p.samples, prompt, counts)) {
+        for await (const t of importTraces(ctx.input("problems").path, p.samples, prompt, counts)) {
           if (ctx.signal.aborted) throw ctx.signal.reason ?? new Error("aborted");
           count(t);
           await out.write(t);
@@ -537,7 +521,7 @@ const kind: StageKind<TracesParams> = {
       ));
     } else {
       // The engine-managed llama-server (llama/server.ts) with N parallel slots.
-      const model = one(ctx, "model");
+      const model = ctx.input("model");
       const gguf = await findGguf(model.path);
       const llama = ctx.tools.llama;
       if (!llama)

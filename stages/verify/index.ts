@@ -11,29 +11,12 @@
 import { createWriteStream } from "node:fs";
 import { join } from "node:path";
 import { finished } from "node:stream/promises";
-import {
-  BadStageInput,
-  type InputArtifact,
-  type StageContext,
-  type StageInput,
-  type StageKind,
-} from "../../engine/stage-api.js";
+import { BadStageInput, type StageContext, type StageKind } from "../../engine/stage-api.js";
 import { GRADING_DEFAULTS, gradeOptionsFrom, type GradingParams } from "../../grader/grade.js";
 
 export type VerifyParams = GradingParams;
 
 const DEFAULTS: VerifyParams = GRADING_DEFAULTS;
-
-function single(inputs: Record<string, StageInput>, name: string): InputArtifact {
-  const a = inputs[name];
-  if (a === undefined) throw new BadStageInput(`verify needs an input named "${name}"`);
-  if (Array.isArray(a)) {
-    if (a.length !== 1)
-      throw new BadStageInput(`verify's "${name}" input must be one artifact, got ${a.length}`);
-    return a[0];
-  }
-  return a;
-}
 
 const verify: StageKind<VerifyParams> = {
   kind: "verify",
@@ -50,8 +33,8 @@ const verify: StageKind<VerifyParams> = {
     const { probeSandbox } = await import("../../grader/sandbox.js");
 
     const p: VerifyParams = { ...DEFAULTS, ...ctx.params };
-    const problemsFile = join(single(ctx.inputs, "problems").path, "problems.jsonl");
-    const tracesFile = join(single(ctx.inputs, "traces").path, "traces.jsonl");
+    const problemsFile = join(ctx.input("problems").path, "problems.jsonl");
+    const tracesFile = join(ctx.input("traces").path, "traces.jsonl");
 
     let problems;
     let traces;

@@ -6,7 +6,7 @@ import { mkdtempSync, mkdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pino } from "pino";
-import type { StageContext, StageInput } from "../../engine/stage-api.js";
+import { inputAccess, type StageContext, type StageInput } from "../../engine/stage-api.js";
 import { asDigest } from "../../cache/digest.js";
 
 export function tempDir(prefix = "valley-data-"): string {
@@ -32,6 +32,7 @@ export function makeCtx<P>(
     coords: {},
     params,
     inputs,
+    ...inputAccess("test", inputs),
     out,
     scratch,
     log: pino({ level: "silent" }),

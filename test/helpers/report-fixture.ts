@@ -5,7 +5,13 @@ import { fileURLToPath } from "node:url";
 import { pino } from "pino";
 import { Ajv } from "ajv";
 import type { Digest } from "../../cache/digest.js";
-import type { Coords, InputArtifact, StageContext, StageInput } from "../../engine/stage-api.js";
+import {
+  inputAccess,
+  type Coords,
+  type InputArtifact,
+  type StageContext,
+  type StageInput,
+} from "../../engine/stage-api.js";
 import type { ReportParams } from "../../stages/report/index.js";
 import { sha256Bytes } from "../../cache/digest.js";
 
@@ -131,6 +137,7 @@ export function ctxFor(
     coords: {},
     params: params(given),
     inputs,
+    ...inputAccess("report", inputs),
     out,
     scratch: join(out, "..", "scratch"),
     log: pino({ level: "silent" }),
