@@ -1,4 +1,5 @@
 import { test } from "node:test";
+import { kindParams } from "../engine/kinds.js";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { readFileSync, writeFileSync } from "node:fs";
@@ -64,7 +65,7 @@ async function run(
   p: Partial<SubsampleParams>,
   extra: Record<string, ReturnType<typeof artifact>> = {},
 ) {
-  const ctx = makeCtx(p as SubsampleParams, {
+  const ctx = makeCtx(kindParams<SubsampleParams>("subsample", p), {
     problems: artifact(fx.problems),
     traces: artifact(fx.traces),
     ...extra,
@@ -152,7 +153,7 @@ test("asking for more than available fails with the counts, unless allowFewer", 
     JSON.stringify({ problem_id: "p1", sample: 0, messages: [], reasoning: "", answer: "a" }) +
       "\n",
   );
-  const ctx = makeCtx({ correct: true } as SubsampleParams, {
+  const ctx = makeCtx(kindParams<SubsampleParams>("subsample", { correct: true }), {
     problems: artifact(fx.problems),
     traces: artifact(noCorrect),
   });

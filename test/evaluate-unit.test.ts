@@ -2,6 +2,7 @@
  * The evaluate stage without a model: the metrics of hand-made samples, the
  * grading path on canned answers, and bad input.
  */
+import { kindParams } from "../engine/kinds.js";
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { mkdir, writeFile } from "node:fs/promises";
@@ -142,7 +143,7 @@ test("bad input: no problems after the filter, missing model.gguf, no statement"
   await mkdir(modelDir);
   await writeFile(join(modelDir, "model.gguf"), "not read before the problems are");
   const run = async (params: Partial<EvaluateParams>, model = modelDir, dir = problems) => {
-    const { ctx } = await makeCtx(params as EvaluateParams, {
+    const { ctx } = await makeCtx(kindParams<EvaluateParams>("evaluate", params), {
       inputs: { model: artifact(model, "m"), problems: artifact(dir, "p") },
     });
     return evaluate.run(ctx);
@@ -184,10 +185,13 @@ test("bad input: no problems after the filter, missing model.gguf, no statement"
 test("resources: cpu from threads (or grading jobs), a GPU only with gpuLayers", () => {
   const r = evaluate.resources!;
   assert.deepEqual(
-    { cpu: r({ threads: 6 } as EvaluateParams).cpu, gpu: r({ threads: 6 } as EvaluateParams).gpu },
+    {
+      cpu: r(kindParams<EvaluateParams>("evaluate", { threads: 6 })).cpu,
+      gpu: r(kindParams<EvaluateParams>("evaluate", { threads: 6 })).gpu,
+    },
     { cpu: 6, gpu: 0 },
   );
-  assert.equal(r({ threads: 2, gpuLayers: 99 } as EvaluateParams).gpu, 1);
+  assert.equal(r(kindParams<EvaluateParams>("evaluate", { threads: 2, gpuLayers: 99 })).gpu, 1);
   assert.deepEqual(evaluate.tools, ["llama"]);
   assert.deepEqual(
     evaluate.check!({ prompt: { user: "{{statement}} {{nope}}" } } as EvaluateParams),

@@ -31,7 +31,8 @@ import {
 } from "../stages/finetune/memory.js";
 import { testLlama } from "./llama-fixture.js";
 import { project, valley } from "./helpers/valley.js";
-import finetune, { withDefaults } from "../stages/finetune/index.js";
+import finetune, { type FinetuneParams } from "../stages/finetune/index.js";
+import { kindParams } from "../engine/kinds.js";
 
 let BIN = "";
 let work = "";
@@ -363,7 +364,7 @@ test("admission: a quantized base on the GPU is refused naming the conversion; o
   const inputs = { from: { id: "m", coords: {}, digest: D, path: dir } };
   const ctx = (gpu: number) => ({
     instanceId: "tune",
-    params: withDefaults({ maxSeqLen: 512 }),
+    params: kindParams<FinetuneParams>("finetune", { maxSeqLen: 512 }),
     inputs,
     ...inputAccess("finetune", inputs),
     tools: {},

@@ -21,7 +21,8 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { createServer } from "node:net";
 import pino from "pino";
-import finetune, { withDefaults, type FinetuneParams } from "../stages/finetune/index.js";
+import finetune, { type FinetuneParams } from "../stages/finetune/index.js";
+import { kindParams } from "../engine/kinds.js";
 import { BadStageInput, inputAccess, type StageContext } from "../engine/stage-api.js";
 import type { Digest } from "../cache/digest.js";
 import { kv, writeGguf } from "../llama/gguf-writer.js";
@@ -147,7 +148,7 @@ function makeCtx(
   return {
     instanceId: name,
     coords: {},
-    params: withDefaults({ threads: 2, ...params }),
+    params: kindParams<FinetuneParams>("finetune", { threads: 2, ...params }),
     inputs,
     ...inputAccess("finetune", inputs),
     out,
@@ -179,7 +180,7 @@ test("training loss decreases (mean of the last epoch at least 1.0 below the fir
     },
     data,
   );
-  ctx.params.lora.targets = withDefaults({}).lora.targets;
+  ctx.params.lora.targets = kindParams<FinetuneParams>("finetune", {}).lora.targets;
   const res = await finetune.run(ctx);
   const m = rows(join(ctx.out, "metrics.jsonl"));
   assert.equal(m.length, 4 * 12);

@@ -31,7 +31,7 @@ import {
 import type { PromptSpec } from "../../data/prompt.js";
 import type { ChatAnswer, Message } from "../../data/chat.js";
 import type { Problem as DataProblem } from "../../data/problem.js";
-import { GRADING_DEFAULTS, gradeOptionsFrom, type GradingParams } from "../../grader/grade.js";
+import { gradeOptionsFrom, type GradingParams } from "../../grader/grade.js";
 import type { Problem } from "../../grader/types.js";
 import type { SemanticsChoice } from "../../grader/semantics.js";
 import type { RequestCache } from "../../data/request-cache.js";
@@ -56,22 +56,6 @@ export interface EvaluateParams extends GradingParams {
   retries: number;
   timeoutS: number;
 }
-
-/** Defaults as in schema.json, for callers that bypass the engine (tests). */
-export const EVALUATE_DEFAULTS = {
-  samples: 1,
-  temperature: 0.6,
-  top_p: 0.95,
-  max_tokens: 32768,
-  seed: 0,
-  parallel: 4,
-  threads: 4,
-  gpuLayers: 0,
-  loraScale: 1,
-  retries: 3,
-  timeoutS: 3600,
-  ...GRADING_DEFAULTS,
-} satisfies Partial<EvaluateParams>;
 
 /** Context per slot when ctxSize is not given: the answer budget plus room for the prompt. */
 const PROMPT_ROOM = 4096;
@@ -135,8 +119,7 @@ const kind: StageKind<EvaluateParams> = {
   unkeyedParams: ["jobs"],
   tools: ["llama"],
   resources: (p) => {
-    const threads = p.threads ?? EVALUATE_DEFAULTS.threads;
-    const jobs = p.jobs ?? EVALUATE_DEFAULTS.jobs;
+    const { threads, jobs } = p;
     return {
       // The server runs first, the sandboxes after it: never both at once.
       cpu: Math.max(threads, jobs),
@@ -155,7 +138,7 @@ const kind: StageKind<EvaluateParams> = {
     return issues;
   },
   async run(ctx: StageContext<EvaluateParams>) {
-    const p: EvaluateParams = { ...EVALUATE_DEFAULTS, ...ctx.params };
+    const p = ctx.params;
     const model = ctx.input("model");
     const gguf = inputFile(model, "model.gguf", "model");
     const adapter = ctx.input("adapter", { optional: true });

@@ -63,36 +63,6 @@ export const LINEAR_TARGETS = [
 export const ALLOWED_TARGETS: readonly string[] = [...LINEAR_TARGETS, "output"];
 export const DEFAULT_TARGETS: string[] = [...LINEAR_TARGETS];
 
-/** Fills in what the engine's schema defaults would (for callers that bypass the engine). */
-export function withDefaults(
-  p: Partial<FinetuneParams> & { lora?: Partial<FinetuneParams["lora"]> },
-): FinetuneParams {
-  return {
-    method: p.method ?? "lora",
-    lora: {
-      rank: p.lora?.rank ?? 16,
-      alpha: p.lora?.alpha ?? 32,
-      targets: p.lora?.targets ?? DEFAULT_TARGETS,
-      seed: p.lora?.seed ?? 42,
-    },
-    lr: p.lr ?? 1e-4,
-    warmup: p.warmup ?? 0,
-    decay: p.decay ?? "linear",
-    weightDecay: p.weightDecay ?? 0,
-    epochs: p.epochs ?? 1,
-    batch: p.batch ?? 1,
-    maxSeqLen: p.maxSeqLen ?? 2048,
-    overlong: p.overlong ?? "truncate",
-    masking: p.masking ?? true,
-    checkpointEvery: p.checkpointEvery ?? 50,
-    threads: p.threads ?? 0,
-    ctx: p.ctx ?? 0,
-    device: p.device ?? "auto",
-    lossNorm: p.lossNorm ?? "token",
-    packing: p.packing ?? false,
-  };
-}
-
 export interface LlamaBinaries {
   bin: string;
   lib?: string;

@@ -31,16 +31,6 @@ export interface SubsampleParams {
   system?: string;
 }
 
-export const SUBSAMPLE_DEFAULTS = {
-  scale: 1,
-  seed: 0,
-  perQuestion: "first",
-  requireAnswer: true,
-  charsPerToken: 4,
-  stratify: false,
-  allowFewer: false,
-} satisfies Partial<SubsampleParams>;
-
 interface TraceIn {
   problem_id: string;
   sample: number;
@@ -161,7 +151,7 @@ const kind: StageKind<SubsampleParams> = {
     return issues;
   },
   async run(ctx) {
-    const p: SubsampleParams = { ...SUBSAMPLE_DEFAULTS, ...ctx.params };
+    const p = ctx.params;
     const problems = new Map<string, ProblemInfo>();
     for (const a of ctx.inputList("problems"))
       for await (const { value } of readJsonl<Problem>(join(a.path, "problems.jsonl")))

@@ -58,20 +58,6 @@ export interface Trace extends ChatAnswer {
   messages: Message[];
 }
 
-/** Defaults as in schema.json, for callers that bypass the engine (tests). */
-export const TRACES_DEFAULTS = {
-  samples: 1,
-  temperature: 0.6,
-  top_p: 0.95,
-  max_tokens: 32768,
-  concurrency: 8,
-  retries: 6,
-  backoffMs: 1000,
-  backoffMaxMs: 60000,
-  timeoutS: 1800,
-  failureBudget: 0,
-} satisfies Partial<TracesParams>;
-
 async function loadProblems(ctx: StageContext<TracesParams>): Promise<Problem[]> {
   const file = join(ctx.input("problems").path, "problems.jsonl");
   const out: Problem[] = [];
@@ -442,7 +428,7 @@ const kind: StageKind<TracesParams> = {
     return issues;
   },
   async run(ctx) {
-    const p: TracesParams = { ...TRACES_DEFAULTS, ...ctx.params };
+    const p = ctx.params;
     // The import backend streams (stages/traces/import.ts); the others need the list.
     const problems = p.backend === "import" ? [] : await loadProblems(ctx);
     const prompt = p.prompt ?? DEFAULT_PROMPT;

@@ -12,11 +12,9 @@ import { createWriteStream } from "node:fs";
 import { join } from "node:path";
 import { finished } from "node:stream/promises";
 import { BadStageInput, type StageContext, type StageKind } from "../../engine/stage-api.js";
-import { GRADING_DEFAULTS, gradeOptionsFrom, type GradingParams } from "../../grader/grade.js";
+import { gradeOptionsFrom, type GradingParams } from "../../grader/grade.js";
 
 export type VerifyParams = GradingParams;
-
-const DEFAULTS: VerifyParams = GRADING_DEFAULTS;
 
 const verify: StageKind<VerifyParams> = {
   kind: "verify",
@@ -25,14 +23,14 @@ const verify: StageKind<VerifyParams> = {
   version: "2",
   // Each sample has a sandbox of its own: how many run at once changes no verdict.
   unkeyedParams: ["jobs"],
-  resources: (p) => ({ cpu: p.jobs ?? DEFAULTS.jobs, memory: (p.jobs ?? DEFAULTS.jobs) * 1024 }),
+  resources: (p) => ({ cpu: p.jobs, memory: p.jobs * 1024 }),
   async run(ctx: StageContext<VerifyParams>) {
     // Imported here: module top-levels stay light for no-op runs.
     const { gradeMany, ProblemError } = await import("../../grader/grade.js");
     const { loadProblems, readJsonl, RecordError } = await import("../../grader/records.js");
     const { probeSandbox } = await import("../../grader/sandbox.js");
 
-    const p: VerifyParams = { ...DEFAULTS, ...ctx.params };
+    const p = ctx.params;
     const problemsFile = join(ctx.input("problems").path, "problems.jsonl");
     const tracesFile = join(ctx.input("traces").path, "traces.jsonl");
 
