@@ -1,6 +1,12 @@
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { type Digest, hashJson, canonicalJson, digestHex } from "../cache/digest.js";
+import {
+  type Digest,
+  hashJson,
+  canonicalJson,
+  digestHex,
+  type ActionKey,
+} from "../cache/digest.js";
 import { Store, isComplete, type ActionRecord } from "../cache/store.js";
 import type { StatCache } from "../cache/stat-cache.js";
 import { Leases } from "../cache/leases.js";
@@ -28,7 +34,7 @@ export function cacheRootFor(pipelineDir: string): string {
 }
 
 export interface ResolvedKey {
-  key: Digest;
+  key: ActionKey;
   fields: KeyFields;
   inputs: Record<string, StageInput>;
   tools: Record<string, ToolInfo>;
@@ -36,7 +42,7 @@ export interface ResolvedKey {
 }
 
 interface HistoryEntry {
-  key: Digest;
+  key: ActionKey;
   /** Key fields of that key, from its action record (absent once gc removed it). */
   fields?: KeyFields;
 }
@@ -173,26 +179,26 @@ export class Engine {
    * A valid cached result for `key`: the record exists, its tree is intact,
    * and it is complete (an incomplete one is re-run to fill its gap).
    */
-  lookup(key: Digest): ActionRecord | undefined {
+  lookup(key: ActionKey): ActionRecord | undefined {
     const rec = this.store.lookupAction(key);
     return isComplete(rec) ? rec : undefined;
   }
 
   // History: the last key and key fields per instance id of this pipeline,
   // one file per pipeline (read once, written once per run), for plan --why.
-  private historyCache: Record<string, Digest> | undefined;
-  private historyDirty = new Map<string, Digest>();
+  private historyCache: Record<string, ActionKey> | undefined;
+  private historyDirty = new Map<string, ActionKey>();
 
   private historyPath(): string {
     return join(this.store.dir("history"), digestHex(hashJson(this.pipeline.name)) + ".json");
   }
 
-  private historyAll(): Record<string, Digest> {
+  private historyAll(): Record<string, ActionKey> {
     if (!this.historyCache) {
       try {
         this.historyCache = JSON.parse(readFileSync(this.historyPath(), "utf8")) as Record<
           string,
-          Digest
+          ActionKey
         >;
       } catch {
         this.historyCache = {};
@@ -208,7 +214,7 @@ export class Engine {
     return { key, fields };
   }
 
-  remember(id: string, key: Digest): void {
+  remember(id: string, key: ActionKey): void {
     if (this.historyAll()[id] === key) return;
     this.historyAll()[id] = key;
     this.historyDirty.set(id, key);
@@ -217,9 +223,9 @@ export class Engine {
   /** Writes remembered keys, merging with what a concurrent run wrote meanwhile. */
   saveHistory(): void {
     if (this.historyDirty.size === 0 || !existsSync(this.store.dir("history"))) return;
-    let onDisk: Record<string, Digest> = {};
+    let onDisk: Record<string, ActionKey> = {};
     try {
-      onDisk = JSON.parse(readFileSync(this.historyPath(), "utf8")) as Record<string, Digest>;
+      onDisk = JSON.parse(readFileSync(this.historyPath(), "utf8")) as Record<string, ActionKey>;
     } catch {
       // first write
     }
@@ -230,7 +236,7 @@ export class Engine {
   }
 
   /** Path of the log kept for the last failed attempt of a key. */
-  failedLogPath(key: Digest): string {
+  failedLogPath(key: ActionKey): string {
     return join(this.store.dir("work"), `${digestHex(key)}.failed.log`);
   }
 }

@@ -1,6 +1,6 @@
 import PQueue from "p-queue";
 import { isComplete, type ActionRecord } from "../cache/store.js";
-import type { Digest } from "../cache/digest.js";
+import type { Digest, ActionKey } from "../cache/digest.js";
 import type { LeaseInfo } from "../cache/leases.js";
 import { isDiskFull } from "../cache/disk.js";
 import type { Engine, ResolvedKey } from "./engine.js";
@@ -10,11 +10,11 @@ import { AttemptFailed, runAttempt, type AttemptOptions } from "./executors/loca
 import { inputAccess, type Resources } from "./stage-api.js";
 
 export type Outcome =
-  | { status: "cached"; key: Digest; record: ActionRecord; waited: boolean }
-  | { status: "executed"; key: Digest; record: ActionRecord }
+  | { status: "cached"; key: ActionKey; record: ActionRecord; waited: boolean }
+  | { status: "executed"; key: ActionKey; record: ActionRecord }
   | {
       status: "failed";
-      key?: Digest;
+      key?: ActionKey;
       error: Error;
       inputError: boolean;
       logFile?: string;
@@ -64,7 +64,7 @@ export interface RunOptions {
    * `run --pull`: asked, under the key's lease, for a key that has no local
    * result; a record it returns (already admitted to the store) counts as cached.
    */
-  fetch?: (key: Digest) => Promise<ActionRecord | undefined>;
+  fetch?: (key: ActionKey) => Promise<ActionRecord | undefined>;
 }
 
 export interface RunSummary {
@@ -196,7 +196,7 @@ export async function runInstances(engine: Engine, opts: RunOptions): Promise<Ru
     inst: Instance,
     error: Error,
     extra: {
-      key?: Digest;
+      key?: ActionKey;
       input?: boolean;
       logFile?: string;
       attempt?: { error: Error; n: number };
