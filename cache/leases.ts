@@ -12,7 +12,7 @@ import {
 import { join } from "node:path";
 import { hostname } from "node:os";
 import { randomBytes } from "node:crypto";
-import { type Digest, digestHex, type ActionKey } from "./digest.js";
+import { digestHex, type ActionKey } from "./digest.js";
 
 /** What a lease file says about its holder. */
 export interface LeaseInfo {

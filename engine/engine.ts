@@ -1,12 +1,6 @@
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { join, resolve } from "node:path";
-import {
-  type Digest,
-  hashJson,
-  canonicalJson,
-  digestHex,
-  type ActionKey,
-} from "../cache/digest.js";
+import { hashJson, canonicalJson, digestHex, type ActionKey } from "../cache/digest.js";
 import { Store, isComplete, type ActionRecord } from "../cache/store.js";
 import type { StatCache } from "../cache/stat-cache.js";
 import { Leases } from "../cache/leases.js";

@@ -1,6 +1,6 @@
 import PQueue from "p-queue";
 import { isComplete, type ActionRecord } from "../cache/store.js";
-import type { Digest, ActionKey } from "../cache/digest.js";
+import type { ActionKey } from "../cache/digest.js";
 import type { LeaseInfo } from "../cache/leases.js";
 import { isDiskFull } from "../cache/disk.js";
 import type { Engine, ResolvedKey } from "./engine.js";

@@ -5,7 +5,7 @@ import { Leases } from "../../cache/leases.js";
 import { collectGarbage, cleanLeftovers, readPins } from "../../cache/gc.js";
 import { lockForGc, describe, enterCache } from "../../cache/cache-lock.js";
 import { verifyStore } from "../../cache/verify.js";
-import type { Digest, ActionKey } from "../../cache/digest.js";
+import type { ActionKey } from "../../cache/digest.js";
 import { lockfilePath, pruneRoots, readLockfile, roots } from "../lockfile.js";
 import { UsageError } from "../errors.js";
 import { cacheDir, openPipeline, parse, waitingForGc } from "./common.js";
