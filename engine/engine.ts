@@ -6,7 +6,13 @@ import type { StatCache } from "../cache/stat-cache.js";
 import { Leases } from "../cache/leases.js";
 import { writeFileAtomic } from "../cache/atomic.js";
 import type { Pipeline, Instance } from "./pipeline/expand.js";
-import type { FingerprintTools, InputArtifact, StageInput, ToolInfo } from "./stage-api.js";
+import type {
+  FingerprintTools,
+  InputArtifact,
+  InstanceId,
+  StageInput,
+  ToolInfo,
+} from "./stage-api.js";
 import { computeKey, hashToolDir, keyFields, type KeyFields } from "./key.js";
 import { UsageError } from "./errors.js";
 
@@ -93,7 +99,7 @@ export class Engine {
   ): Promise<ResolvedKey | undefined> {
     const kind = this.pipeline.kinds.get(inst.kind);
     if (!kind) throw new Error(`kind ${inst.kind} not loaded`);
-    const artifact = (id: string): InputArtifact | undefined => {
+    const artifact = (id: InstanceId): InputArtifact | undefined => {
       const rec = results.get(id);
       const up = this.pipeline.byId.get(id);
       if (!rec || !up) return undefined;
@@ -113,7 +119,13 @@ export class Engine {
         const d = opts.admit
           ? await this.store.importPath(spec.path)
           : await this.store.pathDigest(spec.path);
-        inputs[name] = { id: spec.ref, coords: {}, digest: d, path: this.store.treePath(d) };
+        // A path input has no producer: its artifact is named by the reference as written.
+        inputs[name] = {
+          id: spec.ref as InstanceId,
+          coords: {},
+          digest: d,
+          path: this.store.treePath(d),
+        };
         keyed[name] = d;
       } else if (spec.type === "one") {
         const a = artifact(spec.id);

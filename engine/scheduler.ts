@@ -7,7 +7,7 @@ import type { Engine, ResolvedKey } from "./engine.js";
 import type { Instance } from "./pipeline/expand.js";
 import { ResourcePool } from "./resources.js";
 import { AttemptFailed, runAttempt, type AttemptOptions } from "./executors/local.js";
-import { inputAccess, type Resources } from "./stage-api.js";
+import { inputAccess, type InstanceId, type Resources } from "./stage-api.js";
 
 export type Outcome =
   | { status: "cached"; key: ActionKey; record: ActionRecord; waited: boolean }
@@ -82,9 +82,9 @@ export interface RunSummary {
 /** The instances `--only` selects, with everything they need. */
 export function selectInstances(instances: Instance[], only?: string[]): Instance[] {
   if (!only?.length) return instances;
-  const byId = new Map(instances.map((i) => [i.id, i]));
+  const byId = new Map<string, Instance>(instances.map((i) => [i.id, i]));
   const keep = new Set<string>();
-  const add = (id: string) => {
+  const add = (id: InstanceId) => {
     if (keep.has(id)) return;
     keep.add(id);
     for (const d of byId.get(id)?.deps ?? []) add(d);

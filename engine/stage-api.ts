@@ -14,6 +14,13 @@ import type { Logger } from "pino";
 import type { Digest } from "../cache/digest.js";
 
 export type Scalar = string | number | boolean;
+/**
+ * An instance's id: its stage name, then its matrix coordinates, e.g.
+ * `tune@n=1000,subset=easy` (made in engine/pipeline/expand.ts only). A
+ * stage name or a free string is not one; look an id typed by a user up in
+ * the pipeline's byId.
+ */
+export type InstanceId = string & { readonly __brand: "InstanceId" };
 /** Matrix coordinates of an instance, e.g. {n: 1000, subset: "easy"}. */
 export type Coords = Record<string, Scalar>;
 
@@ -29,7 +36,7 @@ export interface Resources {
 /** One upstream artifact as a stage sees it. */
 export interface InputArtifact {
   /** Instance id of the producer, e.g. `tune@n=1000`. */
-  id: string;
+  id: InstanceId;
   coords: Coords;
   /** Digest of the producer's output tree. */
   digest: Digest;
@@ -92,7 +99,7 @@ export interface ToolInfo {
 }
 
 export interface StageContext<P> extends InputAccess {
-  instanceId: string;
+  instanceId: InstanceId;
   coords: Coords;
   /** Params after templates and schema defaults. */
   params: P;
@@ -129,7 +136,7 @@ export interface StageContext<P> extends InputAccess {
  * resources (and before any executor, local or Slurm, is involved).
  */
 export interface AdmitContext<P> extends InputAccess {
-  instanceId: string;
+  instanceId: InstanceId;
   params: P;
   inputs: Record<string, StageInput>;
   tools: Record<string, ToolInfo>;

@@ -13,7 +13,7 @@
  * Needs a llama.cpp build holding valley-lora and llama-quantize (the shared
  * test build, or $VALLEY_LLAMA_BIN).
  */
-import { inputAccess } from "../engine/stage-api.js";
+import { inputAccess, type InstanceId } from "../engine/stage-api.js";
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
@@ -361,9 +361,9 @@ test("admission: a quantized base on the GPU is refused naming the conversion; o
   const q = run("llama-quantize", [f32, join(dir, "model.gguf"), "Q8_0"]);
   assert.equal(q.code, 0, q.stderr.slice(-2000));
   const D = `sha256:${"0".repeat(64)}` as never;
-  const inputs = { from: { id: "m", coords: {}, digest: D, path: dir } };
+  const inputs = { from: { id: "m" as InstanceId, coords: {}, digest: D, path: dir } };
   const ctx = (gpu: number) => ({
-    instanceId: "tune",
+    instanceId: "tune" as InstanceId,
     params: kindParams<FinetuneParams>("finetune", { maxSeqLen: 512 }),
     inputs,
     ...inputAccess("finetune", inputs),

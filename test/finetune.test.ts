@@ -23,7 +23,12 @@ import { createServer } from "node:net";
 import pino from "pino";
 import finetune, { type FinetuneParams } from "../stages/finetune/index.js";
 import { kindParams } from "../engine/kinds.js";
-import { BadStageInput, inputAccess, type StageContext } from "../engine/stage-api.js";
+import {
+  BadStageInput,
+  inputAccess,
+  type InstanceId,
+  type StageContext,
+} from "../engine/stage-api.js";
 import type { Digest } from "../cache/digest.js";
 import { kv, writeGguf } from "../llama/gguf-writer.js";
 import { randomModel, resolveRandomParams } from "../llama/random-model.js";
@@ -141,12 +146,12 @@ function makeCtx(
   mkdirSync(out, { recursive: true });
   mkdirSync(join(base, "scratch"), { recursive: true });
   const inputs = {
-    from: { id: "model", coords: {}, digest: D, path: dirname(model) },
-    data: { id: "data", coords: {}, digest: D, path: dataPath },
-    llama: { id: "llama", coords: {}, digest: D, path: dirname(BIN) },
+    from: { id: "model" as InstanceId, coords: {}, digest: D, path: dirname(model) },
+    data: { id: "data" as InstanceId, coords: {}, digest: D, path: dataPath },
+    llama: { id: "llama" as InstanceId, coords: {}, digest: D, path: dirname(BIN) },
   };
   return {
-    instanceId: name,
+    instanceId: name as InstanceId,
     coords: {},
     params: kindParams<FinetuneParams>("finetune", { threads: 2, ...params }),
     inputs,

@@ -18,6 +18,7 @@ import { pino } from "pino";
 import {
   inputAccess,
   type InputArtifact,
+  type InstanceId,
   type StageContext,
   type StageInput,
   type ToolInfo,
@@ -121,7 +122,7 @@ export async function makeCtx<P>(
   await mkdir(out, { recursive: true });
   await mkdir(scratch, { recursive: true });
   const ctx: StageContext<P> = {
-    instanceId: "test",
+    instanceId: "test" as InstanceId,
     coords: {},
     params,
     inputs: o.inputs ?? {},
@@ -140,7 +141,7 @@ export async function makeCtx<P>(
 
 /** An input artifact for a folder (digest over its path: good enough for tests). */
 export function artifact(path: string, id = "producer"): InputArtifact {
-  return { id, coords: {}, digest: hashJson({ path }) as Digest, path };
+  return { id: id as InstanceId, coords: {}, digest: hashJson({ path }) as Digest, path };
 }
 
 /**

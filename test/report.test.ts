@@ -149,7 +149,7 @@ describe("report stage", () => {
       dataset: ["subsample@n=10000"],
       traces: ["traces"],
     });
-    const byId = new Map(
+    const byId = new Map<string, string>(
       Object.values(inputs)
         .flatMap((l) => l as InputArtifact[])
         .map((a) => [a.id, a.digest]),

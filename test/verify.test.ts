@@ -6,7 +6,12 @@ import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { pino } from "pino";
 import type { Digest } from "../cache/digest.js";
-import { BadStageInput, inputAccess, type StageContext } from "../engine/stage-api.js";
+import {
+  BadStageInput,
+  inputAccess,
+  type InstanceId,
+  type StageContext,
+} from "../engine/stage-api.js";
 import { projectFile } from "../grader/paths.js";
 import verify, { type VerifyParams } from "../stages/verify/index.js";
 
@@ -60,11 +65,11 @@ describe("verify stage", () => {
     );
     const digest = ("sha256:" + "0".repeat(64)) as Digest;
     const inputs = {
-      problems: { id: "problems", coords: {}, digest, path: join(base, "problems") },
-      traces: { id: "traces", coords: {}, digest, path: join(base, "traces") },
+      problems: { id: "problems" as InstanceId, coords: {}, digest, path: join(base, "problems") },
+      traces: { id: "traces" as InstanceId, coords: {}, digest, path: join(base, "traces") },
     };
     const ctx: StageContext<VerifyParams> = {
-      instanceId: `verify@${name}`,
+      instanceId: `verify@${name}` as InstanceId,
       coords: {},
       params: {
         semantics: "strict",

@@ -3,7 +3,7 @@ import { basename, dirname, resolve, extname } from "node:path";
 import { Source, type YamlPath } from "./source.js";
 import { InvalidPipeline, type Problem, closest, didYouMean } from "../errors.js";
 import { compileSchema, listKinds, loadKind, type LoadedKind, type ErrorObject } from "../kinds.js";
-import type { Coords, Resources, Scalar } from "../stage-api.js";
+import type { Coords, InstanceId, Resources, Scalar } from "../stage-api.js";
 import { PACKAGE_ROOT } from "../root.js";
 import { join } from "node:path";
 
@@ -11,13 +11,13 @@ import { join } from "node:path";
 export type InputSpec =
   | { type: "path"; path: string; ref: string }
   /** One upstream instance (a mapped reference or a pick). */
-  | { type: "one"; stage: string; id: string; ref: string }
+  | { type: "one"; stage: string; id: InstanceId; ref: string }
   /** Every instance of a matrix stage, in id order. */
-  | { type: "all"; stage: string; ids: string[]; ref: string };
+  | { type: "all"; stage: string; ids: InstanceId[]; ref: string };
 
 /** One runnable unit: a stage at one point of its matrix. */
 export interface Instance {
-  id: string;
+  id: InstanceId;
   stage: string;
   kind: string;
   coords: Coords;
@@ -25,7 +25,7 @@ export interface Instance {
   params: Record<string, unknown>;
   inputs: Record<string, InputSpec>;
   /** Ids of the instances this one reads. */
-  deps: string[];
+  deps: InstanceId[];
   resources: Resources;
   retries: number;
   timeoutMs?: number;
@@ -154,9 +154,10 @@ function parseRef(ref: string): Ref | undefined {
   return { type: "pick", stage, where };
 }
 
-export function instanceId(stage: string, coords: Coords): string {
+/** The one place instance ids are made. */
+export function instanceId(stage: string, coords: Coords): InstanceId {
   const parts = Object.entries(coords).map(([k, v]) => `${k}=${String(v)}`);
-  return parts.length ? `${stage}@${parts.join(",")}` : stage;
+  return (parts.length ? `${stage}@${parts.join(",")}` : stage) as InstanceId;
 }
 
 export function parseMemory(m: number | string | undefined): number {
@@ -599,7 +600,7 @@ export async function loadPipeline(
     for (const coords of combos) {
       const id = instanceId(name, coords);
       const inputs: Record<string, InputSpec> = {};
-      const deps: string[] = [];
+      const deps: InstanceId[] = [];
       const cell = rules.filter((rule) => matches(coords, rule.sel));
       const effective = new Map(stageRefs);
       const origin = new Map<string, { at: YamlPath; text: string }>();

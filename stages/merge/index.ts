@@ -23,7 +23,7 @@ export function adapterScales(p: MergeParams, adapters: InputArtifact[]): number
     }
     return s;
   }
-  const ids = new Set(adapters.map((a) => a.id));
+  const ids = new Set<string>(adapters.map((a) => a.id));
   const unknown = Object.keys(s).filter((k) => !ids.has(k));
   if (unknown.length) {
     throw new BadStageInput(

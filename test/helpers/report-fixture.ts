@@ -8,6 +8,7 @@ import type { Digest } from "../../cache/digest.js";
 import {
   inputAccess,
   type Coords,
+  type InstanceId,
   type InputArtifact,
   type StageContext,
   type StageInput,
@@ -28,7 +29,7 @@ export function artifact(root: string, id: string, coords: Coords, files: Record
   const path = join(root, id.replace(/[^A-Za-z0-9@=,._-]/g, "_"));
   mkdirSync(path, { recursive: true });
   for (const [name, text] of Object.entries(files)) writeFileSync(join(path, name), text);
-  return { id, coords, digest: digestOf(id), path } satisfies InputArtifact;
+  return { id: id as InstanceId, coords, digest: digestOf(id), path } satisfies InputArtifact;
 }
 
 export function metricsFor(student: string, i: number): Record<string, unknown> {
@@ -133,7 +134,7 @@ export function ctxFor(
   given: Partial<ReportParams> = {},
 ): StageContext<ReportParams> {
   return {
-    instanceId: "report",
+    instanceId: "report" as InstanceId,
     coords: {},
     params: params(given),
     inputs,
