@@ -79,7 +79,7 @@ export function readLockfile(path: string): Lockfile | undefined {
   }
 }
 
-const legacyRootsFile = (cacheRoot: string) => join(cacheRoot, "roots.json");
+const legacyRootsFile = (cacheRoot: string) => cachePath(cacheRoot, "roots.json");
 const rootsDir = (cacheRoot: string) => cachePath(cacheRoot, "roots");
 
 /** Every registered lockfile path, whether or not it exists (yet). */

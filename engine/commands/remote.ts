@@ -387,7 +387,7 @@ export async function importCommand(argv: string[]): Promise<number> {
     }
     // The bundle's lockfile becomes a gc root of this cache (while the cache's
     // lock is still held, so no gc can come between), so its results stay.
-    const dir = join(store.root, "imports");
+    const dir = store.dir("imports");
     mkdirSync(dir, { recursive: true });
     lockOut = join(
       dir,
