@@ -180,12 +180,12 @@ test("training loss decreases (mean of the last epoch at least 1.0 below the fir
       epochs: 4,
       batch: 2,
       lr: 3e-3,
-      lora: { rank: 8, alpha: 16, targets: [], seed: 1 },
+      // targets: the schema's default (all seven).
+      lora: { rank: 8, alpha: 16, seed: 1 } as FinetuneParams["lora"],
       checkpointEvery: 0,
     },
     data,
   );
-  ctx.params.lora.targets = kindParams<FinetuneParams>("finetune", {}).lora.targets;
   const res = await finetune.run(ctx);
   const m = rows(join(ctx.out, "metrics.jsonl"));
   assert.equal(m.length, 4 * 12);
@@ -447,7 +447,10 @@ test("bad input: exit 2 from the trainer and BadStageInput from the stage", asyn
     ],
   ];
   for (const [name, params, data, re] of cases) {
-    const ctx = makeCtx(`bad-${name}`, params, data);
+    // Set after validation, as a caller that bypasses the schema would: the
+    // stage checks what the schema already rules out (unknown targets, rank 0).
+    const ctx = makeCtx(`bad-${name}`, {}, data);
+    Object.assign(ctx.params, params);
     await assert.rejects(
       finetune.run(ctx),
       (e: Error) => e instanceof BadStageInput && re.test(e.message),
