@@ -3,6 +3,16 @@ import { createHash } from "node:crypto";
 /** A content address: `sha256:` followed by 64 lowercase hex digits. */
 export type Digest = string & { readonly __brand: "Digest" };
 
+/**
+ * The two roles a digest plays, kept apart by the compiler (Bazel's model):
+ * an ActionKey names an action record in actions/ (sha256 over an instance's
+ * key fields, engine/key.ts); a TreeDigest names an output tree (sha256 over
+ * its manifest) in trees/. Both are Digests (digestHex, objects), but one
+ * cannot be passed where the other is expected.
+ */
+export type ActionKey = Digest & { readonly __role: "ActionKey" };
+export type TreeDigest = Digest & { readonly __role: "TreeDigest" };
+
 const DIGEST_RE = /^sha256:[0-9a-f]{64}$/;
 
 export function isDigest(s: unknown): s is Digest {
@@ -12,6 +22,16 @@ export function isDigest(s: unknown): s is Digest {
 export function asDigest(s: string): Digest {
   if (!isDigest(s)) throw new Error(`not a sha256 digest: ${JSON.stringify(s)}`);
   return s;
+}
+
+/** A digest read from a file or a command line, as the key of an action record. */
+export function asActionKey(s: string): ActionKey {
+  return asDigest(s) as ActionKey;
+}
+
+/** A digest read from a file or a command line, as an output tree. */
+export function asTreeDigest(s: string): TreeDigest {
+  return asDigest(s) as TreeDigest;
 }
 
 /** The 64 hex digits of a digest, used for file names in the store. */

@@ -1,6 +1,6 @@
 import { readdirSync, readFileSync, rmSync, existsSync, lstatSync } from "node:fs";
 import { join } from "node:path";
-import { type Digest, isDigest, digestHex } from "./digest.js";
+import { type Digest, isDigest, digestHex, type ActionKey, type TreeDigest } from "./digest.js";
 import type { Store, Manifest, ActionRecord } from "./store.js";
 import { bytesUnder } from "./disk.js";
 
@@ -19,9 +19,9 @@ export interface GcResult {
  * The callbacks return undefined (or throw) for what is not there.
  */
 export function markLive(
-  rootKeys: Iterable<Digest>,
+  rootKeys: Iterable<ActionKey>,
   rootTrees: Iterable<Digest>,
-  getAction: (key: Digest) => ActionRecord | undefined,
+  getAction: (key: ActionKey) => ActionRecord | undefined,
   getManifest: (tree: Digest) => Manifest | undefined,
 ): { objects: Set<string>; trees: Set<string>; actions: Set<string> } {
   const objects = new Set<string>();
@@ -59,7 +59,7 @@ export function markLive(
  */
 export function collectGarbage(
   store: Store,
-  rootKeys: Set<Digest>,
+  rootKeys: Set<ActionKey>,
   rootTrees: Set<Digest>,
   dryRun: boolean,
   touch: () => void = () => {},
@@ -78,7 +78,7 @@ export function collectGarbage(
       if (!dryRun) rmSync(join(store.dir("actions"), f), { force: true }); // *.tmp-* of a dead run
       continue;
     }
-    const key = ("sha256:" + f.slice(0, -5)) as Digest;
+    const key = ("sha256:" + f.slice(0, -5)) as ActionKey;
     if (rootKeys.has(key)) {
       keptActions++;
     } else {
@@ -166,16 +166,16 @@ export function cleanLeftovers(
 }
 
 /** Pins: files in pins/ holding an action key or a tree digest, kept by gc. */
-export function readPins(store: Store): { keys: Digest[]; trees: Digest[] } {
-  const keys: Digest[] = [];
-  const trees: Digest[] = [];
+export function readPins(store: Store): { keys: ActionKey[]; trees: TreeDigest[] } {
+  const keys: ActionKey[] = [];
+  const trees: TreeDigest[] = [];
   const dir = store.dir("pins");
   if (!existsSync(dir)) return { keys, trees };
   for (const f of readdirSync(dir)) {
     try {
       const p = JSON.parse(readFileSync(join(dir, f), "utf8")) as { key?: string; tree?: string };
-      if (isDigest(p.key)) keys.push(p.key);
-      if (isDigest(p.tree)) trees.push(p.tree);
+      if (isDigest(p.key)) keys.push(p.key as ActionKey);
+      if (isDigest(p.tree)) trees.push(p.tree as TreeDigest);
     } catch {
       // not a pin
     }

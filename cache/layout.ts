@@ -29,6 +29,8 @@ export const CACHE_LAYOUT = {
   // gc and sharing (cache/README.md).
   locks: "gc.lock while gc sweeps; one file per command using the cache (cache/cache-lock.ts)",
   roots: "one file per lockfile whose results gc keeps (registered before they are visible)",
+  "roots.json":
+    "the former single list of roots, moved into roots/ when next read (engine/lockfile.ts)",
   imports: "bundles being imported (valley import), until their objects are admitted",
   id: "this cache's random id: names its pins on remotes",
 } as const;

@@ -12,7 +12,7 @@ import {
 import { join } from "node:path";
 import { hostname } from "node:os";
 import { randomBytes } from "node:crypto";
-import { type Digest, digestHex } from "./digest.js";
+import { digestHex, type ActionKey } from "./digest.js";
 
 /** What a lease file says about its holder. */
 export interface LeaseInfo {
@@ -42,7 +42,7 @@ export function procStart(pid: number): string {
 const SELF_START = procStart(process.pid);
 
 export interface Lease {
-  key: Digest;
+  key: ActionKey;
   path: string;
 }
 
@@ -72,12 +72,12 @@ export class Leases {
     return h !== undefined && h.pid === process.pid && h.run === this.runId;
   }
 
-  private pathOf(key: Digest): string {
+  private pathOf(key: ActionKey): string {
     return join(this.dir, digestHex(key) + ".lock");
   }
 
   /** Takes the lease if free or stale; otherwise returns the live holder. */
-  tryAcquire(key: Digest): Lease | { holder: LeaseInfo } {
+  tryAcquire(key: ActionKey): Lease | { holder: LeaseInfo } {
     const path = this.pathOf(key);
     for (let attempt = 0; attempt < 5; attempt++) {
       const info: LeaseInfo = {
@@ -165,7 +165,7 @@ export class Leases {
 
   /** Waits until the key's lease is ours, or until `ready()` says the result appeared. */
   async acquire(
-    key: Digest,
+    key: ActionKey,
     opts: { signal?: AbortSignal; ready: () => boolean; onWait?: (h: LeaseInfo) => void },
   ): Promise<Lease | "ready"> {
     let told = false;

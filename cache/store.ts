@@ -20,7 +20,15 @@ import {
 } from "node:fs";
 import { join, dirname } from "node:path";
 import { hostname } from "node:os";
-import { type Digest, digestHex, sha256Bytes, canonicalJson, isDigest } from "./digest.js";
+import {
+  type ActionKey,
+  type Digest,
+  type TreeDigest,
+  digestHex,
+  sha256Bytes,
+  canonicalJson,
+  isDigest,
+} from "./digest.js";
 import { hashFile } from "./hash.js";
 import { uniqueSuffix, writeFileAtomic } from "./atomic.js";
 import { StatCache } from "./stat-cache.js";
@@ -41,13 +49,13 @@ export interface Manifest {
 /** What the action cache maps a key to (Bazel's ActionResult, in spirit). */
 export interface ActionRecord {
   v: 1;
-  key: Digest;
+  key: ActionKey;
   /** The key's fields, kept so `plan --why` can say which one changed. */
   fields: Record<string, unknown>;
   instance: string;
   kind: string;
   outputs: {
-    tree: Digest;
+    tree: TreeDigest;
     /** Top-level files of the tree by name. */
     files: Record<string, Digest>;
     /** The tree's manifest entries, so a cache hit is checked without reading the manifest. */
@@ -108,7 +116,7 @@ export class Store {
     return join(this.dir("objects"), h.slice(0, 2), h.slice(2) + (exec ? ".x" : ""));
   }
 
-  treePath(d: Digest): string {
+  treePath(d: TreeDigest): string {
     return join(this.dir("trees"), digestHex(d));
   }
 
@@ -172,7 +180,7 @@ export class Store {
    */
   async admitTree(
     dir: string,
-  ): Promise<{ tree: Digest; files: Record<string, Digest>; manifest: Manifest }> {
+  ): Promise<{ tree: TreeDigest; files: Record<string, Digest>; manifest: Manifest }> {
     const entries: TreeEntry[] = [];
     const dirs: string[] = [];
     const walk = async (abs: string, rel: string) => {
@@ -197,7 +205,7 @@ export class Store {
     };
     await walk(dir, "");
     const manifest: Manifest = { v: 1, entries };
-    const tree = this.putBytes(canonicalJson(manifest));
+    const tree = this.putBytes(canonicalJson(manifest)) as TreeDigest;
     const files: Record<string, Digest> = {};
     for (const e of entries) if (isFileEntry(e) && !e.path.includes("/")) files[e.path] = e.digest;
     for (const d of [...dirs].reverse()) chmodSync(d, 0o555);
@@ -220,18 +228,18 @@ export class Store {
    * The digest a user's file or folder has in the store, without copying it
    * (a no-op run over a large input tree costs one stat per file).
    */
-  async pathDigest(src: string): Promise<Digest> {
+  async pathDigest(src: string): Promise<TreeDigest> {
     const { manifest } = await pathManifest(src, (f, st) => this.stat.digestAsync(f, st));
-    return sha256Bytes(canonicalJson(manifest));
+    return sha256Bytes(canonicalJson(manifest)) as TreeDigest;
   }
 
   /**
    * A user's file or folder as a tree in the store, copied in (not linked:
    * the user may edit it in place) only if its content is new.
    */
-  async importPath(src: string): Promise<Digest> {
+  async importPath(src: string): Promise<TreeDigest> {
     const { manifest, files } = await pathManifest(src, (f, st) => this.stat.digestAsync(f, st));
-    const d = sha256Bytes(canonicalJson(manifest));
+    const d = sha256Bytes(canonicalJson(manifest)) as TreeDigest;
     if (this.hasObject(d) && this.checkTree(d).ok) return d;
     const tmp = this.tmpPath("import");
     mkdirSync(tmp);
@@ -243,7 +251,7 @@ export class Store {
     return d;
   }
 
-  readManifest(tree: Digest): Manifest {
+  readManifest(tree: TreeDigest): Manifest {
     return JSON.parse(this.readObject(tree).toString("utf8")) as Manifest;
   }
 
@@ -253,7 +261,7 @@ export class Store {
    * others are re-hashed. A corrupt object is moved to corrupt/ together with
    * the tree, so it is never served again and the producer re-runs.
    */
-  checkTree(tree: Digest): { ok: true } | { ok: false; reason: string } {
+  checkTree(tree: TreeDigest): { ok: true } | { ok: false; reason: string } {
     let manifest: Manifest;
     try {
       // Reading the manifest costs the same as hashing it: check it every time.
@@ -340,7 +348,7 @@ export class Store {
     }
   }
 
-  quarantineTree(tree: Digest): void {
+  quarantineTree(tree: TreeDigest): void {
     const p = this.treePath(tree);
     if (!existsSync(p)) return;
     const dest = join(this.dir("corrupt"), `tree-${digestHex(tree)}-${Date.now()}`);
@@ -352,7 +360,7 @@ export class Store {
   }
 
   /** Rebuilds trees/<hex> from objects (after a pull, or after the folder was removed). */
-  materialize(tree: Digest, manifest?: Manifest): { ok: true } | { ok: false; reason: string } {
+  materialize(tree: TreeDigest, manifest?: Manifest): { ok: true } | { ok: false; reason: string } {
     manifest ??= this.readManifest(tree);
     const tmp = this.tmpPath("tree");
     mkdirSync(tmp);
@@ -423,15 +431,15 @@ export class Store {
     rmSync(dir, { recursive: true, force: true });
   }
 
-  actionPath(key: Digest): string {
+  actionPath(key: ActionKey): string {
     return join(this.dir("actions"), digestHex(key) + ".json");
   }
 
-  getAction(key: Digest): ActionRecord | undefined {
+  getAction(key: ActionKey): ActionRecord | undefined {
     return this.readAction(key)?.rec;
   }
 
-  private readAction(key: Digest): { rec: ActionRecord; mtimeNs: bigint } | undefined {
+  private readAction(key: ActionKey): { rec: ActionRecord; mtimeNs: bigint } | undefined {
     let fd: number | undefined;
     try {
       fd = openSync(this.actionPath(key), "r");
@@ -452,7 +460,7 @@ export class Store {
    * otherwise the full check re-hashes what changed and quarantines what is
    * corrupt.
    */
-  lookupAction(key: Digest): ActionRecord | undefined {
+  lookupAction(key: ActionKey): ActionRecord | undefined {
     const got = this.readAction(key);
     if (!got) return undefined;
     const { rec, mtimeNs } = got;

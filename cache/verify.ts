@@ -1,6 +1,6 @@
 import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { type Digest } from "./digest.js";
+import { type Digest, type TreeDigest } from "./digest.js";
 import { hashFileSync } from "./hash.js";
 import type { Store } from "./store.js";
 
@@ -63,7 +63,7 @@ export function verifyStore(
           entries: { digest?: string }[];
         };
         if (m.entries.some((e) => e.digest === expected))
-          store.quarantineTree(("sha256:" + t) as Digest);
+          store.quarantineTree(("sha256:" + t) as TreeDigest);
       } catch {
         // manifest itself missing or corrupt: checkTree will refuse it
       }

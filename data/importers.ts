@@ -1,10 +1,10 @@
 /**
  * Importers: each turns one dataset's records into normalised Problems. They
- * validate as they go and throw InputError naming the file, the record number
+ * validate as they go and throw BadStageInput naming the file, the record number
  * and what is wrong, so a user can fix the input.
  */
 import { inflateSync } from "node:zlib";
-import { InputError } from "../engine/stage-api.js";
+import { BadStageInput } from "../engine/stage-api.js";
 import { unpickleString, PickleError } from "./pickle.js";
 import {
   isUnknownLabel,
@@ -39,7 +39,7 @@ export type Skips = Map<string, number>;
 export const at = (w: Where) => `${w.file}: record ${w.line}`;
 
 export function fail(w: Where, msg: string): never {
-  throw new InputError(`${at(w)}: ${msg}`);
+  throw new BadStageInput(`${at(w)}: ${msg}`);
 }
 
 export function str(v: unknown): string {

@@ -1,7 +1,7 @@
 import { closeSync, createReadStream, openSync, rmSync, writeSync } from "node:fs";
 import { open, readdir, rename, stat } from "node:fs/promises";
 import { basename, extname, join } from "node:path";
-import { InputError } from "../engine/stage-api.js";
+import { BadStageInput } from "../engine/stage-api.js";
 
 /** One parsed line with its 1-based line number, for error messages. */
 export interface Numbered<T> {
@@ -11,7 +11,7 @@ export interface Numbered<T> {
 
 /**
  * Streams a JSONL file. Blank lines are skipped; a line that is not JSON is an
- * InputError naming the file and line. Lines are split on the bytes (\n, and a
+ * BadStageInput naming the file and line. Lines are split on the bytes (\n, and a
  * \r before it is dropped) and decoded one by one: readline's regex splitter
  * over a decoded stream cost more than the JSON parsing of multi-kilobyte
  * trace lines.
@@ -29,7 +29,7 @@ export async function* readJsonl<T = Record<string, unknown>>(
     try {
       return { line, value: JSON.parse(text) as T };
     } catch (e) {
-      throw new InputError(`${file}: line ${line} is not valid JSON (${(e as Error).message})`);
+      throw new BadStageInput(`${file}: line ${line} is not valid JSON (${(e as Error).message})`);
     }
   };
   let carry: Buffer[] = [];
@@ -91,13 +91,14 @@ export async function listDataFiles(path: string, exts: string[]): Promise<strin
   try {
     st = await stat(path);
   } catch {
-    throw new InputError(`${path}: no such file or folder`);
+    throw new BadStageInput(`${path}: no such file or folder`);
   }
   if (!st.isDirectory()) return [path];
   const names = (await readdir(path))
     .filter((n) => exts.includes(extname(n).toLowerCase()) && !basename(n).startsWith("."))
     .sort();
-  if (names.length === 0) throw new InputError(`${path}: folder holds no ${exts.join("/")} files`);
+  if (names.length === 0)
+    throw new BadStageInput(`${path}: folder holds no ${exts.join("/")} files`);
   return names.map((n) => join(path, n));
 }
 

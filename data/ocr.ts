@@ -16,7 +16,7 @@
 import { createHash } from "node:crypto";
 import { rename, rm } from "node:fs/promises";
 import { join } from "node:path";
-import { InputError } from "../engine/stage-api.js";
+import { BadStageInput } from "../engine/stage-api.js";
 import { JsonlWriter, readJsonl } from "./jsonl.js";
 import { readRecords } from "./parquet.js";
 import { at, fail, str, type ImportOptions, type Skips, type Where } from "./importers.js";
@@ -140,7 +140,7 @@ export async function importOcr(
   };
   const unresolve = (q: Question, id: string, why: string) => {
     if (opts.onUnresolved === "fail")
-      throw new InputError(
+      throw new BadStageInput(
         `${q.first}: question ${JSON.stringify(id)} cannot be rebuilt: ${why} (onUnresolved: fail; set it to skip to count such rows and go on)`,
       );
     q.unresolved = why;
@@ -228,7 +228,7 @@ export async function importOcr(
     let difficulty: Difficulty;
     if (label !== undefined) difficulty = normaliseDifficulty(label)!;
     else if (!isUnknownLabel(q.difficulty_raw) && src === undefined)
-      throw new InputError(
+      throw new BadStageInput(
         `${q.first}: unknown difficulty label ${JSON.stringify(q.difficulty_raw)} (expected easy/medium/hard, a TACO or APPS label, a CodeContests level or a Codeforces rating)`,
       );
     else if (opts.unknownDifficulty === "skip") {
@@ -236,7 +236,7 @@ export async function importOcr(
       q.unresolved = "no difficulty label";
       return;
     } else if (opts.unknownDifficulty === "error")
-      throw new InputError(
+      throw new BadStageInput(
         `${q.first}: question ${JSON.stringify(id)} has no difficulty label (${JSON.stringify(q.difficulty_raw)}); set unknownDifficulty to skip or to a level`,
       );
     else difficulty = opts.unknownDifficulty;
@@ -265,7 +265,7 @@ export async function importOcr(
       generations: q.rows,
     };
     const issues = problemIssues(p, false);
-    if (issues.length) throw new InputError(`${q.first}: ${issues.join("; ")}`);
+    if (issues.length) throw new BadStageInput(`${q.first}: ${issues.join("; ")}`);
     await problems.write(p);
     q.written = true;
     res.problems++;

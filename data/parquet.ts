@@ -1,5 +1,5 @@
 import { closeSync, fstatSync, openSync, readSync } from "node:fs";
-import { InputError } from "../engine/stage-api.js";
+import { BadStageInput } from "../engine/stage-api.js";
 import type { Numbered } from "./jsonl.js";
 
 export interface ReadOptions {
@@ -15,7 +15,7 @@ export interface ReadOptions {
  * (hyparquet, with hyparquet-compressors for gzip/zstd/brotli/lz4; snappy is
  * built in): memory holds one decoded row group, never the file, so a 72 GB
  * OCR2 download streams through. A file that cannot be decoded is an
- * InputError naming the file and the row group.
+ * BadStageInput naming the file and the row group.
  */
 export async function* readParquet<T = Record<string, unknown>>(
   file: string,
@@ -75,7 +75,7 @@ async function* readGroups<T>(
   try {
     metadata = await parquetMetadataAsync(buffer);
   } catch (e) {
-    throw new InputError(`${file}: not a readable Parquet file (${(e as Error).message})`);
+    throw new BadStageInput(`${file}: not a readable Parquet file (${(e as Error).message})`);
   }
   let columns: string[] | undefined;
   if (opts.columns) {
@@ -98,7 +98,7 @@ async function* readGroups<T>(
         rowEnd: end,
       });
     } catch (e) {
-      throw new InputError(
+      throw new BadStageInput(
         `${file}: corrupted Parquet data in row group ${g + 1} of ${groups.length} (rows ${start + 1}..${end}): ${(e as Error).message}`,
       );
     }

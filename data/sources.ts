@@ -13,7 +13,7 @@
  */
 import { existsSync, readdirSync, statSync } from "node:fs";
 import { join } from "node:path";
-import { InputError } from "../engine/stage-api.js";
+import { BadStageInput } from "../engine/stage-api.js";
 import {
   ccTests,
   ioTests,
@@ -99,7 +99,7 @@ export function splitFiles(root: string, split: string): string[] {
   const arrow = join(root, split);
   if (existsSync(arrow) && statSync(arrow).isDirectory())
     if (readdirSync(arrow).some((n) => n.endsWith(".arrow")))
-      throw new InputError(
+      throw new BadStageInput(
         `${arrow}: Arrow files (datasets' save_to_disk) are not read; use the dataset's Parquet files (for BAAI/TACO: ALL/${split}-*.parquet)`,
       );
   return [];

@@ -1,12 +1,18 @@
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { type Digest, hashJson, canonicalJson, digestHex } from "../cache/digest.js";
+import { hashJson, canonicalJson, digestHex, type ActionKey } from "../cache/digest.js";
 import { Store, isComplete, type ActionRecord } from "../cache/store.js";
 import type { StatCache } from "../cache/stat-cache.js";
 import { Leases } from "../cache/leases.js";
 import { writeFileAtomic } from "../cache/atomic.js";
 import type { Pipeline, Instance } from "./pipeline/expand.js";
-import type { FingerprintTools, InputArtifact, StageInput, ToolInfo } from "./stage-api.js";
+import type {
+  FingerprintTools,
+  InputArtifact,
+  InstanceId,
+  StageInput,
+  ToolInfo,
+} from "./stage-api.js";
 import { computeKey, hashToolDir, keyFields, type KeyFields } from "./key.js";
 import { UsageError } from "./errors.js";
 
@@ -28,7 +34,7 @@ export function cacheRootFor(pipelineDir: string): string {
 }
 
 export interface ResolvedKey {
-  key: Digest;
+  key: ActionKey;
   fields: KeyFields;
   inputs: Record<string, StageInput>;
   tools: Record<string, ToolInfo>;
@@ -36,7 +42,7 @@ export interface ResolvedKey {
 }
 
 interface HistoryEntry {
-  key: Digest;
+  key: ActionKey;
   /** Key fields of that key, from its action record (absent once gc removed it). */
   fields?: KeyFields;
 }
@@ -93,7 +99,7 @@ export class Engine {
   ): Promise<ResolvedKey | undefined> {
     const kind = this.pipeline.kinds.get(inst.kind);
     if (!kind) throw new Error(`kind ${inst.kind} not loaded`);
-    const artifact = (id: string): InputArtifact | undefined => {
+    const artifact = (id: InstanceId): InputArtifact | undefined => {
       const rec = results.get(id);
       const up = this.pipeline.byId.get(id);
       if (!rec || !up) return undefined;
@@ -113,7 +119,13 @@ export class Engine {
         const d = opts.admit
           ? await this.store.importPath(spec.path)
           : await this.store.pathDigest(spec.path);
-        inputs[name] = { id: spec.ref, coords: {}, digest: d, path: this.store.treePath(d) };
+        // A path input has no producer: its artifact is named by the reference as written.
+        inputs[name] = {
+          id: spec.ref as InstanceId,
+          coords: {},
+          digest: d,
+          path: this.store.treePath(d),
+        };
         keyed[name] = d;
       } else if (spec.type === "one") {
         const a = artifact(spec.id);
@@ -173,26 +185,26 @@ export class Engine {
    * A valid cached result for `key`: the record exists, its tree is intact,
    * and it is complete (an incomplete one is re-run to fill its gap).
    */
-  lookup(key: Digest): ActionRecord | undefined {
+  lookup(key: ActionKey): ActionRecord | undefined {
     const rec = this.store.lookupAction(key);
     return isComplete(rec) ? rec : undefined;
   }
 
   // History: the last key and key fields per instance id of this pipeline,
   // one file per pipeline (read once, written once per run), for plan --why.
-  private historyCache: Record<string, Digest> | undefined;
-  private historyDirty = new Map<string, Digest>();
+  private historyCache: Record<string, ActionKey> | undefined;
+  private historyDirty = new Map<string, ActionKey>();
 
   private historyPath(): string {
     return join(this.store.dir("history"), digestHex(hashJson(this.pipeline.name)) + ".json");
   }
 
-  private historyAll(): Record<string, Digest> {
+  private historyAll(): Record<string, ActionKey> {
     if (!this.historyCache) {
       try {
         this.historyCache = JSON.parse(readFileSync(this.historyPath(), "utf8")) as Record<
           string,
-          Digest
+          ActionKey
         >;
       } catch {
         this.historyCache = {};
@@ -208,7 +220,7 @@ export class Engine {
     return { key, fields };
   }
 
-  remember(id: string, key: Digest): void {
+  remember(id: string, key: ActionKey): void {
     if (this.historyAll()[id] === key) return;
     this.historyAll()[id] = key;
     this.historyDirty.set(id, key);
@@ -217,9 +229,9 @@ export class Engine {
   /** Writes remembered keys, merging with what a concurrent run wrote meanwhile. */
   saveHistory(): void {
     if (this.historyDirty.size === 0 || !existsSync(this.store.dir("history"))) return;
-    let onDisk: Record<string, Digest> = {};
+    let onDisk: Record<string, ActionKey> = {};
     try {
-      onDisk = JSON.parse(readFileSync(this.historyPath(), "utf8")) as Record<string, Digest>;
+      onDisk = JSON.parse(readFileSync(this.historyPath(), "utf8")) as Record<string, ActionKey>;
     } catch {
       // first write
     }
@@ -230,7 +242,7 @@ export class Engine {
   }
 
   /** Path of the log kept for the last failed attempt of a key. */
-  failedLogPath(key: Digest): string {
+  failedLogPath(key: ActionKey): string {
     return join(this.store.dir("work"), `${digestHex(key)}.failed.log`);
   }
 }

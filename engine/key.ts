@@ -1,6 +1,12 @@
 import { readdirSync, lstatSync } from "node:fs";
 import { join } from "node:path";
-import { type Digest, hashJson, sha256Bytes, canonicalJson } from "../cache/digest.js";
+import {
+  type ActionKey,
+  type Digest,
+  hashJson,
+  sha256Bytes,
+  canonicalJson,
+} from "../cache/digest.js";
 import type { StatCache } from "../cache/stat-cache.js";
 import type { Coords, StageKind, ToolInfo } from "./stage-api.js";
 import type { Instance } from "./pipeline/expand.js";
@@ -57,8 +63,9 @@ export function keyFields(a: {
   };
 }
 
-export function computeKey(fields: KeyFields): Digest {
-  return hashJson(fields);
+/** The action key: sha256 over the canonical JSON of the key fields. */
+export function computeKey(fields: KeyFields): ActionKey {
+  return hashJson(fields) as ActionKey;
 }
 
 /** Dotted paths where two key field sets differ, e.g. ["params.n", "inputs.data"]. */

@@ -92,6 +92,23 @@ export function kindSchema(name: string): Record<string, unknown> {
   return schema;
 }
 
+/**
+ * A kind's params as the engine would run them: `given` validated against the
+ * kind's schema, with the schema's defaults filled in (the one source of
+ * defaults). For callers that run a stage without a pipeline (tests); throws
+ * on invalid params.
+ */
+export function kindParams<P>(name: string, given: object): P {
+  const { $schema: _ignored, ...body } = kindSchema(name);
+  const validate = compileSchema(body);
+  const p = structuredClone(given);
+  if (!validate(p)) {
+    const why = (validate.errors ?? []).map((e) => `${e.instancePath || "/"} ${e.message}`);
+    throw new Error(`invalid ${name} params: ${why.join("; ")}`);
+  }
+  return p as P;
+}
+
 const loaded = new Map<string, Promise<LoadedKind>>();
 
 export function loadKind(name: string): Promise<LoadedKind> {

@@ -2,7 +2,7 @@ import { cachePath } from "../cache/layout.js";
 import { readFileSync, existsSync, readdirSync, mkdirSync, rmSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { writeFileAtomic } from "../cache/atomic.js";
-import { type Digest, digestHex, sha256Bytes } from "../cache/digest.js";
+import { type Digest, digestHex, sha256Bytes, type ActionKey } from "../cache/digest.js";
 import type { ActionRecord } from "../cache/store.js";
 import type { Pipeline } from "./pipeline/expand.js";
 
@@ -15,7 +15,7 @@ export interface Lockfile {
     {
       stage: string;
       kind: string;
-      key: Digest;
+      key: ActionKey;
       tree: Digest;
       files: Record<string, Digest>;
       metrics: Record<string, unknown>;
@@ -79,7 +79,7 @@ export function readLockfile(path: string): Lockfile | undefined {
   }
 }
 
-const legacyRootsFile = (cacheRoot: string) => join(cacheRoot, "roots.json");
+const legacyRootsFile = (cacheRoot: string) => cachePath(cacheRoot, "roots.json");
 const rootsDir = (cacheRoot: string) => cachePath(cacheRoot, "roots");
 
 /** Every registered lockfile path, whether or not it exists (yet). */

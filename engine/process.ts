@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess } from "node:child_process";
+import { startProgram } from "./launcher.js";
 import { fileURLToPath } from "node:url";
 import { createInterface } from "node:readline";
 import { openSync, readSync, fstatSync, closeSync, writeSync, statSync } from "node:fs";
@@ -111,20 +112,11 @@ export async function runCommand(
       ? { ...opts.env, CUDA_VISIBLE_DEVICES: place.gpus.join(",") }
       : opts.env;
   const shown = [file, ...args].map(quoteArg).join(" ");
-  // node's spawn directly (not execa): per command it costs a fraction of the
-  // CPU, which matters for DAGs of thousands of small jobs (test/bench/engine.mjs).
-  const child = spawn(executable(file, env.PATH), args, {
-    env,
-    cwd: opts.cwd,
-    detached: true,
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null; error?: Error }>(
-    (res) => {
-      child.once("error", (error) => res({ code: null, signal: null, error }));
-      child.once("exit", (code, signal) => res({ code, signal }));
-    },
-  );
+  // Not execa, and not a fork of this process where a launcher can start it:
+  // per command that costs a fraction of the CPU, which matters for DAGs of
+  // thousands of small jobs (test/bench/engine.mjs, engine/launcher.ts).
+  const child = await startProgram(executable(file, env.PATH), args, { env, cwd: opts.cwd });
+  const exited = child.exited;
   const pid = child.pid;
   if (pid === undefined) {
     const r = await exited;

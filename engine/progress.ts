@@ -10,6 +10,8 @@ export class Progress {
   private readonly t0 = Date.now();
   private lastDraw = 0;
   private readonly tty: boolean;
+  private pending = "";
+  private flushTimer: NodeJS.Timeout | undefined;
 
   constructor(
     private readonly total: number,
@@ -25,9 +27,23 @@ export class Progress {
 
   private line(s: string): void {
     if (this.quiet) return;
-    if (this.tty) this.out.write("\r\x1b[K");
-    this.out.write(s + "\n");
-    this.draw(true);
+    if (this.tty) {
+      this.out.write("\r\x1b[K" + s + "\n");
+      this.draw(true);
+      return;
+    }
+    // Not a terminal (a log, a pipe): lines go out in batches every 100 ms. A
+    // write per line cost more than a tiny stage itself on a busy machine
+    // (stderr writes are synchronous; test/bench/engine.mjs).
+    this.pending += s + "\n";
+    this.flushTimer ??= setTimeout(() => this.flush(), 100).unref();
+  }
+
+  private flush(): void {
+    if (this.flushTimer) clearTimeout(this.flushTimer);
+    this.flushTimer = undefined;
+    if (this.pending) this.out.write(this.pending);
+    this.pending = "";
   }
 
   private draw(force = false): void {
@@ -90,6 +106,7 @@ export class Progress {
   }
 
   finish(): void {
+    this.flush();
     if (this.tty && !this.quiet) this.out.write("\r\x1b[K");
   }
 }

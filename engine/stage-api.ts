@@ -14,6 +14,13 @@ import type { Logger } from "pino";
 import type { Digest } from "../cache/digest.js";
 
 export type Scalar = string | number | boolean;
+/**
+ * An instance's id: its stage name, then its matrix coordinates, e.g.
+ * `tune@n=1000,subset=easy` (made in engine/pipeline/expand.ts only). A
+ * stage name or a free string is not one; look an id typed by a user up in
+ * the pipeline's byId.
+ */
+export type InstanceId = string & { readonly __brand: "InstanceId" };
 /** Matrix coordinates of an instance, e.g. {n: 1000, subset: "easy"}. */
 export type Coords = Record<string, Scalar>;
 
@@ -29,7 +36,7 @@ export interface Resources {
 /** One upstream artifact as a stage sees it. */
 export interface InputArtifact {
   /** Instance id of the producer, e.g. `tune@n=1000`. */
-  id: string;
+  id: InstanceId;
   coords: Coords;
   /** Digest of the producer's output tree. */
   digest: Digest;
@@ -40,6 +47,49 @@ export interface InputArtifact {
 /** `x` or `x[k=v]` give one artifact; `x[*]` gives a list, in instance-id order. */
 export type StageInput = InputArtifact | InputArtifact[];
 
+/**
+ * How every stage reads its inputs (on StageContext and AdmitContext), so
+ * that all kinds agree on what a reference may be:
+ * - `input(name)`: one artifact: `x`, `x[k=v]`, or a list of exactly one
+ *   (`x[*]` over a stage with one instance);
+ * - `inputList(name)`: a list: `x[*]`, or one artifact as a list of one.
+ * A missing input, or a list of another length where one artifact is needed,
+ * is BadStageInput (exit 2, not retried). With `{ optional: true }` a missing
+ * input is undefined (`input`) or an empty list (`inputList`).
+ */
+export interface InputAccess {
+  input(name: string): InputArtifact;
+  input(name: string, opts: { optional: true }): InputArtifact | undefined;
+  inputList(name: string, opts?: { optional?: boolean }): InputArtifact[];
+}
+
+/** The InputAccess over one instance's inputs; `kind` names the stage in messages. */
+export function inputAccess(kind: string, inputs: Record<string, StageInput>): InputAccess {
+  const list = (name: string, optional = false): InputArtifact[] | undefined => {
+    const v = inputs[name];
+    if (v === undefined) {
+      if (optional) return undefined;
+      throw new BadStageInput(`${kind} needs an input \`${name}\``);
+    }
+    return Array.isArray(v) ? v : [v];
+  };
+  function input(name: string): InputArtifact;
+  function input(name: string, opts: { optional: true }): InputArtifact | undefined;
+  function input(name: string, opts?: { optional: true }): InputArtifact | undefined {
+    const l = list(name, opts?.optional);
+    if (l === undefined) return undefined;
+    if (l.length !== 1)
+      throw new BadStageInput(
+        `${kind}'s input \`${name}\` must be one artifact, got a list of ${l.length}`,
+      );
+    return l[0];
+  }
+  return {
+    input,
+    inputList: (name, opts) => list(name, opts?.optional) ?? [],
+  };
+}
+
 export interface ToolInfo {
   /** Folder with the tool's binaries (e.g. llama.cpp's bin/). */
   bin: string;
@@ -48,11 +98,12 @@ export interface ToolInfo {
   digest: Digest;
 }
 
-export interface StageContext<P> {
-  instanceId: string;
+export interface StageContext<P> extends InputAccess {
+  instanceId: InstanceId;
   coords: Coords;
   /** Params after templates and schema defaults. */
   params: P;
+  /** The inputs as resolved; read them with `input` / `inputList`. */
   inputs: Record<string, StageInput>;
   /** An empty folder; what is here when `run` resolves becomes the output. */
   out: string;
@@ -84,8 +135,8 @@ export interface StageContext<P> {
  * What `admit` sees: the instance once its inputs exist, before it queues for
  * resources (and before any executor, local or Slurm, is involved).
  */
-export interface AdmitContext<P> {
-  instanceId: string;
+export interface AdmitContext<P> extends InputAccess {
+  instanceId: InstanceId;
   params: P;
   inputs: Record<string, StageInput>;
   tools: Record<string, ToolInfo>;
@@ -237,7 +288,7 @@ export interface Estimate {
 }
 
 /** What `estimate` sees. */
-export interface EstimateContext<P> {
+export interface EstimateContext<P> extends InputAccess {
   instanceId: string;
   params: P;
   /** Inputs whose producers have a result; an input still to be computed is absent. */
@@ -276,8 +327,3 @@ export interface CalibrateContext<P> {
 export class BadStageInput extends Error {
   override name = "BadStageInput";
 }
-
-/** The former name of BadStageInput, kept while stages move over to it. */
-export const InputError = BadStageInput;
-/** The former name of BadStageInput, kept while stages move over to it. */
-export type InputError = BadStageInput;

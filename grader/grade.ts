@@ -53,20 +53,6 @@ export interface GradingParams {
   bwrap: string;
 }
 
-export const GRADING_DEFAULTS: GradingParams = {
-  semantics: "auto",
-  memoryCapMb: 4096,
-  policy: "first",
-  allTests: false,
-  timeoutScale: 1,
-  wallFactor: 2,
-  defaultTimeLimitS: 6,
-  defaultMemoryMb: 1024,
-  jobs: 2,
-  sandbox: "bwrap",
-  bwrap: "/usr/bin/bwrap",
-};
-
 /** Grader options from a stage's grading params. */
 export function gradeOptionsFrom(
   p: GradingParams,

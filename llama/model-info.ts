@@ -5,7 +5,7 @@
  */
 import { stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { InputError } from "../engine/stage-api.js";
+import { BadStageInput } from "../engine/stage-api.js";
 import { GGML_TYPES, GgufFormatError, inspectGguf, type GgufSummary } from "./gguf.js";
 
 export interface ModelInfo {
@@ -30,12 +30,12 @@ export interface ModelInfo {
   bitsPerWeight: number;
 }
 
-/** Structural check with bad files reported as InputError (exit 2, nothing cached). */
+/** Structural check with bad files reported as BadStageInput (exit 2, nothing cached). */
 export async function checkGguf(path: string, what: string): Promise<GgufSummary> {
   try {
     return await inspectGguf(path);
   } catch (e) {
-    if (e instanceof GgufFormatError) throw new InputError(`${what}: ${e.message}`);
+    if (e instanceof GgufFormatError) throw new BadStageInput(`${what}: ${e.message}`);
     throw e;
   }
 }

@@ -31,16 +31,9 @@ export const HOW_TO_PROVIDE_LLAMA =
  * The llama.cpp build a stage should call: the `llama` input (a llama-build
  * artifact) if the stage has one, else the engine-resolved `ctx.tools.llama`.
  */
-export function resolveLlama(ctx: Pick<StageContext<unknown>, "inputs" | "tools">): ToolInfo {
-  const input = ctx.inputs.llama;
-  if (input !== undefined) {
-    if (Array.isArray(input)) {
-      throw new Error(
-        `input \`llama\` must be one llama-build artifact, got a list of ${input.length}`,
-      );
-    }
-    return llamaFromArtifact(input);
-  }
+export function resolveLlama(ctx: Pick<StageContext<unknown>, "input" | "tools">): ToolInfo {
+  const input = ctx.input("llama", { optional: true });
+  if (input !== undefined) return llamaFromArtifact(input);
   const tool = ctx.tools.llama;
   if (tool) return tool;
   throw new Error(`no llama.cpp build: ${HOW_TO_PROVIDE_LLAMA}`);

@@ -15,7 +15,7 @@ import { join } from "node:path";
 import { deflateSync } from "node:zlib";
 import problems, { dateWindow, type ProblemsParams } from "../stages/problems/index.js";
 import { unpickleString } from "../data/pickle.js";
-import { InputError } from "../engine/stage-api.js";
+import { BadStageInput } from "../engine/stage-api.js";
 import { fingerprintTools } from "../engine/engine.js";
 import { StatCache } from "../cache/stat-cache.js";
 import { projectRoot } from "../data/root.js";
@@ -47,7 +47,7 @@ function jsonl<T>(file: string): T[] {
 
 async function rejects(params: ProblemsParams, re: RegExp) {
   await assert.rejects(load(params), (e: Error) => {
-    assert.ok(e instanceof InputError, `expected InputError, got ${e.name}: ${e.message}`);
+    assert.ok(e instanceof BadStageInput, `expected BadStageInput, got ${e.name}: ${e.message}`);
     assert.match(e.message, re);
     return true;
   });

@@ -1,10 +1,11 @@
 import { test } from "node:test";
+import { kindParams } from "../engine/kinds.js";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import subsample, { type SubsampleParams } from "../stages/subsample/index.js";
-import { InputError } from "../engine/stage-api.js";
+import { BadStageInput } from "../engine/stage-api.js";
 import type { Problem } from "../data/problem.js";
 import { artifact, makeCtx, tempDir } from "./helpers/data-ctx.js";
 
@@ -64,7 +65,7 @@ async function run(
   p: Partial<SubsampleParams>,
   extra: Record<string, ReturnType<typeof artifact>> = {},
 ) {
-  const ctx = makeCtx(p as SubsampleParams, {
+  const ctx = makeCtx(kindParams<SubsampleParams>("subsample", p), {
     problems: artifact(fx.problems),
     traces: artifact(fx.traces),
     ...extra,
@@ -140,7 +141,7 @@ test("filters: correctness, paper's hard/easy, difficulty, source, split, length
 
 test("asking for more than available fails with the counts, unless allowFewer", async () => {
   await assert.rejects(run({ n: 1000, paperDifficulty: "easy" }), (e: Error) => {
-    assert.ok(e instanceof InputError);
+    assert.ok(e instanceof BadStageInput);
     assert.match(e.message, /asked for 1000 questions but only 160 qualify/);
     assert.match(e.message, /allowFewer/);
     return true;
@@ -152,7 +153,7 @@ test("asking for more than available fails with the counts, unless allowFewer", 
     JSON.stringify({ problem_id: "p1", sample: 0, messages: [], reasoning: "", answer: "a" }) +
       "\n",
   );
-  const ctx = makeCtx({ correct: true } as SubsampleParams, {
+  const ctx = makeCtx(kindParams<SubsampleParams>("subsample", { correct: true }), {
     problems: artifact(fx.problems),
     traces: artifact(noCorrect),
   });

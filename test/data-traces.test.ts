@@ -1,4 +1,5 @@
 import { test } from "node:test";
+import { kindParams } from "../engine/kinds.js";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
@@ -31,7 +32,7 @@ function problemsDir(n: number): string {
 }
 
 function params(url: string, extra: Partial<TracesParams> = {}): TracesParams {
-  return {
+  return kindParams<TracesParams>("traces", {
     backend: "openai",
     baseUrl: url,
     model: "teacher",
@@ -48,7 +49,7 @@ function params(url: string, extra: Partial<TracesParams> = {}): TracesParams {
     timeoutS: 5,
     failureBudget: 0,
     ...extra,
-  };
+  });
 }
 
 const readTraces = (out: string) =>
@@ -286,7 +287,7 @@ test("openai backend: SIGKILL mid-generation, re-run: no answered request is sen
 test("import backend: demo reference traces and OCR2 generations", async () => {
   const { projectRoot } = await import("../data/root.js");
   const demo = join(projectRoot(), "pipelines/data/demo");
-  const ctx = makeCtx({ backend: "import", samples: 1 } as TracesParams, {
+  const ctx = makeCtx(kindParams<TracesParams>("traces", { backend: "import", samples: 1 }), {
     problems: artifact(demo),
   });
   const res = await traces.run(ctx);
@@ -314,7 +315,7 @@ test("import backend: demo reference traces and OCR2 generations", async () => {
     },
   };
   writeFileSync(join(dir, "problems.jsonl"), JSON.stringify(p) + "\n");
-  const ctx2 = makeCtx({ backend: "import", samples: 8 } as TracesParams, {
+  const ctx2 = makeCtx(kindParams<TracesParams>("traces", { backend: "import", samples: 8 }), {
     problems: artifact(dir),
   });
   await traces.run(ctx2);
@@ -339,7 +340,7 @@ test("import backend: demo reference traces and OCR2 generations", async () => {
     { problem_id: "q1", sample: 3, row_id: "r3", r1_generation: "<think>\nI\n</think>\n\nJ" },
   ];
   writeFileSync(join(dir3, "generations.jsonl"), gens.map((g) => JSON.stringify(g)).join("\n"));
-  const ctx3 = makeCtx({ backend: "import", samples: 2 } as TracesParams, {
+  const ctx3 = makeCtx(kindParams<TracesParams>("traces", { backend: "import", samples: 2 }), {
     problems: artifact(dir3),
   });
   const m3 = (await traces.run(ctx3))!.metrics as Record<string, unknown>;

@@ -17,9 +17,9 @@ import { tmpdir } from "node:os";
 import { Leases, type Lease } from "../cache/leases.js";
 import { Store } from "../cache/store.js";
 import { hashFileSync } from "../cache/hash.js";
-import { sha256Bytes } from "../cache/digest.js";
+import { sha256Bytes, type ActionKey } from "../cache/digest.js";
 
-const KEY = sha256Bytes("some action");
+const KEY = sha256Bytes("some action") as ActionKey;
 
 test("a lease taken over from its holder is not deleted when the old holder releases it", () => {
   const dir = mkdtempSync(join(tmpdir(), "valley-leases-"));

@@ -370,3 +370,47 @@ stages:
   assert.equal(dangling.code, 2, dangling.stderr);
   assert.match(dangling.stderr, /dangling is a symbolic link to nothing/);
 });
+
+test("commands behave the same through the launcher and spawned directly (VALLEY_LAUNCHER=off)", () => {
+  const seen: Record<string, { out: string; log: string; code: number; tail: string }> = {};
+  for (const mode of ["on", "off"]) {
+    const dir = project({
+      "p.yaml": `
+version: 1
+stages:
+  talk:
+    uses: shell
+    with:
+      run: |
+        echo "out é \${{ matrix.n }}"; echo "err line" >&2; printf 'no newline' > $OUT/f
+        sleep 30 &
+        echo "cwd $(basename $(pwd))" > $OUT/where
+    matrix: {n: [1, 2]}
+  fail:
+    uses: shell
+    with: {run: "echo 'CUDA error: out of memory' >&2; exit 3"}
+`,
+    });
+    const env = { VALLEY_LAUNCHER: mode };
+    const r = valley(["run", "p.yaml", "--keep-going", "--json"], { cwd: dir, env });
+    const show = valley(["show", "talk@n=2", "-f", "p.yaml", "--json"], { cwd: dir, env });
+    const out = JSON.parse(show.stdout) as { outputs: Record<string, { path: string }> };
+    const logs = valley(["logs", "talk@n=2", "-f", "p.yaml"], { cwd: dir, env });
+    seen[mode] = {
+      code: r.code,
+      out: ["f", "where"].map((f) => readFileSync(out.outputs[f].path, "utf8")).join("|"),
+      log: logs.stdout
+        .split("\n")
+        .filter((l) => /out é|err line/.test(l))
+        .map((l) => l.replace(/^.*?(out é|err line)/, "$1"))
+        .join("|"),
+      tail: r.stderr.split("\n").filter((l) => l.includes("CUDA error")).length > 0 ? "tail" : "",
+    };
+  }
+  assert.deepEqual(seen.on, seen.off);
+  assert.equal(seen.on.code, 1);
+  assert.match(seen.on.out, /^no newline\|cwd \S+\n$/);
+  assert.match(seen.on.log, /out é 2/);
+  assert.match(seen.on.log, /err line/);
+  assert.equal(seen.on.tail, "tail", "the failure shows the stage's last stderr lines");
+});

@@ -2,11 +2,12 @@
  * The evaluate stage without a model: the metrics of hand-made samples, the
  * grading path on canned answers, and bad input.
  */
+import { kindParams } from "../engine/kinds.js";
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { InputError } from "../engine/stage-api.js";
+import { BadStageInput } from "../engine/stage-api.js";
 import evaluate, { type EvaluateParams } from "../stages/evaluate/index.js";
 import { evaluationMetrics, type SampleStats } from "../stages/evaluate/metrics.js";
 import { gradeAnswers } from "../stages/evaluate/grading.js";
@@ -119,7 +120,7 @@ test("grading canned answers the way the stage does: AC, WA, NO_CODE, think", as
   // A sandbox that cannot start is an error, never a verdict.
   await assert.rejects(
     gradeAnswers([answer(0, good)], { bwrap: "/nonexistent/bwrap" }),
-    (e: Error) => !(e instanceof InputError) && /grader failed|bwrap|sandbox/i.test(e.message),
+    (e: Error) => !(e instanceof BadStageInput) && /grader failed|bwrap|sandbox/i.test(e.message),
   );
 });
 
@@ -142,7 +143,7 @@ test("bad input: no problems after the filter, missing model.gguf, no statement"
   await mkdir(modelDir);
   await writeFile(join(modelDir, "model.gguf"), "not read before the problems are");
   const run = async (params: Partial<EvaluateParams>, model = modelDir, dir = problems) => {
-    const { ctx } = await makeCtx(params as EvaluateParams, {
+    const { ctx } = await makeCtx(kindParams<EvaluateParams>("evaluate", params), {
       inputs: { model: artifact(model, "m"), problems: artifact(dir, "p") },
     });
     return evaluate.run(ctx);
@@ -150,43 +151,47 @@ test("bad input: no problems after the filter, missing model.gguf, no statement"
   // Default split "eval": the only record is train.
   await assert.rejects(
     run({}),
-    (e: Error) => e instanceof InputError && /split "eval" matches none of the 1/.test(e.message),
+    (e: Error) =>
+      e instanceof BadStageInput && /split "eval" matches none of the 1/.test(e.message),
   );
   // An explicit split on records without one says how to fix it.
   const noSplit = await problemsDir([sum]);
   await assert.rejects(
     run({ split: "eval" }, modelDir, noSplit),
-    (e: Error) => e instanceof InputError && /use split: all/.test(e.message),
+    (e: Error) => e instanceof BadStageInput && /use split: all/.test(e.message),
   );
   const empty = await problemsDir([]);
   await assert.rejects(
     run({}, modelDir, empty),
-    (e: Error) => e instanceof InputError && /holds no problems/.test(e.message),
+    (e: Error) => e instanceof BadStageInput && /holds no problems/.test(e.message),
   );
   const { tmp: t2 } = await makeCtx({});
   await assert.rejects(
     run({ split: "all" }, t2),
-    (e: Error) => e instanceof InputError && /model\.gguf/.test(e.message),
+    (e: Error) => e instanceof BadStageInput && /model\.gguf/.test(e.message),
   );
   const noStatement = await problemsDir([{ id: "x", tests: sum.tests }]);
   await assert.rejects(
     run({}, modelDir, noStatement),
-    (e: Error) => e instanceof InputError && /statement/.test(e.message),
+    (e: Error) => e instanceof BadStageInput && /statement/.test(e.message),
   );
   const noTests = await problemsDir([{ ...sum, tests: [] }]);
   await assert.rejects(
     run({}, modelDir, noTests),
-    (e: Error) => e instanceof InputError && /no tests/.test(e.message),
+    (e: Error) => e instanceof BadStageInput && /no tests/.test(e.message),
   );
 });
 
 test("resources: cpu from threads (or grading jobs), a GPU only with gpuLayers", () => {
   const r = evaluate.resources!;
   assert.deepEqual(
-    { cpu: r({ threads: 6 } as EvaluateParams).cpu, gpu: r({ threads: 6 } as EvaluateParams).gpu },
+    {
+      cpu: r(kindParams<EvaluateParams>("evaluate", { threads: 6 })).cpu,
+      gpu: r(kindParams<EvaluateParams>("evaluate", { threads: 6 })).gpu,
+    },
     { cpu: 6, gpu: 0 },
   );
-  assert.equal(r({ threads: 2, gpuLayers: 99 } as EvaluateParams).gpu, 1);
+  assert.equal(r(kindParams<EvaluateParams>("evaluate", { threads: 2, gpuLayers: 99 })).gpu, 1);
   assert.deepEqual(evaluate.tools, ["llama"]);
   assert.deepEqual(
     evaluate.check!({ prompt: { user: "{{statement}} {{nope}}" } } as EvaluateParams),

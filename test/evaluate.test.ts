@@ -4,6 +4,7 @@
  * consistent counts, the per-request cache (more samples send only the new
  * requests; all cached starts no server), and base + LoRA adapter.
  */
+import { kindParams } from "../engine/kinds.js";
 import { before, test } from "node:test";
 import assert from "node:assert/strict";
 import { mkdir, readFile, writeFile } from "node:fs/promises";
@@ -79,7 +80,7 @@ async function runEval(
     progress?: (done: number, total?: number, note?: string) => void;
   } = {},
 ): Promise<{ ctx: StageContext<EvaluateParams>; metrics: Record<string, unknown> }> {
-  const { ctx } = await makeCtx({ ...base, ...params } as EvaluateParams, {
+  const { ctx } = await makeCtx(kindParams<EvaluateParams>("evaluate", { ...base, ...params }), {
     inputs: { model, problems, ...(o.adapter ? { adapter: o.adapter } : {}) },
     tools: o.withLlama === false ? {} : { llama },
     cpu: 2,

@@ -13,6 +13,7 @@
  * Needs a llama.cpp build holding valley-lora and llama-quantize (the shared
  * test build, or $VALLEY_LLAMA_BIN).
  */
+import { inputAccess, type InstanceId } from "../engine/stage-api.js";
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
@@ -30,7 +31,8 @@ import {
 } from "../stages/finetune/memory.js";
 import { testLlama } from "./llama-fixture.js";
 import { project, valley } from "./helpers/valley.js";
-import finetune, { checkpointingOn, withDefaults } from "../stages/finetune/index.js";
+import finetune, { checkpointingOn, type FinetuneParams } from "../stages/finetune/index.js";
+import { kindParams } from "../engine/kinds.js";
 
 let BIN = "";
 let work = "";
@@ -379,10 +381,12 @@ test("admission: a quantized base on the GPU is refused naming the conversion; o
   const q = run("llama-quantize", [f32, join(dir, "model.gguf"), "Q8_0"]);
   assert.equal(q.code, 0, q.stderr.slice(-2000));
   const D = `sha256:${"0".repeat(64)}` as never;
+  const inputs = { from: { id: "m" as InstanceId, coords: {}, digest: D, path: dir } };
   const ctx = (gpu: number) => ({
-    instanceId: "tune",
-    params: withDefaults({ maxSeqLen: 512 }),
-    inputs: { from: { id: "m", coords: {}, digest: D, path: dir } },
+    instanceId: "tune" as InstanceId,
+    params: kindParams<FinetuneParams>("finetune", { maxSeqLen: 512 }),
+    inputs,
+    ...inputAccess("finetune", inputs),
     tools: {},
     resources: { cpu: 2, gpu, memory: 4096 },
   });

@@ -21,8 +21,14 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { createServer } from "node:net";
 import pino from "pino";
-import finetune, { withDefaults, type FinetuneParams } from "../stages/finetune/index.js";
-import { InputError, type StageContext } from "../engine/stage-api.js";
+import finetune, { type FinetuneParams } from "../stages/finetune/index.js";
+import { kindParams } from "../engine/kinds.js";
+import {
+  BadStageInput,
+  inputAccess,
+  type InstanceId,
+  type StageContext,
+} from "../engine/stage-api.js";
 import type { Digest } from "../cache/digest.js";
 import { kv, writeGguf } from "../llama/gguf-writer.js";
 import { randomModel, resolveRandomParams } from "../llama/random-model.js";
@@ -139,15 +145,17 @@ function makeCtx(
   rmSync(out, { recursive: true, force: true });
   mkdirSync(out, { recursive: true });
   mkdirSync(join(base, "scratch"), { recursive: true });
+  const inputs = {
+    from: { id: "model" as InstanceId, coords: {}, digest: D, path: dirname(model) },
+    data: { id: "data" as InstanceId, coords: {}, digest: D, path: dataPath },
+    llama: { id: "llama" as InstanceId, coords: {}, digest: D, path: dirname(BIN) },
+  };
   return {
-    instanceId: name,
+    instanceId: name as InstanceId,
     coords: {},
-    params: withDefaults({ threads: 2, ...params }),
-    inputs: {
-      from: { id: "model", coords: {}, digest: D, path: dirname(model) },
-      data: { id: "data", coords: {}, digest: D, path: dataPath },
-      llama: { id: "llama", coords: {}, digest: D, path: dirname(BIN) },
-    },
+    params: kindParams<FinetuneParams>("finetune", { threads: 2, ...params }),
+    inputs,
+    ...inputAccess("finetune", inputs),
     out,
     scratch: join(base, "scratch"),
     log: pino({ level: "silent" }),
@@ -172,12 +180,12 @@ test("training loss decreases (mean of the last epoch at least 1.0 below the fir
       epochs: 4,
       batch: 2,
       lr: 3e-3,
-      lora: { rank: 8, alpha: 16, targets: [], seed: 1 },
+      // targets: the schema's default (all seven).
+      lora: { rank: 8, alpha: 16, seed: 1 } as FinetuneParams["lora"],
       checkpointEvery: 0,
     },
     data,
   );
-  ctx.params.lora.targets = withDefaults({}).lora.targets;
   const res = await finetune.run(ctx);
   const m = rows(join(ctx.out, "metrics.jsonl"));
   assert.equal(m.length, 4 * 12);
@@ -409,7 +417,7 @@ test("node-llama-cpp loads the adapter", async () => {
   }
 });
 
-test("bad input: exit 2 from the trainer and InputError from the stage", async () => {
+test("bad input: exit 2 from the trainer and BadStageInput from the stage", async () => {
   const good = dataDir("bad-good", patternData(4, 1));
   const cases: [string, Partial<FinetuneParams>, string, RegExp][] = [
     ["empty", {}, dataDir("bad-empty", ""), /empty/],
@@ -439,10 +447,13 @@ test("bad input: exit 2 from the trainer and InputError from the stage", async (
     ],
   ];
   for (const [name, params, data, re] of cases) {
-    const ctx = makeCtx(`bad-${name}`, params, data);
+    // Set after validation, as a caller that bypasses the schema would: the
+    // stage checks what the schema already rules out (unknown targets, rank 0).
+    const ctx = makeCtx(`bad-${name}`, {}, data);
+    Object.assign(ctx.params, params);
     await assert.rejects(
       finetune.run(ctx),
-      (e: Error) => e instanceof InputError && re.test(e.message),
+      (e: Error) => e instanceof BadStageInput && re.test(e.message),
       name,
     );
     assert.deepEqual(readdirSync(ctx.out), [], `${name}: nothing written`);

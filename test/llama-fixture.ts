@@ -15,7 +15,14 @@ import { spawnSync } from "node:child_process";
 import { mkdir, mkdtemp } from "node:fs/promises";
 import { join } from "node:path";
 import { pino } from "pino";
-import type { InputArtifact, StageContext, StageInput, ToolInfo } from "../engine/stage-api.js";
+import {
+  inputAccess,
+  type InputArtifact,
+  type InstanceId,
+  type StageContext,
+  type StageInput,
+  type ToolInfo,
+} from "../engine/stage-api.js";
 import { hashJson, type Digest } from "../cache/digest.js";
 import { projectRoot } from "../llama/toolchain.js";
 
@@ -115,10 +122,11 @@ export async function makeCtx<P>(
   await mkdir(out, { recursive: true });
   await mkdir(scratch, { recursive: true });
   const ctx: StageContext<P> = {
-    instanceId: "test",
+    instanceId: "test" as InstanceId,
     coords: {},
     params,
     inputs: o.inputs ?? {},
+    ...inputAccess("test", o.inputs ?? {}),
     out,
     scratch,
     log: pino({ level: "silent" }),
@@ -133,7 +141,7 @@ export async function makeCtx<P>(
 
 /** An input artifact for a folder (digest over its path: good enough for tests). */
 export function artifact(path: string, id = "producer"): InputArtifact {
-  return { id, coords: {}, digest: hashJson({ path }) as Digest, path };
+  return { id: id as InstanceId, coords: {}, digest: hashJson({ path }) as Digest, path };
 }
 
 /**

@@ -9,7 +9,7 @@ import { existsSync, lstatSync, readdirSync, readFileSync } from "node:fs";
 import { readFile, readdir, mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import { tmpdir } from "node:os";
-import { InputError, type ToolInfo } from "../engine/stage-api.js";
+import { BadStageInput, inputAccess, type ToolInfo } from "../engine/stage-api.js";
 import { fingerprintTools } from "../engine/engine.js";
 import { StatCache } from "../cache/stat-cache.js";
 import model from "../stages/model/index.js";
@@ -106,18 +106,23 @@ test("backend: cuda without cuBLAS fails at once, naming what is missing", async
   await assert.rejects(
     llamaBuild.run(ctx),
     (e: Error) =>
-      e instanceof InputError && /backend: cuda/.test(e.message) && /(nvcc|cuBLAS)/.test(e.message),
+      e instanceof BadStageInput &&
+      /backend: cuda/.test(e.message) &&
+      /(nvcc|cuBLAS)/.test(e.message),
   );
   assert.ok(Date.now() - t0 < 2000, "before cloning");
   assert.deepEqual(await readdir(ctx.scratch), [], "nothing cloned");
 });
 
 test("resolveLlama: the `llama` input wins over tools, and no build at all is a clear error", () => {
-  const viaInput = resolveLlama({ inputs: { llama: artifact(llama.dir) }, tools: {} });
+  const viaInput = resolveLlama({
+    ...inputAccess("test", { llama: artifact(llama.dir) }),
+    tools: {},
+  });
   assert.equal(viaInput.bin, llama.bin);
-  const viaTools = resolveLlama({ inputs: {}, tools: tools() });
+  const viaTools = resolveLlama({ ...inputAccess("test", {}), tools: tools() });
   assert.equal(viaTools.bin, llama.bin);
-  assert.throws(() => resolveLlama({ inputs: {}, tools: {} }), /VALLEY_LLAMA_BIN/);
+  assert.throws(() => resolveLlama({ ...inputAccess("test", {}), tools: {} }), /VALLEY_LLAMA_BIN/);
 });
 
 test("quantize to Q8_0: smaller, fewer bits per weight, still loads", async () => {
@@ -146,7 +151,7 @@ test("quantize to Q8_0: smaller, fewer bits per weight, still loads", async () =
   await loaded.dispose();
 });
 
-test("quantize: an unknown type is an InputError listing the valid ones", async () => {
+test("quantize: an unknown type is an BadStageInput listing the valid ones", async () => {
   assert.match(quantize.check!({ type: "Q9_9" })[0].message, /valid types: .*Q4_K_M/);
   const { ctx } = await makeCtx(
     { type: "Q9_9" },
@@ -154,7 +159,7 @@ test("quantize: an unknown type is an InputError listing the valid ones", async 
   );
   await assert.rejects(
     quantize.run(ctx),
-    (e: Error) => e instanceof InputError && /Q8_0/.test(e.message),
+    (e: Error) => e instanceof BadStageInput && /Q8_0/.test(e.message),
   );
 });
 
@@ -217,7 +222,7 @@ test("merge: base + two adapters with scales", async () => {
   );
   await assert.rejects(
     merge.run(bad),
-    (e: Error) => e instanceof InputError && /2 adapters/.test(e.message),
+    (e: Error) => e instanceof BadStageInput && /2 adapters/.test(e.message),
   );
 });
 

@@ -6,7 +6,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFile, stat, writeFile, truncate, copyFile, mkdir } from "node:fs/promises";
 import { join } from "node:path";
-import { InputError } from "../engine/stage-api.js";
+import { BadStageInput } from "../engine/stage-api.js";
 import { sha256Bytes } from "../cache/digest.js";
 import { StatCache } from "../cache/stat-cache.js";
 import { fingerprintTools } from "../engine/engine.js";
@@ -125,7 +125,7 @@ test("path: a local GGUF is hardlinked, and its bytes are in the fingerprint", a
   assert.match(String(fp.file), /^sha256:[0-9a-f]{64}$/);
 });
 
-test("bad GGUF inputs fail with InputError", async () => {
+test("bad GGUF inputs fail with BadStageInput", async () => {
   const src = await runModel(TINY);
   const { ctx, tmp } = await makeCtx({});
   const cut = join(tmp, "cut.gguf");
@@ -133,24 +133,24 @@ test("bad GGUF inputs fail with InputError", async () => {
   await truncate(cut, (await stat(cut)).size - 1000);
   await assert.rejects(
     model.run({ ...ctx, params: { path: cut } }),
-    (e: Error) => e instanceof InputError && /truncated/.test(e.message),
+    (e: Error) => e instanceof BadStageInput && /truncated/.test(e.message),
   );
   const header = join(tmp, "header.gguf");
   await copyFile(join(src.out, "model.gguf"), header);
   await truncate(header, 100);
   await assert.rejects(
     model.run({ ...ctx, params: { path: header } }),
-    (e: Error) => e instanceof InputError && /truncated/.test(e.message),
+    (e: Error) => e instanceof BadStageInput && /truncated/.test(e.message),
   );
   const junk = join(tmp, "junk.gguf");
   await writeFile(junk, "PK\x03\x04 definitely a zip file, not a model");
   await assert.rejects(
     model.run({ ...ctx, params: { path: junk } }),
-    (e: Error) => e instanceof InputError && /not a GGUF file/.test(e.message),
+    (e: Error) => e instanceof BadStageInput && /not a GGUF file/.test(e.message),
   );
   await assert.rejects(
     model.run({ ...ctx, params: { path: join(tmp, "missing.gguf") } }),
-    (e: Error) => e instanceof InputError && /does not exist/.test(e.message),
+    (e: Error) => e instanceof BadStageInput && /does not exist/.test(e.message),
   );
 });
 
@@ -169,7 +169,7 @@ test("impossible shapes and source mix-ups are caught by check() and run()", asy
   const { ctx } = await makeCtx(bad);
   await assert.rejects(
     model.run(ctx),
-    (e: Error) => e instanceof InputError && /divisible/.test(e.message),
+    (e: Error) => e instanceof BadStageInput && /divisible/.test(e.message),
   );
 });
 

@@ -9,7 +9,7 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { InputError, type InputArtifact } from "../engine/stage-api.js";
+import { BadStageInput, type InputArtifact } from "../engine/stage-api.js";
 import { compare, holm, pair, rates, type PassRecord } from "../grader/paired.js";
 import report from "../stages/report/index.js";
 import { artifact, ctxFor } from "./helpers/report-fixture.js";
@@ -273,7 +273,7 @@ describe("report: paired differences", () => {
         ),
       ),
       (e: Error) =>
-        e instanceof InputError &&
+        e instanceof BadStageInput &&
         /start\.from\.s30k names evaluate@n=3000,student=deep, which is not among/.test(e.message),
     );
   });

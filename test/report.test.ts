@@ -4,7 +4,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:f
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { InputError, type InputArtifact, type StageResult } from "../engine/stage-api.js";
+import { BadStageInput, type InputArtifact, type StageResult } from "../engine/stage-api.js";
 import report from "../stages/report/index.js";
 import { inlineSvg } from "../stages/report/html.js";
 import { ciLevel, type Row } from "../stages/report/rows.js";
@@ -149,7 +149,7 @@ describe("report stage", () => {
       dataset: ["subsample@n=10000"],
       traces: ["traces"],
     });
-    const byId = new Map(
+    const byId = new Map<string, string>(
       Object.values(inputs)
         .flatMap((l) => l as InputArtifact[])
         .map((a) => [a.id, a.digest]),
@@ -239,7 +239,7 @@ describe("report stage", () => {
     assert.doesNotMatch(html, /https?:\/\/(?!www\.w3\.org)/);
   });
 
-  it("an evaluation without metrics.json is an InputError naming it", async () => {
+  it("an evaluation without metrics.json is an BadStageInput naming it", async () => {
     const dir = join(root, "bad");
     const good = artifact(
       dir,
@@ -261,7 +261,7 @@ describe("report stage", () => {
     await assert.rejects(
       () => Promise.resolve(report.run(ctxFor(join(dir, "out"), { evals: [good, empty] }))),
       (e: Error) =>
-        e instanceof InputError &&
+        e instanceof BadStageInput &&
         e.message.includes("evaluate@student=qwen,n=10000") &&
         e.message.includes("metrics.json"),
     );
@@ -281,7 +281,7 @@ describe("report stage", () => {
     await assert.rejects(
       () => Promise.resolve(report.run(ctxFor(join(dir, "out"), { evals: [typed] }))),
       (e: Error) =>
-        e instanceof InputError && /evaluate@n=1000.*pass_at_1 is not a number/.test(e.message),
+        e instanceof BadStageInput && /evaluate@n=1000.*pass_at_1 is not a number/.test(e.message),
     );
     const word = artifact(
       dir,
@@ -293,7 +293,7 @@ describe("report stage", () => {
     );
     await assert.rejects(
       () => Promise.resolve(report.run(ctxFor(join(dir, "out"), { evals: [word] }))),
-      (e: Error) => e instanceof InputError && e.message.includes("evaluate@n=lots"),
+      (e: Error) => e instanceof BadStageInput && e.message.includes("evaluate@n=lots"),
     );
   });
   it("facets: stage-2 runs become their own panels, the base joins each", async () => {
@@ -330,7 +330,7 @@ describe("report stage", () => {
     assert.equal((symbols.match(/<path /g) ?? []).length, 6 + 8);
   });
 
-  it("two evaluations at one place are an InputError", async () => {
+  it("two evaluations at one place are an BadStageInput", async () => {
     const dir = join(root, "dup");
     const a = artifact(
       dir,
@@ -348,7 +348,7 @@ describe("report stage", () => {
     await assert.rejects(
       () =>
         Promise.resolve(report.run(ctxFor(join(dir, "out"), { evals: [a, b] }, { facets: [] }))),
-      (e: Error) => e instanceof InputError && /seed=1 and .*seed=2/.test(e.message),
+      (e: Error) => e instanceof BadStageInput && /seed=1 and .*seed=2/.test(e.message),
     );
   });
 

@@ -6,7 +6,12 @@ import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { pino } from "pino";
 import type { Digest } from "../cache/digest.js";
-import { InputError, type StageContext } from "../engine/stage-api.js";
+import {
+  BadStageInput,
+  inputAccess,
+  type InstanceId,
+  type StageContext,
+} from "../engine/stage-api.js";
 import { projectFile } from "../grader/paths.js";
 import verify, { type VerifyParams } from "../stages/verify/index.js";
 
@@ -59,8 +64,12 @@ describe("verify stage", () => {
       traces.map((t) => JSON.stringify(t)).join("\n") + "\n",
     );
     const digest = ("sha256:" + "0".repeat(64)) as Digest;
+    const inputs = {
+      problems: { id: "problems" as InstanceId, coords: {}, digest, path: join(base, "problems") },
+      traces: { id: "traces" as InstanceId, coords: {}, digest, path: join(base, "traces") },
+    };
     const ctx: StageContext<VerifyParams> = {
-      instanceId: `verify@${name}`,
+      instanceId: `verify@${name}` as InstanceId,
       coords: {},
       params: {
         semantics: "strict",
@@ -75,10 +84,8 @@ describe("verify stage", () => {
         sandbox: "bwrap",
         bwrap: "/usr/bin/bwrap",
       },
-      inputs: {
-        problems: { id: "problems", coords: {}, digest, path: join(base, "problems") },
-        traces: { id: "traces", coords: {}, digest, path: join(base, "traces") },
-      },
+      inputs,
+      ...inputAccess("verify", inputs),
       out: join(base, "out"),
       scratch: join(base, "scratch"),
       log: pino({ level: "silent" }),
@@ -161,7 +168,7 @@ describe("verify stage", () => {
     const ctx = setup("unknown", [{ ...trace(0, "x"), problem_id: "nope" }]);
     await assert.rejects(
       verify.run(ctx),
-      (e: Error) => e instanceof InputError && /unknown problem "nope"/.test(e.message),
+      (e: Error) => e instanceof BadStageInput && /unknown problem "nope"/.test(e.message),
     );
   });
 
@@ -169,7 +176,7 @@ describe("verify stage", () => {
     const ctx = setup("zero", [trace(0, "x")], [{ ...problems[0], tests: [] }]);
     await assert.rejects(
       verify.run(ctx),
-      (e: Error) => e instanceof InputError && /no tests/.test(e.message),
+      (e: Error) => e instanceof BadStageInput && /no tests/.test(e.message),
     );
   });
 
@@ -178,7 +185,7 @@ describe("verify stage", () => {
     ctx.params.bwrap = "/nonexistent/bwrap";
     await assert.rejects(
       verify.run(ctx),
-      (e: Error) => !(e instanceof InputError) && /sandbox/.test(e.message),
+      (e: Error) => !(e instanceof BadStageInput) && /sandbox/.test(e.message),
     );
     assert.throws(() => readFileSync(join(ctx.out, "traces.jsonl")), "no labels written");
   });

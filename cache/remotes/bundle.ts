@@ -11,7 +11,14 @@ import {
 import { DiskFull, freeBytes, isDiskFull } from "../disk.js";
 import { dirname, join } from "node:path";
 import * as tar from "tar";
-import { type Digest, digestHex, isDigest, sha256Bytes } from "../digest.js";
+import {
+  type Digest,
+  digestHex,
+  isDigest,
+  sha256Bytes,
+  type ActionKey,
+  type TreeDigest,
+} from "../digest.js";
 import { hashFileSync } from "../hash.js";
 import type { Store, ActionRecord } from "../store.js";
 import {
@@ -47,7 +54,7 @@ export class TamperedBundle extends Error {
 
 export async function exportBundle(
   store: Store,
-  lock: { name: string; text: string; keys: Digest[] },
+  lock: { name: string; text: string; keys: ActionKey[] },
   out: string,
 ): Promise<{ digest: Digest; objects: number; bytes: number }> {
   const stage = store.tmpPath("export");
@@ -256,7 +263,7 @@ export async function importBundle(
       if (sha256Bytes(lockfileText) !== manifest.lockfile.digest)
         problems.push(`${manifest.lockfile.path} does not match its digest`);
       const lock = JSON.parse(lockfileText) as {
-        instances: Record<string, { key: Digest; tree: Digest }>;
+        instances: Record<string, { key: ActionKey; tree: TreeDigest }>;
       };
       const byKey = new Map(actions.map((a) => [a.key, a]));
       for (const [id, i] of Object.entries(lock.instances)) {

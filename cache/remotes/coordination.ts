@@ -1,5 +1,5 @@
 import { closeSync, openSync, readFileSync, writeFileSync, unlinkSync, writeSync } from "node:fs";
-import { join, resolve } from "node:path";
+import { resolve } from "node:path";
 import { hostname } from "node:os";
 import { randomBytes } from "node:crypto";
 import { digestHex, sha256Bytes } from "../digest.js";
@@ -15,7 +15,7 @@ import { readAll } from "./transfer.js";
 
 /** This cache's random id, created on first use; names its pins and leases on remotes. */
 export function cacheId(store: Store): string {
-  const file = join(store.root, "id");
+  const file = store.dir("id");
   try {
     const id = readFileSync(file, "utf8").trim();
     if (/^[0-9a-f]{16}$/.test(id)) return id;

@@ -12,7 +12,14 @@ import {
 import { dirname } from "node:path";
 import { createHash } from "node:crypto";
 import type { Readable } from "node:stream";
-import { type Digest, digestHex, isDigest, sha256Bytes } from "../digest.js";
+import {
+  type Digest,
+  digestHex,
+  isDigest,
+  sha256Bytes,
+  type ActionKey,
+  type TreeDigest,
+} from "../digest.js";
 import { hashFileSync } from "../hash.js";
 import { markLive } from "../gc.js";
 import { DiskFull, isDiskFull } from "../disk.js";
@@ -149,16 +156,16 @@ export function admitVerified(store: Store, tmp: string, o: ObjectRef, from: str
 /** Valid local results: the given keys, or every one in the cache. */
 function localActions(
   store: Store,
-  keys: Digest[] | "all",
-): { recs: ActionRecord[]; missing: Digest[] } {
+  keys: ActionKey[] | "all",
+): { recs: ActionRecord[]; missing: ActionKey[] } {
   const list =
     keys === "all"
       ? readdirSync(store.dir("actions"))
           .filter((f) => /^[0-9a-f]{64}\.json$/.test(f))
-          .map((f) => ("sha256:" + f.slice(0, -5)) as Digest)
+          .map((f) => ("sha256:" + f.slice(0, -5)) as ActionKey)
       : keys;
   const recs: ActionRecord[] = [];
-  const missing: Digest[] = [];
+  const missing: ActionKey[] = [];
   for (const k of list) {
     // lookupAction checks the tree (trusting files unmodified since the record
     // was written, re-hashing others): its objects need no second check.
@@ -178,7 +185,7 @@ function localActions(
 export async function push(
   store: Store,
   remote: Backend,
-  keys: Digest[] | "all",
+  keys: ActionKey[] | "all",
   opts: TransferOptions = {},
 ): Promise<TransferReport> {
   const report: TransferReport = { objects: 0, bytes: 0, actions: 0, present: 0, problems: [] };
@@ -336,7 +343,7 @@ async function fetchObject(
   });
 }
 
-async function remoteAction(remote: Backend, key: Digest): Promise<ActionRecord> {
+async function remoteAction(remote: Backend, key: ActionKey): Promise<ActionRecord> {
   const bytes = await readAll(await remote.read(actionRel(key)));
   let rec: ActionRecord;
   try {
@@ -358,7 +365,7 @@ async function remoteAction(remote: Backend, key: Digest): Promise<ActionRecord>
 export async function pullKey(
   store: Store,
   remote: Backend,
-  key: Digest,
+  key: ActionKey,
   opts: TransferOptions = {},
   report: TransferReport = { objects: 0, bytes: 0, actions: 0, present: 0, problems: [] },
 ): Promise<ActionRecord | undefined> {
@@ -411,7 +418,7 @@ export async function pullKey(
 export async function pull(
   store: Store,
   remote: Backend,
-  keys: Digest[] | "all",
+  keys: ActionKey[] | "all",
   opts: TransferOptions = {},
 ): Promise<TransferReport> {
   const report: TransferReport = { objects: 0, bytes: 0, actions: 0, present: 0, problems: [] };
@@ -420,7 +427,7 @@ export async function pull(
       ? (await remote.list("actions"))
           .map((f) => /^actions\/([0-9a-f]{64})\.json$/.exec(f.path)?.[1])
           .filter((h): h is string => !!h)
-          .map((h) => ("sha256:" + h) as Digest)
+          .map((h) => ("sha256:" + h) as ActionKey)
       : keys;
   // Keys one after another, objects within a key in parallel: a failure names its instance.
   for (const key of list) {
@@ -489,7 +496,7 @@ export async function verifyRemote(
     const m = /^actions\/([0-9a-f]{64})\.json$/.exec(path);
     if (!m) continue;
     try {
-      const rec = await remoteAction(remote, ("sha256:" + m[1]) as Digest);
+      const rec = await remoteAction(remote, ("sha256:" + m[1]) as ActionKey);
       const treeRel = objectRel({ digest: rec.outputs.tree, exec: false });
       const manifest = have.has(treeRel)
         ? (JSON.parse((await readAll(await remote.read(treeRel))).toString("utf8")) as Manifest)
@@ -517,9 +524,9 @@ export interface RemoteGcReport {
 }
 
 /** Remote pins: files under pins/ holding {key}, {keys: […]} or {tree}; push writes one per lockfile. */
-async function remotePins(remote: Backend): Promise<{ keys: Digest[]; trees: Digest[] }> {
-  const keys: Digest[] = [];
-  const trees: Digest[] = [];
+async function remotePins(remote: Backend): Promise<{ keys: ActionKey[]; trees: TreeDigest[] }> {
+  const keys: ActionKey[] = [];
+  const trees: TreeDigest[] = [];
   for (const { path } of await remote.list("pins")) {
     try {
       const p = JSON.parse((await readAll(await remote.read(path))).toString("utf8")) as {
@@ -527,9 +534,9 @@ async function remotePins(remote: Backend): Promise<{ keys: Digest[]; trees: Dig
         keys?: unknown[];
         tree?: unknown;
       };
-      if (isDigest(p.key)) keys.push(p.key);
-      for (const k of p.keys ?? []) if (isDigest(k)) keys.push(k);
-      if (isDigest(p.tree)) trees.push(p.tree);
+      if (isDigest(p.key)) keys.push(p.key as ActionKey);
+      for (const k of p.keys ?? []) if (isDigest(k)) keys.push(k as ActionKey);
+      if (isDigest(p.tree)) trees.push(p.tree as TreeDigest);
     } catch {
       // not a pin
     }
@@ -542,7 +549,7 @@ export async function pinOnRemote(
   store: Store,
   remote: Backend,
   name: string,
-  keys: Digest[],
+  keys: ActionKey[],
   about: Record<string, string> = {},
 ): Promise<void> {
   const tmp = store.tmpPath("pin");
@@ -574,7 +581,7 @@ export async function pinOnRemote(
  */
 export async function gcRemote(
   remote: Backend,
-  roots: { keys: Digest[]; trees: Digest[] },
+  roots: { keys: ActionKey[]; trees: TreeDigest[] },
   dryRun: boolean,
 ): Promise<RemoteGcReport> {
   const pins = await remotePins(remote);

@@ -12,14 +12,16 @@ import type { ActionRecord } from "../../cache/store.js";
 import { writeFileAtomic } from "../../cache/atomic.js";
 import type { Engine } from "../engine.js";
 import type { Instance, Pipeline } from "../pipeline/expand.js";
-import type {
-  Estimate,
-  EstimateContext,
-  InputArtifact,
-  Measurement,
-  Range,
-  StageInput,
-  ToolInfo,
+import {
+  inputAccess,
+  type Estimate,
+  type EstimateContext,
+  type InputArtifact,
+  type InstanceId,
+  type Measurement,
+  type Range,
+  type StageInput,
+  type ToolInfo,
 } from "../stage-api.js";
 import { UsageError } from "../errors.js";
 import { selectInstances } from "../scheduler.js";
@@ -194,7 +196,7 @@ async function contextFor(
     const up = engine.pipeline.byId.get(id);
     if (!rec || !up) return undefined;
     return {
-      id,
+      id: id as InstanceId,
       coords: up.coords,
       digest: rec.outputs.tree,
       path: engine.store.treePath(rec.outputs.tree),
@@ -209,7 +211,12 @@ async function contextFor(
       const d = rk
         ? (rk.inputs[name] as InputArtifact).digest
         : await engine.store.pathDigest(spec.path);
-      inputs[name] = { id: spec.ref, coords: {}, digest: d, path: resolve(spec.path) };
+      inputs[name] = {
+        id: spec.ref as InstanceId,
+        coords: {},
+        digest: d,
+        path: resolve(spec.path),
+      };
     } else if (rk) inputs[name] = rk.inputs[name];
     else if (spec.type === "one") {
       inputs[name] = artifact(spec.id);
@@ -229,7 +236,11 @@ async function contextFor(
       // a tool path that does not exist: the run reports it
     }
   }
+  const present = Object.fromEntries(
+    Object.entries(inputs).filter((e): e is [string, StageInput] => e[1] !== undefined),
+  );
   return {
+    ...inputAccess(inst.kind, present),
     instanceId: inst.id,
     params: structuredClone(inst.params),
     inputs,

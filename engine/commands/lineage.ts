@@ -170,7 +170,7 @@ function tells(said: string, t: { answerTell: string; reasoningTell: string }): 
 
 /** The per-request cache of the store, if there is one: read-only use. */
 async function requestCache(engine: Engine) {
-  const file = join(engine.store.root, "requests.sqlite");
+  const file = engine.store.dir("requests.sqlite");
   if (!existsSync(file)) return undefined;
   const { RequestCache } = await import("../../data/request-cache.js");
   return RequestCache.open(file);

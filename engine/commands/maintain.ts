@@ -5,7 +5,7 @@ import { Leases } from "../../cache/leases.js";
 import { collectGarbage, cleanLeftovers, readPins } from "../../cache/gc.js";
 import { lockForGc, describe, enterCache } from "../../cache/cache-lock.js";
 import { verifyStore } from "../../cache/verify.js";
-import type { Digest } from "../../cache/digest.js";
+import type { ActionKey } from "../../cache/digest.js";
 import { lockfilePath, pruneRoots, readLockfile, roots } from "../lockfile.js";
 import { UsageError } from "../errors.js";
 import { cacheDir, openPipeline, parse, waitingForGc } from "./common.js";
@@ -54,7 +54,7 @@ export async function gc(argv: string[]): Promise<number> {
       return 1;
     }
     if (!dryRun) pruneRoots(store.root);
-    const keys = new Set<Digest>();
+    const keys = new Set<ActionKey>();
     const lockfiles = roots(store.root);
     // -f: that pipeline's lockfile is a root even if no run registered it here (a fresh clone).
     if (values.file) {

@@ -1,6 +1,6 @@
 import { existsSync, readFileSync, mkdirSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
-import type { Digest } from "../../cache/digest.js";
+import type { Digest, ActionKey, TreeDigest } from "../../cache/digest.js";
 import { Store, type ActionRecord } from "../../cache/store.js";
 import { readPins } from "../../cache/gc.js";
 import { writeFileAtomic } from "../../cache/atomic.js";
@@ -42,7 +42,7 @@ async function open(name: string | undefined, dir: string): Promise<Backend> {
  */
 function target(values: { file?: string; all?: boolean; cache?: string }): {
   store: Store;
-  keys: Digest[] | "all";
+  keys: ActionKey[] | "all";
   dir: string;
   lock?: { name: string; path: string };
 } {
@@ -186,7 +186,7 @@ export function remoteFetcher(
   store: Store,
   name: string | undefined,
   dir: string,
-): { fetch: (key: Digest) => Promise<ActionRecord | undefined>; close: () => Promise<void> } {
+): { fetch: (key: ActionKey) => Promise<ActionRecord | undefined>; close: () => Promise<void> } {
   let remote: Promise<Backend> | undefined;
   let broken = false;
   return {
@@ -208,8 +208,11 @@ export function remoteFetcher(
 }
 
 /** Roots for gc --remote: this cache's lockfiles and pins, plus -f's lockfile. */
-function localRoots(store: Store, file: string | undefined): { keys: Digest[]; trees: Digest[] } {
-  const keys: Digest[] = [];
+function localRoots(
+  store: Store,
+  file: string | undefined,
+): { keys: ActionKey[]; trees: TreeDigest[] } {
+  const keys: ActionKey[] = [];
   const lockfiles = roots(store.root);
   if (file) lockfiles.push(lockfilePath(file));
   for (const lf of lockfiles)
@@ -384,7 +387,7 @@ export async function importCommand(argv: string[]): Promise<number> {
     }
     // The bundle's lockfile becomes a gc root of this cache (while the cache's
     // lock is still held, so no gc can come between), so its results stay.
-    const dir = join(store.root, "imports");
+    const dir = store.dir("imports");
     mkdirSync(dir, { recursive: true });
     lockOut = join(
       dir,

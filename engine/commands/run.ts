@@ -369,7 +369,7 @@ export async function plan(argv: string[]): Promise<number> {
     else printReport(report, (s) => process.stdout.write(s));
     return 0;
   }
-  const keep = new Set(selectInstances(pl.instances, values.only).map((i) => i.id));
+  const keep = new Set<string>(selectInstances(pl.instances, values.only).map((i) => i.id));
   const rows = (await planRows(pl, engine, values.force ?? [])).filter((r) => keep.has(r.id));
   if (values.json) {
     process.stdout.write(JSON.stringify({ pipeline: pl.name, instances: rows }, null, 1) + "\n");

@@ -16,9 +16,12 @@ import { digestHex } from "../../cache/digest.js";
 import { Store, type ActionRecord } from "../../cache/store.js";
 import type { Engine, ResolvedKey } from "../engine.js";
 import type { Instance } from "../pipeline/expand.js";
-import { BadStageInput, type StageContext } from "../stage-api.js";
+import { BadStageInput, inputAccess, type StageContext } from "../stage-api.js";
 import { ENGINE_VERSION } from "../engine.js";
 import { DiskFull, bytesUnder, freeBytes, human, isDiskFull } from "../../cache/disk.js";
+
+/** A scratch folder under this size is moved to trash/ rather than deleted (see runAttempt). */
+const SMALL_SCRATCH = 1 << 20;
 
 /** Less than 1 MiB (or 0.1 %) left: a stage that failed there most likely failed for it. */
 function nearlyFull(path: string): boolean {
@@ -125,6 +128,7 @@ export async function runAttempt(
     coords: inst.coords,
     params: structuredClone(inst.params),
     inputs: rk.inputs,
+    ...inputAccess(inst.kind, rk.inputs),
     out,
     scratch,
     log,
@@ -247,8 +251,11 @@ export async function runAttempt(
     };
     store.putAction(rec);
     rmSync(logFile, { force: true });
-    // An empty scratch folder is set aside for gc (cheap); a used one (checkpoints) is removed now.
-    if (readdirSync(scratch).length === 0) store.discard(scratch);
+    // A small scratch folder (empty, or links to inputs) is set aside for gc:
+    // a rename, where unlinking a thousand links cost seconds on this disk. A
+    // large one (checkpoints) is removed now, so it does not fill the disk until gc.
+    if (readdirSync(scratch).length === 0 || bytesUnder(scratch) < SMALL_SCRATCH)
+      store.discard(scratch);
     else store.removeTree(scratch);
     if (opts.attempt > 1) rmSync(engine.failedLogPath(rk.key), { force: true });
     return rec;

@@ -3,7 +3,7 @@ import { basename, dirname, resolve, extname } from "node:path";
 import { Source, type YamlPath } from "./source.js";
 import { InvalidPipeline, type Problem, closest, didYouMean } from "../errors.js";
 import { compileSchema, listKinds, loadKind, type LoadedKind, type ErrorObject } from "../kinds.js";
-import type { Coords, Resources, Scalar } from "../stage-api.js";
+import type { Coords, InstanceId, Resources, Scalar } from "../stage-api.js";
 import { PACKAGE_ROOT } from "../root.js";
 import { join } from "node:path";
 
@@ -11,13 +11,13 @@ import { join } from "node:path";
 export type InputSpec =
   | { type: "path"; path: string; ref: string }
   /** One upstream instance (a mapped reference or a pick). */
-  | { type: "one"; stage: string; id: string; ref: string }
+  | { type: "one"; stage: string; id: InstanceId; ref: string }
   /** Every instance of a matrix stage, in id order. */
-  | { type: "all"; stage: string; ids: string[]; ref: string };
+  | { type: "all"; stage: string; ids: InstanceId[]; ref: string };
 
 /** One runnable unit: a stage at one point of its matrix. */
 export interface Instance {
-  id: string;
+  id: InstanceId;
   stage: string;
   kind: string;
   coords: Coords;
@@ -25,7 +25,7 @@ export interface Instance {
   params: Record<string, unknown>;
   inputs: Record<string, InputSpec>;
   /** Ids of the instances this one reads. */
-  deps: string[];
+  deps: InstanceId[];
   resources: Resources;
   retries: number;
   timeoutMs?: number;
@@ -154,9 +154,10 @@ function parseRef(ref: string): Ref | undefined {
   return { type: "pick", stage, where };
 }
 
-export function instanceId(stage: string, coords: Coords): string {
+/** The one place instance ids are made. */
+export function instanceId(stage: string, coords: Coords): InstanceId {
   const parts = Object.entries(coords).map(([k, v]) => `${k}=${String(v)}`);
-  return parts.length ? `${stage}@${parts.join(",")}` : stage;
+  return (parts.length ? `${stage}@${parts.join(",")}` : stage) as InstanceId;
 }
 
 export function parseMemory(m: number | string | undefined): number {
@@ -316,12 +317,64 @@ function compatible(a: Coords, b: Coords): boolean {
   return true;
 }
 
-/** Loads, validates and expands a pipeline file. Throws InvalidPipeline with every problem found. */
+/**
+ * Loads, validates and expands a pipeline file, in five named steps:
+ * readPipeline, loadStageKinds, parseReferences, stageOrder, expandStages.
+ * Throws InvalidPipeline with every problem a step found (a later step runs
+ * only on what the earlier ones accepted).
+ */
 export async function loadPipeline(
   file: string,
   opts: { params?: Record<string, unknown>; text?: string; memo?: string } = {},
 ): Promise<Pipeline> {
   const abs = resolve(file);
+  const { src, raw, params } = readPipeline(file, opts);
+  const problems: Problem[] = [];
+  const kinds = await loadStageKinds(src, raw.stages, problems);
+  const stageRefs = parseReferences(src, raw.stages, problems);
+  if (problems.length) throw new InvalidPipeline(problems);
+  const order = stageOrder(src, raw.stages, stageRefs, problems);
+  if (problems.length) throw new InvalidPipeline(problems);
+  const instances = expandStages(src, raw.stages, {
+    dir: dirname(abs),
+    order,
+    kinds,
+    params,
+    stageRefs,
+    problems,
+  });
+
+  const byId = new Map(instances.map((i) => [i.id, i]));
+  const name = raw.name ?? basename(abs, extname(abs));
+  const tools: Record<string, { path: string; lib?: string }> = {};
+  for (const [t, spec] of Object.entries(raw.tools ?? {})) {
+    tools[t] = {
+      path: resolve(dirname(abs), spec.path),
+      lib: spec.lib ? resolve(dirname(abs), spec.lib) : undefined,
+    };
+  }
+  return {
+    file: abs,
+    name,
+    dir: dirname(abs),
+    source: src,
+    stageOrder: order,
+    instances,
+    byId,
+    tools,
+    kinds,
+    executor: raw.executor,
+  };
+}
+
+/**
+ * Step 1: the YAML read and checked against the pipeline schema and for
+ * template syntax, and `-p` overrides checked against the declared params.
+ */
+function readPipeline(
+  file: string,
+  opts: { params?: Record<string, unknown>; text?: string; memo?: string },
+): { src: Source; raw: RawPipeline; params: Record<string, unknown> } {
   const src = Source.load(file, opts.text, { memo: opts.memo });
   pipelineValidator ??= (() => {
     const { $schema: _s, $id: _i, ...body } = pipelineSchema();
@@ -348,10 +401,16 @@ export async function loadPipeline(
   }
   if (problems.length) throw new InvalidPipeline(problems);
   const params = { ...(raw.params ?? {}), ...(opts.params ?? {}) };
-  const stages = raw.stages;
-  const names = Object.keys(stages);
+  return { src, raw, params };
+}
 
-  // Kinds.
+/** Step 2: the kind of every stage, loaded (an unknown kind is a problem). */
+async function loadStageKinds(
+  src: Source,
+  stages: Record<string, RawStage>,
+  problems: Problem[],
+): Promise<Map<string, LoadedKind>> {
+  const names = Object.keys(stages);
   const known = listKinds();
   const kinds = new Map<string, LoadedKind>();
   for (const name of names) {
@@ -366,7 +425,31 @@ export async function loadPipeline(
     } else if (!kinds.has(uses)) kinds.set(uses, await loadKind(uses));
   }
 
-  // References (the stage's own, and those of its matrix `include` cells).
+  return kinds;
+}
+
+/** The parsed references of every stage: its own inputs, and those of its matrix `include` cells. */
+interface StageRefs {
+  refs: Map<string, Map<string, Ref>>;
+  cellRefs: Map<
+    string,
+    {
+      sel: Coords;
+      inputs: Map<string, Ref>;
+      with?: Record<string, unknown>;
+      at: YamlPath;
+      used: boolean;
+    }[]
+  >;
+}
+
+/** Step 3: every input reference parsed, and checked against the stages there are. */
+function parseReferences(
+  src: Source,
+  stages: Record<string, RawStage>,
+  problems: Problem[],
+): StageRefs {
+  const names = Object.keys(stages);
   const refs = new Map<string, Map<string, Ref>>();
   const cellRefs = new Map<
     string,
@@ -422,19 +505,27 @@ export async function loadPipeline(
     });
     cellRefs.set(name, rules);
   }
-  if (problems.length) throw new InvalidPipeline(problems);
-  const allRefs = (name: string): [string, Ref][] => [
-    ...(refs.get(name) ?? []),
-    ...(cellRefs.get(name) ?? []).flatMap((c) => [...c.inputs]),
-  ];
+  return { refs, cellRefs };
+}
 
-  // Topological order of stages; a cycle is reported at the input that closes it.
+function allRefs({ refs, cellRefs }: StageRefs, name: string): [string, Ref][] {
+  return [...(refs.get(name) ?? []), ...(cellRefs.get(name) ?? []).flatMap((c) => [...c.inputs])];
+}
+
+/** Step 4: the stages in dependency order; a cycle is reported at the input that closes it. */
+function stageOrder(
+  src: Source,
+  stages: Record<string, RawStage>,
+  stageRefs: StageRefs,
+  problems: Problem[],
+): string[] {
+  const names = Object.keys(stages);
   const order: string[] = [];
   const state = new Map<string, "visiting" | "done">();
   const visit = (name: string, trail: string[]): void => {
     if (state.get(name) === "done") return;
     state.set(name, "visiting");
-    for (const [input, r] of allRefs(name)) {
+    for (const [input, r] of allRefs(stageRefs, name)) {
       if (r.type === "path") continue;
       if (state.get(r.stage) === "visiting") {
         const cycle = [...trail.slice(trail.indexOf(r.stage)), name, r.stage];
@@ -449,9 +540,25 @@ export async function loadPipeline(
     order.push(name);
   };
   for (const name of names) visit(name, []);
-  if (problems.length) throw new InvalidPipeline(problems);
+  return order;
+}
 
-  // Expansion, stage by stage in dependency order.
+/** Step 5: each stage's instances (matrix, include/exclude cells, inputs, params, resources), in dependency order. */
+function expandStages(
+  src: Source,
+  stages: Record<string, RawStage>,
+  a: {
+    /** The pipeline's folder: path references are relative to it. */
+    dir: string;
+    order: string[];
+    kinds: Map<string, LoadedKind>;
+    params: Record<string, unknown>;
+    stageRefs: StageRefs;
+    problems: Problem[];
+  },
+): Instance[] {
+  const { dir, order, kinds, params, problems } = a;
+  const { refs, cellRefs } = a.stageRefs;
   const byStage = new Map<string, Instance[]>();
   const instances: Instance[] = [];
   const seen = new Set<string>();
@@ -599,7 +706,7 @@ export async function loadPipeline(
     for (const coords of combos) {
       const id = instanceId(name, coords);
       const inputs: Record<string, InputSpec> = {};
-      const deps: string[] = [];
+      const deps: InstanceId[] = [];
       const cell = rules.filter((rule) => matches(coords, rule.sel));
       const effective = new Map(stageRefs);
       const origin = new Map<string, { at: YamlPath; text: string }>();
@@ -615,7 +722,7 @@ export async function loadPipeline(
         const at: YamlPath = origin.get(input)?.at ?? [...base, "inputs", input];
         const text = origin.get(input)?.text ?? st.inputs?.[input] ?? "";
         if (r.type === "path") {
-          inputs[input] = { type: "path", path: resolve(dirname(abs), r.path), ref: text };
+          inputs[input] = { type: "path", path: resolve(dir, r.path), ref: text };
           continue;
         }
         const ups = byStage.get(r.stage) ?? [];
@@ -720,25 +827,5 @@ export async function loadPipeline(
   }
   if (problems.length) throw new InvalidPipeline(problems);
 
-  const byId = new Map(instances.map((i) => [i.id, i]));
-  const name = raw.name ?? basename(abs, extname(abs));
-  const tools: Record<string, { path: string; lib?: string }> = {};
-  for (const [t, spec] of Object.entries(raw.tools ?? {})) {
-    tools[t] = {
-      path: resolve(dirname(abs), spec.path),
-      lib: spec.lib ? resolve(dirname(abs), spec.lib) : undefined,
-    };
-  }
-  return {
-    file: abs,
-    name,
-    dir: dirname(abs),
-    source: src,
-    stageOrder: order,
-    instances,
-    byId,
-    tools,
-    kinds,
-    executor: raw.executor,
-  };
+  return instances;
 }

@@ -7,11 +7,11 @@
  */
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
-import type { CalibrateContext, Measurement } from "../../engine/stage-api.js";
+import { inputAccess, type CalibrateContext, type Measurement } from "../../engine/stage-api.js";
 import { modelInput, shapeRecord } from "../../data/estimate.js";
 import { resolveLlama } from "../../llama/toolchain.js";
 import { benchmarkModel } from "../../llama/calibration.js";
-import { EVALUATE_DEFAULTS, type EvaluateParams } from "./index.js";
+import type { EvaluateParams } from "./index.js";
 import { evalDevice, evalMeasurements } from "./estimate.js";
 
 export async function calibrateServer(
@@ -19,7 +19,7 @@ export async function calibrateServer(
 ): Promise<Measurement[]> {
   const plans = new Map<string, { p: EvaluateParams; inst: (typeof ctx.instances)[number] }>();
   for (const inst of ctx.instances) {
-    const p: EvaluateParams = { ...EVALUATE_DEFAULTS, ...inst.params };
+    const p: EvaluateParams = inst.params;
     const dims = await modelInput(inst.inputs.model, inst.expected.model);
     if (!dims) continue;
     const device = evalDevice(p, ctx.gpu ? 1 : 0);
@@ -29,9 +29,9 @@ export async function calibrateServer(
   }
   if (plans.size === 0) return [];
   const llama = resolveLlama({
-    inputs: ctx.instances.find((i) => i.inputs.llama)?.inputs ?? {},
+    input: ctx.instances.find((i) => i.inputs.llama)?.input ?? inputAccess("evaluate", {}).input,
     tools: ctx.tools,
-  } as Parameters<typeof resolveLlama>[0]);
+  });
   const { withLlamaServer } = await import("../../llama/server.js");
   const { chatUrl, chatWithRetries } = await import("../../data/chat.js");
   const out: Measurement[] = [];
@@ -137,7 +137,7 @@ async function calibrateGrading(
 ): Promise<Measurement | undefined> {
   const inst = ctx.instances.find((i) => i.inputs.problems);
   if (!inst || ctx.signal.aborted) return undefined;
-  const p: EvaluateParams = { ...EVALUATE_DEFAULTS, ...inst.params };
+  const p: EvaluateParams = inst.params;
   const dir = Array.isArray(inst.inputs.problems)
     ? inst.inputs.problems[0]?.path
     : inst.inputs.problems?.path;

@@ -21,7 +21,7 @@ import {
 import { DEFAULT_PROMPT, renderPrompt } from "../../data/prompt.js";
 import type { ChatAnswer } from "../../data/chat.js";
 import type { Problem } from "../../grader/types.js";
-import { EVALUATE_DEFAULTS, loadEvalProblems, type EvaluateParams } from "./index.js";
+import { loadEvalProblems, type EvaluateParams } from "./index.js";
 
 /** Memory bandwidth a decoding step streams the weights at, when nothing is measured. */
 const ASSUMED_BANDWIDTH: Record<"cpu" | "gpu", Range> = { cpu: [5e9, 30e9], gpu: [1e12, 3e12] };
@@ -38,7 +38,7 @@ export function evalDevice(p: EvaluateParams, gpus: number): "cpu" | "gpu" {
 const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 
 export async function estimateEvaluate(ctx: EstimateContext<EvaluateParams>): Promise<Estimate> {
-  const p: EvaluateParams = { ...EVALUATE_DEFAULTS, ...ctx.params };
+  const p: EvaluateParams = ctx.params;
   const basis: Record<string, string> = {};
   const dims = await modelInput(ctx.inputs.model, ctx.expected.model);
   basis.shape = dims

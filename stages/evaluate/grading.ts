@@ -2,7 +2,7 @@
  * Grading a batch of generated answers into samples.jsonl records: the path the
  * evaluate stage takes, factored out so it can be tested without a model.
  */
-import { InputError } from "../../engine/stage-api.js";
+import { BadStageInput } from "../../engine/stage-api.js";
 import { gradeMany, ProblemError, type GradeOptions } from "../../grader/grade.js";
 import { startsWithThink } from "../../grader/extract.js";
 import type { Problem } from "../../grader/types.js";
@@ -20,7 +20,7 @@ export interface GeneratedAnswer {
 
 /**
  * Grades answers (`opts.jobs` sandboxes at once) and builds their records, in
- * input order. A problem that cannot be graded is an InputError; an
+ * input order. A problem that cannot be graded is an BadStageInput; an
  * infrastructure error (the sandbox failed) throws: it is never a verdict.
  */
 export async function gradeAnswers(
@@ -36,7 +36,7 @@ export async function gradeAnswers(
       () => onDone?.(),
     );
   } catch (e) {
-    if (e instanceof ProblemError) throw new InputError(e.message);
+    if (e instanceof ProblemError) throw new BadStageInput(e.message);
     throw e;
   }
   if (opts.signal?.aborted) throw opts.signal.reason ?? new Error("aborted");

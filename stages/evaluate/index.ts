@@ -16,12 +16,12 @@
 import { open } from "node:fs/promises";
 import { join } from "node:path";
 import {
-  InputError,
+  BadStageInput,
   type ParamIssue,
   type StageContext,
   type StageKind,
 } from "../../engine/stage-api.js";
-import { inputFile, singleInput } from "../../llama/inputs.js";
+import { inputFile } from "../../llama/inputs.js";
 import {
   DEFAULT_PROMPT,
   renderPrompt,
@@ -31,7 +31,7 @@ import {
 import type { PromptSpec } from "../../data/prompt.js";
 import type { ChatAnswer, Message } from "../../data/chat.js";
 import type { Problem as DataProblem } from "../../data/problem.js";
-import { GRADING_DEFAULTS, gradeOptionsFrom, type GradingParams } from "../../grader/grade.js";
+import { gradeOptionsFrom, type GradingParams } from "../../grader/grade.js";
 import type { Problem } from "../../grader/types.js";
 import type { SemanticsChoice } from "../../grader/semantics.js";
 import type { RequestCache } from "../../data/request-cache.js";
@@ -57,28 +57,12 @@ export interface EvaluateParams extends GradingParams {
   timeoutS: number;
 }
 
-/** Defaults as in schema.json, for callers that bypass the engine (tests). */
-export const EVALUATE_DEFAULTS = {
-  samples: 1,
-  temperature: 0.6,
-  top_p: 0.95,
-  max_tokens: 32768,
-  seed: 0,
-  parallel: 4,
-  threads: 4,
-  gpuLayers: 0,
-  loraScale: 1,
-  retries: 3,
-  timeoutS: 3600,
-  ...GRADING_DEFAULTS,
-} satisfies Partial<EvaluateParams>;
-
 /** Context per slot when ctxSize is not given: the answer budget plus room for the prompt. */
 const PROMPT_ROOM = 4096;
 /** Answers graded per batch: bounds memory (32K-token answers) while keeping sandboxes busy. */
 const GRADE_BATCH = 256;
 
-/** Problems after the split and limit filters, or an InputError saying why none are left. */
+/** Problems after the split and limit filters, or an BadStageInput saying why none are left. */
 export async function loadEvalProblems(
   file: string,
   split: EvaluateParams["split"],
@@ -91,12 +75,12 @@ export async function loadEvalProblems(
     const { semanticsFor } = await import("../../grader/semantics.js");
     all = [...(await loadProblems(file, (q) => semanticsFor(q, semantics, "evaluate"))).values()];
   } catch (e) {
-    if (e instanceof RecordError) throw new InputError(e.message);
+    if (e instanceof RecordError) throw new BadStageInput(e.message);
     throw e;
   }
   for (const p of all) {
     if (typeof p.statement !== "string" || p.statement.trim() === "")
-      throw new InputError(`${file}: problem ${p.id} has no "statement" to prompt with`);
+      throw new BadStageInput(`${file}: problem ${p.id} has no "statement" to prompt with`);
   }
   const want = split ?? (all.some((p) => p.split !== undefined) ? "eval" : "all");
   let problems = want === "all" ? all : all.filter((p) => p.split === want);
@@ -109,7 +93,7 @@ export async function loadEvalProblems(
           (all.some((p) => p.split !== undefined)
             ? ""
             : ' (the records have no "split" field: use split: all)');
-    throw new InputError(`evaluate: no problems to evaluate: ${why}`);
+    throw new BadStageInput(`evaluate: no problems to evaluate: ${why}`);
   }
   return { problems, split: want };
 }
@@ -135,8 +119,7 @@ const kind: StageKind<EvaluateParams> = {
   unkeyedParams: ["jobs"],
   tools: ["llama"],
   resources: (p) => {
-    const threads = p.threads ?? EVALUATE_DEFAULTS.threads;
-    const jobs = p.jobs ?? EVALUATE_DEFAULTS.jobs;
+    const { threads, jobs } = p;
     return {
       // The server runs first, the sandboxes after it: never both at once.
       cpu: Math.max(threads, jobs),
@@ -157,13 +140,12 @@ const kind: StageKind<EvaluateParams> = {
     return issues;
   },
   async run(ctx: StageContext<EvaluateParams>) {
-    const p: EvaluateParams = { ...EVALUATE_DEFAULTS, ...ctx.params };
-    const model = singleInput(ctx.inputs, "model");
+    const p = ctx.params;
+    const model = ctx.input("model");
     const gguf = inputFile(model, "model.gguf", "model");
-    const adapter =
-      ctx.inputs.adapter === undefined ? undefined : singleInput(ctx.inputs, "adapter");
+    const adapter = ctx.input("adapter", { optional: true });
     const adapterGguf = adapter && inputFile(adapter, "adapter.gguf", "adapter");
-    const problemsFile = join(singleInput(ctx.inputs, "problems").path, "problems.jsonl");
+    const problemsFile = join(ctx.input("problems").path, "problems.jsonl");
     const { problems, split } = await loadEvalProblems(problemsFile, p.split, p.limit, p.semantics);
 
     // Check the sandbox before spending hours of generation on answers it cannot grade.
@@ -298,7 +280,7 @@ const kind: StageKind<EvaluateParams> = {
         if (
           !ctx.signal.aborted &&
           e instanceof Error &&
-          !(e instanceof InputError) &&
+          !(e instanceof BadStageInput) &&
           !/^evaluate/.test(e.message)
         )
           e.message = `evaluate ${ctx.instanceId}: ${e.message}`;

@@ -7,7 +7,7 @@
  */
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import type { CalibrateContext, Measurement } from "../../engine/stage-api.js";
+import { inputAccess, type CalibrateContext, type Measurement } from "../../engine/stage-api.js";
 import { modelInput, shapeRecord, tracesInput } from "../../data/estimate.js";
 import { llamaEnv, envStrings, resolveLlama } from "../../llama/toolchain.js";
 import { runCommand } from "../../engine/process.js";
@@ -38,9 +38,9 @@ export async function calibrateTrainer(
   }
   if (plans.size === 0) return [];
   const tool = resolveLlama({
-    inputs: ctx.instances.find((i) => i.inputs.llama)?.inputs ?? {},
+    input: ctx.instances.find((i) => i.inputs.llama)?.input ?? inputAccess("finetune", {}).input,
     tools: ctx.tools,
-  } as Parameters<typeof resolveLlama>[0]);
+  });
   const env = envStrings(llamaEnv(tool));
   const out: Measurement[] = [];
   const share = ctx.budgetSeconds / plans.size;

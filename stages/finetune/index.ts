@@ -22,7 +22,7 @@ import type {
   StageKind,
   ToolInfo,
 } from "../../engine/stage-api.js";
-import { InputError } from "../../engine/stage-api.js";
+import { BadStageInput } from "../../engine/stage-api.js";
 import { CommandError, runCommand } from "../../engine/process.js";
 import { llamaEnv, llamaExe, resolveLlama } from "../../llama/toolchain.js";
 import { inspectGguf } from "../../llama/gguf.js";
@@ -79,55 +79,9 @@ export const LINEAR_TARGETS = [
 export const ALLOWED_TARGETS: readonly string[] = [...LINEAR_TARGETS, "output"];
 export const DEFAULT_TARGETS: string[] = [...LINEAR_TARGETS];
 
-/** Fills in what the engine's schema defaults would (for callers that bypass the engine). */
-export function withDefaults(
-  p: Partial<FinetuneParams> & { lora?: Partial<FinetuneParams["lora"]> },
-): FinetuneParams {
-  return {
-    method: p.method ?? "lora",
-    lora: {
-      rank: p.lora?.rank ?? 16,
-      alpha: p.lora?.alpha ?? 32,
-      targets: p.lora?.targets ?? DEFAULT_TARGETS,
-      seed: p.lora?.seed ?? 42,
-    },
-    lr: p.lr ?? 1e-4,
-    warmup: p.warmup ?? 0,
-    decay: p.decay ?? "linear",
-    weightDecay: p.weightDecay ?? 0,
-    epochs: p.epochs ?? 1,
-    batch: p.batch ?? 1,
-    maxSeqLen: p.maxSeqLen ?? 2048,
-    overlong: p.overlong ?? "truncate",
-    masking: p.masking ?? true,
-    checkpointEvery: p.checkpointEvery ?? 50,
-    threads: p.threads ?? 0,
-    ctx: p.ctx ?? 0,
-    device: p.device ?? "auto",
-    lossNorm: p.lossNorm ?? "token",
-    packing: p.packing ?? false,
-    checkpointing: p.checkpointing ?? "auto",
-  };
-}
-
 export interface LlamaBinaries {
   bin: string;
   lib?: string;
-}
-
-function single(
-  ctx: StageContext<FinetuneParams>,
-  name: string,
-  required: boolean,
-): InputArtifact | undefined {
-  const input = ctx.inputs[name];
-  if (input === undefined) {
-    if (required) throw new InputError(`finetune needs an input \`${name}\``);
-    return undefined;
-  }
-  if (Array.isArray(input))
-    throw new InputError(`finetune's input \`${name}\` must be one artifact, not a list`);
-  return input;
 }
 
 /** The llama.cpp build: the `llama` input (a llama-build artifact), else the engine's llama tool. */
@@ -136,13 +90,13 @@ export function resolveBinaries(ctx: StageContext<FinetuneParams>): LlamaBinarie
   try {
     tool = resolveLlama(ctx);
   } catch (e) {
-    throw new InputError((e as Error).message);
+    throw new BadStageInput((e as Error).message);
   }
   for (const exe of ["valley-lora", ...(ctx.params.method === "full" ? ["llama-finetune"] : [])]) {
     try {
       llamaExe(tool, exe);
     } catch (e) {
-      throw new InputError((e as Error).message);
+      throw new BadStageInput((e as Error).message);
     }
   }
   return { bin: tool.bin, lib: tool.lib };
@@ -171,7 +125,7 @@ function childEnv(b: LlamaBinaries): Record<string, string> {
   );
 }
 
-/** Runs a program; exit code 2 (bad input) becomes an InputError carrying its message. */
+/** Runs a program; exit code 2 (bad input) becomes an BadStageInput carrying its message. */
 async function run2(
   ctx: StageContext<FinetuneParams>,
   file: string,
@@ -193,7 +147,7 @@ async function run2(
     });
   } catch (e) {
     if (e instanceof CommandError && e.exitCode === 2 && !ctx.signal.aborted) {
-      throw new InputError(errors.join("; ") || e.tail.join("\n"));
+      throw new BadStageInput(errors.join("; ") || e.tail.join("\n"));
     }
     throw e;
   }
@@ -398,8 +352,12 @@ function gpuMemory(n: number): number | undefined {
 export async function admitLora(ctx: AdmitContext<FinetuneParams>): Promise<string[]> {
   const p = ctx.params;
   if (p.method !== "lora") return [];
-  const from = ctx.inputs.from;
-  if (from === undefined || Array.isArray(from)) return []; // run() reports it
+  let from: InputArtifact;
+  try {
+    from = ctx.input("from");
+  } catch {
+    return []; // run() reports it
+  }
   const model = join(from.path, "model.gguf");
   if (!existsSync(model)) return [];
   const shape = shapeFromGguf(await inspectGguf(model));
@@ -447,16 +405,17 @@ const finetune: StageKind<FinetuneParams> = {
   async run(ctx) {
     const issues = checkParams(ctx.params);
     if (issues.length)
-      throw new InputError(issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; "));
-    const from = single(ctx, "from", true) as InputArtifact;
-    const dataIn = single(ctx, "data", true) as InputArtifact;
+      throw new BadStageInput(issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; "));
+    const from = ctx.input("from");
+    const dataIn = ctx.input("data");
     const model = join(from.path, "model.gguf");
     const data = join(dataIn.path, "train.jsonl");
     if (!existsSync(model))
-      throw new InputError(
+      throw new BadStageInput(
         `input \`from\` (${from.id}) has no model.gguf (an adapter must be merged first: the merge stage)`,
       );
-    if (!existsSync(data)) throw new InputError(`input \`data\` (${dataIn.id}) has no train.jsonl`);
+    if (!existsSync(data))
+      throw new BadStageInput(`input \`data\` (${dataIn.id}) has no train.jsonl`);
     const b = resolveBinaries(ctx);
     if (ctx.params.method === "full") return { metrics: await runFull(ctx, b, model, data) };
     return await runLora(ctx, b, model, data, `${from.digest}+${dataIn.digest}`);

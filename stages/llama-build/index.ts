@@ -28,7 +28,7 @@ import {
 } from "node:fs/promises";
 import { join, relative } from "node:path";
 import { promisify } from "node:util";
-import { InputError, type ParamIssue, type StageKind } from "../../engine/stage-api.js";
+import { BadStageInput, type ParamIssue, type StageKind } from "../../engine/stage-api.js";
 import { sha256Bytes } from "../../cache/digest.js";
 import { findCuda } from "../../llama/cuda.js";
 import type { Logger } from "pino";
@@ -372,11 +372,11 @@ const llamaBuild: StageKind<LlamaBuildParams> = {
   async run(ctx) {
     const p = ctx.params;
     const issues = paramIssues(p);
-    if (issues.length) throw new InputError(issues.map((i) => i.message).join("; "));
+    if (issues.length) throw new BadStageInput(issues.map((i) => i.message).join("; "));
     if (p.backend === "cuda") {
       const cuda = findCuda();
       if (Array.isArray(cuda)) {
-        throw new InputError(`backend: cuda, but this machine lacks: ${cuda.join("; ")}`);
+        throw new BadStageInput(`backend: cuda, but this machine lacks: ${cuda.join("; ")}`);
       }
       ctx.log.info({ nvcc: cuda.nvcc }, "CUDA toolkit found");
     }

@@ -2,8 +2,8 @@
 import { modelInput, rewriteEstimate } from "../../data/estimate.js";
 import { mkdir, rm, symlink } from "node:fs/promises";
 import { join } from "node:path";
-import { InputError, type InputArtifact, type StageKind } from "../../engine/stage-api.js";
-import { inputFile, inputList, singleInput } from "../../llama/inputs.js";
+import { BadStageInput, type InputArtifact, type StageKind } from "../../engine/stage-api.js";
+import { inputFile } from "../../llama/inputs.js";
 import { checkGguf, recordModel } from "../../llama/model-info.js";
 import { resolveLlama, runLlama } from "../../llama/toolchain.js";
 
@@ -18,16 +18,16 @@ export function adapterScales(p: MergeParams, adapters: InputArtifact[]): number
   if (typeof s === "number") return adapters.map(() => s);
   if (Array.isArray(s)) {
     if (s.length !== adapters.length) {
-      throw new InputError(
+      throw new BadStageInput(
         `scales lists ${s.length} numbers but there are ${adapters.length} adapters (${adapters.map((a) => a.id).join(", ")})`,
       );
     }
     return s;
   }
-  const ids = new Set(adapters.map((a) => a.id));
+  const ids = new Set<string>(adapters.map((a) => a.id));
   const unknown = Object.keys(s).filter((k) => !ids.has(k));
   if (unknown.length) {
-    throw new InputError(
+    throw new BadStageInput(
       `scales names ${unknown.join(", ")}, which are not adapters here (${[...ids].join(", ")})`,
     );
   }
@@ -45,10 +45,11 @@ const merge: StageKind<MergeParams> = {
   },
   async run(ctx) {
     const llama = resolveLlama(ctx);
-    const base = inputFile(singleInput(ctx.inputs, "base"), "model.gguf", "base model");
+    const base = inputFile(ctx.input("base"), "model.gguf", "base model");
     await checkGguf(base, "base model");
-    const adapters = inputList(ctx.inputs, "adapters");
-    if (adapters.length === 0) throw new InputError("input `adapters` is empty: nothing to merge");
+    const adapters = ctx.inputList("adapters");
+    if (adapters.length === 0)
+      throw new BadStageInput("input `adapters` is empty: nothing to merge");
     const scales = adapterScales(ctx.params, adapters);
     // llama-export-lora splits --lora-scaled on ',' and ':'; store paths may
     // contain neither, but symlinks with plain names make sure of it.

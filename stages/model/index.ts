@@ -5,7 +5,7 @@
 import { existsSync } from "node:fs";
 import { mkdir, rename, rm, stat } from "node:fs/promises";
 import { join, resolve } from "node:path";
-import { InputError, type ParamIssue, type StageKind } from "../../engine/stage-api.js";
+import { BadStageInput, type ParamIssue, type StageKind } from "../../engine/stage-api.js";
 import { linkOrCopy } from "../../llama/files.js";
 import { checkGguf, recordModel } from "../../llama/model-info.js";
 import {
@@ -55,8 +55,8 @@ function randomIssues(p: ModelParams): ParamIssue[] {
 
 async function fromPath(src: string, out: string): Promise<string> {
   const abs = resolve(src);
-  if (!existsSync(abs)) throw new InputError(`model path ${abs} does not exist`);
-  if (!(await stat(abs)).isFile()) throw new InputError(`model path ${abs} is not a file`);
+  if (!existsSync(abs)) throw new BadStageInput(`model path ${abs} does not exist`);
+  if (!(await stat(abs)).isFile()) throw new BadStageInput(`model path ${abs} is not a file`);
   // Validate before admitting: a truncated or foreign file must not be cached.
   await checkGguf(abs, "model path");
   return linkOrCopy(abs, out);
@@ -88,13 +88,13 @@ async function fromHf(
       onProgress: (s) => ctx.progress(s.downloadedSize, s.totalSize, "download"),
     });
     if (downloader.totalFiles > 1) {
-      throw new InputError(
+      throw new BadStageInput(
         `${uri} is split into ${downloader.totalFiles} GGUF files; merge them with llama-gguf-split --merge and use path:`,
       );
     }
     file = await downloader.download({ signal: ctx.signal });
   } catch (e) {
-    if (e instanceof InputError || ctx.signal.aborted) throw e;
+    if (e instanceof BadStageInput || ctx.signal.aborted) throw e;
     throw new Error(
       `cannot download ${uri}: ${(e as Error).message} ` +
         "(the hf source needs network access to Hugging Face; set HF_TOKEN for gated models)",
@@ -162,7 +162,7 @@ const model: StageKind<ModelParams> = {
   async run(ctx) {
     const p = ctx.params;
     const issues = [...sourceIssues(p), ...randomIssues(p)];
-    if (issues.length) throw new InputError(issues.map((i) => i.message).join("; "));
+    if (issues.length) throw new BadStageInput(issues.map((i) => i.message).join("; "));
     const out = join(ctx.out, "model.gguf");
     let source: string;
     if (p.path !== undefined) {

@@ -1,11 +1,6 @@
 import type { Expected } from "../../data/estimate.js";
 import { isAbsolute, join, resolve } from "node:path";
-import {
-  InputError,
-  type StageContext,
-  type StageKind,
-  type InputArtifact,
-} from "../../engine/stage-api.js";
+import { BadStageInput, type StageContext, type StageKind } from "../../engine/stage-api.js";
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { JsonlWriter, listDataFiles } from "../../data/jsonl.js";
 import { readRecords } from "../../data/parquet.js";
@@ -74,9 +69,9 @@ export function dateWindow(p: Pick<ProblemsParams, "from" | "to" | "release">): 
 }
 
 function resolvePath(ctx: StageContext<ProblemsParams>, p: string): string {
-  const src = ctx.inputs.source as InputArtifact | undefined;
   if (isAbsolute(p)) return p;
-  if (src && !Array.isArray(src)) return join(src.path, p);
+  const src = ctx.input("source", { optional: true });
+  if (src) return join(src.path, p);
   return resolve(p);
 }
 
@@ -190,7 +185,9 @@ const kind: StageKind<ProblemsParams> = {
     for (const [name, p] of Object.entries(params.sources ?? {})) {
       const path = resolvePath(ctx, p);
       if (!existsSync(path))
-        throw new InputError(`sources.${name}: ${path} does not exist (a local copy of ${name})`);
+        throw new BadStageInput(
+          `sources.${name}: ${path} does not exist (a local copy of ${name})`,
+        );
       sources[name as SourceDataset] = path;
     }
     const skips: Skips = new Map();
@@ -279,7 +276,7 @@ const kind: StageKind<ProblemsParams> = {
           const where = `${file}: record ${line}`;
           const prev = ids.get(p.id);
           if (prev)
-            throw new InputError(
+            throw new BadStageInput(
               `${where}: duplicate problem id ${JSON.stringify(p.id)} (first at ${prev})`,
             );
           ids.set(p.id, where);

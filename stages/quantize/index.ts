@@ -1,9 +1,9 @@
 /** `quantize`: llama-quantize over a model artifact. */
 import { modelInput, rewriteEstimate } from "../../data/estimate.js";
 import { join } from "node:path";
-import { InputError, type ParamIssue, type StageKind } from "../../engine/stage-api.js";
+import { BadStageInput, type ParamIssue, type StageKind } from "../../engine/stage-api.js";
 import { checkGguf, recordModel } from "../../llama/model-info.js";
-import { inputFile, singleInput } from "../../llama/inputs.js";
+import { inputFile } from "../../llama/inputs.js";
 import { resolveLlama, runLlama } from "../../llama/toolchain.js";
 
 export interface QuantizeParams {
@@ -48,9 +48,9 @@ const quantize: StageKind<QuantizeParams> = {
   async run(ctx) {
     const p = ctx.params;
     const issues = typeIssues(p);
-    if (issues.length) throw new InputError(issues[0].message);
+    if (issues.length) throw new BadStageInput(issues[0].message);
     const llama = resolveLlama(ctx);
-    const src = inputFile(singleInput(ctx.inputs, "model"), "model.gguf", "input model");
+    const src = inputFile(ctx.input("model"), "model.gguf", "input model");
     await checkGguf(src, "input model");
     const out = join(ctx.out, "model.gguf");
     const threads = p.threads ?? ctx.resources.cpu ?? 2;

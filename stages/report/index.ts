@@ -9,12 +9,7 @@
  */
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
-import {
-  InputError,
-  type InputArtifact,
-  type StageInput,
-  type StageKind,
-} from "../../engine/stage-api.js";
+import { BadStageInput, type InputArtifact, type StageKind } from "../../engine/stage-api.js";
 import { page } from "./html.js";
 import { significance, samplesPaths } from "./significance.js";
 import { stripView } from "./strip.js";
@@ -50,11 +45,6 @@ export interface ReportParams {
   start?: { coordinate: string; from: Record<string, string> };
 }
 
-function asList(input: StageInput | undefined): InputArtifact[] {
-  if (input === undefined) return [];
-  return Array.isArray(input) ? input : [input];
-}
-
 const report: StageKind<ReportParams> = {
   kind: "report",
   // 2: paired comparisons (table.md, table.json, index.html, plot marks).
@@ -77,9 +67,11 @@ const report: StageKind<ReportParams> = {
     const evalInputs = Object.keys(ctx.inputs)
       .filter((n) => n === "evals" || n === "base" || /^evals\w+$/.test(n))
       .sort();
-    const evals = evalInputs.flatMap((n) => asList(ctx.inputs[n]));
+    const evals = evalInputs.flatMap((n) => ctx.inputList(n, { optional: true }));
     if (evals.length === 0) {
-      throw new InputError("report: input `evals` is missing or empty (use `evals: evaluate[*]`)");
+      throw new BadStageInput(
+        "report: input `evals` is missing or empty (use `evals: evaluate[*]`)",
+      );
     }
     const layout: Layout = {
       x: p.x,
@@ -100,7 +92,7 @@ const report: StageKind<ReportParams> = {
           a.coords,
           x === null,
           role,
-          asList(ctx.inputs[ROLE_INPUT[role]]),
+          ctx.inputList(ROLE_INPUT[role], { optional: true }),
         );
       }
       ctx.progress(i + 1, total, a.id);
@@ -119,16 +111,18 @@ const report: StageKind<ReportParams> = {
     rows.sort((a, b) => compareRows(a, b, layout));
     for (let i = 1; i < rows.length; i++) {
       if (compareRows({ ...rows[i - 1], id: "" }, { ...rows[i], id: "" }, layout) === 0) {
-        throw new InputError(
+        throw new BadStageInput(
           `evals: ${rows[i - 1].id} and ${rows[i].id} sit at the same place (${layout.series}, ${layout.x}, ${layout.facets.join(", ") || "no facets"}); name the coordinate that tells them apart in \`facets\``,
         );
       }
     }
 
     // Merged (unquantized) twins of some evaluations: compared, not plotted.
-    const unquantized = asList(ctx.inputs.unquantized).map(toRow);
+    const unquantized = ctx.inputList("unquantized", { optional: true }).map(toRow);
     const paths = new Map(
-      [...evals, ...asList(ctx.inputs.unquantized)].map((a) => [a.id, a.path] as const),
+      [...evals, ...ctx.inputList("unquantized", { optional: true })].map(
+        (a) => [a.id, a.path] as const,
+      ),
     );
     ctx.progress(evals.length, total, "paired comparisons");
     const sig = await significance({
@@ -181,7 +175,8 @@ const report: StageKind<ReportParams> = {
 
     const artifacts: [string, string, string][] = [];
     for (const name of ["evals", ...roles.map((r) => ROLE_INPUT[r])])
-      for (const a of asList(ctx.inputs[name])) artifacts.push([name, a.id, a.digest]);
+      for (const a of ctx.inputList(name, { optional: true }))
+        artifacts.push([name, a.id, a.digest]);
     const strip = await stripView(ctx.out, rows, layout, samplesPaths(paths));
     writeFileSync(
       join(ctx.out, "index.html"),

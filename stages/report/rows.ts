@@ -7,7 +7,7 @@
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import {
-  InputError,
+  BadStageInput,
   type Coords,
   type InputArtifact,
   type Scalar,
@@ -65,8 +65,8 @@ export interface Layout {
   facets: string[];
 }
 
-function bad(a: InputArtifact, what: string): InputError {
-  return new InputError(`evals: ${a.id} (${join(a.path, "metrics.json")}): ${what}`);
+function bad(a: InputArtifact, what: string): BadStageInput {
+  return new BadStageInput(`evals: ${a.id} (${join(a.path, "metrics.json")}): ${what}`);
 }
 
 function num(a: InputArtifact, m: Record<string, unknown>, key: string): number | null {
@@ -140,7 +140,7 @@ export function xOf(a: InputArtifact, name: string): number | null {
   if (typeof v === "string" && v.trim().toLowerCase() === "base") return null;
   const n = typeof v === "number" ? v : typeof v === "string" && v.trim() !== "" ? Number(v) : NaN;
   if (!Number.isFinite(n) || n < 0) {
-    throw new InputError(
+    throw new BadStageInput(
       `evals: ${a.id}: coordinate ${name}=${JSON.stringify(v)} is not a number of training examples (nor 0 or "base" for the untuned base)`,
     );
   }

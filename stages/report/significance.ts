@@ -13,7 +13,7 @@
  */
 import { existsSync, statSync } from "node:fs";
 import { join } from "node:path";
-import { InputError, type Scalar } from "../../engine/stage-api.js";
+import { BadStageInput, type Scalar } from "../../engine/stage-api.js";
 import { compare, holm, pair, rates, type Comparison } from "../../grader/paired.js";
 import { RecordError } from "../../grader/records.js";
 import { readPassRecords } from "../../grader/samples.js";
@@ -108,7 +108,7 @@ export async function significance(inp: SignificanceInput): Promise<Significance
     try {
       cache.set(r.id, rates(await readPassRecords(file)));
     } catch (e) {
-      if (e instanceof RecordError) throw new InputError(`evals: ${r.id}: ${e.message}`);
+      if (e instanceof RecordError) throw new BadStageInput(`evals: ${r.id}: ${e.message}`);
       throw e;
     }
   }
@@ -162,7 +162,7 @@ export async function significance(inp: SignificanceInput): Promise<Significance
         if (fromId === undefined) continue;
         const from = byId.get(fromId);
         if (!from)
-          throw new InputError(
+          throw new BadStageInput(
             `start.from.${String(v)} names ${fromId}, which is not among the report's evaluations` +
               ` (they are: ${[...byId.keys()].slice(0, 8).join(", ")}${byId.size > 8 ? ", …" : ""})`,
           );

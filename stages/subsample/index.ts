@@ -2,12 +2,7 @@ import { tracesInput, type Expected } from "../../data/estimate.js";
 import { join, resolve } from "node:path";
 import { closeSync, createReadStream, openSync, readSync } from "node:fs";
 import { readFile, readdir, rename, writeFile } from "node:fs/promises";
-import {
-  InputError,
-  type InputArtifact,
-  type StageContext,
-  type StageKind,
-} from "../../engine/stage-api.js";
+import { BadStageInput, type StageKind } from "../../engine/stage-api.js";
 import { JsonlWriter, readJsonl } from "../../data/jsonl.js";
 import { paperDifficulty, type Problem } from "../../data/problem.js";
 import { hashOrder, rankKey, stratifiedOrder } from "../../data/nested.js";
@@ -36,16 +31,6 @@ export interface SubsampleParams {
   allowFewer: boolean;
   system?: string;
 }
-
-export const SUBSAMPLE_DEFAULTS = {
-  scale: 1,
-  seed: 0,
-  perQuestion: "first",
-  requireAnswer: true,
-  charsPerToken: 4,
-  stratify: false,
-  allowFewer: false,
-} satisfies Partial<SubsampleParams>;
 
 interface TraceIn {
   problem_id: string;
@@ -81,12 +66,6 @@ interface Unit {
   id: string;
   problem: string;
   candidates: Candidate[];
-}
-
-function artifacts(ctx: StageContext<SubsampleParams>, name: string): InputArtifact[] {
-  const a = ctx.inputs[name];
-  if (!a) throw new InputError(`subsample needs an input "${name}"`);
-  return Array.isArray(a) ? a : [a];
 }
 
 /** JSONL lines with their byte offsets, so a chosen line can be read again. */
@@ -135,7 +114,7 @@ async function readIds(path: string): Promise<string[]> {
   try {
     text = await readFile(path, "utf8");
   } catch {
-    throw new InputError(`ids: ${path} cannot be read`);
+    throw new BadStageInput(`ids: ${path} cannot be read`);
   }
   const ids = text
     .split("\n")
@@ -143,16 +122,17 @@ async function readIds(path: string): Promise<string[]> {
     .filter((l) => l && !l.startsWith("#"));
   const seen = new Set<string>();
   ids.forEach((id, i) => {
-    if (seen.has(id)) throw new InputError(`${path}:${i + 1}: id ${JSON.stringify(id)} repeated`);
+    if (seen.has(id))
+      throw new BadStageInput(`${path}:${i + 1}: id ${JSON.stringify(id)} repeated`);
     seen.add(id);
   });
-  if (!ids.length) throw new InputError(`ids: ${path} lists no id`);
+  if (!ids.length) throw new BadStageInput(`ids: ${path} lists no id`);
   return ids;
 }
 
 async function findGguf(dir: string): Promise<string> {
   const names = (await readdir(dir)).filter((n) => n.endsWith(".gguf")).sort();
-  if (!names.length) throw new InputError(`input "model" (${dir}) holds no .gguf file`);
+  if (!names.length) throw new BadStageInput(`input "model" (${dir}) holds no .gguf file`);
   return join(dir, names[0]);
 }
 
@@ -166,7 +146,7 @@ const kind: StageKind<SubsampleParams> = {
     return params.ids ? { ids: tools.digestFile(params.ids) } : {};
   },
   async estimate(ctx) {
-    const p: SubsampleParams = { ...SUBSAMPLE_DEFAULTS, ...ctx.params };
+    const p: SubsampleParams = ctx.params;
     const t = await tracesInput(ctx.inputs.traces, ctx.expected.traces);
     const want = p.n === undefined ? undefined : Math.max(1, Math.round(p.n * p.scale));
     const records: [number, number] | undefined = want !== undefined ? [want, want] : t?.records;
@@ -196,9 +176,9 @@ const kind: StageKind<SubsampleParams> = {
     return issues;
   },
   async run(ctx) {
-    const p: SubsampleParams = { ...SUBSAMPLE_DEFAULTS, ...ctx.params };
+    const p = ctx.params;
     const problems = new Map<string, ProblemInfo>();
-    for (const a of artifacts(ctx, "problems"))
+    for (const a of ctx.inputList("problems"))
       for await (const { value } of readJsonl<Problem>(join(a.path, "problems.jsonl")))
         problems.set(value.id, {
           difficulty: value.difficulty,
@@ -213,7 +193,7 @@ const kind: StageKind<SubsampleParams> = {
     // ---- pass 1: every filter that needs no tokenizer; remember where each trace is
     const counts: Record<string, number> = {};
     const drop = (why: string) => (counts[why] = (counts[why] ?? 0) + 1);
-    const files = artifacts(ctx, "traces").map((a) => join(a.path, "traces.jsonl"));
+    const files = ctx.inputList("traces").map((a) => join(a.path, "traces.jsonl"));
     const byProblem = new Map<string, Candidate[]>();
     let total = 0;
     for (const [fi, file] of files.entries()) {
@@ -222,12 +202,14 @@ const kind: StageKind<SubsampleParams> = {
         try {
           t = JSON.parse(text) as TraceIn;
         } catch (e) {
-          throw new InputError(`${file}: line ${line} is not valid JSON (${(e as Error).message})`);
+          throw new BadStageInput(
+            `${file}: line ${line} is not valid JSON (${(e as Error).message})`,
+          );
         }
         total++;
         const problem = problems.get(t.problem_id);
         if (!problem)
-          throw new InputError(
+          throw new BadStageInput(
             `${file}: line ${line}: problem ${JSON.stringify(t.problem_id)} is not in the problems input`,
           );
         const id = `${t.problem_id}#${t.sample}`;
@@ -242,7 +224,7 @@ const kind: StageKind<SubsampleParams> = {
         }
         if (p.correct !== undefined) {
           if (typeof t.correct !== "boolean")
-            throw new InputError(
+            throw new BadStageInput(
               `${file}: line ${line}: no "correct" field; run verify on the traces before filtering by correctness`,
             );
           if (t.correct !== p.correct) {
@@ -304,7 +286,7 @@ const kind: StageKind<SubsampleParams> = {
           const c = byTrace.get(id)!;
           units.push({ id, problem: c.problem, candidates: [c] });
         } else
-          throw new InputError(
+          throw new BadStageInput(
             `ids: ${JSON.stringify(id)} (${p.ids}) is no problem or trace that passes the filters (${total} traces read; dropped ${JSON.stringify(counts)})`,
           );
       }
@@ -328,9 +310,8 @@ const kind: StageKind<SubsampleParams> = {
     // ---- walk in order, measuring length lazily, until n are accepted: the
     // n-set is a prefix of the (n+k)-set, and holds exactly n examples.
     let counter: TokenCounter | undefined;
-    const model = ctx.inputs.model;
+    const model = ctx.input("model", { optional: true });
     if (p.maxTokens && model) {
-      if (Array.isArray(model)) throw new InputError(`input "model" must be one artifact`);
       counter = await studentCounter(await findGguf(model.path));
     }
     const lengthOf = (messages: Message[]) =>
@@ -383,7 +364,7 @@ const kind: StageKind<SubsampleParams> = {
     }
     if (want !== undefined && chosen.length < want && !p.allowFewer) {
       const what = p.perQuestion === "all" ? "traces" : "questions";
-      throw new InputError(
+      throw new BadStageInput(
         `subsample: asked for ${want} ${what}${p.scale !== 1 ? ` (n ${p.n} × scale ${p.scale})` : ""} but only ${chosen.length} qualify ` +
           `(every filter applied, length included; ${total} traces read; by difficulty ${JSON.stringify(byDifficulty)}; dropped ${JSON.stringify(counts)}). ` +
           `Lower n or set allowFewer: true.`,

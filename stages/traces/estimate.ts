@@ -12,7 +12,7 @@ import { readJsonl } from "../../data/jsonl.js";
 import type { Problem } from "../../data/problem.js";
 import type { ChatAnswer, Message } from "../../data/chat.js";
 import { DEFAULT_PROMPT, renderPrompt } from "../../data/prompt.js";
-import { openaiIdentity, samplingOf, type TracesParams, TRACES_DEFAULTS } from "./index.js";
+import { openaiIdentity, samplingOf, type TracesParams } from "./index.js";
 
 /** Characters per token of English and code in BPE vocabularies (assumed when nothing is measured). */
 const CHARS_PER_TOKEN: Range = [3, 5];
@@ -31,7 +31,7 @@ const chars = (messages: Message[]) => messages.reduce((n, m) => n + m.content.l
 export async function estimateTraces(
   ctx: EstimateContext<TracesParams & { price?: Price }>,
 ): Promise<Estimate> {
-  const p = { ...TRACES_DEFAULTS, ...ctx.params };
+  const p = ctx.params;
   const basis: Record<string, string> = {};
   const problemsDir = inputPath(ctx.inputs.problems);
   const upstream = expectedOf(ctx.expected.problems);

@@ -1,11 +1,6 @@
 import { join } from "node:path";
 import { readdir } from "node:fs/promises";
-import {
-  InputError,
-  type InputArtifact,
-  type StageContext,
-  type StageKind,
-} from "../../engine/stage-api.js";
+import { BadStageInput, type StageContext, type StageKind } from "../../engine/stage-api.js";
 import { JsonlWriter, readJsonl, writeJsonl } from "../../data/jsonl.js";
 import { importTraces, type ImportCounts } from "./import.js";
 import type { Problem } from "../../data/problem.js";
@@ -65,33 +60,8 @@ export interface Trace extends ChatAnswer {
   messages: Message[];
 }
 
-/** Defaults as in schema.json, for callers that bypass the engine (tests). */
-export const TRACES_DEFAULTS = {
-  samples: 1,
-  temperature: 0.6,
-  top_p: 0.95,
-  max_tokens: 32768,
-  concurrency: 8,
-  retries: 6,
-  backoffMs: 1000,
-  backoffMaxMs: 60000,
-  timeoutS: 1800,
-  failureBudget: 0,
-} satisfies Partial<TracesParams>;
-
-function one(ctx: StageContext<TracesParams>, name: string): InputArtifact {
-  const a = ctx.inputs[name];
-  if (!a) throw new InputError(`traces needs an input "${name}"`);
-  if (Array.isArray(a)) {
-    if (a.length !== 1)
-      throw new InputError(`input "${name}" must be one artifact, got ${a.length}`);
-    return a[0];
-  }
-  return a;
-}
-
 async function loadProblems(ctx: StageContext<TracesParams>): Promise<Problem[]> {
-  const file = join(one(ctx, "problems").path, "problems.jsonl");
+  const file = join(ctx.input("problems").path, "problems.jsonl");
   const out: Problem[] = [];
   for await (const { value } of readJsonl<Problem>(file)) out.push(value);
   return out;
@@ -172,7 +142,7 @@ async function generate(
       const { name, model } = id.binding;
       const before = cache.bindIdentity(name, model, p.modelRenamed === true);
       if (before !== undefined && before !== model && !p.modelRenamed)
-        throw new InputError(
+        throw new BadStageInput(
           `modelIdentity "${name}" holds answers of model "${before}", but model is now "${model}": ` +
             `reusing them would label one model's answers as another's. Give the new model its own modelIdentity, ` +
             `or, if "${model}" is the same model under a new name, set modelRenamed: true.`,
@@ -417,7 +387,7 @@ async function generate(
 
 async function findGguf(dir: string): Promise<string> {
   const names = (await readdir(dir)).filter((n) => n.endsWith(".gguf")).sort();
-  if (!names.length) throw new InputError(`input "model" (${dir}) holds no .gguf file`);
+  if (!names.length) throw new BadStageInput(`input "model" (${dir}) holds no .gguf file`);
   return join(dir, names[0]);
 }
 
@@ -482,7 +452,7 @@ const kind: StageKind<TracesParams> = {
     return issues;
   },
   async run(ctx) {
-    const p: TracesParams = { ...TRACES_DEFAULTS, ...ctx.params };
+    const p = ctx.params;
     // The import backend streams (stages/traces/import.ts); the others need the list.
     const problems = p.backend === "import" ? [] : await loadProblems(ctx);
     const prompt = p.prompt ?? DEFAULT_PROMPT;
@@ -518,7 +488,7 @@ const kind: StageKind<TracesParams> = {
       const counts: ImportCounts = { problems: 0, empty: 0, over_samples: 0, no_problem: 0 };
       const out = await JsonlWriter.open(join(ctx.out, "traces.jsonl"));
       try {
-        for await (const t of importTraces(one(ctx, "problems").path, p.samples, prompt, counts)) {
+        for await (const t of importTraces(ctx.input("problems").path, p.samples, prompt, counts)) {
           if (ctx.signal.aborted) throw ctx.signal.reason ?? new Error("aborted");
           count(t);
           await out.write(t);
@@ -536,7 +506,7 @@ const kind: StageKind<TracesParams> = {
         // Only from the stage's declared secrets: a key the pipeline does not declare is not scrubbed from logs.
         apiKey = ctx.env[p.apiKeyEnv];
         if (!apiKey)
-          throw new InputError(
+          throw new BadStageInput(
             `environment variable ${p.apiKeyEnv} (apiKeyEnv) is not set; export it and list it under secrets: of this stage`,
           );
       }
@@ -552,11 +522,11 @@ const kind: StageKind<TracesParams> = {
       ));
     } else {
       // The engine-managed llama-server (llama/server.ts) with N parallel slots.
-      const model = one(ctx, "model");
+      const model = ctx.input("model");
       const gguf = await findGguf(model.path);
       const llama = ctx.tools.llama;
       if (!llama)
-        throw new InputError(
+        throw new BadStageInput(
           "the llama backend needs the llama tool (tools.llama.path in the pipeline, or VALLEY_LLAMA_BIN)",
         );
       const { withLlamaServer } = await import("../../llama/server.js");

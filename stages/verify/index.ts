@@ -12,29 +12,10 @@ import { tracesInput } from "../../data/estimate.js";
 import { createWriteStream } from "node:fs";
 import { join } from "node:path";
 import { finished } from "node:stream/promises";
-import {
-  InputError,
-  type InputArtifact,
-  type StageContext,
-  type StageInput,
-  type StageKind,
-} from "../../engine/stage-api.js";
-import { GRADING_DEFAULTS, gradeOptionsFrom, type GradingParams } from "../../grader/grade.js";
+import { BadStageInput, type StageContext, type StageKind } from "../../engine/stage-api.js";
+import { gradeOptionsFrom, type GradingParams } from "../../grader/grade.js";
 
 export type VerifyParams = GradingParams;
-
-const DEFAULTS: VerifyParams = GRADING_DEFAULTS;
-
-function single(inputs: Record<string, StageInput>, name: string): InputArtifact {
-  const a = inputs[name];
-  if (a === undefined) throw new InputError(`verify needs an input named "${name}"`);
-  if (Array.isArray(a)) {
-    if (a.length !== 1)
-      throw new InputError(`verify's "${name}" input must be one artifact, got ${a.length}`);
-    return a[0];
-  }
-  return a;
-}
 
 const verify: StageKind<VerifyParams> = {
   kind: "verify",
@@ -43,11 +24,11 @@ const verify: StageKind<VerifyParams> = {
   version: "2",
   // Each sample has a sandbox of its own: how many run at once changes no verdict.
   unkeyedParams: ["jobs"],
-  resources: (p) => ({ cpu: p.jobs ?? DEFAULTS.jobs, memory: (p.jobs ?? DEFAULTS.jobs) * 1024 }),
+  resources: (p) => ({ cpu: p.jobs, memory: p.jobs * 1024 }),
   async estimate(ctx) {
     // Each trace's code runs on its problem's tests in a sandbox: 0.2-5 s each, `jobs` at a time.
     const t = await tracesInput(ctx.inputs.traces, ctx.expected.traces);
-    const jobs = ctx.params.jobs ?? DEFAULTS.jobs;
+    const jobs = ctx.params.jobs;
     const n = t?.records;
     return {
       hours: n ? [(n[0] * 0.2) / jobs / 3600, (n[1] * 5) / jobs / 3600] : [0, 0],
@@ -68,9 +49,9 @@ const verify: StageKind<VerifyParams> = {
     const { loadProblems, readJsonl, RecordError } = await import("../../grader/records.js");
     const { probeSandbox } = await import("../../grader/sandbox.js");
 
-    const p: VerifyParams = { ...DEFAULTS, ...ctx.params };
-    const problemsFile = join(single(ctx.inputs, "problems").path, "problems.jsonl");
-    const tracesFile = join(single(ctx.inputs, "traces").path, "traces.jsonl");
+    const p = ctx.params;
+    const problemsFile = join(ctx.input("problems").path, "problems.jsonl");
+    const tracesFile = join(ctx.input("traces").path, "traces.jsonl");
 
     let problems;
     let traces;
@@ -79,17 +60,18 @@ const verify: StageKind<VerifyParams> = {
       problems = await loadProblems(problemsFile, (q) => semanticsFor(q, p.semantics, "verify"));
       traces = await readJsonl(tracesFile);
     } catch (e) {
-      if (e instanceof RecordError) throw new InputError(e.message);
+      if (e instanceof RecordError) throw new BadStageInput(e.message);
       throw e;
     }
     const jobs = traces.map(({ line, value }) => {
       const where = `${tracesFile}:${line}`;
       const id = value.problem_id;
-      if (typeof id !== "string") throw new InputError(`${where}: missing string "problem_id"`);
+      if (typeof id !== "string") throw new BadStageInput(`${where}: missing string "problem_id"`);
       const problem = problems.get(id);
       if (!problem)
-        throw new InputError(`${where}: trace for unknown problem ${JSON.stringify(id)}`);
-      if (typeof value.text !== "string") throw new InputError(`${where}: missing string "text"`);
+        throw new BadStageInput(`${where}: trace for unknown problem ${JSON.stringify(id)}`);
+      if (typeof value.text !== "string")
+        throw new BadStageInput(`${where}: missing string "text"`);
       return { problem, text: value.text };
     });
 
@@ -106,7 +88,7 @@ const verify: StageKind<VerifyParams> = {
     try {
       results = await gradeMany(jobs, opts, () => ctx.progress(++done, jobs.length));
     } catch (e) {
-      if (e instanceof ProblemError) throw new InputError(e.message);
+      if (e instanceof ProblemError) throw new BadStageInput(e.message);
       throw e;
     }
     if (ctx.signal.aborted) throw new Error(`verify ${ctx.instanceId}: aborted`);

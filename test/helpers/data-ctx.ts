@@ -6,7 +6,12 @@ import { mkdtempSync, mkdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pino } from "pino";
-import type { StageContext, StageInput } from "../../engine/stage-api.js";
+import {
+  inputAccess,
+  type InstanceId,
+  type StageContext,
+  type StageInput,
+} from "../../engine/stage-api.js";
 import { asDigest } from "../../cache/digest.js";
 
 export function tempDir(prefix = "valley-data-"): string {
@@ -14,7 +19,7 @@ export function tempDir(prefix = "valley-data-"): string {
 }
 
 export function artifact(path: string, id = "x") {
-  return { id, coords: {}, digest: asDigest("sha256:" + "0".repeat(64)), path };
+  return { id: id as InstanceId, coords: {}, digest: asDigest("sha256:" + "0".repeat(64)), path };
 }
 
 export function makeCtx<P>(
@@ -28,10 +33,11 @@ export function makeCtx<P>(
   const scratch = opts.scratch ?? join(root, "scratch");
   mkdirSync(scratch, { recursive: true });
   return {
-    instanceId: "test",
+    instanceId: "test" as InstanceId,
     coords: {},
     params,
     inputs,
+    ...inputAccess("test", inputs),
     out,
     scratch,
     log: pino({ level: "silent" }),

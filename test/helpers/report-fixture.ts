@@ -5,7 +5,14 @@ import { fileURLToPath } from "node:url";
 import { pino } from "pino";
 import { Ajv } from "ajv";
 import type { Digest } from "../../cache/digest.js";
-import type { Coords, InputArtifact, StageContext, StageInput } from "../../engine/stage-api.js";
+import {
+  inputAccess,
+  type Coords,
+  type InstanceId,
+  type InputArtifact,
+  type StageContext,
+  type StageInput,
+} from "../../engine/stage-api.js";
 import type { ReportParams } from "../../stages/report/index.js";
 import { sha256Bytes } from "../../cache/digest.js";
 
@@ -22,7 +29,7 @@ export function artifact(root: string, id: string, coords: Coords, files: Record
   const path = join(root, id.replace(/[^A-Za-z0-9@=,._-]/g, "_"));
   mkdirSync(path, { recursive: true });
   for (const [name, text] of Object.entries(files)) writeFileSync(join(path, name), text);
-  return { id, coords, digest: digestOf(id), path } satisfies InputArtifact;
+  return { id: id as InstanceId, coords, digest: digestOf(id), path } satisfies InputArtifact;
 }
 
 export function metricsFor(student: string, i: number): Record<string, unknown> {
@@ -127,10 +134,11 @@ export function ctxFor(
   given: Partial<ReportParams> = {},
 ): StageContext<ReportParams> {
   return {
-    instanceId: "report",
+    instanceId: "report" as InstanceId,
     coords: {},
     params: params(given),
     inputs,
+    ...inputAccess("report", inputs),
     out,
     scratch: join(out, "..", "scratch"),
     log: pino({ level: "silent" }),
