@@ -5,6 +5,7 @@
  * none of this: it sums hours, dollars and tokens and prints the rest.
  */
 import type { Measurement, Range, StageInput } from "../engine/stage-api.js";
+import type { HeaderDims } from "../llama/gguf.js";
 
 /** What a stage's output is expected to hold (`Estimate.output`). */
 export interface Expected {
@@ -24,16 +25,7 @@ export interface Expected {
 }
 
 /** A model's dimensions, enough for memory, FLOPs and bytes per token. */
-export interface ModelDims {
-  arch: string;
-  nLayer: number;
-  nEmbd: number;
-  nHead: number;
-  nHeadKv: number;
-  nEmbdQ: number;
-  nEmbdKv: number;
-  nFf: number;
-  nVocab: number;
+export interface ModelDims extends HeaderDims {
   /** Type of the weight matrices as stored: "f32", "f16", "bf16", "q8_0", … */
   weightType: string;
   /** Where the dimensions came from, in words (a GGUF header, a shape: hint, a known model). */

@@ -2,56 +2,23 @@
  * A model's dimensions (data/estimate.ts ModelDims) from what is at hand: a
  * GGUF header, the params of a random model, or a `shape:` hint.
  */
-import { inspectGguf } from "./gguf.js";
+import { ggmlTypeName, headerDims, inspectGguf } from "./gguf.js";
 import { buildVocab, resolveRandomParams, type RandomModelSpec } from "./random-model.js";
 import { KNOWN_MODELS, knownModel, type ModelDims } from "../data/estimate.js";
-
-const TYPE_NAMES: Record<number, string> = {
-  0: "f32",
-  1: "f16",
-  2: "q4_0",
-  8: "q8_0",
-  12: "q4_k",
-  14: "q6_k",
-  30: "bf16",
-};
 
 /** Dimensions from a GGUF's header (reads the header only). */
 export async function dimsFromGguf(path: string): Promise<ModelDims> {
   const g = await inspectGguf(path);
-  const arch = String(g.metadata.get("general.architecture") ?? "");
-  const num = (k: string) => {
-    const v = g.metadata.get(`${arch}.${k}`);
-    return typeof v === "number" ? v : typeof v === "bigint" ? Number(v) : undefined;
-  };
-  const need = (k: string) => {
-    const v = num(k);
-    if (v === undefined) throw new Error(`${path}: the GGUF header lacks ${arch}.${k}`);
-    return v;
-  };
-  const nEmbd = need("embedding_length");
-  const nHead = need("attention.head_count");
-  const nHeadKv = num("attention.head_count_kv") ?? nHead;
-  const headK = num("attention.key_length") ?? nEmbd / nHead;
-  const embd = g.tensors.find((t) => t.name === "token_embd.weight");
   // the type most weight matrices have (a quantized model keeps some in other types)
   const counts = new Map<string, number>();
   for (const t of g.tensors)
     if (t.shape.length >= 2 && t.shape[1] > 1 && t.name.startsWith("blk.")) {
-      const name = TYPE_NAMES[t.type] ?? `type ${t.type}`;
+      const name = ggmlTypeName(t.type);
       counts.set(name, (counts.get(name) ?? 0) + 1);
     }
   const weightType = [...counts].sort((a, b) => b[1] - a[1])[0]?.[0] ?? "f32";
   return {
-    arch,
-    nLayer: need("block_count"),
-    nEmbd,
-    nHead,
-    nHeadKv,
-    nEmbdQ: nHead * headK,
-    nEmbdKv: nHeadKv * headK,
-    nFf: need("feed_forward_length"),
-    nVocab: embd?.shape[1] ?? num("vocab_size") ?? 0,
+    ...headerDims(g, `${path}: `),
     weightType,
     source: `the GGUF header of ${path}`,
   };

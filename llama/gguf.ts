@@ -101,6 +101,59 @@ export function tensorBytes(type: number, shape: readonly number[]): number | st
   return (ne0 / block) * bytes * rows;
 }
 
+/** A ggml type's name as valley writes it ("f32", "bf16", "q4_k"), or "type N" when unknown. */
+export function ggmlTypeName(type: number): string {
+  return GGML_TYPES[type]?.[0].toLowerCase() ?? `type ${type}`;
+}
+
+/** A transformer's dimensions as its GGUF header states them. */
+export interface HeaderDims {
+  arch: string;
+  nLayer: number;
+  nEmbd: number;
+  nHead: number;
+  nHeadKv: number;
+  /** Q width (heads × key length) and K/V width (kv heads × key length). */
+  nEmbdQ: number;
+  nEmbdKv: number;
+  nFf: number;
+  nVocab: number;
+}
+
+/**
+ * The dimensions from a GGUF header's `<arch>.*` keys (and the embedding
+ * tensor's width for the vocabulary). `where` prefixes the error for a
+ * missing key.
+ */
+export function headerDims(g: GgufSummary, where = ""): HeaderDims {
+  const arch = String(g.metadata.get("general.architecture") ?? "");
+  const num = (k: string) => {
+    const v = g.metadata.get(`${arch}.${k}`);
+    return typeof v === "number" ? v : typeof v === "bigint" ? Number(v) : undefined;
+  };
+  const need = (k: string) => {
+    const v = num(k);
+    if (v === undefined) throw new Error(`${where}the GGUF header lacks ${arch}.${k}`);
+    return v;
+  };
+  const nEmbd = need("embedding_length");
+  const nHead = need("attention.head_count");
+  const nHeadKv = num("attention.head_count_kv") ?? nHead;
+  const headK = num("attention.key_length") ?? nEmbd / nHead;
+  const embd = g.tensors.find((t) => t.name === "token_embd.weight");
+  return {
+    arch,
+    nLayer: need("block_count"),
+    nEmbd,
+    nHead,
+    nHeadKv,
+    nEmbdQ: nHead * headK,
+    nEmbdKv: nHeadKv * headK,
+    nFf: need("feed_forward_length"),
+    nVocab: embd?.shape[1] ?? num("vocab_size") ?? 0,
+  };
+}
+
 export interface GgufTensorSummary {
   name: string;
   shape: number[];

@@ -28,19 +28,9 @@
  * mirrored by stages/finetune/native/valley-lora-memory.cpp (valley-lora
  * --estimate-memory); test/finetune-scale.test.ts checks both agree.
  */
-import type { GgufSummary } from "../../llama/gguf.js";
+import { ggmlTypeName, headerDims, type GgufSummary, type HeaderDims } from "../../llama/gguf.js";
 
-export interface ModelShape {
-  arch: string;
-  nLayer: number;
-  nEmbd: number;
-  nHead: number;
-  nHeadKv: number;
-  /** Q width (heads × key length) and K/V width (kv heads × key length). */
-  nEmbdQ: number;
-  nEmbdKv: number;
-  nFf: number;
-  nVocab: number;
+export interface ModelShape extends HeaderDims {
   /** Bytes of every tensor as stored. */
   weightBytes: number;
   /** Bytes if every weight matrix were F16/BF16 (1-D tensors stay F32). */
@@ -109,26 +99,8 @@ export const RUNTIME_BYTES = 14.5 * 2 ** 20;
 
 const F32 = 4;
 
-function num(meta: Map<string, unknown>, key: string): number | undefined {
-  const v = meta.get(key);
-  return typeof v === "number" ? v : typeof v === "bigint" ? Number(v) : undefined;
-}
-
-const TYPE_NAMES: Record<number, string> = { 0: "f32", 1: "f16", 8: "q8_0", 30: "bf16" };
-
 /** The shape of a base model from its GGUF header (inspectGguf). */
 export function shapeFromGguf(g: GgufSummary): ModelShape {
-  const arch = String(g.metadata.get("general.architecture") ?? "");
-  const need = (k: string) => {
-    const v = num(g.metadata, `${arch}.${k}`);
-    if (v === undefined) throw new Error(`the GGUF header lacks ${arch}.${k}`);
-    return v;
-  };
-  const nEmbd = need("embedding_length");
-  const nHead = need("attention.head_count");
-  const nHeadKv = num(g.metadata, `${arch}.attention.head_count_kv`) ?? nHead;
-  const headK = num(g.metadata, `${arch}.attention.key_length`) ?? nEmbd / nHead;
-  const embd = g.tensors.find((t) => t.name === "token_embd.weight");
   const matrices = new Map<string, [number, number]>();
   const types = new Set<string>();
   let weightBytes = 0;
@@ -140,19 +112,11 @@ export function shapeFromGguf(g: GgufSummary): ModelShape {
     halfWeightBytes += matrix ? Math.min(t.bytes, 2 * elements) : t.bytes;
     if (matrix) {
       matrices.set(t.name, [t.shape[0], t.shape[1]]);
-      if (t.name !== "token_embd.weight") types.add(TYPE_NAMES[t.type] ?? `type ${t.type}`);
+      if (t.name !== "token_embd.weight") types.add(ggmlTypeName(t.type));
     }
   }
   return {
-    arch,
-    nLayer: need("block_count"),
-    nEmbd,
-    nHead,
-    nHeadKv,
-    nEmbdQ: nHead * headK,
-    nEmbdKv: nHeadKv * headK,
-    nFf: need("feed_forward_length"),
-    nVocab: embd?.shape[1] ?? 0,
+    ...headerDims(g),
     weightBytes,
     halfWeightBytes,
     matrixTypes: [...types].sort(),
