@@ -14,6 +14,8 @@ export const CACHE_LAYOUT = {
   corrupt: "objects and trees found corrupt, moved aside so they are never served",
   // The engine's bookkeeping.
   history: "the last key per (pipeline, instance id), for plan --why: history/<hex>.json",
+  results:
+    "per pipeline: the action records its last run used, with their files' stat fields, so a no-op run reads one file (cache/record-memo.ts)",
   leases: "one lock file per key being computed (cache/leases.ts)",
   pins: "named roots gc keeps: pins/<name>.json",
   work: "attempts' output folders and logs until admitted; <hex>.failed.log of a failed one",
@@ -43,6 +45,7 @@ export const CREATED_ON_OPEN: readonly CacheEntry[] = [
   "trees",
   "actions",
   "history",
+  "results",
   "leases",
   "work",
   "scratch",

@@ -32,6 +32,7 @@ import {
 import { hashFile } from "./hash.js";
 import { uniqueSuffix, writeFileAtomic } from "./atomic.js";
 import { StatCache } from "./stat-cache.js";
+import { RecordMemo } from "./record-memo.js";
 import { CREATED_ON_OPEN, cachePath, type CacheEntry } from "./layout.js";
 import { pathManifest } from "./path-manifest.js";
 
@@ -86,6 +87,22 @@ function isFileEntry(
 }
 
 /**
+ * Runs `write`, which creates `path`; if its folder is missing (ENOENT),
+ * creates the folder and runs it again. Objects live in 256 fan-out folders
+ * that almost always exist: trying first saves a mkdir and a stat per object
+ * (two of the ~50 file-system calls a tiny job costs the engine).
+ */
+function withParent<T>(path: string, write: () => T): T {
+  try {
+    return write();
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== "ENOENT") throw e;
+    mkdirSync(dirname(path), { recursive: true });
+    return write();
+  }
+}
+
+/**
  * The content-addressed store under one cache root (its layout: see
  * CACHE_LAYOUT in cache/layout.ts). Every write lands under a temporary name
  * and is renamed into place.
@@ -136,10 +153,7 @@ export class Store {
   putBytes(data: string | Uint8Array): Digest {
     const d = sha256Bytes(data);
     const p = this.objectPath(d);
-    if (!existsSync(p)) {
-      mkdirSync(dirname(p), { recursive: true });
-      writeFileAtomic(p, data, 0o444);
-    }
+    if (!existsSync(p)) withParent(p, () => writeFileAtomic(p, data, 0o444));
     return d;
   }
 
@@ -160,9 +174,8 @@ export class Store {
       linkSync(p, file);
     } else {
       chmodSync(file, exec ? 0o555 : 0o444);
-      mkdirSync(dirname(p), { recursive: true });
       try {
-        linkSync(file, p);
+        withParent(p, () => linkSync(file, p));
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
         // Another run admitted the same bytes meanwhile: share its inode.
@@ -439,13 +452,42 @@ export class Store {
     return this.readAction(key)?.rec;
   }
 
+  private records?: RecordMemo<ActionRecord>;
+
+  /**
+   * Memoises the action records read through this store in results/<name>.json
+   * (cache/record-memo.ts), so that the next run under the same name stats
+   * them instead of reading them. `saveRecords` writes it.
+   */
+  memoRecords(name: string): void {
+    this.records = new RecordMemo(join(this.dir("results"), `${name}.json`));
+  }
+
+  saveRecords(): void {
+    this.records?.save();
+  }
+
   private readAction(key: ActionKey): { rec: ActionRecord; mtimeNs: bigint } | undefined {
+    const path = this.actionPath(key);
+    const memo = this.records;
+    if (memo) {
+      let st;
+      try {
+        st = statSync(path, { bigint: true });
+      } catch {
+        return undefined;
+      }
+      const rec = memo.get(digestHex(key), st);
+      if (rec) return { rec, mtimeNs: st.mtimeNs };
+    }
     let fd: number | undefined;
     try {
-      fd = openSync(this.actionPath(key), "r");
-      const mtimeNs = fstatSync(fd, { bigint: true }).mtimeNs;
+      fd = openSync(path, "r");
+      const st = fstatSync(fd, { bigint: true });
       const rec = JSON.parse(readFileSync(fd, "utf8")) as ActionRecord;
-      return rec.key === key && isDigest(rec.outputs?.tree) ? { rec, mtimeNs } : undefined;
+      if (rec.key !== key || !isDigest(rec.outputs?.tree)) return undefined;
+      memo?.set(digestHex(key), st, rec);
+      return { rec, mtimeNs: st.mtimeNs };
     } catch {
       return undefined;
     } finally {
@@ -489,7 +531,10 @@ export class Store {
     writeFileAtomic(this.actionPath(rec.key), JSON.stringify(rec, null, 1));
   }
 
+  private static hostName?: string;
+
   static host(): string {
-    return hostname();
+    // One uname(2) per process, not per record.
+    return (Store.hostName ??= hostname());
   }
 }

@@ -64,6 +64,7 @@ export class Engine {
   ) {
     this.store = new Store(cacheRoot, { create: !opts.readOnly });
     this.leases = new Leases(this.store.dir("leases"));
+    this.store.memoRecords(digestHex(hashJson(pipeline.name)));
   }
 
   /** A tool from `tools.<name>.path` or $VALLEY_<NAME>_BIN, hashed once per run. */

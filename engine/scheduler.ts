@@ -1,4 +1,3 @@
-import PQueue from "p-queue";
 import { isComplete, type ActionRecord } from "../cache/store.js";
 import type { ActionKey } from "../cache/digest.js";
 import type { LeaseInfo } from "../cache/leases.js";
@@ -6,6 +5,7 @@ import { isDiskFull } from "../cache/disk.js";
 import type { Engine, ResolvedKey } from "./engine.js";
 import type { Instance } from "./pipeline/expand.js";
 import { ResourcePool } from "./resources.js";
+import { JobQueue } from "./job-queue.js";
 import { AttemptFailed, runAttempt, type AttemptOptions } from "./executors/local.js";
 import { inputAccess, type InstanceId, type Resources } from "./stage-api.js";
 
@@ -136,7 +136,7 @@ class Run {
   private readonly emit: (e: RunEvent) => void;
   private readonly executor: Executor;
   private readonly pool: ResourcePool;
-  private readonly queue: PQueue;
+  private readonly queue: JobQueue;
   private readonly force: Set<string>;
   private readonly results = new Map<string, ActionRecord>();
   private readonly outcomes = new Map<string, Outcome>();
@@ -164,7 +164,7 @@ class Run {
       opts.resources,
       this.selected.some((i) => i.resources.gpu > 0),
     );
-    this.queue = new PQueue({ concurrency: Math.max(1, opts.jobs) });
+    this.queue = new JobQueue(Math.max(1, opts.jobs));
     this.force = new Set(opts.force ?? []);
     for (const inst of this.selected) {
       this.waitingOn.set(inst.id, inst.deps.filter((d) => this.ids.has(d)).length);
@@ -304,7 +304,7 @@ class Run {
           continue;
         }
         const key = rk;
-        void this.queue.add(async () => {
+        this.queue.add(async () => {
           this.started.add(inst.id);
           try {
             await this.runOne(inst, key);
@@ -467,7 +467,13 @@ class Run {
 
   /** The stat cache and the key history: memos (re-hashing, plan --why), so on a full disk the run's results still stand. */
   saveMemos(): void {
-    for (const save of [() => this.engine.store.stat.save(), () => this.engine.saveHistory()]) {
+    const store = this.engine.store;
+    const memos = [
+      () => store.stat.save(),
+      () => this.engine.saveHistory(),
+      () => store.saveRecords(),
+    ];
+    for (const save of memos) {
       try {
         save();
       } catch (e) {

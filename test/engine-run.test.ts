@@ -414,3 +414,41 @@ stages:
   assert.match(seen.on.log, /err line/);
   assert.equal(seen.on.tail, "tail", "the failure shows the stage's last stderr lines");
 });
+
+test("a no-op run reads its action records from the results memo, and never serves one whose file changed", () => {
+  const text = `version: 1\nname: rmemo\nstages:\n  gen:\n    uses: shell\n    matrix:\n      i: [1, 2, 3]\n    with:\n      run: echo \${{ matrix.i }} > $OUT/x\n`;
+  const dir = project({ "p.yaml": text });
+  assert.equal(runJson(dir).executed, 3);
+  const actions = join(dir, ".valley", "actions");
+  const memoDir = join(dir, ".valley", "results");
+  // Records younger than 2 s are not memoised (a same-tick replacement could
+  // keep size and times): age them, as minutes would.
+  const age = () => {
+    const past = new Date(Date.now() - 60_000);
+    for (const f of readdirSync(actions)) utimesSync(join(actions, f), past, past);
+  };
+  age();
+  assert.equal(runJson(dir).cached, 3);
+  const memoFiles = readdirSync(memoDir);
+  assert.equal(memoFiles.length, 1);
+  const memo = JSON.parse(readFileSync(join(memoDir, memoFiles[0]), "utf8")) as Record<
+    string,
+    { rec: { key: string } }
+  >;
+  const keys = readdirSync(actions).map((f) => f.replace(/\.json$/, ""));
+  assert.deepEqual(Object.keys(memo).sort(), keys.sort());
+  for (const k of keys) assert.equal(memo[k].rec.key, `sha256:${k}`);
+  // A record rewritten (here marked incomplete) is read again, not served from the memo.
+  const first = join(actions, readdirSync(actions).sort()[0]);
+  const rec = JSON.parse(readFileSync(first, "utf8")) as Record<string, unknown>;
+  writeFileSync(first, JSON.stringify({ ...rec, incomplete: "test: marked incomplete" }));
+  assert.deepEqual((({ executed, cached }) => ({ executed, cached }))(runJson(dir)), {
+    executed: 1,
+    cached: 2,
+  });
+  // A record deleted (gc) is not served either.
+  age();
+  assert.equal(runJson(dir).cached, 3);
+  unlinkSync(join(actions, readdirSync(actions).sort()[1]));
+  assert.equal(runJson(dir).executed, 1);
+});

@@ -7,7 +7,6 @@
  */
 import { existsSync, mkdirSync, readdirSync, readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { pino } from "pino";
 import type { ActionRecord } from "../../cache/store.js";
 import { writeFileAtomic } from "../../cache/atomic.js";
 import type { Engine } from "../engine.js";
@@ -432,6 +431,8 @@ export async function calibratePipeline(
   const { contexts } = await walk(pl, engine, { executor: "local", call: false });
   const kinds = [...pl.kinds.values()].filter((k) => k.impl.calibrate);
   const out: { kind: string; measured: Measurement[]; error?: string }[] = [];
+  // Loaded here, not at the top: `run` imports this module, and a no-op run logs nothing.
+  const { pino } = await import("pino");
   const log = pino({ level: process.env.VALLEY_LOG_LEVEL ?? "warn" }, pino.destination(2));
   const ac = new AbortController();
   const stop = () => ac.abort(new Error("interrupted"));

@@ -1,4 +1,5 @@
 import {
+  unlinkSync,
   mkdirSync,
   existsSync,
   renameSync,
@@ -250,7 +251,12 @@ export async function runAttempt(
       engine: ENGINE_VERSION,
     };
     store.putAction(rec);
-    rmSync(logFile, { force: true });
+    // unlink, not rmSync: rmSync stats twice first, on every job.
+    try {
+      unlinkSync(logFile);
+    } catch {
+      // no log was written
+    }
     // A small scratch folder (empty, or links to inputs) is set aside for gc:
     // a rename, where unlinking a thousand links cost seconds on this disk. A
     // large one (checkpoints) is removed now, so it does not fill the disk until gc.

@@ -654,7 +654,12 @@ function expandStages(
         continue;
       }
       // Values that print alike (1 and "1") would give two instances one id.
-      const dup = list.find((v, i) => list.findIndex((w) => String(w) === String(v)) !== i);
+      const printed = new Set<string>();
+      const dup = list.find((v) => {
+        if (printed.has(String(v))) return true;
+        printed.add(String(v));
+        return false;
+      });
       if (dup !== undefined) {
         report(src.problem(at, `matrix axis "${axis}" lists ${JSON.stringify(dup)} twice`));
         continue;
