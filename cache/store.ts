@@ -184,6 +184,21 @@ export class Store {
   }
 
   /**
+   * Admits a finished file (a stage's log) as an object by linking it, not
+   * copying it; the caller must not write to it again. Undefined if there is
+   * no such file.
+   */
+  async adoptFile(file: string): Promise<Digest | undefined> {
+    let size: number;
+    try {
+      size = statSync(file).size;
+    } catch {
+      return undefined;
+    }
+    return (await this.admitFile(file, false, size)).digest;
+  }
+
+  /**
    * Turns a finished output folder into a tree: every file becomes an object,
    * the manifest is stored, and the folder itself is renamed to trees/<hex>
    * (read-only). The folder must be on the cache's filesystem.

@@ -1,10 +1,8 @@
 import {
   unlinkSync,
   mkdirSync,
-  existsSync,
   renameSync,
   rmSync,
-  readFileSync,
   openSync,
   writeSync,
   closeSync,
@@ -212,10 +210,10 @@ export async function runAttempt(
     log.info({ seconds: (end.getTime() - start.getTime()) / 1000 }, "done");
     dest.close();
     let admitted: Awaited<ReturnType<Store["admitTree"]>>;
-    let logDigest: ReturnType<Store["putBytes"]> | undefined;
+    let logDigest: Awaited<ReturnType<Store["adoptFile"]>>;
     try {
       admitted = await store.admitTree(out);
-      logDigest = existsSync(logFile) ? store.putBytes(readFileSync(logFile)) : undefined;
+      logDigest = await store.adoptFile(logFile);
     } catch (e) {
       if (!isDiskFull(e)) throw e;
       // What was linked into objects/ is unreferenced: gc collects it.
