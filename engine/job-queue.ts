@@ -5,14 +5,18 @@
  * pipeline, where no task is ever queued.
  */
 export class JobQueue {
-  private readonly waiting: (() => Promise<void>)[] = [];
+  private readonly waiting: ((free: () => void) => Promise<void>)[] = [];
   private running = 0;
   private idle: (() => void)[] = [];
 
   constructor(private readonly concurrency: number) {}
 
-  /** Queues a task; its errors are the task's to handle (it must not reject). */
-  add(task: () => Promise<void>): void {
+  /**
+   * Queues a task; its errors are the task's to handle. Its slot is freed when
+   * it settles, or earlier when it calls the `free` it is given (a job whose
+   * program has exited, with only the engine's bookkeeping left).
+   */
+  add(task: (free: () => void) => Promise<void>): void {
     this.waiting.push(task);
     this.next();
   }
@@ -23,7 +27,7 @@ export class JobQueue {
     this.settleIdle();
   }
 
-  /** Resolves once nothing runs and nothing waits. */
+  /** Resolves once no slot is taken and nothing waits. */
   onIdle(): Promise<void> {
     if (this.running === 0 && this.waiting.length === 0) return Promise.resolve();
     return new Promise((res) => this.idle.push(res));
@@ -31,15 +35,19 @@ export class JobQueue {
 
   private next(): void {
     while (this.running < this.concurrency && this.waiting.length > 0) {
-      const task = this.waiting.shift() as () => Promise<void>;
+      const task = this.waiting.shift() as (free: () => void) => Promise<void>;
       this.running++;
-      void task()
+      let freed = false;
+      const free = () => {
+        if (freed) return;
+        freed = true;
+        this.running--;
+        this.next();
+        this.settleIdle();
+      };
+      void task(free)
         .catch(() => {})
-        .finally(() => {
-          this.running--;
-          this.next();
-          this.settleIdle();
-        });
+        .finally(free);
     }
   }
 

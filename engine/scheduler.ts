@@ -304,10 +304,10 @@ class Run {
           continue;
         }
         const key = rk;
-        this.queue.add(async () => {
+        this.queue.add(async (free) => {
           this.started.add(inst.id);
           try {
-            await this.runOne(inst, key);
+            await this.runOne(inst, key, free);
           } catch (e) {
             this.fail(inst, e as Error);
           }
@@ -338,7 +338,7 @@ class Run {
   }
 
   /** A queued instance: admission, resources, the key's lease, then a result found meanwhile or the attempts. */
-  private async runOne(inst: Instance, rk: ResolvedKey): Promise<void> {
+  private async runOne(inst: Instance, rk: ResolvedKey, freeSlot: () => void): Promise<void> {
     if (this.stopped) return this.cancel(inst);
     const pool = this.pool;
     if (inst.resources.gpu > pool.total.gpu) {
@@ -355,6 +355,15 @@ class Run {
       return this.fail(inst, new Error(`${inst.id}: ${issues.join("; ")}`), { input: true });
     const need = pool.clamp(inst.resources);
     const gpus = await pool.acquire(need);
+    // The job slot and the resources go back once, when the stage's program
+    // is done (its output still being stored) or at the latest here.
+    let held = true;
+    const letGo = () => {
+      if (!held) return;
+      held = false;
+      pool.release(need, gpus);
+      freeSlot();
+    };
     try {
       if (this.stopped) return this.cancel(inst);
       const forced = this.force.has(inst.stage);
@@ -372,7 +381,10 @@ class Run {
             rk,
           );
         }
-        return this.runOne(inst, rk); // the other run's result was invalid: compute it ourselves
+        // The other run's result was invalid: compute it ourselves, in this job slot.
+        held = false;
+        pool.release(need, gpus);
+        return this.runOne(inst, rk, freeSlot);
       }
       try {
         const prior = forced ? undefined : this.engine.lookup(rk.key);
@@ -391,17 +403,22 @@ class Run {
             rk,
           );
         }
-        return await this.attempts(inst, rk, gpus);
+        return await this.attempts(inst, rk, gpus, letGo);
       } finally {
         this.engine.leases.release(got);
       }
     } finally {
-      pool.release(need, gpus);
+      letGo();
     }
   }
 
   /** The attempts of one instance under its lease: retried with backoff unless the failure says a retry cannot help. */
-  private async attempts(inst: Instance, rk: ResolvedKey, gpus: string[]): Promise<void> {
+  private async attempts(
+    inst: Instance,
+    rk: ResolvedKey,
+    gpus: string[],
+    letGo: () => void,
+  ): Promise<void> {
     const opts = this.opts;
     for (let attempt = 1; ; attempt++) {
       this.emit({ type: "start", id: inst.id, attempt });
@@ -413,6 +430,8 @@ class Run {
           gpus,
           onProgress: (done, total, note) =>
             this.emit({ type: "progress", id: inst.id, done, total, note }),
+          // Only the last attempt gives its slot back early: a retry must still hold one.
+          onStageDone: attempt > inst.retries ? letGo : undefined,
         });
         return this.complete(inst, { status: "executed", key: rk.key, record: rec }, rk);
       } catch (e) {

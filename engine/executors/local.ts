@@ -66,6 +66,12 @@ export interface AttemptOptions {
   /** GPU device ids reserved for this attempt (given to its programs as CUDA_VISIBLE_DEVICES). */
   gpus?: string[];
   onProgress?: (done: number, total?: number, note?: string) => void;
+  /**
+   * Called once the stage's run() has resolved, before its output is stored:
+   * the scheduler may then give its job slot and resources to the next
+   * instance while this one's bookkeeping finishes.
+   */
+  onStageDone?: () => void;
 }
 
 /**
@@ -156,6 +162,7 @@ export async function runAttempt(
       const gpus = opts.gpus ?? [];
       result = await Promise.race([placement.run({ gpus }, () => kind.impl.run(ctx)), aborted]);
       if (ac.signal.aborted) throw new Error(String(ac.signal.reason));
+      opts.onStageDone?.();
     } catch (thrown) {
       // A stage may throw a signal's reason as it is: a string, or nothing.
       const e =
