@@ -482,3 +482,30 @@ stages:
   assert.match(rb.stderr, /cached {2}slow \(computed by another run\)/);
   assert.deepEqual(lines(side), ["started"]);
 });
+
+test("--jobs N bounds the stage programs running at once, though a job's slot goes back before its result is stored", () => {
+  const dir = project({});
+  const side = join(dir, "side.log");
+  writeFileSync(
+    join(dir, "p.yaml"),
+    `
+version: 1
+stages:
+  work:
+    uses: shell
+    matrix: {i: [1, 2, 3, 4, 5, 6, 7, 8]}
+    with: {run: "echo + >> ${side}; sleep 0.2; echo - >> ${side}; head -c 300000 /dev/zero > $OUT/big; echo \${{ matrix.i }} > $OUT/i"}
+`,
+  );
+  const r = valley(["run", "p.yaml", "--json", "--jobs", "2"], { cwd: dir });
+  assert.equal(r.code, 0, r.stderr);
+  let running = 0;
+  let most = 0;
+  for (const l of lines(side)) {
+    running += l === "+" ? 1 : -1;
+    most = Math.max(most, running);
+  }
+  assert.equal(running, 0);
+  assert.equal(most, 2, lines(side).join(""));
+  assert.equal((JSON.parse(r.stdout) as { executed: number }).executed, 8);
+});
