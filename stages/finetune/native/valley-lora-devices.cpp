@@ -130,3 +130,25 @@ valley_backward_check valley_check_backward(ggml_backend_dev_t dev, ggml_type t,
     ggml_backend_free(backend);
     return res;
 }
+
+bool valley_flash_attn_supported(ggml_backend_dev_t dev, int64_t head_k, int64_t head_v, int64_t n_head, int64_t n_head_kv) {
+    if (head_k <= 0 || head_v <= 0 || n_head <= 0 || n_head_kv <= 0 || n_head % n_head_kv != 0) {
+        return false;
+    }
+    const int64_t n_tok = 256;
+    ggml_init_params ip = { ggml_tensor_overhead() * 16, nullptr, /*no_alloc =*/ true };
+    ggml_context * ctx = ggml_init(ip);
+    // as llm_graph_context::build_attn lays them out for training: [head, heads, tokens] permuted to [head, tokens, heads]
+    ggml_tensor * q = ggml_permute(ctx, ggml_new_tensor_3d(ctx, GGML_TYPE_F32, head_k, n_head, n_tok), 0, 2, 1, 3);
+    ggml_tensor * k = ggml_permute(ctx, ggml_new_tensor_3d(ctx, GGML_TYPE_F32, head_k, n_head_kv, n_tok), 0, 2, 1, 3);
+    ggml_tensor * v = ggml_permute(ctx, ggml_new_tensor_3d(ctx, GGML_TYPE_F32, head_v, n_head_kv, n_tok), 0, 2, 1, 3);
+    ggml_tensor * m = ggml_new_tensor_2d(ctx, GGML_TYPE_F16, n_tok, n_tok);
+    const float scale = 1.0f / std::sqrt((float) head_k);
+    ggml_tensor * fwd = ggml_flash_attn_ext(ctx, q, k, v, m, scale, 0.0f, 0.0f);
+    ggml_flash_attn_ext_set_prec(fwd, GGML_PREC_F32);
+    ggml_tensor * d = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, head_v, n_head, n_tok, 1);
+    ggml_tensor * back = ggml_flash_attn_ext_back(ctx, q, k, v, m, d, scale);
+    const bool ok = ggml_backend_dev_supports_op(dev, fwd) && ggml_backend_dev_supports_op(dev, back);
+    ggml_free(ctx);
+    return ok;
+}

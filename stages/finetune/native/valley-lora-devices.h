@@ -27,3 +27,8 @@ struct valley_backward_check {
 };
 valley_backward_check valley_check_backward(ggml_backend_dev_t dev, ggml_type t, int64_t n_in, int64_t n_out,
                                             int64_t n_tok, uint32_t seed);
+
+// Can `dev` run flash attention in a training graph for these head sizes: FLASH_ATTN_EXT with F32 Q/K/V
+// (permuted views, as the graph passes them) and an F16 mask, and its backward pass ggml_flash_attn_ext_back
+// (patch 0010, CUDA kernel in patch 0011)? Both must, or the step would run attention on the CPU.
+bool valley_flash_attn_supported(ggml_backend_dev_t dev, int64_t head_k, int64_t head_v, int64_t n_head, int64_t n_head_kv);

@@ -109,7 +109,7 @@ struct options {
     bool        estimate_memory  = false; // only print the memory model's estimate (JSON) for these flags
     double      memory_limit_mib = 0;     // refuse (exit 2) a run whose estimate exceeds this (0 = no limit)
     std::string check_backward;           // only run OUT_PROD for this weight type on each device and report
-    std::string flash_attn       = "auto"; // on | off | auto (on for a CPU run, off with GPUs)
+    std::string flash_attn       = "auto"; // on | off | auto (on where every training device runs both ops)
     std::string checkpointing    = "auto"; // on | off | auto (on when the window may reach CHECKPOINT_FROM tokens)
 };
 
@@ -126,11 +126,32 @@ bool use_checkpointing(const options & o) {
 }
 
 // Flash attention in training graphs: its backward pass (patch 0010, ggml_flash_attn_ext_back) recomputes the
-// softmax row by row, so no layer keeps an [L, L, heads] F32 matrix until the backward pass (memory linear in L,
-// not quadratic). Its kernel is CPU-only for now: auto turns it off where layers go to GPUs, where the op would
-// fall back to the CPU.
-bool use_flash_attn(const options & o, bool on_gpu) {
-    return o.flash_attn == "on" || (o.flash_attn == "auto" && !on_gpu);
+// softmax, so no layer keeps an [L, L, heads] F32 matrix until the backward pass (memory linear in L, not
+// quadratic). auto: on for a CPU run; on GPUs when every one of them runs both the forward op (F32, masked) and
+// the backward op for the base's head sizes (CUDA: patch 0011), since otherwise the scheduler would send
+// attention to the CPU.
+bool use_flash_attn(const options & o, bool gpus_take_it) {
+    return o.flash_attn == "on" || (o.flash_attn == "auto" && gpus_take_it);
+}
+
+// Do these GPUs (none: a CPU run) take flash attention for this base? Where a GPU run is only being planned
+// on a machine that does not see the GPUs (--estimate-memory), assume a CUDA build of this tree: its forward
+// kernels take equal K/V head sizes of 64, 80, 96, 112, 128 or 256 (fattn.cu), its backward kernel up to 256.
+bool gpus_take_flash_attn(const std::vector<ggml_backend_dev_t> & gpus, const std::string & model, bool planned_gpu) {
+    if (gpus.empty() && !planned_gpu) {
+        return true;
+    }
+    const valley_attention_dims a = valley_read_attention_dims(model);
+    if (gpus.empty()) {
+        const int64_t hs = a.head_k;
+        return a.head_v == hs && (hs == 64 || hs == 80 || hs == 96 || hs == 112 || hs == 128 || hs == 256);
+    }
+    for (auto * dev : gpus) {
+        if (!valley_flash_attn_supported(dev, a.head_k, a.head_v, a.n_head, a.n_head_kv)) {
+            return false;
+        }
+    }
+    return true;
 }
 
 void usage() {
@@ -945,7 +966,10 @@ int estimate_memory(const options & o) {
     mc.targets = o.targets;
     mc.batch   = o.batch;
     // the stage passes --gpus N for a GPU run
-    mc.flash_attn = use_flash_attn(o, o.device != "cpu" && o.gpus > 0);
+    const bool planned_gpu = o.device != "cpu" && o.gpus > 0;
+    std::string gpu_err;
+    const std::vector<ggml_backend_dev_t> gpus = planned_gpu ? valley_pick_gpus(o.gpus, gpu_err) : std::vector<ggml_backend_dev_t>{};
+    mc.flash_attn = use_flash_attn(o, gpus_take_flash_attn(gpus, o.model, planned_gpu));
     mc.checkpointing = use_checkpointing(o);
     valley_memory_estimate e;
     try {
@@ -1033,6 +1057,12 @@ int run(const options & o) {
         bad_input("--gpus: " + gpu_err);
     }
     const bool on_gpu = !gpus.empty();
+    // flash attention under auto: decided once, from what the training devices can run
+    const bool flash_attn = use_flash_attn(o, gpus_take_flash_attn(gpus, o.model, false));
+    if (on_gpu && o.flash_attn == "auto" && !flash_attn) {
+        info("flash attention off: a GPU here lacks the forward or backward op for this base's head sizes "
+             "(attention memory is quadratic in the window)");
+    }
     if (o.render_text.empty()) {
         // the backward pass goes through every frozen matrix with OUT_PROD: ask each device that holds
         // weights whether it can for the base's types (this build's CPU: F32, F16, BF16, quantized;
@@ -1062,7 +1092,7 @@ int run(const options & o) {
             mc.rank    = o.rank;
             mc.targets = o.targets;
             mc.batch   = o.batch;
-            mc.flash_attn = use_flash_attn(o, on_gpu);
+            mc.flash_attn = flash_attn;
             mc.checkpointing = use_checkpointing(o);
             const double need = valley_estimate_memory(o.model, mc).total();
             double limit = o.memory_limit_mib * 1024.0 * 1024.0;
@@ -1298,7 +1328,7 @@ int run(const options & o) {
     cp.type_k          = GGML_TYPE_F32;  // OUT_PROD needs F32 K/V
     cp.type_v          = GGML_TYPE_F32;
     // with flash attention off the training graph materialises softmax(K·Q) per layer (exact, quadratic memory)
-    cp.flash_attn_type = use_flash_attn(o, on_gpu) ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
+    cp.flash_attn_type = flash_attn ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
     cp.op_offload      = on_gpu;
     if (o.threads > 0) {
         cp.n_threads       = o.threads;
@@ -1596,7 +1626,7 @@ int run(const options & o) {
         s["loss_norm"]          = o.loss_norm;
         s["packing"]            = o.packing;
         s["labels"]             = o.labels;
-        s["flash_attn"]         = use_flash_attn(o, on_gpu);
+        s["flash_attn"]         = flash_attn;
         s["checkpointing"]      = use_checkpointing(o);
         json em = json::array();
         for (const auto & it : per_epoch) {
