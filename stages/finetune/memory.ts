@@ -69,7 +69,10 @@ export const CUDA_FLASH_HEAD_SIZES = [64, 80, 96, 112, 128, 256];
  * is one a CUDA build runs both passes for (valley-lora itself asks the GPUs it sees, with the same result on a
  * CUDA build of this tree).
  */
-export function flashAttentionAuto(onGpu: boolean, dims: Pick<HeaderDims, "nHead" | "nEmbdQ">): boolean {
+export function flashAttentionAuto(
+  onGpu: boolean,
+  dims: Pick<HeaderDims, "nHead" | "nEmbdQ">,
+): boolean {
   return !onGpu || CUDA_FLASH_HEAD_SIZES.includes(dims.nEmbdQ / dims.nHead);
 }
 
