@@ -17,7 +17,8 @@
 #      CUDA backward kernel vs the CPU one: head sizes 40/64/128/256, GQA,
 #      no mask / random additive mask / packing mask with a fully masked row)
 #      and grad -o FLASH_ATTN_EXT_GRAD (dQ, dK, dV vs finite differences on
-#      the GPU); valley-lora's flash-vs-materialised gradient test
+#      the GPU); valley-lora --check-flash-attn (the op on each device vs a
+#      double-precision reference, ≤ 1e-5); valley-lora's flash-vs-materialised gradient test
 #      (finetune-gradcheck.test.js, "flash attention") with this CUDA build.
 #      Expect more than the CPU's 1e-4 there: CUDA's forward FLASH_ATTN_EXT
 #      converts F32 K/V to F16 (fattn.cu), the backward kernel is F32; the
@@ -118,6 +119,9 @@ timeout 120 "$B/test-backend-ops" grad -o FLASH_ATTN_EXT_GRAD -b CUDA0 > "$WORK/
 rc_fag=$?
 grep -E "FLASH_ATTN_EXT_(BACK|GRAD)" "$WORK/backend-ops-fab.log" "$WORK/backend-ops-fag.log" | head -40
 put backend_ops_flash_back "{\"exit\": $rc_fab, \"ok\": $(grep -c "OK" "$WORK/backend-ops-fab.log"), \"fail\": $(grep -c "FAIL" "$WORK/backend-ops-fab.log"), \"grad_exit\": $rc_fag, \"grad_ok\": $(grep -c "OK" "$WORK/backend-ops-fag.log"), \"grad_fail\": $(grep -c "FAIL" "$WORK/backend-ops-fag.log")}"
+# the op on every device (CPU and CUDA) against a double-precision reference, one JSON line per case
+timeout 120 "$B/valley-lora" --check-flash-attn | tee "$WORK/check-flash.jsonl"
+put check_flash_attn "{\"exit\": ${PIPESTATUS[0]}, \"rows\": [$(paste -sd, "$WORK/check-flash.jsonl")]}"
 if command -v node > /dev/null && [ -f dist/test/finetune-gradcheck.test.js ]; then
   VALLEY_LLAMA_BIN=$B timeout 300 node --test --test-concurrency=1 --test-name-pattern "flash attention" \
     dist/test/finetune-gradcheck.test.js > "$WORK/flash-vs-materialised.log" 2>&1

@@ -109,6 +109,7 @@ struct options {
     bool        estimate_memory  = false; // only print the memory model's estimate (JSON) for these flags
     double      memory_limit_mib = 0;     // refuse (exit 2) a run whose estimate exceeds this (0 = no limit)
     std::string check_backward;           // only run OUT_PROD for this weight type on each device and report
+    bool        check_flash_attn = false; // only run flash attention's backward op on each device and report
     std::string flash_attn       = "auto"; // on | off | auto (on where every training device runs both ops)
     std::string checkpointing    = "auto"; // on | off | auto (on when the window may reach CHECKPOINT_FROM tokens)
 };
@@ -182,8 +183,9 @@ void usage() {
         "  --estimate-memory      print the memory model's estimate for these flags (JSON bytes) and exit\n"
         "  --memory-limit MIB     exit 2 before loading if the estimate exceeds MIB (a GPU's memory is checked too)\n"
         "  --check-backward TYPE  run the backward through a TYPE weight (f32|f16|bf16) on each device, print JSON\n"
+        "  --check-flash-attn     run flash attention's backward op on each device against a double reference, print JSON\n"
         "  --flash-attn on|off|auto  attention with a recomputing backward pass, memory linear in the window\n"
-        "                         (auto, the default: on for a CPU run, off with --gpus N > 0)\n"
+        "                         (auto, the default: on for a CPU run, and on GPUs that run both of its ops)\n"
         "  --checkpointing on|off|auto  keep each layer's input only, recompute its forward pass in the backward\n"
         "                         pass (auto, the default: on when --ctx or --max-seq-len allows 4,096 tokens)\n");
 }
@@ -268,6 +270,7 @@ options parse_args(int argc, char ** argv) {
         else if (a == "--estimate-memory")    { o.estimate_memory = true; }
         else if (a == "--memory-limit")       { o.memory_limit_mib = to_float(a, need(i)); }
         else if (a == "--check-backward")     { o.check_backward = need(i); }
+        else if (a == "--check-flash-attn")   { o.check_flash_attn = true; }
         else if (a == "--checkpointing")      { o.checkpointing = need(i);
                                                 if (o.checkpointing != "on" && o.checkpointing != "off" && o.checkpointing != "auto") {
                                                     bad_input("--checkpointing must be on, off or auto");
@@ -279,7 +282,7 @@ options parse_args(int argc, char ** argv) {
         else if (a == "-h" || a == "--help")  { usage(); std::exit(0); }
         else { usage(); bad_input("unknown argument '" + a + "'"); }
     }
-    if (!o.check_backward.empty()) {
+    if (!o.check_backward.empty() || o.check_flash_attn) {
         return o;
     }
     if (o.model.empty() || (!o.estimate_memory && (o.data.empty() || (o.out.empty() && o.render_text.empty() && o.grad_out.empty() && !o.eval_only)))) {
@@ -959,6 +962,44 @@ int check_backward(const options & o) {
     return all ? 0 : 1;
 }
 
+// flash attention's backward op (patch 0010; CUDA: 0011) on every device against a double-precision reference:
+// shapes that leave partial tiles (CPU: 32 query rows x 64 keys; CUDA: 32 x 32), head sizes that are not
+// multiples of 32, grouped-query attention, and the three kinds of mask (none, packing with a fully masked
+// row, additive values with -inf holes). One JSON line per case; exit 1 if a device cannot run it or errs
+// beyond 1e-5 (F32 throughout: a wrong index or tile bound shows as O(1))
+int check_flash_attn() {
+    struct shape { int64_t dk, dv, n, m, h, hk; int mask; };
+    const shape cases[] = {
+        { 32, 32, 100, 100, 4, 2, 0 }, { 32, 32, 100, 100, 4, 2, 1 }, { 32, 32, 100, 100, 4, 2, 2 },
+        { 40, 24,  67, 130, 3, 1, 1 }, { 40, 24,  67, 130, 3, 1, 2 }, { 128, 128, 200, 200, 4, 1, 1 },
+    };
+    llama_backend_init();
+    bool all = true;
+    for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
+        ggml_backend_dev_t dev = ggml_backend_dev_get(i);
+        if (ggml_backend_dev_type(dev) == GGML_BACKEND_DEVICE_TYPE_ACCEL) {
+            continue;
+        }
+        for (const auto & c : cases) {
+            double err = valley_check_flash_attn_back(dev, c.dk, c.dv, c.n, c.m, c.h, c.hk, c.mask, 1);
+            if (err >= 0 && !std::isfinite(err)) {
+                err = INFINITY;
+            }
+            json row;
+            row["device"] = ggml_backend_dev_name(dev);
+            row["shape"]  = { { "dk", c.dk }, { "dv", c.dv }, { "n", c.n }, { "m", c.m }, { "heads", c.h }, { "kv_heads", c.hk } };
+            row["mask"]   = c.mask == 0 ? "none" : c.mask == 1 ? "packing" : "additive";
+            row["supported"] = err >= 0;
+            row["rel_err"]   = std::isfinite(err) ? json(err) : json("inf");
+            printf("%s\n", row.dump().c_str());
+            fflush(stdout);
+            all = all && err >= 0 && err <= 1e-5;
+        }
+    }
+    llama_backend_free();
+    return all ? 0 : 1;
+}
+
 int estimate_memory(const options & o) {
     valley_memory_config mc;
     mc.window  = o.ctx > 0 ? o.ctx : o.max_seq_len - 1;  // a run's window: the longest input, rounded up
@@ -993,6 +1034,9 @@ int run(const options & o) {
     llama_log_set(log_cb, nullptr);
     if (!o.check_backward.empty()) {
         return check_backward(o);
+    }
+    if (o.check_flash_attn) {
+        return check_flash_attn();
     }
     if (o.estimate_memory) {
         return estimate_memory(o);
