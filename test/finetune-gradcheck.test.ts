@@ -401,6 +401,34 @@ test("flash attention: the recomputing backward pass gives the gradients of the 
   }
 });
 
+test("flash attention's backward op against a double-precision reference: partial tiles, GQA, every kind of mask (valley-lora --check-flash-attn)", () => {
+  const r = spawnSync(join(BIN, "valley-lora"), ["--check-flash-attn"], { encoding: "utf8" });
+  const rows = r.stdout
+    .trim()
+    .split("\n")
+    .filter((l) => l)
+    .map(
+      (l) =>
+        JSON.parse(l) as {
+          device: string;
+          mask: string;
+          supported: boolean;
+          rel_err: number | string;
+        },
+    );
+  const cpu = rows.filter((x) => x.device === "CPU");
+  console.log(
+    `# flash attention backward vs double reference (CPU): ${cpu.map((x) => `${x.mask} ${Number(x.rel_err).toExponential(1)}`).join(", ")}`,
+  );
+  assert.equal(cpu.length, 6, r.stdout + r.stderr);
+  assert.deepEqual([...new Set(cpu.map((x) => x.mask))].sort(), ["additive", "none", "packing"]);
+  for (const x of cpu) {
+    assert.ok(x.supported, JSON.stringify(x));
+    assert.ok(typeof x.rel_err === "number" && x.rel_err <= 1e-5, JSON.stringify(x));
+  }
+  assert.equal(r.status, 0, r.stdout + r.stderr);
+});
+
 test("activation checkpointing: recomputing each layer in the backward pass gives the same gradients", async () => {
   const { model, adapter, data } = await sharedSetup();
   for (const flash of ["on", "off"]) {

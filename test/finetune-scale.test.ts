@@ -26,6 +26,7 @@ import { randomModel, resolveRandomParams, type RandomModelSpec } from "../llama
 import {
   estimateMemory,
   fitProblem,
+  flashAttentionAuto,
   shapeFromGguf,
   type MemoryConfig,
 } from "../stages/finetune/memory.js";
@@ -226,6 +227,46 @@ test("valley-lora --estimate-memory and memory.ts agree byte for byte", async ()
     /estimates [\d.]+ GiB for a window of up to 8192 tokens, more than the 0.10 GiB of --memory-limit/,
   );
   assert.ok(!existsSync(join(work, "limit.gguf")));
+});
+
+test("flash attention auto for a planned GPU run: on for head sizes CUDA runs both passes for, off otherwise, in valley-lora and memory.ts", async () => {
+  // shape B: heads of 64 (CUDA's forward kernels take it); C: heads of 48 (they do not)
+  const cases: [string, RandomModelSpec, boolean][] = [
+    ["shape-B", SHAPES.B, true],
+    ["shape-h48", { ...SHAPES.B, n_embd: 192, n_ff: 512 }, false],
+  ];
+  for (const [name, spec, flash] of cases) {
+    const m = await writeModel(name, spec);
+    const shape = shapeFromGguf(await inspectGguf(m));
+    assert.equal(flashAttentionAuto(true, shape), flash, name);
+    assert.equal(flashAttentionAuto(false, shape), true, `${name} on the CPU`);
+    // --gpus 1 plans a GPU run; this machine shows no GPU, so valley-lora applies the same rule
+    // prettier-ignore
+    const r = run("valley-lora", [
+      "--model", m, "--estimate-memory", "--max-seq-len", "2049", "--rank", "8", "--targets", TARGETS.join(","),
+      "--gpus", "1",
+    ]);
+    assert.equal(r.code, 0, r.stderr);
+    const cpp = JSON.parse(r.stdout) as { bytes: Record<string, number> };
+    const ts = estimateMemory(shape, {
+      window: 2048,
+      rank: 8,
+      targets: TARGETS,
+      batch: 1,
+      checkpointing: false,
+      flashAttention: flash,
+    });
+    const other = estimateMemory(shape, {
+      window: 2048,
+      rank: 8,
+      targets: TARGETS,
+      batch: 1,
+      checkpointing: false,
+      flashAttention: !flash,
+    });
+    assert.equal(cpp.bytes.attention, Math.floor(ts.bytes.attention), name);
+    assert.notEqual(cpp.bytes.attention, Math.floor(other.bytes.attention), name);
+  }
 });
 
 test("predicted peak RSS within 15% of the measured, L = 512 ... 8,192, two shapes, checkpointing and flash attention on and off", async () => {

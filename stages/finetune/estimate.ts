@@ -20,7 +20,7 @@ import {
   trainFlopsPerToken,
   type ModelDims,
 } from "../../data/estimate.js";
-import { estimateMemory, windowFor, type ModelShape } from "./memory.js";
+import { estimateMemory, flashAttentionAuto, windowFor, type ModelShape } from "./memory.js";
 import { CHECKPOINT_FROM, checkpointingOn, type FinetuneParams } from "./index.js";
 
 /** Tokens of chat scaffolding per example (role headers, BOS/EOS), beyond the text. */
@@ -188,7 +188,7 @@ export async function estimateFinetune(ctx: EstimateContext<FinetuneParams>): Pr
       // as valley-lora will run it (and as admission checks it)
       checkpointing: checkpointingOn(p),
       checkpointFrom: p.checkpointing === "auto" ? CHECKPOINT_FROM : undefined,
-      flashAttention: device === "cpu",
+      flashAttention: flashAttentionAuto(device !== "cpu", dims),
     };
     const est = estimateMemory(shapeOf(dims), cfg);
     peak = est.total;

@@ -26,7 +26,7 @@ import { BadStageInput } from "../../engine/stage-api.js";
 import { CommandError, runCommand } from "../../engine/process.js";
 import { llamaEnv, llamaExe, resolveLlama } from "../../llama/toolchain.js";
 import { inspectGguf } from "../../llama/gguf.js";
-import { fitProblem, shapeFromGguf, windowFor } from "./memory.js";
+import { fitProblem, flashAttentionAuto, shapeFromGguf, windowFor } from "./memory.js";
 
 export interface FinetuneParams {
   method: "lora" | "full";
@@ -370,8 +370,8 @@ export async function admitLora(ctx: AdmitContext<FinetuneParams>): Promise<stri
     checkpointing: checkpointingOn(p),
     // auto: the suggested shorter windows are judged as valley-lora would run them
     checkpointFrom: p.checkpointing === "auto" ? CHECKPOINT_FROM : undefined,
-    // valley-lora's --flash-attn auto: on for a CPU run (its backward kernel is CPU-only for now)
-    flashAttention: !onGpu,
+    // valley-lora's --flash-attn auto: on for a CPU run, and on GPUs for the head sizes CUDA runs both passes for
+    flashAttention: flashAttentionAuto(onGpu, shape),
   };
   // on CUDA, OUT_PROD (the backward through a frozen matrix) takes F32, F16, BF16 (patch 0009)
   const cudaless = shape.matrixTypes.filter((t) => !["f32", "f16", "bf16"].includes(t));

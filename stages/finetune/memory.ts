@@ -60,6 +60,22 @@ export interface MemoryConfig {
   weights?: "as-stored" | "half";
 }
 
+/** Head sizes a CUDA build of this tree runs flash attention for in training: its forward kernels take F32 K/V
+ * (as F16) of these equal K/V sizes (fattn.cu); the backward kernel (patch 0011) takes up to 256. */
+export const CUDA_FLASH_HEAD_SIZES = [64, 80, 96, 112, 128, 256];
+
+/**
+ * valley-lora's `--flash-attn auto` as planned before a run: on for the CPU; on GPUs where the base's head size
+ * is one a CUDA build runs both passes for (valley-lora itself asks the GPUs it sees, with the same result on a
+ * CUDA build of this tree).
+ */
+export function flashAttentionAuto(
+  onGpu: boolean,
+  dims: Pick<HeaderDims, "nHead" | "nEmbdQ">,
+): boolean {
+  return !onGpu || CUDA_FLASH_HEAD_SIZES.includes(dims.nEmbdQ / dims.nHead);
+}
+
 export interface MemoryEstimate {
   window: number;
   bytes: {

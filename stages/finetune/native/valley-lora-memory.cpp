@@ -38,6 +38,24 @@ bool ends_with(const std::string & s, const std::string & suffix) {
 
 }  // namespace
 
+valley_attention_dims valley_read_attention_dims(const std::string & model_path) {
+    valley_attention_dims a;
+    gguf_init_params p = { /*.no_alloc =*/ true, /*.ctx =*/ nullptr };
+    gguf_context * g = gguf_init_from_file(model_path.c_str(), p);
+    if (!g) {
+        return a;
+    }
+    const int64_t kid = gguf_find_key(g, "general.architecture");
+    const std::string arch = kid >= 0 ? gguf_get_val_str(g, kid) : "";
+    const int64_t n_embd = get_int(g, arch + ".embedding_length", 0);
+    a.n_head    = get_int(g, arch + ".attention.head_count", 0);
+    a.n_head_kv = get_int(g, arch + ".attention.head_count_kv", a.n_head);
+    a.head_k    = get_int(g, arch + ".attention.key_length", a.n_head > 0 ? n_embd / a.n_head : 0);
+    a.head_v    = get_int(g, arch + ".attention.value_length", a.head_k);
+    gguf_free(g);
+    return a;
+}
+
 valley_memory_estimate valley_estimate_memory(const std::string & model_path, const valley_memory_config & cfg) {
     ggml_context * meta = nullptr;
     gguf_init_params p = { /*.no_alloc =*/ true, /*.ctx =*/ &meta };

@@ -22,5 +22,11 @@ struct valley_memory_estimate {
     double  total() const { return weights + adapter + kv_cache + attention + activations + logits + runtime; }
 };
 
+// Attention shape of the base (its GGUF header): heads, K/V heads, K and V head sizes; zeros if unreadable.
+struct valley_attention_dims {
+    int64_t n_head = 0, n_head_kv = 0, head_k = 0, head_v = 0;
+};
+valley_attention_dims valley_read_attention_dims(const std::string & model_path);
+
 // Reads the base's shape from its GGUF header; throws std::runtime_error if it cannot.
 valley_memory_estimate valley_estimate_memory(const std::string & model_path, const valley_memory_config & cfg);

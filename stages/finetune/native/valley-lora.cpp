@@ -109,7 +109,8 @@ struct options {
     bool        estimate_memory  = false; // only print the memory model's estimate (JSON) for these flags
     double      memory_limit_mib = 0;     // refuse (exit 2) a run whose estimate exceeds this (0 = no limit)
     std::string check_backward;           // only run OUT_PROD for this weight type on each device and report
-    std::string flash_attn       = "auto"; // on | off | auto (on for a CPU run, off with GPUs)
+    bool        check_flash_attn = false; // only run flash attention's backward op on each device and report
+    std::string flash_attn       = "auto"; // on | off | auto (on where every training device runs both ops)
     std::string checkpointing    = "auto"; // on | off | auto (on when the window may reach CHECKPOINT_FROM tokens)
 };
 
@@ -126,11 +127,32 @@ bool use_checkpointing(const options & o) {
 }
 
 // Flash attention in training graphs: its backward pass (patch 0010, ggml_flash_attn_ext_back) recomputes the
-// softmax row by row, so no layer keeps an [L, L, heads] F32 matrix until the backward pass (memory linear in L,
-// not quadratic). Its kernel is CPU-only for now: auto turns it off where layers go to GPUs, where the op would
-// fall back to the CPU.
-bool use_flash_attn(const options & o, bool on_gpu) {
-    return o.flash_attn == "on" || (o.flash_attn == "auto" && !on_gpu);
+// softmax, so no layer keeps an [L, L, heads] F32 matrix until the backward pass (memory linear in L, not
+// quadratic). auto: on for a CPU run; on GPUs when every one of them runs both the forward op (F32, masked) and
+// the backward op for the base's head sizes (CUDA: patch 0011), since otherwise the scheduler would send
+// attention to the CPU.
+bool use_flash_attn(const options & o, bool gpus_take_it) {
+    return o.flash_attn == "on" || (o.flash_attn == "auto" && gpus_take_it);
+}
+
+// Do these GPUs (none: a CPU run) take flash attention for this base? Where a GPU run is only being planned
+// on a machine that does not see the GPUs (--estimate-memory), assume a CUDA build of this tree: its forward
+// kernels take equal K/V head sizes of 64, 80, 96, 112, 128 or 256 (fattn.cu), its backward kernel up to 256.
+bool gpus_take_flash_attn(const std::vector<ggml_backend_dev_t> & gpus, const std::string & model, bool planned_gpu) {
+    if (gpus.empty() && !planned_gpu) {
+        return true;
+    }
+    const valley_attention_dims a = valley_read_attention_dims(model);
+    if (gpus.empty()) {
+        const int64_t hs = a.head_k;
+        return a.head_v == hs && (hs == 64 || hs == 80 || hs == 96 || hs == 112 || hs == 128 || hs == 256);
+    }
+    for (auto * dev : gpus) {
+        if (!valley_flash_attn_supported(dev, a.head_k, a.head_v, a.n_head, a.n_head_kv)) {
+            return false;
+        }
+    }
+    return true;
 }
 
 void usage() {
@@ -161,8 +183,9 @@ void usage() {
         "  --estimate-memory      print the memory model's estimate for these flags (JSON bytes) and exit\n"
         "  --memory-limit MIB     exit 2 before loading if the estimate exceeds MIB (a GPU's memory is checked too)\n"
         "  --check-backward TYPE  run the backward through a TYPE weight (f32|f16|bf16) on each device, print JSON\n"
+        "  --check-flash-attn     run flash attention's backward op on each device against a double reference, print JSON\n"
         "  --flash-attn on|off|auto  attention with a recomputing backward pass, memory linear in the window\n"
-        "                         (auto, the default: on for a CPU run, off with --gpus N > 0)\n"
+        "                         (auto, the default: on for a CPU run, and on GPUs that run both of its ops)\n"
         "  --checkpointing on|off|auto  keep each layer's input only, recompute its forward pass in the backward\n"
         "                         pass (auto, the default: on when --ctx or --max-seq-len allows 4,096 tokens)\n");
 }
@@ -247,6 +270,7 @@ options parse_args(int argc, char ** argv) {
         else if (a == "--estimate-memory")    { o.estimate_memory = true; }
         else if (a == "--memory-limit")       { o.memory_limit_mib = to_float(a, need(i)); }
         else if (a == "--check-backward")     { o.check_backward = need(i); }
+        else if (a == "--check-flash-attn")   { o.check_flash_attn = true; }
         else if (a == "--checkpointing")      { o.checkpointing = need(i);
                                                 if (o.checkpointing != "on" && o.checkpointing != "off" && o.checkpointing != "auto") {
                                                     bad_input("--checkpointing must be on, off or auto");
@@ -258,7 +282,7 @@ options parse_args(int argc, char ** argv) {
         else if (a == "-h" || a == "--help")  { usage(); std::exit(0); }
         else { usage(); bad_input("unknown argument '" + a + "'"); }
     }
-    if (!o.check_backward.empty()) {
+    if (!o.check_backward.empty() || o.check_flash_attn) {
         return o;
     }
     if (o.model.empty() || (!o.estimate_memory && (o.data.empty() || (o.out.empty() && o.render_text.empty() && o.grad_out.empty() && !o.eval_only)))) {
@@ -938,6 +962,44 @@ int check_backward(const options & o) {
     return all ? 0 : 1;
 }
 
+// flash attention's backward op (patch 0010; CUDA: 0011) on every device against a double-precision reference:
+// shapes that leave partial tiles (CPU: 32 query rows x 64 keys; CUDA: 32 x 32), head sizes that are not
+// multiples of 32, grouped-query attention, and the three kinds of mask (none, packing with a fully masked
+// row, additive values with -inf holes). One JSON line per case; exit 1 if a device cannot run it or errs
+// beyond 1e-5 (F32 throughout: a wrong index or tile bound shows as O(1))
+int check_flash_attn() {
+    struct shape { int64_t dk, dv, n, m, h, hk; int mask; };
+    const shape cases[] = {
+        { 32, 32, 100, 100, 4, 2, 0 }, { 32, 32, 100, 100, 4, 2, 1 }, { 32, 32, 100, 100, 4, 2, 2 },
+        { 40, 24,  67, 130, 3, 1, 1 }, { 40, 24,  67, 130, 3, 1, 2 }, { 128, 128, 200, 200, 4, 1, 1 },
+    };
+    llama_backend_init();
+    bool all = true;
+    for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
+        ggml_backend_dev_t dev = ggml_backend_dev_get(i);
+        if (ggml_backend_dev_type(dev) == GGML_BACKEND_DEVICE_TYPE_ACCEL) {
+            continue;
+        }
+        for (const auto & c : cases) {
+            double err = valley_check_flash_attn_back(dev, c.dk, c.dv, c.n, c.m, c.h, c.hk, c.mask, 1);
+            if (err >= 0 && !std::isfinite(err)) {
+                err = INFINITY;
+            }
+            json row;
+            row["device"] = ggml_backend_dev_name(dev);
+            row["shape"]  = { { "dk", c.dk }, { "dv", c.dv }, { "n", c.n }, { "m", c.m }, { "heads", c.h }, { "kv_heads", c.hk } };
+            row["mask"]   = c.mask == 0 ? "none" : c.mask == 1 ? "packing" : "additive";
+            row["supported"] = err >= 0;
+            row["rel_err"]   = std::isfinite(err) ? json(err) : json("inf");
+            printf("%s\n", row.dump().c_str());
+            fflush(stdout);
+            all = all && err >= 0 && err <= 1e-5;
+        }
+    }
+    llama_backend_free();
+    return all ? 0 : 1;
+}
+
 int estimate_memory(const options & o) {
     valley_memory_config mc;
     mc.window  = o.ctx > 0 ? o.ctx : o.max_seq_len - 1;  // a run's window: the longest input, rounded up
@@ -945,7 +1007,10 @@ int estimate_memory(const options & o) {
     mc.targets = o.targets;
     mc.batch   = o.batch;
     // the stage passes --gpus N for a GPU run
-    mc.flash_attn = use_flash_attn(o, o.device != "cpu" && o.gpus > 0);
+    const bool planned_gpu = o.device != "cpu" && o.gpus > 0;
+    std::string gpu_err;
+    const std::vector<ggml_backend_dev_t> gpus = planned_gpu ? valley_pick_gpus(o.gpus, gpu_err) : std::vector<ggml_backend_dev_t>{};
+    mc.flash_attn = use_flash_attn(o, gpus_take_flash_attn(gpus, o.model, planned_gpu));
     mc.checkpointing = use_checkpointing(o);
     valley_memory_estimate e;
     try {
@@ -969,6 +1034,9 @@ int run(const options & o) {
     llama_log_set(log_cb, nullptr);
     if (!o.check_backward.empty()) {
         return check_backward(o);
+    }
+    if (o.check_flash_attn) {
+        return check_flash_attn();
     }
     if (o.estimate_memory) {
         return estimate_memory(o);
@@ -1033,6 +1101,12 @@ int run(const options & o) {
         bad_input("--gpus: " + gpu_err);
     }
     const bool on_gpu = !gpus.empty();
+    // flash attention under auto: decided once, from what the training devices can run
+    const bool flash_attn = use_flash_attn(o, gpus_take_flash_attn(gpus, o.model, false));
+    if (on_gpu && o.flash_attn == "auto" && !flash_attn) {
+        info("flash attention off: a GPU here lacks the forward or backward op for this base's head sizes "
+             "(attention memory is quadratic in the window)");
+    }
     if (o.render_text.empty()) {
         // the backward pass goes through every frozen matrix with OUT_PROD: ask each device that holds
         // weights whether it can for the base's types (this build's CPU: F32, F16, BF16, quantized;
@@ -1062,7 +1136,7 @@ int run(const options & o) {
             mc.rank    = o.rank;
             mc.targets = o.targets;
             mc.batch   = o.batch;
-            mc.flash_attn = use_flash_attn(o, on_gpu);
+            mc.flash_attn = flash_attn;
             mc.checkpointing = use_checkpointing(o);
             const double need = valley_estimate_memory(o.model, mc).total();
             double limit = o.memory_limit_mib * 1024.0 * 1024.0;
@@ -1298,7 +1372,7 @@ int run(const options & o) {
     cp.type_k          = GGML_TYPE_F32;  // OUT_PROD needs F32 K/V
     cp.type_v          = GGML_TYPE_F32;
     // with flash attention off the training graph materialises softmax(K·Q) per layer (exact, quadratic memory)
-    cp.flash_attn_type = use_flash_attn(o, on_gpu) ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
+    cp.flash_attn_type = flash_attn ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
     cp.op_offload      = on_gpu;
     if (o.threads > 0) {
         cp.n_threads       = o.threads;
@@ -1596,7 +1670,7 @@ int run(const options & o) {
         s["loss_norm"]          = o.loss_norm;
         s["packing"]            = o.packing;
         s["labels"]             = o.labels;
-        s["flash_attn"]         = use_flash_attn(o, on_gpu);
+        s["flash_attn"]         = flash_attn;
         s["checkpointing"]      = use_checkpointing(o);
         json em = json::array();
         for (const auto & it : per_epoch) {
