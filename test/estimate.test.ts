@@ -6,7 +6,7 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { PACKAGE_ROOT } from "../engine/root.js";
@@ -282,4 +282,20 @@ test("bad prices and budgets: exit 2 at validation, with the field's location", 
     assert.equal(r.code, 2, out(r));
     assert.match(r.stderr, /--max-(usd|gpu-hours) .*expected a number ≥ 0/);
   }
+});
+
+test("calibrate --gpu on a machine without a GPU: exit 2, saying so, and nothing calibrated", (t) => {
+  // this test's premise: no NVIDIA GPU here (the project's CI machines have none)
+  if (existsSync("/proc/driver/nvidia/gpus")) return t.skip("this machine has a GPU");
+  const cache = freshCache();
+  // VALLEY_GPUS lets a CPU machine schedule GPU stages; a benchmark still needs a real device
+  for (const env of [{}, { VALLEY_GPUS: "1" }] as Record<string, string>[]) {
+    const r = valley(["calibrate", join(PACKAGE_ROOT, "pipelines", "demo.yaml"), "--gpu"], {
+      env: { VALLEY_CACHE: cache, ...env },
+    });
+    assert.equal(r.code, 2, out(r));
+    assert.match(r.stderr, /calibrate --gpu: no GPU on this machine/);
+    assert.match(r.stderr, /without --gpu/);
+  }
+  assert.equal(existsSync(join(cache, "calibration")), false);
 });
