@@ -299,3 +299,56 @@ test("calibrate --gpu on a machine without a GPU: exit 2, saying so, and nothing
   }
   assert.equal(existsSync(join(cache, "calibration")), false);
 });
+
+test("llama-build and report estimate themselves; shell is listed as not estimated, saying why", () => {
+  const rep = (file: string, cwd?: string) => {
+    const r = valley(["plan", file, "--estimate", "--json"], {
+      cwd,
+      env: { VALLEY_CACHE: freshCache() },
+    });
+    assert.equal(r.code, 0, out(r));
+    return JSON.parse(r.stdout) as Report & { totals: { not_estimated: string[] } };
+  };
+  const demo = rep(join(PACKAGE_ROOT, "pipelines", "demo.yaml"));
+  const build = row(demo, "llama").estimate!;
+  assert.match(build.basis.hours, /^assumed: 8-30 CPU-minutes .* over 2 jobs/);
+  // 8-30 CPU-minutes over 2 jobs, plus configuring: 4-15 min and a bit
+  assert.ok(build.hours[0] * 60 > 4 && build.hours[1] * 60 < 17, JSON.stringify(build.hours));
+  assert.ok(row(demo, "report").estimate!.hours[1] > 0);
+  assert.equal(demo.totals.not_estimated.length, 0, JSON.stringify(demo.totals));
+
+  const dir = project({
+    "s.yaml":
+      "version: 1\nstages:\n  cmd:\n    uses: shell\n    with: { run: 'echo 1 > $OUT/x' }\n",
+  });
+  const sh = rep("s.yaml", dir);
+  assert.equal(row(sh, "cmd").estimate, null);
+  assert.match(row(sh, "cmd").note!, /shell command's cost is unknown/);
+  assert.deepEqual(sh.totals.not_estimated, ["cmd"]);
+});
+
+test("llama-build: a past build of the same backend scales by jobs; another backend does not count", async () => {
+  const { estimateBuild } = await import("../stages/llama-build/index.js");
+  const p = { backend: "cpu" as const, buildType: "Release" as const, cmakeFlags: [] };
+  const past = [
+    { what: "build", device: "cpu", backend: "cuda", jobs: 2, compile_seconds: 5000 },
+    {
+      what: "build",
+      device: "cpu",
+      backend: "cpu",
+      jobs: 2,
+      compile_seconds: 420,
+      source: "run llama",
+    },
+  ];
+  const e = estimateBuild({ ...p, jobs: 4 }, 2, past);
+  assert.match(
+    e.basis.hours,
+    /^measured: a cpu build compiled in 420 s with 2 jobs \(run llama\); 4 jobs now/,
+  );
+  // 840 CPU-seconds over 4 jobs: 210 s, ×0.7-1.5, plus 20-90 s of configuring
+  assert.ok(Math.abs(e.hours[0] * 3600 - (20 + 147)) < 1, JSON.stringify(e.hours));
+  assert.ok(Math.abs(e.hours[1] * 3600 - (90 + 315)) < 1, JSON.stringify(e.hours));
+  const cuda = estimateBuild({ ...p, backend: "cuda" }, 2, past.slice(1));
+  assert.match(cuda.basis.hours, /^assumed: 150-600 CPU-minutes .*cudaArchitectures/);
+});
