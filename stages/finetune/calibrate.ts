@@ -87,7 +87,11 @@ export async function calibrateTrainer(
         { signal: ctx.signal, log: ctx.log, env, cwd: dir },
       );
       const s = JSON.parse(readFileSync(summary, "utf8")) as Record<string, unknown>;
-      return { s, wall: (Date.now() - t0) / 1000 };
+      const steps = readFileSync(join(dir, "metrics.jsonl"), "utf8")
+        .split("\n")
+        .filter((l) => l.trim())
+        .map((l) => Number((JSON.parse(l) as { seconds?: number }).seconds));
+      return { s, wall: (Date.now() - t0) / 1000, steps };
     };
     // a first short run sizes the second to fill this plan's share of the time
     const first = await run(2);
@@ -101,20 +105,10 @@ export async function calibrateTrainer(
       ),
     );
     const second = n > 2 ? await run(n) : first;
-    const m = trainMeasurement(second.s, dims, device, threads, second.wall);
-    if (!m) continue;
-    // Two runs, t = a + b·windows: b is the steady cost of a window, a what the
-    // first step adds (building and allocating the graphs), paid once per run
-    // like loading the model; a short run of 60 windows pays it as one of 256.
-    const t1 = Number(first.s.train_seconds);
-    const t2 = Number(second.s.train_seconds);
-    const b = n > 2 ? (t2 - t1) / (n - 2) : 0;
-    if (b > 0 && t1 - 2 * b >= 0) {
-      m.tokens_per_s = window / b;
-      m.overhead_s = (m.overhead_s as number) + (t1 - 2 * b);
-      m.first_step_s = t1 - 2 * b;
-    }
-    out.push({ ...m, examples: n, source: "calibrate" });
+    // the steps' seconds separate the first step's set-up (graph building,
+    // paid once per run like loading the model) from the steady window rate
+    const m = trainMeasurement(second.s, dims, device, threads, second.wall, second.steps);
+    if (m) out.push({ ...m, examples: n, source: "calibrate" });
   }
   return out;
 }
