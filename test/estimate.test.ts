@@ -352,3 +352,39 @@ test("llama-build: a past build of the same backend scales by jobs; another back
   const cuda = estimateBuild({ ...p, backend: "cuda" }, 2, past.slice(1));
   assert.match(cuda.basis.hours, /^assumed: 150-600 CPU-minutes .*cudaArchitectures/);
 });
+
+test("calibration arithmetic: prompt and decode rates from two rounds; a run's first step is overhead", async () => {
+  const { splitRates } = await import("../stages/evaluate/calibrate.js");
+  // 1,000 prompt tokens/s and 100 generated tokens/s, seen through two mixed rounds
+  const r = splitRates(
+    { seconds: 100 / 1000 + 1000 / 100, prompt: 100, generated: 1000 },
+    { seconds: 4000 / 1000 + 4 / 100, prompt: 4000, generated: 4 },
+  );
+  assert.ok(Math.abs(r.prompt - 1000) < 1e-6 && Math.abs(r.decode - 100) < 1e-6, JSON.stringify(r));
+  // inconsistent (noisy) rounds still give positive rates
+  const noisy = splitRates(
+    { seconds: 10, prompt: 100, generated: 1000 },
+    { seconds: 0.01, prompt: 4000, generated: 4 },
+  );
+  assert.ok(noisy.prompt > 0 && noisy.decode > 0, JSON.stringify(noisy));
+
+  const { trainMeasurement } = await import("../stages/finetune/estimate.js");
+  // 4 windows of 256 in 6 s, the first step 2 s slower than the others; 8 s in all
+  const m = trainMeasurement(
+    { train_seconds: 6, windows: 4, window: 256 },
+    undefined,
+    "cpu",
+    2,
+    8,
+    [3, 1, 1, 1],
+  )!;
+  assert.equal(m.tokens_per_s, 256);
+  assert.equal(m.overhead_s, 4);
+  assert.equal(m.first_step_s, 2);
+  // without the steps' seconds: the first step stays in the rate
+  assert.equal(
+    trainMeasurement({ train_seconds: 6, windows: 4, window: 256 }, undefined, "cpu", 2, 8)!
+      .tokens_per_s,
+    1024 / 6,
+  );
+});
