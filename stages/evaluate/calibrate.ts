@@ -45,10 +45,13 @@ export async function calibrateServer(
     const want = (await modelInput(inst.inputs.model, inst.expected.model))!;
     const dir = join(ctx.scratch, `server-${out.length}`);
     mkdirSync(dir, { recursive: true });
-    const maxTokens = Math.min(p.max_tokens, 256);
+    const maxTokens = Math.min(p.max_tokens, 512);
+    // the context per slot the run will give the server
+    const { PROMPT_ROOM } = await import("./index.js");
+    const slotCtx = p.ctxSize ?? p.max_tokens + PROMPT_ROOM;
     const bench = await benchmarkModel(want, dir, {
       maxParams: ctx.gpu ? 2e9 : 30e6,
-      contextLength: maxTokens + 2048,
+      contextLength: slotCtx,
       signal: ctx.signal,
     });
     let { path, dims } = bench;
@@ -65,7 +68,8 @@ export async function calibrateServer(
     const prompt =
       "Write a Python program that reads n integers from standard input and prints their sum. " +
       "Think step by step, then give the code in one ```python block.";
-    // the instance's own prompts, for the prompt-processing round (their length is what the run pays)
+    // the instance's own prompt: its length is what the run pays to process, and
+    // the context every decoding step attends over
     const long = (await instancePrompts(inst, p)) ?? [
       { role: "user", content: `${prompt}\n${"Constraints: 1 <= n <= 100000. ".repeat(40)}` },
     ];
@@ -75,7 +79,7 @@ export async function calibrateServer(
         llama,
         model: path,
         parallel: p.parallel,
-        contextSize: (maxTokens + 1024) * p.parallel,
+        contextSize: slotCtx * p.parallel,
         threads: p.threads,
         gpuLayers: ctx.gpu ? p.gpuLayers || 999 : 0,
         alias: "student",
@@ -108,19 +112,15 @@ export async function calibrateServer(
               signal: ctx.signal,
             },
           );
+        // a distinct start per request: no prompt cache shared between them
+        const distinct = (tag: string) =>
+          long.map((m, j) => (j === 0 ? { ...m, content: `(${tag}) ${m.content}` } : m));
         // Prompt processing (compute bound, batched) and decoding (a step per
         // token, bound by streaming the weights) scale differently: a round of
-        // the instance's long prompts with one token each prices the former.
+        // the prompts with one token each prices the former.
         const tp = Date.now();
         const pr = await Promise.all(
-          Array.from({ length: p.parallel }, (_, i) =>
-            ask(
-              // a distinct first turn per slot: no prompt cache shared between them
-              long.map((m, j) => (j === 0 ? { ...m, content: `(${i}) ${m.content}` } : m)),
-              1,
-              i,
-            ),
-          ),
+          Array.from({ length: p.parallel }, (_, i) => ask(distinct(`p${i}`), 1, i)),
         );
         const promptRound = {
           seconds: (Date.now() - tp) / 1000,
@@ -135,7 +135,7 @@ export async function calibrateServer(
         for (let round = 0; round === 0 || (Date.now() - t0) / 1000 < share * 0.6; round++) {
           const got = await Promise.all(
             Array.from({ length: p.parallel }, (_, i) =>
-              ask([{ role: "user", content: `${prompt} (${round}.${i})` }], maxTokens, i),
+              ask(distinct(`${round}.${i}`), maxTokens, i),
             ),
           );
           for (const a of got) {
@@ -155,7 +155,7 @@ export async function calibrateServer(
           answers,
           generateSeconds: generated / rates.decode,
           startSeconds: start,
-          promptChars: (prompt.length + 10) * answers,
+          promptChars: long.reduce((a, m) => a + m.content.length, 0) * answers,
           graded: 0,
           gradeSeconds: 0,
         }).map((x) => {
