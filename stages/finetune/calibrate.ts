@@ -12,7 +12,7 @@ import { modelInput, shapeRecord, tracesInput } from "../../data/estimate.js";
 import { llamaEnv, envStrings, resolveLlama } from "../../llama/toolchain.js";
 import { runCommand } from "../../engine/process.js";
 import { benchmarkModel } from "../../llama/calibration.js";
-import { plannedWindow, trainDevice, trainMeasurement } from "./estimate.js";
+import { plannedWindows, trainDevice, trainMeasurement } from "./estimate.js";
 import type { FinetuneParams } from "./index.js";
 
 export async function calibrateTrainer(
@@ -31,10 +31,13 @@ export async function calibrateTrainer(
     const data = await tracesInput(inst.inputs.data, inst.expected.data, "train.jsonl");
     const device = ctx.gpu ? "gpu" : "cpu";
     if (device === "gpu" && trainDevice(p, 1, undefined) === "cpu") continue;
-    const window = Math.min(plannedWindow(p, data, dims), device === "cpu" ? 2048 : 8192);
     const threads = p.threads > 0 ? p.threads : Math.max(1, inst.resources.cpu);
-    const k = JSON.stringify([shapeRecord(dims), window, threads, device]);
-    if (!plans.has(k)) plans.set(k, { inst, window, threads, device });
+    // both candidate windows when the longest example is near a multiple of 256
+    for (const w of new Set(plannedWindows(p, data, dims))) {
+      const window = Math.min(w, device === "cpu" ? 2048 : 8192);
+      const k = JSON.stringify([shapeRecord(dims), window, threads, device]);
+      if (!plans.has(k)) plans.set(k, { inst, window, threads, device });
+    }
   }
   if (plans.size === 0) return [];
   const tool = resolveLlama({
