@@ -35,7 +35,8 @@ export function detectGpus(env: NodeJS.ProcessEnv = process.env): string[] {
   return Array.from({ length: machineGpuCount() }, (_, i) => String(i));
 }
 
-function machineGpuCount(): number {
+/** GPUs the machine has, whatever VALLEY_GPUS says (a benchmark needs a real one). */
+export function machineGpuCount(): number {
   try {
     // One folder per GPU the driver knows (named by PCI address); no process to start.
     return readdirSync("/proc/driver/nvidia/gpus").length;

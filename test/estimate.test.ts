@@ -6,7 +6,7 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { PACKAGE_ROOT } from "../engine/root.js";
@@ -282,4 +282,109 @@ test("bad prices and budgets: exit 2 at validation, with the field's location", 
     assert.equal(r.code, 2, out(r));
     assert.match(r.stderr, /--max-(usd|gpu-hours) .*expected a number ≥ 0/);
   }
+});
+
+test("calibrate --gpu on a machine without a GPU: exit 2, saying so, and nothing calibrated", (t) => {
+  // this test's premise: no NVIDIA GPU here (the project's CI machines have none)
+  if (existsSync("/proc/driver/nvidia/gpus")) return t.skip("this machine has a GPU");
+  const cache = freshCache();
+  // VALLEY_GPUS lets a CPU machine schedule GPU stages; a benchmark still needs a real device
+  for (const env of [{}, { VALLEY_GPUS: "1" }] as Record<string, string>[]) {
+    const r = valley(["calibrate", join(PACKAGE_ROOT, "pipelines", "demo.yaml"), "--gpu"], {
+      env: { VALLEY_CACHE: cache, ...env },
+    });
+    assert.equal(r.code, 2, out(r));
+    assert.match(r.stderr, /calibrate --gpu: no GPU on this machine/);
+    assert.match(r.stderr, /without --gpu/);
+  }
+  assert.equal(existsSync(join(cache, "calibration")), false);
+});
+
+test("llama-build and report estimate themselves; shell is listed as not estimated, saying why", () => {
+  const rep = (file: string, cwd?: string) => {
+    const r = valley(["plan", file, "--estimate", "--json"], {
+      cwd,
+      env: { VALLEY_CACHE: freshCache() },
+    });
+    assert.equal(r.code, 0, out(r));
+    return JSON.parse(r.stdout) as Report & { totals: { not_estimated: string[] } };
+  };
+  const demo = rep(join(PACKAGE_ROOT, "pipelines", "demo.yaml"));
+  const build = row(demo, "llama").estimate!;
+  assert.match(build.basis.hours, /^assumed: 8-30 CPU-minutes .* over 2 jobs/);
+  // 8-30 CPU-minutes over 2 jobs, plus configuring: 4-15 min and a bit
+  assert.ok(build.hours[0] * 60 > 4 && build.hours[1] * 60 < 17, JSON.stringify(build.hours));
+  assert.ok(row(demo, "report").estimate!.hours[1] > 0);
+  assert.equal(demo.totals.not_estimated.length, 0, JSON.stringify(demo.totals));
+
+  const dir = project({
+    "s.yaml":
+      "version: 1\nstages:\n  cmd:\n    uses: shell\n    with: { run: 'echo 1 > $OUT/x' }\n",
+  });
+  const sh = rep("s.yaml", dir);
+  assert.equal(row(sh, "cmd").estimate, null);
+  assert.match(row(sh, "cmd").note!, /shell command's cost is unknown/);
+  assert.deepEqual(sh.totals.not_estimated, ["cmd"]);
+});
+
+test("llama-build: a past build of the same backend scales by jobs; another backend does not count", async () => {
+  const { estimateBuild } = await import("../stages/llama-build/index.js");
+  const p = { backend: "cpu" as const, buildType: "Release" as const, cmakeFlags: [] };
+  const past = [
+    { what: "build", device: "cpu", backend: "cuda", jobs: 2, compile_seconds: 5000 },
+    {
+      what: "build",
+      device: "cpu",
+      backend: "cpu",
+      jobs: 2,
+      compile_seconds: 420,
+      source: "run llama",
+    },
+  ];
+  const e = estimateBuild({ ...p, jobs: 4 }, 2, past);
+  assert.match(
+    e.basis.hours,
+    /^measured: a cpu build compiled in 420 s with 2 jobs \(run llama\); 4 jobs now/,
+  );
+  // 840 CPU-seconds over 4 jobs: 210 s, ×0.7-1.5, plus 20-90 s of configuring
+  assert.ok(Math.abs(e.hours[0] * 3600 - (20 + 147)) < 1, JSON.stringify(e.hours));
+  assert.ok(Math.abs(e.hours[1] * 3600 - (90 + 315)) < 1, JSON.stringify(e.hours));
+  const cuda = estimateBuild({ ...p, backend: "cuda" }, 2, past.slice(1));
+  assert.match(cuda.basis.hours, /^assumed: 150-600 CPU-minutes .*cudaArchitectures/);
+});
+
+test("calibration arithmetic: prompt and decode rates from two rounds; a run's first step is overhead", async () => {
+  const { splitRates } = await import("../stages/evaluate/calibrate.js");
+  // 1,000 prompt tokens/s and 100 generated tokens/s, seen through two mixed rounds
+  const r = splitRates(
+    { seconds: 100 / 1000 + 1000 / 100, prompt: 100, generated: 1000 },
+    { seconds: 4000 / 1000 + 4 / 100, prompt: 4000, generated: 4 },
+  );
+  assert.ok(Math.abs(r.prompt - 1000) < 1e-6 && Math.abs(r.decode - 100) < 1e-6, JSON.stringify(r));
+  // inconsistent (noisy) rounds still give positive rates
+  const noisy = splitRates(
+    { seconds: 10, prompt: 100, generated: 1000 },
+    { seconds: 0.01, prompt: 4000, generated: 4 },
+  );
+  assert.ok(noisy.prompt > 0 && noisy.decode > 0, JSON.stringify(noisy));
+
+  const { trainMeasurement } = await import("../stages/finetune/estimate.js");
+  // 4 windows of 256 in 6 s, the first step 2 s slower than the others; 8 s in all
+  const m = trainMeasurement(
+    { train_seconds: 6, windows: 4, window: 256 },
+    undefined,
+    "cpu",
+    2,
+    8,
+    [3, 1, 1, 1],
+  )!;
+  assert.equal(m.tokens_per_s, 256);
+  assert.equal(m.overhead_s, 4);
+  assert.equal(m.first_step_s, 2);
+  // without the steps' seconds: the first step stays in the rate
+  assert.equal(
+    trainMeasurement({ train_seconds: 6, windows: 4, window: 256 }, undefined, "cpu", 2, 8)!
+      .tokens_per_s,
+    1024 / 6,
+  );
 });

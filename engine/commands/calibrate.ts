@@ -2,6 +2,8 @@ import { openPipeline, parse } from "./common.js";
 import { calibratePipeline } from "./estimate.js";
 import { enterCache } from "../../cache/cache-lock.js";
 import { waitingForGc } from "./common.js";
+import { UsageError } from "../errors.js";
+import { detectGpus, machineGpuCount } from "../resources.js";
 
 /**
  * `valley calibrate [file] [--gpu] [--json]`: each stage kind of the pipeline
@@ -21,6 +23,16 @@ export async function calibrate(argv: string[]): Promise<number> {
     },
     "valley calibrate [file] [--gpu] [--seconds S] [--json] [-p name=value]...",
   );
+  if (values.gpu) {
+    // a benchmark needs a real device: VALLEY_GPUS (which lets a CPU machine
+    // schedule GPU stages) does not count, CUDA_VISIBLE_DEVICES=-1 does
+    const visible = detectGpus({ ...process.env, VALLEY_GPUS: undefined });
+    if (machineGpuCount() === 0 || visible.length === 0)
+      throw new UsageError(
+        "valley calibrate --gpu: no GPU on this machine (none in /proc/driver/nvidia/gpus or nvidia-smi -L, " +
+          "or CUDA_VISIBLE_DEVICES allows none); run it on a GPU node, or calibrate the CPU without --gpu",
+      );
+  }
   const { pl, engine } = await openPipeline(values.file ?? positionals[0], values.param);
   await engine.prepareFingerprints();
   const lock = await enterCache(engine.store.root, "calibrate", {

@@ -427,8 +427,10 @@ export async function calibratePipeline(
   engine: Engine,
   opts: { gpu: boolean; budgetSeconds: number; out: (s: string) => void },
 ): Promise<{ kind: string; measured: Measurement[]; error?: string }[]> {
-  // Estimate first: a calibration benchmarks the shapes that the estimates would need.
-  const { contexts } = await walk(pl, engine, { executor: "local", call: false });
+  // Estimate first: a calibration benchmarks the shapes that the estimates
+  // would need, and a model not made yet (merged, quantized) has its shape
+  // only in its producer's estimate.
+  const { contexts } = await walk(pl, engine, { executor: "local", call: true });
   const kinds = [...pl.kinds.values()].filter((k) => k.impl.calibrate);
   const out: { kind: string; measured: Measurement[]; error?: string }[] = [];
   // Loaded here, not at the top: `run` imports this module, and a no-op run logs nothing.

@@ -67,6 +67,8 @@ export async function show(argv: string[]): Promise<number> {
     tree: { digest: rec.outputs.tree, path: treePath },
     metrics: rec.metrics,
     timings: rec.timings,
+    // throughput, shape and device the run measured: what later estimates read
+    measured: rec.measured ?? [],
     host: rec.host,
     log: rec.log ?? null,
   };

@@ -5,11 +5,13 @@
  * requests per slot; the aggregate generated tokens per second and the
  * server's start-up time are kept.
  */
-import { mkdirSync } from "node:fs";
+import { existsSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { inputAccess, type CalibrateContext, type Measurement } from "../../engine/stage-api.js";
 import { modelInput, shapeRecord } from "../../data/estimate.js";
-import { resolveLlama } from "../../llama/toolchain.js";
+import { resolveLlama, runLlama } from "../../llama/toolchain.js";
+import { DEFAULT_PROMPT, renderPrompt } from "../../data/prompt.js";
+import type { Message } from "../../data/chat.js";
 import { benchmarkModel } from "../../llama/calibration.js";
 import type { EvaluateParams } from "./index.js";
 import { evalDevice, evalMeasurements } from "./estimate.js";
@@ -24,7 +26,9 @@ export async function calibrateServer(
     if (!dims) continue;
     const device = evalDevice(p, ctx.gpu ? 1 : 0);
     if ((device === "gpu") !== ctx.gpu) continue;
-    const k = JSON.stringify([{ ...shapeRecord(dims), weightType: "" }, p.parallel, p.threads]);
+    // the weight type too: a quantized model decodes at another rate (fewer bytes
+    // per weight to stream, dequantizing to do)
+    const k = JSON.stringify([shapeRecord(dims), p.parallel, p.threads]);
     if (!plans.has(k)) plans.set(k, { p, inst });
   }
   if (plans.size === 0) return [];
@@ -41,22 +45,41 @@ export async function calibrateServer(
     const want = (await modelInput(inst.inputs.model, inst.expected.model))!;
     const dir = join(ctx.scratch, `server-${out.length}`);
     mkdirSync(dir, { recursive: true });
-    const maxTokens = Math.min(p.max_tokens, 256);
-    const { path, dims } = await benchmarkModel(want, dir, {
+    const maxTokens = Math.min(p.max_tokens, 512);
+    // the context per slot the run will give the server
+    const { PROMPT_ROOM } = await import("./index.js");
+    const slotCtx = p.ctxSize ?? p.max_tokens + PROMPT_ROOM;
+    const bench = await benchmarkModel(want, dir, {
       maxParams: ctx.gpu ? 2e9 : 30e6,
-      contextLength: maxTokens + 1024,
+      contextLength: slotCtx,
       signal: ctx.signal,
     });
+    let { path, dims } = bench;
+    if (!["f32", "f16", "bf16"].includes(want.weightType)) {
+      // the pipeline's quantized type, made by the same llama-quantize the quantize stage runs
+      const q = join(dir, `bench-${want.weightType}.gguf`);
+      await runLlama(llama, "llama-quantize", [path, q, want.weightType.toUpperCase(), "2"], {
+        signal: ctx.signal,
+        log: ctx.log,
+      });
+      path = q;
+      dims = { ...dims, weightType: want.weightType };
+    }
     const prompt =
       "Write a Python program that reads n integers from standard input and prints their sum. " +
       "Think step by step, then give the code in one ```python block.";
+    // the instance's own prompt: its length is what the run pays to process, and
+    // the context every decoding step attends over
+    const long = (await instancePrompts(inst, p)) ?? [
+      { role: "user", content: `${prompt}\n${"Constraints: 1 <= n <= 100000. ".repeat(40)}` },
+    ];
     const t0 = Date.now();
     const m = await withLlamaServer(
       {
         llama,
         model: path,
         parallel: p.parallel,
-        contextSize: (maxTokens + 1024) * p.parallel,
+        contextSize: slotCtx * p.parallel,
         threads: p.threads,
         gpuLayers: ctx.gpu ? p.gpuLayers || 999 : 0,
         alias: "student",
@@ -67,57 +90,80 @@ export async function calibrateServer(
       },
       async (server) => {
         const start = (Date.now() - t0) / 1000;
+        const ask = (messages: Message[], max: number, seed: number) =>
+          chatWithRetries(
+            () => chatUrl(server.url),
+            undefined,
+            {
+              model: "student",
+              messages,
+              temperature: p.temperature,
+              top_p: p.top_p,
+              max_tokens: max,
+              // a random model ends answers at random: generate the whole budget, as long answers do
+              ignore_eos: true,
+              seed,
+            },
+            {
+              retries: 2,
+              backoffMs: 500,
+              backoffMaxMs: 2000,
+              timeoutMs: 120_000,
+              signal: ctx.signal,
+            },
+          );
+        // a distinct start per request: no prompt cache shared between them
+        const distinct = (tag: string) =>
+          long.map((m, j) => (j === 0 ? { ...m, content: `(${tag}) ${m.content}` } : m));
+        // Prompt processing (compute bound, batched) and decoding (a step per
+        // token, bound by streaming the weights) scale differently: a round of
+        // the prompts with one token each prices the former.
+        const tp = Date.now();
+        const pr = await Promise.all(
+          Array.from({ length: p.parallel }, (_, i) => ask(distinct(`p${i}`), 1, i)),
+        );
+        const promptRound = {
+          seconds: (Date.now() - tp) / 1000,
+          prompt: pr.reduce((a, x) => a + (x.prompt_tokens ?? 0), 0),
+          generated: pr.reduce((a, x) => a + (x.completion_tokens ?? 0), 0),
+        };
         let generated = 0;
         let answers = 0;
+        let promptTokens = 0;
         const t1 = Date.now();
         // rounds of one request per slot until this shape's share of the time is spent
         for (let round = 0; round === 0 || (Date.now() - t0) / 1000 < share * 0.6; round++) {
           const got = await Promise.all(
             Array.from({ length: p.parallel }, (_, i) =>
-              chatWithRetries(
-                () => chatUrl(server.url),
-                undefined,
-                {
-                  model: "student",
-                  messages: [{ role: "user", content: `${prompt} (${round}.${i})` }],
-                  temperature: p.temperature,
-                  top_p: p.top_p,
-                  max_tokens: maxTokens,
-                  // a random model ends answers at random: generate the whole budget, as long answers do
-                  ignore_eos: true,
-                  seed: i,
-                },
-                {
-                  retries: 2,
-                  backoffMs: 500,
-                  backoffMaxMs: 2000,
-                  timeoutMs: 120_000,
-                  signal: ctx.signal,
-                },
-              ),
+              ask(distinct(`${round}.${i}`), maxTokens, i),
             ),
           );
           for (const a of got) {
             generated += a.completion_tokens ?? 0;
+            promptTokens += a.prompt_tokens ?? 0;
             answers++;
           }
           if (round > 20) break;
         }
+        const decodeRound = { seconds: (Date.now() - t1) / 1000, prompt: promptTokens, generated };
+        const rates = splitRates(decodeRound, promptRound);
         return evalMeasurements({
           dims,
           p: { ...p, max_tokens: maxTokens },
           device: ctx.gpu ? "gpu" : "cpu",
           generated,
           answers,
-          generateSeconds: (Date.now() - t1) / 1000,
+          generateSeconds: generated / rates.decode,
           startSeconds: start,
-          promptChars: (prompt.length + 10) * answers,
+          promptChars: long.reduce((a, m) => a + m.content.length, 0) * answers,
           graded: 0,
           gradeSeconds: 0,
         }).map((x) => {
           // lengths of a random model say nothing of a student's: keep the rate only
-          const { mean_completion_tokens: _m, max_tokens: _t, ...rest } = x;
-          return rest as Measurement;
+          const { mean_completion_tokens: _m, max_tokens: _t, context: _c, ...rest } = x;
+          return (
+            x.what === "generate" ? { ...rest, prompt_tokens_per_s: rates.prompt } : rest
+          ) as Measurement;
         });
       },
     );
@@ -171,4 +217,55 @@ async function calibrateGrading(
     // the high end: an answer without code is graded without running anything
     worst_case: true,
   };
+}
+
+/**
+ * Seconds per prompt token and per generated token from two rounds, each
+ * t = P·x + G·y: one mostly decoding (short prompts, long answers), one mostly
+ * prompt (long prompts, one token). Rates are aggregates over the slots.
+ */
+export function splitRates(
+  decode: { seconds: number; prompt: number; generated: number },
+  prompt: { seconds: number; prompt: number; generated: number },
+): { prompt: number; decode: number } {
+  const det = decode.prompt * prompt.generated - prompt.prompt * decode.generated;
+  let x =
+    det !== 0 ? (decode.seconds * prompt.generated - prompt.seconds * decode.generated) / det : -1;
+  let y = det !== 0 ? (decode.prompt * prompt.seconds - prompt.prompt * decode.seconds) / det : -1;
+  if (!(x > 0 && y > 0)) {
+    // noise made the system inconsistent: the decoding round is nearly all decoding
+    y = decode.seconds / Math.max(1, decode.generated);
+    x = Math.max(1e-6, (prompt.seconds - prompt.generated * y) / Math.max(1, prompt.prompt));
+  }
+  return { prompt: 1 / x, decode: 1 / y };
+}
+
+/** The instance's first prompts as evaluate renders them, or undefined without its problems. */
+async function instancePrompts(
+  inst: CalibrateContext<EvaluateParams>["instances"][number],
+  p: EvaluateParams,
+): Promise<Message[] | undefined> {
+  const dir = Array.isArray(inst.inputs.problems)
+    ? inst.inputs.problems[0]?.path
+    : inst.inputs.problems?.path;
+  if (!dir || !existsSync(join(dir, "problems.jsonl"))) return undefined;
+  const { loadEvalProblems } = await import("./index.js");
+  const { problems } = await loadEvalProblems(
+    join(dir, "problems.jsonl"),
+    p.split,
+    p.limit,
+    p.semantics,
+  );
+  if (!problems.length) return undefined;
+  // the median-length problem: one prompt standing for the rest
+  const rendered = problems.slice(0, 16).map((problem) =>
+    renderPrompt(p.prompt ?? DEFAULT_PROMPT, {
+      ...problem,
+      title: problem.title ?? "",
+      starter_code: problem.starter_code ?? "",
+    } as never),
+  );
+  const len = (m: Message[]) => m.reduce((a, x) => a + x.content.length, 0);
+  rendered.sort((a, b) => len(a) - len(b));
+  return rendered[Math.floor(rendered.length / 2)];
 }

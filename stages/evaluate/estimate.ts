@@ -9,6 +9,7 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import type { Estimate, EstimateContext, Measurement, Range } from "../../engine/stage-api.js";
 import {
+  charsPerToken,
   closestRate,
   expectedOf,
   generateFlopsPerToken,
@@ -27,6 +28,8 @@ import { loadEvalProblems, type EvaluateParams } from "./index.js";
 const ASSUMED_BANDWIDTH: Record<"cpu" | "gpu", Range> = { cpu: [5e9, 30e9], gpu: [1e12, 3e12] };
 /** Sandbox seconds per graded sample, when nothing is measured. */
 const ASSUMED_GRADE_S: Range = [0.05, 2];
+/** Tokens of chat scaffolding around a prompt (role headers, BOS), beyond its text. */
+const TEMPLATE_TOKENS = 16;
 
 export const genFlops = (ctxTokens: number) => (d: ModelDims, m?: Measurement) =>
   generateFlopsPerToken(d, typeof m?.context === "number" ? m.context : ctxTokens);
@@ -35,6 +38,7 @@ export function evalDevice(p: EvaluateParams, gpus: number): "cpu" | "gpu" {
   return p.gpuLayers > 0 && gpus > 0 ? "gpu" : "cpu";
 }
 
+const mid = (r: Range) => (r[0] + r[1]) / 2;
 const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 
 export async function estimateEvaluate(ctx: EstimateContext<EvaluateParams>): Promise<Estimate> {
@@ -141,7 +145,9 @@ export async function estimateEvaluate(ctx: EstimateContext<EvaluateParams>): Pr
   const extra: Record<string, unknown> = {};
   if (toSend !== undefined) extra.answers_to_generate = toSend;
   if (dims && generated && toSend !== undefined && toSend > 0) {
-    const promptTokens = total ? promptChars / total / 4 : 500;
+    // the student's vocabulary: a character a token for valley's random models, ~4 for BPE
+    const cpt = charsPerToken(dims).range;
+    const promptTokens = total ? promptChars / total / mid(cpt) + TEMPLATE_TOKENS : 500;
     const context = promptTokens + perAnswer[1] / 2;
     const rate = closestRate(ctx.measured, {
       what: "generate",
@@ -166,9 +172,23 @@ export async function estimateEvaluate(ctx: EstimateContext<EvaluateParams>): Pr
       tps = [(bw[0] / b) * slots * 0.5, (bw[1] / b) * slots];
       basis.hours = `assumed: decoding streams the weights (${(b / 1e9).toFixed(2)} GB) at ${bw[0] / 1e9}-${bw[1] / 1e9} GB/s, ${slots} slots sharing a step (nothing measured: valley calibrate${device === "gpu" ? " --gpu" : ""})`;
     }
+    // Prompt processing, when the calibration priced it apart from decoding
+    // (a run's own rate already includes its prompts): the same scaling as decoding.
+    const pps = rate?.measurement?.prompt_tokens_per_s;
+    let promptS: Range = [0, 0];
+    if (rate && typeof pps === "number" && pps > 0) {
+      const r = rate.measurement!.tokens_per_s as number;
+      const ppRange: Range = [(pps * tps[0]) / r, (pps * tps[1]) / r];
+      const prompted = toSend * promptTokens;
+      promptS = [prompted / ppRange[1], prompted / ppRange[0]];
+      basis.hours += `; prompts: ${toSend} × ${promptTokens.toFixed(0)} tokens at ${pps.toFixed(0)} tokens/s (calibrated)`;
+      extra.prompt_seconds = promptS;
+    }
+    extra.decode_tokens_per_s = tps;
+    extra.start_seconds = overhead;
     hours = [
-      (overhead[0] + generated[0] / tps[1]) / 3600,
-      (overhead[1] + generated[1] / tps[0]) / 3600,
+      (overhead[0] + promptS[0] + generated[0] / tps[1]) / 3600,
+      (overhead[1] + promptS[1] + generated[1] / tps[0]) / 3600,
     ];
   } else if (toSend === 0) basis.hours = "every answer is cached: grading only";
   else basis.hours = "unknown: the model's shape or the number of problems is unknown";
@@ -187,6 +207,7 @@ export async function estimateEvaluate(ctx: EstimateContext<EvaluateParams>): Pr
       : ASSUMED_GRADE_S;
     const cpuHours: Range = [(total * s[0]) / 3600, (total * s[1]) / 3600];
     extra.grading_cpu_hours = cpuHours;
+    extra.grading_jobs = Math.max(1, p.jobs);
     const jobs = Math.max(1, p.jobs);
     hours = [hours[0] + cpuHours[0] / jobs, hours[1] + cpuHours[1] / jobs];
     basis.grading = g
@@ -230,7 +251,9 @@ export function evalMeasurements(o: {
       threads: o.device === "cpu" ? o.p.threads : undefined,
       parallel: o.p.parallel,
       shape,
-      context: o.promptChars / Math.max(1, o.answers) / 4 + o.generated / o.answers / 2,
+      context:
+        o.promptChars / Math.max(1, o.answers) / mid(charsPerToken(o.dims).range) +
+        o.generated / o.answers / 2,
       overhead_s: o.startSeconds,
       max_tokens: o.p.max_tokens,
       mean_completion_tokens: o.generated / o.answers,

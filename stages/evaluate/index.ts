@@ -58,7 +58,7 @@ export interface EvaluateParams extends GradingParams {
 }
 
 /** Context per slot when ctxSize is not given: the answer budget plus room for the prompt. */
-const PROMPT_ROOM = 4096;
+export const PROMPT_ROOM = 4096;
 /** Answers graded per batch: bounds memory (32K-token answers) while keeping sandboxes busy. */
 const GRADE_BATCH = 256;
 

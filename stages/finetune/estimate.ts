@@ -23,8 +23,9 @@ import {
 import { estimateMemory, flashAttentionAuto, windowFor, type ModelShape } from "./memory.js";
 import { CHECKPOINT_FROM, checkpointingOn, type FinetuneParams } from "./index.js";
 
-/** Tokens of chat scaffolding per example (role headers, BOS/EOS), beyond the text. */
-const TEMPLATE_TOKENS = 16;
+/** Tokens of chat scaffolding per example (role headers, BOS/EOS), beyond the text: ChatML's two turns are ~21. */
+const TEMPLATE_TOKENS: Range = [8, 24];
+const TEMPLATE_MID = (TEMPLATE_TOKENS[0] + TEMPLATE_TOKENS[1]) / 2;
 /**
  * FLOP/s of valley-lora when nothing is measured: CPU per thread; GPU from the
  * README's H200 figure (8,458 tokens/s for a Qwen2.5-0.5B shape, F32, r=16,
@@ -90,17 +91,26 @@ export function trainDevice(
 export const windowFlops = (w: number) => (d: ModelDims, m?: Measurement) =>
   trainFlopsPerToken(d, typeof m?.window === "number" ? m.window : w);
 
-/** The window valley-lora will use: ctx, else the longest example (in tokens) rounded up to 256. */
-export function plannedWindow(
+/**
+ * The windows valley-lora may use, low and high: ctx, else the longest
+ * example in tokens (less one: its last token is only a label) rounded up to
+ * 256. The longest example's tokens are known to a few percent (single-token
+ * specials such as <think>, byte-coded characters, the chat template), so an
+ * example near a multiple of 256 gives two candidates.
+ */
+export function plannedWindows(
   p: FinetuneParams,
   data: { maxChars?: number } | undefined,
   dims: ModelDims | undefined,
-): number {
-  const cpt = charsPerToken(dims);
-  const longest = data?.maxChars
-    ? Math.min(p.maxSeqLen, data.maxChars / ((cpt.range[0] + cpt.range[1]) / 2) + TEMPLATE_TOKENS)
-    : p.maxSeqLen;
-  return windowFor(p.ctx > 0 ? p.ctx : longest);
+): [number, number] {
+  if (p.ctx > 0) return [windowFor(p.ctx), windowFor(p.ctx)];
+  if (!data?.maxChars) return [windowFor(p.maxSeqLen), windowFor(p.maxSeqLen)];
+  const cpt = charsPerToken(dims).range;
+  const cap = (t: number) => windowFor(Math.min(p.maxSeqLen, t) - 1);
+  return [
+    cap((0.97 * data.maxChars) / cpt[1] + TEMPLATE_TOKENS[0]),
+    cap((1.03 * data.maxChars) / cpt[0] + TEMPLATE_TOKENS[1]),
+  ];
 }
 
 export async function estimateFinetune(ctx: EstimateContext<FinetuneParams>): Promise<Estimate> {
@@ -120,11 +130,12 @@ export async function estimateFinetune(ctx: EstimateContext<FinetuneParams>): Pr
   const cut = (t: number) => Math.min(t, p.maxSeqLen);
   const perExample: Range | undefined = data?.chars
     ? [
-        cut(data.chars[0] / cpt.range[1] + TEMPLATE_TOKENS),
-        cut(data.chars[1] / cpt.range[0] + TEMPLATE_TOKENS),
+        cut(data.chars[0] / cpt.range[1] + TEMPLATE_MID),
+        cut(data.chars[1] / cpt.range[0] + TEMPLATE_MID),
       ]
     : undefined;
-  const window = plannedWindow(p, data, dims);
+  const windows = plannedWindows(p, data, dims);
+  const window = windows[1];
   const training: Range | undefined =
     examples && perExample
       ? [examples[0] * perExample[0] * p.epochs, examples[1] * perExample[1] * p.epochs]
@@ -132,47 +143,62 @@ export async function estimateFinetune(ctx: EstimateContext<FinetuneParams>): Pr
   if (training && examples && perExample)
     basis.tokens = `${examples[0]} examples × ${perExample[0].toFixed(0)}-${perExample[1].toFixed(0)} tokens × ${p.epochs} epochs (${data?.basis ?? ""}; ${cpt.basis})`;
   // Compute: one window per example (padding included) per epoch, unless packed.
+  const tokensAt = (w: number, i: 0 | 1): number | undefined =>
+    examples
+      ? p.packing && training
+        ? Math.ceil(training[i] / w) * w
+        : examples[i] * w * p.epochs
+      : undefined;
   const windowTokens: Range | undefined = examples
-    ? p.packing && training
-      ? [Math.ceil(training[0] / window) * window, Math.ceil(training[1] / window) * window]
-      : [examples[0] * window * p.epochs, examples[1] * window * p.epochs]
+    ? [tokensAt(windows[0], 0)!, tokensAt(windows[1], 1)!]
     : undefined;
+  const both = windows[0] === windows[1] ? `${window}` : `${windows[0]} or ${windows[1]}`;
   basis.window = data?.maxChars
-    ? `${window} tokens: the longest example (${data.maxChars} characters) rounded up to 256, ${p.packing ? "examples packed" : "one example per window"}`
+    ? `${both} tokens: the longest example (${data.maxChars} characters) rounded up to 256${windows[0] === windows[1] ? "" : " (it is near a multiple of 256)"}, ${p.packing ? "examples packed" : "one example per window"}`
     : `${window} tokens: maxSeqLen rounded up (the longest example is unknown)`;
 
   const device = trainDevice(p, ctx.resources.gpu, inputPath(ctx.inputs.llama));
   const threads = p.threads > 0 ? p.threads : Math.max(1, ctx.resources.cpu);
   let hours: Range = [0, 0];
   if (dims && windowTokens) {
-    const rate = closestRate(ctx.measured, {
-      what: "train",
-      device,
-      dims,
-      flops: windowFlops(window),
-      threads: device === "cpu" ? threads : undefined,
-      prefer: { window },
+    // the low end at the low window, the high end at the high one, each at its own rate
+    const at = (w: number) =>
+      closestRate(ctx.measured, {
+        what: "train",
+        device,
+        dims,
+        flops: windowFlops(w),
+        threads: device === "cpu" ? threads : undefined,
+        prefer: { window: w },
+      });
+    const rates = [at(windows[0]), at(windows[1])];
+    const ends = rates.map((rate, i) => {
+      let tps: Range;
+      let overhead: Range = [0, 0];
+      if (rate) {
+        tps = rate.tokensPerS;
+        const o = rate.measurement?.overhead_s;
+        if (typeof o === "number") overhead = [o * 0.8, o * 1.25];
+      } else {
+        const f = ASSUMED_FLOPS[device];
+        const k = device === "cpu" ? threads : Math.max(1, ctx.resources.gpu);
+        const per = windowFlops(windows[i])(dims);
+        tps = [(f[0] * k) / per, (f[1] * k) / per];
+      }
+      return i === 0
+        ? (overhead[0] + windowTokens[0] / tps[1]) / 3600
+        : (overhead[1] + windowTokens[1] / tps[0]) / 3600;
     });
-    let tps: Range;
-    let overhead: Range = [0, 0];
-    if (rate) {
-      tps = rate.tokensPerS;
-      basis.hours = `${rate.basis}; ${windowTokens[0].toExponential(2)} window tokens`;
-      const o = rate.measurement?.overhead_s;
-      if (typeof o === "number") overhead = [o * 0.8, o * 1.25];
-    } else {
+    hours = [ends[0], ends[1]];
+    const rate = rates[1];
+    if (rate) basis.hours = `${rate.basis}; ${windowTokens[1].toExponential(2)} window tokens`;
+    else {
       const f = ASSUMED_FLOPS[device];
-      const k = device === "cpu" ? threads : Math.max(1, ctx.resources.gpu);
       const per = windowFlops(window)(dims);
-      tps = [(f[0] * k) / per, (f[1] * k) / per];
       basis.hours =
         `assumed: ${(f[0] / 1e9).toFixed(0)}-${(f[1] / 1e9).toFixed(0)} GFLOP/s per ${device === "cpu" ? "thread" : "GPU (an H200 measured ~20,000 for valley-lora, F32)"} ` +
         `at ${(per / 1e9).toPrecision(3)} GFLOP per window token (nothing measured: valley calibrate${device === "gpu" ? " --gpu" : ""})`;
     }
-    hours = [
-      (overhead[0] + windowTokens[0] / tps[1]) / 3600,
-      (overhead[1] + windowTokens[1] / tps[0]) / 3600,
-    ];
   } else basis.hours = "unknown: the model's shape or the training set is unknown";
 
   // Peak memory: the memory model at the window admission checks (maxSeqLen, or ctx).
@@ -236,19 +262,29 @@ export function trainMeasurement(
   device: "cpu" | "gpu",
   threads: number,
   wallSeconds: number,
+  /** Seconds of each step (metrics.jsonl), to tell the first step's set-up from the steady rate. */
+  stepSeconds: number[] = [],
 ): Measurement | undefined {
   const secs = Number(summary.train_seconds);
   const windows = Number(summary.windows);
   const window = Number(summary.window);
   if (!(secs > 0) || !(windows > 0) || !(window > 0)) return undefined;
+  // the first step builds and allocates the graphs: a cost per run, not per window
+  let first = 0;
+  if (stepSeconds.length >= 3) {
+    const rest = stepSeconds.slice(1).sort((a, b) => a - b);
+    first = Math.max(0, stepSeconds[0] - rest[Math.floor(rest.length / 2)]);
+    if (first >= secs) first = 0;
+  }
   return {
     what: "train",
-    tokens_per_s: (windows * window) / secs,
+    tokens_per_s: (windows * window) / (secs - first),
     window,
     threads: device === "cpu" ? threads : undefined,
     device,
     shape: dims ? shapeRecord(dims) : undefined,
-    // loading the model, tokenising, writing the adapter: what the window rate leaves out
-    overhead_s: Math.max(0, wallSeconds - secs),
+    // loading the model, the first step's set-up, tokenising, writing the adapter: what the window rate leaves out
+    overhead_s: Math.max(0, wallSeconds - secs) + first,
+    first_step_s: first,
   };
 }

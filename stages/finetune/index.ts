@@ -242,12 +242,20 @@ async function runLora(
   const { trainMeasurement } = await import("./estimate.js");
   const { dimsFromGguf } = await import("../../llama/dims.js");
   const device = p.device === "cpu" || cpuBuild(b) || ctx.resources.gpu === 0 ? "cpu" : "gpu";
+  const steps: number[] = [];
+  try {
+    for (const line of readFileSync(join(ctx.out, "metrics.jsonl"), "utf8").split("\n"))
+      if (line.trim()) steps.push(Number((JSON.parse(line) as { seconds?: number }).seconds));
+  } catch {
+    // no per-step seconds: the rate then includes the first step
+  }
   const measured = trainMeasurement(
     s,
     await dimsFromGguf(model).catch(() => undefined),
     device,
     threads,
     (Date.now() - t0) / 1000,
+    steps.every((x) => Number.isFinite(x)) ? steps : [],
   );
   return { metrics: pick(s), measured: measured ? [measured] : [] };
 }

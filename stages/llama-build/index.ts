@@ -28,7 +28,14 @@ import {
 } from "node:fs/promises";
 import { join, relative } from "node:path";
 import { promisify } from "node:util";
-import { BadStageInput, type ParamIssue, type StageKind } from "../../engine/stage-api.js";
+import {
+  BadStageInput,
+  type Estimate,
+  type Measurement,
+  type ParamIssue,
+  type Range,
+  type StageKind,
+} from "../../engine/stage-api.js";
 import { sha256Bytes } from "../../cache/digest.js";
 import { findCuda } from "../../llama/cuda.js";
 import type { Logger } from "pino";
@@ -361,6 +368,60 @@ async function install(build: string, out: string, programs: string[]): Promise<
   }
 }
 
+/**
+ * CPU-minutes of compiling, when no build was measured in this cache: the CPU
+ * build took ~7 min on this project's 2-core VMs (14 CPU-min; README); CUDA
+ * adds nvcc over every kernel for each architecture (many with llama.cpp's
+ * default list).
+ */
+const ASSUMED_CPU_MIN: Record<string, Range> = {
+  cpu: [8, 30],
+  cuda: [40, 150],
+  "cuda-all": [150, 600],
+};
+
+/** A build's hours: compile CPU-time over the jobs, from a past build of the same backend when there is one. */
+export function estimateBuild(
+  p: LlamaBuildParams,
+  cpus: number,
+  measured: Measurement[],
+): Estimate {
+  const jobs = Math.max(1, p.jobs ?? cpus ?? 2);
+  const flavour = p.backend === "cuda" ? (p.cudaArchitectures ? "cuda" : "cuda-all") : "cpu";
+  const past = measured.find(
+    (m) =>
+      m.what === "build" &&
+      m.backend === p.backend &&
+      (m.cudaArchitectures ?? null) === (p.cudaArchitectures ?? null) &&
+      typeof m.compile_seconds === "number" &&
+      typeof m.jobs === "number",
+  );
+  // configuring and installing: about a minute either way
+  const extra: Range = [20, 90];
+  let cpuSeconds: Range;
+  let basis: string;
+  if (past) {
+    const s = (past.compile_seconds as number) * (past.jobs as number);
+    cpuSeconds = [s * 0.7, s * 1.5];
+    basis = `measured: a ${p.backend} build compiled in ${(past.compile_seconds as number).toFixed(0)} s with ${String(past.jobs)} jobs (${past.source ?? "a past run"}); ${jobs} jobs now`;
+  } else {
+    const m = ASSUMED_CPU_MIN[flavour];
+    cpuSeconds = [m[0] * 60, m[1] * 60];
+    basis =
+      `assumed: ${m[0]}-${m[1]} CPU-minutes of compiling for a ${p.backend} build` +
+      `${flavour === "cuda-all" ? " for llama.cpp's default list of CUDA architectures (set cudaArchitectures for fewer)" : ""}` +
+      ` (the CPU build took ~7 min on 2 cores here), over ${jobs} jobs; a cached build costs nothing`;
+  }
+  return {
+    hours: [(extra[0] + cpuSeconds[0] / jobs) / 3600, (extra[1] + cpuSeconds[1] / jobs) / 3600],
+    device: "cpu",
+    usd: null,
+    basis: { hours: basis },
+    extra: { cpu_hours: [cpuSeconds[0] / 3600, cpuSeconds[1] / 3600] },
+    output: {},
+  };
+}
+
 const llamaBuild: StageKind<LlamaBuildParams> = {
   kind: "llama-build",
   version: "1",
@@ -369,6 +430,7 @@ const llamaBuild: StageKind<LlamaBuildParams> = {
   resources: (p) => ({ cpu: p.jobs ?? 2, memory: 4096 }),
   check: paramIssues,
   fingerprint: async (p) => ({ ...(await buildFingerprint()), hostCpu: hostCpu(p) }),
+  estimate: (ctx) => estimateBuild(ctx.params, ctx.resources.cpu, ctx.measured),
   async run(ctx) {
     const p = ctx.params;
     const issues = paramIssues(p);
@@ -399,6 +461,7 @@ const llamaBuild: StageKind<LlamaBuildParams> = {
     });
     await writeFile(flagsFile, JSON.stringify(flags));
     ctx.log.info({ jobs, targets: LLAMA_TARGETS }, "building llama.cpp");
+    const t0 = Date.now();
     await runCommand(
       "cmake",
       ["--build", build, "-j", String(jobs), "--target", ...LLAMA_TARGETS, "valley-native"],
@@ -430,6 +493,17 @@ const llamaBuild: StageKind<LlamaBuildParams> = {
     await writeFile(join(ctx.out, "build.json"), JSON.stringify(info, null, 2) + "\n");
     return {
       metrics: { backend: p.backend, commit: commit.slice(0, 12), programs: info.programs.length },
+      // what the next build's estimate scales (a partly built folder makes this an underestimate)
+      measured: [
+        {
+          what: "build",
+          device: "cpu",
+          backend: p.backend,
+          cudaArchitectures: p.cudaArchitectures ?? null,
+          jobs,
+          compile_seconds: (Date.now() - t0) / 1000,
+        },
+      ],
     };
   },
 };

@@ -59,6 +59,15 @@ const report: StageKind<ReportParams> = {
         issues.push({ path: ["facets", i], message: `${f} is already the x or series coordinate` });
     return issues;
   },
+  // tables and plots from the inputs' metrics (samples files, a few MB): seconds,
+  // plus the PNG renderer's start; nothing here scales with a model
+  estimate: () => ({
+    hours: [1 / 3600, 60 / 3600],
+    device: "cpu",
+    usd: null,
+    basis: { hours: "assumed: 1-60 s (tables and plots from the inputs' metrics and samples)" },
+    output: {},
+  }),
   async run(ctx) {
     const p = ctx.params;
     // Every input named evals* (e.g. stage-1 and stage-2 evaluations from two

@@ -34,6 +34,13 @@ if (!existsSync(cli)) {
   process.exit(2);
 }
 const cache = mkdtempSync(join(tmpdir(), "valley-bench-estimate-"));
+// the machine is shared and noisy: say how busy it was
+const { loadavg } = await import("node:os");
+const load = () =>
+  loadavg()
+    .map((x) => x.toFixed(2))
+    .join(" ");
+console.log(`${new Date().toISOString()} load average at the start: ${load()}`);
 const env = { ...process.env, VALLEY_CACHE: cache };
 delete env.VALLEY_LLAMA_BIN;
 
@@ -104,7 +111,21 @@ for (const r of est.instances) {
   const actual = show.timings.seconds;
   const [lo, hi] = r.estimate.hours.map((h) => h * 3600);
   const mid = (lo + hi) / 2;
-  rows.push({ id: r.id, kind: r.kind, lo, hi, mid, actual, err: mid / actual - 1 });
+  // evaluate: the same estimate with the answers' actual lengths in place of
+  // the assumed 10-100% of max_tokens: the error of the rate model alone
+  let given;
+  const x = r.estimate.extra ?? {};
+  if (r.kind === "evaluate" && x.decode_tokens_per_s && show.metrics?.mean_completion_tokens) {
+    const g = show.metrics.mean_completion_tokens * x.answers_to_generate;
+    const [t0, t1] = x.decode_tokens_per_s;
+    const part = (i) =>
+      (x.start_seconds?.[i] ?? 0) +
+      (x.prompt_seconds?.[i] ?? 0) +
+      g / (i === 0 ? t1 : t0) +
+      ((x.grading_cpu_hours?.[i] ?? 0) * 3600) / (x.grading_jobs ?? 1);
+    given = (part(0) + part(1)) / 2;
+  }
+  rows.push({ id: r.id, kind: r.kind, lo, hi, mid, actual, err: mid / actual - 1, given });
 }
 const pad = (s, n) => String(s).padEnd(n);
 console.log(
@@ -113,7 +134,10 @@ console.log(
 for (const r of rows)
   console.log(
     `${pad(r.id, 34)} ${pad(r.kind, 10)} ${pad(`${r.lo.toFixed(1)}–${r.hi.toFixed(1)}`, 18)} ${pad(r.mid.toFixed(1), 7)} ${pad(r.actual.toFixed(1), 7)} ${(r.err * 100).toFixed(0)}%` +
-      (r.actual >= r.lo && r.actual <= r.hi ? "" : "  (outside the range)"),
+      (r.actual >= r.lo && r.actual <= r.hi ? "" : "  (outside the range)") +
+      (r.given !== undefined
+        ? `  [with the actual answer lengths: ${r.given.toFixed(1)} s, ${((r.given / r.actual - 1) * 100).toFixed(0)}%]`
+        : ""),
   );
 for (const kind of ["finetune", "evaluate"]) {
   const k = rows.filter((r) => r.kind === kind);
@@ -126,5 +150,6 @@ for (const kind of ["finetune", "evaluate"]) {
       `total ${sumMid.toFixed(0)} s estimated vs ${sumActual.toFixed(0)} s actual (${((sumMid / sumActual - 1) * 100).toFixed(0)}%)`,
   );
 }
+console.log(`${new Date().toISOString()} load average at the end: ${load()}`);
 if (!process.argv.includes("--keep")) rmSync(cache, { recursive: true, force: true });
 else console.log(`cache kept: ${cache}`);
