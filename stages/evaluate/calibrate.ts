@@ -184,17 +184,8 @@ async function calibrateGrading(
   const inst = ctx.instances.find((i) => i.inputs.problems);
   if (!inst || ctx.signal.aborted) return undefined;
   const p: EvaluateParams = inst.params;
-  const dir = Array.isArray(inst.inputs.problems)
-    ? inst.inputs.problems[0]?.path
-    : inst.inputs.problems?.path;
-  if (!dir) return undefined;
-  const { loadEvalProblems } = await import("./index.js");
-  const { problems } = await loadEvalProblems(
-    join(dir, "problems.jsonl"),
-    p.split,
-    p.limit,
-    p.semantics,
-  );
+  const problems = await instanceProblems(inst, p);
+  if (!problems) return undefined;
   const { gradeAnswers } = await import("./grading.js");
   const { gradeOptionsFrom } = await import("../../grader/grade.js");
   const n = Math.min(problems.length, 4 * Math.max(1, p.jobs));
@@ -240,23 +231,25 @@ export function splitRates(
   return { prompt: 1 / x, decode: 1 / y };
 }
 
-/** The instance's first prompts as evaluate renders them, or undefined without its problems. */
-async function instancePrompts(
-  inst: CalibrateContext<EvaluateParams>["instances"][number],
-  p: EvaluateParams,
-): Promise<Message[] | undefined> {
-  const dir = Array.isArray(inst.inputs.problems)
-    ? inst.inputs.problems[0]?.path
-    : inst.inputs.problems?.path;
+type CalibratedInstance = CalibrateContext<EvaluateParams>["instances"][number];
+
+/** The problems an instance evaluates (its split and limit), or undefined before they exist. */
+async function instanceProblems(inst: CalibratedInstance, p: EvaluateParams) {
+  const input = inst.inputs.problems;
+  const dir = Array.isArray(input) ? input[0]?.path : input?.path;
   if (!dir || !existsSync(join(dir, "problems.jsonl"))) return undefined;
   const { loadEvalProblems } = await import("./index.js");
-  const { problems } = await loadEvalProblems(
-    join(dir, "problems.jsonl"),
-    p.split,
-    p.limit,
-    p.semantics,
-  );
-  if (!problems.length) return undefined;
+  return (await loadEvalProblems(join(dir, "problems.jsonl"), p.split, p.limit, p.semantics))
+    .problems;
+}
+
+/** The instance's first prompts as evaluate renders them, or undefined without its problems. */
+async function instancePrompts(
+  inst: CalibratedInstance,
+  p: EvaluateParams,
+): Promise<Message[] | undefined> {
+  const problems = await instanceProblems(inst, p);
+  if (!problems?.length) return undefined;
   // the median-length problem: one prompt standing for the rest
   const rendered = problems.slice(0, 16).map((problem) =>
     renderPrompt(p.prompt ?? DEFAULT_PROMPT, {
