@@ -30,16 +30,22 @@ function statFields(st: BigIntStats): string {
 }
 
 export class RecordMemo<T> {
-  private loaded: Record<string, Entry<T>> = {};
+  private memo?: Record<string, Entry<T>>;
   private used = new Map<string, Entry<T>>();
   private changed = false;
 
-  constructor(private readonly file: string) {
-    try {
-      this.loaded = JSON.parse(readFileSync(file, "utf8")) as Record<string, Entry<T>>;
-    } catch {
-      // Missing or unreadable: start empty; it is only a cache.
+  constructor(private readonly file: string) {}
+
+  /** Read on first use: a command that looks up no record never pays for it. */
+  private get loaded(): Record<string, Entry<T>> {
+    if (!this.memo) {
+      try {
+        this.memo = JSON.parse(readFileSync(this.file, "utf8")) as Record<string, Entry<T>>;
+      } catch {
+        this.memo = {}; // missing or unreadable: start empty; it is only a cache
+      }
     }
+    return this.memo;
   }
 
   /** The record memoised as `name` if its file still has the stat fields `st`. */
@@ -60,10 +66,10 @@ export class RecordMemo<T> {
 
   /** Writes the records this run used, unless that is exactly what was loaded. */
   save(): void {
-    if (!this.changed && this.used.size === Object.keys(this.loaded).length) return;
+    if (!this.changed && this.used.size === Object.keys(this.memo ?? {}).length) return;
     if (!existsSync(dirname(this.file))) return;
     writeFileAtomic(this.file, JSON.stringify(Object.fromEntries(this.used)));
-    this.loaded = Object.fromEntries(this.used);
+    this.memo = Object.fromEntries(this.used);
     this.used = new Map();
     this.changed = false;
   }
