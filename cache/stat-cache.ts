@@ -1,8 +1,9 @@
-import { readFileSync, statSync, existsSync, type BigIntStats } from "node:fs";
+import { statSync, existsSync, type BigIntStats } from "node:fs";
 import { dirname } from "node:path";
 import type { Digest } from "./digest.js";
 import { hashFile, hashFileSync } from "./hash.js";
 import { writeFileAtomic } from "./atomic.js";
+import { readText } from "./read-text.js";
 
 /**
  * Remembers the digest of a file together with the stat fields that change
@@ -27,7 +28,7 @@ export class StatCache {
 
   constructor(private readonly file: string) {
     try {
-      const raw = JSON.parse(readFileSync(file, "utf8")) as Record<string, Entry>;
+      const raw = JSON.parse(readText(file)) as Record<string, Entry>;
       for (const [k, v] of Object.entries(raw)) this.entries.set(k, v);
     } catch {
       // Missing or unreadable: start empty; it is only a cache.

@@ -18,7 +18,7 @@ import {
   fstatSync,
   constants as fsc,
 } from "node:fs";
-import { join, dirname } from "node:path";
+import { join, dirname, sep } from "node:path";
 import { hostname } from "node:os";
 import {
   type ActionKey,
@@ -75,8 +75,22 @@ export interface ActionRecord {
   engine: string;
 }
 
-/** A record that is a cache hit: present and not marked incomplete. */
-export function isComplete(rec: ActionRecord | undefined): rec is ActionRecord {
+/**
+ * What a run uses of an action record: the key and the stored result. The
+ * results memo keeps only this (the key fields of a gathering stage alone can
+ * be most of a record), so a no-op run parses a third of the bytes.
+ */
+export type StoredResult = Pick<ActionRecord, "key" | "outputs" | "metrics" | "incomplete">;
+
+export function storedResult(rec: ActionRecord): StoredResult {
+  const { key, outputs, metrics, incomplete } = rec;
+  return incomplete === undefined
+    ? { key, outputs, metrics }
+    : { key, outputs, metrics, incomplete };
+}
+
+/** A result that is a cache hit: present and not marked incomplete. */
+export function isComplete<R extends StoredResult>(rec: R | undefined): rec is R {
   return rec !== undefined && rec.incomplete === undefined;
 }
 
@@ -124,17 +138,24 @@ export class Store {
     this.stat = new StatCache(cachePath(root, "statcache.json"));
   }
 
+  // Paths are built by concatenation onto these normalised folders: a no-op
+  // run builds thousands, and path.join's normalising was a tenth of its
+  // allocations.
+  private dirs = new Map<CacheEntry, string>();
+
   dir(name: CacheEntry): string {
-    return cachePath(this.root, name);
+    let d = this.dirs.get(name);
+    if (d === undefined) this.dirs.set(name, (d = cachePath(this.root, name)));
+    return d;
   }
 
   objectPath(d: Digest, exec = false): string {
     const h = digestHex(d);
-    return join(this.dir("objects"), h.slice(0, 2), h.slice(2) + (exec ? ".x" : ""));
+    return `${this.dir("objects")}${sep}${h.slice(0, 2)}${sep}${h.slice(2)}${exec ? ".x" : ""}`;
   }
 
   treePath(d: TreeDigest): string {
-    return join(this.dir("trees"), digestHex(d));
+    return `${this.dir("trees")}${sep}${digestHex(d)}`;
   }
 
   hasObject(d: Digest, exec = false): boolean {
@@ -457,48 +478,37 @@ export class Store {
   }
 
   actionPath(key: ActionKey): string {
-    return join(this.dir("actions"), digestHex(key) + ".json");
+    return `${this.dir("actions")}${sep}${digestHex(key)}.json`;
   }
 
   getAction(key: ActionKey): ActionRecord | undefined {
     return this.readAction(key)?.rec;
   }
 
-  private records?: RecordMemo<ActionRecord>;
+  private results?: RecordMemo<StoredResult>;
 
   /**
-   * Memoises the action records read through this store in results/<name>.json
-   * (cache/record-memo.ts), so that the next run under the same name stats
-   * them instead of reading them. `saveRecords` writes it.
+   * Memoises the stored results looked up through `lookupResult` in
+   * results/<name>.json (cache/record-memo.ts), so that the next run under
+   * the same name neither reads nor, while no record changed, stats their
+   * records. `saveResults` writes it.
    */
-  memoRecords(name: string): void {
-    this.records = new RecordMemo(join(this.dir("results"), `${name}.json`));
+  memoResults(name: string): void {
+    this.results = new RecordMemo(join(this.dir("results"), `${name}.json`), this.dir("actions"));
   }
 
-  saveRecords(): void {
-    this.records?.save();
+  saveResults(): void {
+    this.results?.save();
   }
 
   private readAction(key: ActionKey): { rec: ActionRecord; mtimeNs: bigint } | undefined {
-    const path = this.actionPath(key);
-    const memo = this.records;
-    if (memo) {
-      let st;
-      try {
-        st = statSync(path, { bigint: true });
-      } catch {
-        return undefined;
-      }
-      const rec = memo.get(digestHex(key), st);
-      if (rec) return { rec, mtimeNs: st.mtimeNs };
-    }
     let fd: number | undefined;
     try {
-      fd = openSync(path, "r");
+      fd = openSync(this.actionPath(key), "r");
       const st = fstatSync(fd, { bigint: true });
       const rec = JSON.parse(readFileSync(fd, "utf8")) as ActionRecord;
       if (rec.key !== key || !isDigest(rec.outputs?.tree)) return undefined;
-      memo?.set(digestHex(key), st, rec);
+      this.results?.set(digestHex(key), st, storedResult(rec));
       return { rec, mtimeNs: st.mtimeNs };
     } catch {
       return undefined;
@@ -507,25 +517,41 @@ export class Store {
     }
   }
 
+  private readResult(key: ActionKey): { rec: StoredResult; mtimeNs: bigint } | undefined {
+    const memo = this.results;
+    if (memo) {
+      const name = digestHex(key);
+      const hit = memo.trusted(name);
+      if (hit) return hit;
+      let st;
+      try {
+        st = statSync(this.actionPath(key), { bigint: true });
+      } catch {
+        return undefined;
+      }
+      const rec = memo.get(name, st);
+      if (rec) return { rec, mtimeNs: st.mtimeNs };
+    }
+    const got = this.readAction(key);
+    return got && { rec: storedResult(got.rec), mtimeNs: got.mtimeNs };
+  }
+
   /**
-   * A valid result for `key`, or undefined. The fast path trusts a tree whose
+   * Whether the tree of a result is intact. The fast path trusts a tree whose
    * files all have their recorded size and were not modified after the action
    * record was written (any write to a stored file moves its mtime past it);
    * otherwise the full check re-hashes what changed and quarantines what is
    * corrupt.
    */
-  lookupAction(key: ActionKey): ActionRecord | undefined {
-    const got = this.readAction(key);
-    if (!got) return undefined;
-    const { rec, mtimeNs } = got;
-    const entries = rec.outputs.entries;
+  private intact(outputs: ActionRecord["outputs"], mtimeNs: bigint): boolean {
+    const entries = outputs.entries;
     if (entries) {
-      const root = this.treePath(rec.outputs.tree);
+      const root = this.treePath(outputs.tree);
       let fresh = true;
       try {
         for (const e of entries) {
           if (!isFileEntry(e)) continue;
-          const st = statSync(join(root, e.path), { bigint: true });
+          const st = statSync(`${root}${sep}${e.path}`, { bigint: true });
           if (Number(st.size) !== e.size || st.mtimeNs > mtimeNs) {
             fresh = false;
             break;
@@ -534,9 +560,24 @@ export class Store {
       } catch {
         fresh = false;
       }
-      if (fresh) return rec;
+      if (fresh) return true;
     }
-    return this.checkTree(rec.outputs.tree).ok ? rec : undefined;
+    return this.checkTree(outputs.tree).ok;
+  }
+
+  /** A valid result for `key` (the whole action record), or undefined. */
+  lookupAction(key: ActionKey): ActionRecord | undefined {
+    const got = this.readAction(key);
+    return got && this.intact(got.rec.outputs, got.mtimeNs) ? got.rec : undefined;
+  }
+
+  /**
+   * A valid stored result for `key`, or undefined: what a run needs of the
+   * record, served from the results memo when there is one.
+   */
+  lookupResult(key: ActionKey): StoredResult | undefined {
+    const got = this.readResult(key);
+    return got && this.intact(got.rec.outputs, got.mtimeNs) ? got.rec : undefined;
   }
 
   putAction(rec: ActionRecord): void {

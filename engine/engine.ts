@@ -1,10 +1,11 @@
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { hashJson, canonicalJson, digestHex, type ActionKey } from "../cache/digest.js";
-import { Store, isComplete, type ActionRecord } from "../cache/store.js";
+import { Store, isComplete, type StoredResult } from "../cache/store.js";
 import type { StatCache } from "../cache/stat-cache.js";
 import { Leases } from "../cache/leases.js";
 import { writeFileAtomic } from "../cache/atomic.js";
+import { readText } from "../cache/read-text.js";
 import type { Pipeline, Instance } from "./pipeline/expand.js";
 import type {
   FingerprintTools,
@@ -64,7 +65,7 @@ export class Engine {
   ) {
     this.store = new Store(cacheRoot, { create: !opts.readOnly });
     this.leases = new Leases(this.store.dir("leases"));
-    this.store.memoRecords(digestHex(hashJson(pipeline.name)));
+    this.store.memoResults(digestHex(hashJson(pipeline.name)));
   }
 
   /** A tool from `tools.<name>.path` or $VALLEY_<NAME>_BIN, hashed once per run. */
@@ -95,7 +96,7 @@ export class Engine {
    */
   async resolveKey(
     inst: Instance,
-    results: Map<string, ActionRecord>,
+    results: Map<string, StoredResult>,
     opts: { admit: boolean },
   ): Promise<ResolvedKey | undefined> {
     const kind = this.pipeline.kinds.get(inst.kind);
@@ -157,7 +158,9 @@ export class Engine {
       inputs: keyed,
       tools,
       env,
-      fingerprint: this.fingerprints.get(inst.kind + canonicalJson(inst.params)),
+      fingerprint: kind.impl.fingerprint
+        ? this.fingerprints.get(inst.kind + canonicalJson(inst.params))
+        : undefined,
     });
     return {
       key: computeKey(fields),
@@ -186,8 +189,8 @@ export class Engine {
    * A valid cached result for `key`: the record exists, its tree is intact,
    * and it is complete (an incomplete one is re-run to fill its gap).
    */
-  lookup(key: ActionKey): ActionRecord | undefined {
-    const rec = this.store.lookupAction(key);
+  lookup(key: ActionKey): StoredResult | undefined {
+    const rec = this.store.lookupResult(key);
     return isComplete(rec) ? rec : undefined;
   }
 
@@ -203,10 +206,7 @@ export class Engine {
   private historyAll(): Record<string, ActionKey> {
     if (!this.historyCache) {
       try {
-        this.historyCache = JSON.parse(readFileSync(this.historyPath(), "utf8")) as Record<
-          string,
-          ActionKey
-        >;
+        this.historyCache = JSON.parse(readText(this.historyPath())) as Record<string, ActionKey>;
       } catch {
         this.historyCache = {};
       }

@@ -3,8 +3,9 @@ import { readFileSync, existsSync, readdirSync, mkdirSync, rmSync } from "node:f
 import { join, resolve } from "node:path";
 import { writeFileAtomic } from "../cache/atomic.js";
 import { type Digest, digestHex, sha256Bytes, type ActionKey } from "../cache/digest.js";
-import type { ActionRecord } from "../cache/store.js";
+import type { StoredResult } from "../cache/store.js";
 import type { Pipeline } from "./pipeline/expand.js";
+import { readText } from "../cache/read-text.js";
 
 /** `<pipeline>.lock`: what each instance produced, for users to commit as provenance. */
 export interface Lockfile {
@@ -40,7 +41,7 @@ function sortKeys<T>(o: Record<string, T>): Record<string, T> {
  */
 export function writeLockfile(
   pl: Pipeline,
-  results: Map<string, ActionRecord>,
+  results: Map<string, StoredResult>,
   cacheRoot: string,
 ): string {
   const path = lockfilePath(pl.file);
@@ -61,7 +62,7 @@ export function writeLockfile(
   const text = JSON.stringify(lock, null, 2) + "\n";
   let old = "";
   try {
-    old = readFileSync(path, "utf8");
+    old = readText(path);
   } catch {
     // first run
   }

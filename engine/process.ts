@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { startProgram } from "./launcher.js";
-import { fileURLToPath } from "node:url";
+import { DIST_ROOT } from "./root.js";
 import { createInterface } from "node:readline";
 import { openSync, readSync, fstatSync, closeSync, writeSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -24,7 +24,7 @@ function reaperProcess(): { child: ChildProcess; fd: number } {
   if (!reaper || reaper.child.exitCode !== null) {
     const file = join(tmpdir(), `valley-groups-${process.pid}-${Date.now()}`);
     const fd = openSync(file, "a", 0o600);
-    const script = fileURLToPath(new URL("./reaper-child.js", import.meta.url));
+    const script = join(DIST_ROOT, "engine", "reaper-child.js");
     const child = spawn(process.execPath, [script, file], {
       stdio: ["pipe", "ignore", "ignore"],
       detached: true,

@@ -1,4 +1,4 @@
-import { isComplete, type ActionRecord } from "../cache/store.js";
+import { isComplete, type ActionRecord, type StoredResult } from "../cache/store.js";
 import type { ActionKey } from "../cache/digest.js";
 import type { LeaseInfo } from "../cache/leases.js";
 import { isDiskFull } from "../cache/disk.js";
@@ -10,7 +10,7 @@ import { AttemptFailed, runAttempt, type AttemptOptions } from "./executors/loca
 import { inputAccess, type InstanceId, type Resources } from "./stage-api.js";
 
 export type Outcome =
-  | { status: "cached"; key: ActionKey; record: ActionRecord; waited: boolean }
+  | { status: "cached"; key: ActionKey; record: StoredResult; waited: boolean }
   | { status: "executed"; key: ActionKey; record: ActionRecord }
   | {
       status: "failed";
@@ -138,7 +138,7 @@ class Run {
   private readonly pool: ResourcePool;
   private readonly queue: JobQueue;
   private readonly force: Set<string>;
-  private readonly results = new Map<string, ActionRecord>();
+  private readonly results = new Map<string, StoredResult>();
   private readonly outcomes = new Map<string, Outcome>();
   /** Instances reading each instance, and how many of its inputs each still waits for. */
   private readonly dependents = new Map<string, Instance[]>();
@@ -231,7 +231,7 @@ class Run {
   }
 
   /** A result (cached or executed): recorded, and dependents whose inputs are all there become ready. */
-  private complete(inst: Instance, o: Outcome & { record: ActionRecord }, rk: ResolvedKey): void {
+  private complete(inst: Instance, o: Outcome & { record: StoredResult }, rk: ResolvedKey): void {
     this.results.set(inst.id, o.record);
     this.engine.remember(inst.id, rk.key);
     this.settle(inst.id, o);
@@ -490,7 +490,7 @@ class Run {
     const memos = [
       () => store.stat.save(),
       () => this.engine.saveHistory(),
-      () => store.saveRecords(),
+      () => store.saveResults(),
     ];
     for (const save of memos) {
       try {

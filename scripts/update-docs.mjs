@@ -5,7 +5,7 @@ import { execFileSync } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 
 const cli = (...args) =>
-  execFileSync(process.execPath, ["dist/engine/cli.js", ...args], { encoding: "utf8" });
+  execFileSync(process.execPath, ["dist/bin/valley.js", ...args], { encoding: "utf8" });
 writeFileSync("schemas/valley.schema.json", cli("schema"));
 const readme = readFileSync("README.md", "utf8");
 const start = "<!-- reference:start -->\n";

@@ -10,6 +10,7 @@ import {
   utimesSync,
   symlinkSync,
   unlinkSync,
+  renameSync,
 } from "node:fs";
 import { join } from "node:path";
 import { valley, project, lines } from "./helpers/valley.js";
@@ -415,40 +416,65 @@ stages:
   assert.equal(seen.on.tail, "tail", "the failure shows the stage's last stderr lines");
 });
 
-test("a no-op run reads its action records from the results memo, and never serves one whose file changed", () => {
+test("a no-op run serves its results from the results memo, and never one whose record was replaced or removed", () => {
   const text = `version: 1\nname: rmemo\nstages:\n  gen:\n    uses: shell\n    matrix:\n      i: [1, 2, 3]\n    with:\n      run: echo \${{ matrix.i }} > $OUT/x\n`;
   const dir = project({ "p.yaml": text });
   assert.equal(runJson(dir).executed, 3);
   const actions = join(dir, ".valley", "actions");
   const memoDir = join(dir, ".valley", "results");
-  // Records younger than 2 s are not memoised (a same-tick replacement could
-  // keep size and times): age them, as minutes would.
+  // Records and a records folder changed less than 2 s ago are not trusted
+  // (a change within the same tick could keep their times): age them, as
+  // minutes would.
   const age = () => {
     const past = new Date(Date.now() - 60_000);
     for (const f of readdirSync(actions)) utimesSync(join(actions, f), past, past);
+    utimesSync(actions, past, past);
   };
+  const records = () =>
+    readdirSync(actions)
+      .filter((f) => f.endsWith(".json"))
+      .sort();
   age();
   assert.equal(runJson(dir).cached, 3);
   const memoFiles = readdirSync(memoDir);
   assert.equal(memoFiles.length, 1);
-  const memo = JSON.parse(readFileSync(join(memoDir, memoFiles[0]), "utf8")) as Record<
-    string,
-    { rec: { key: string } }
-  >;
-  const keys = readdirSync(actions).map((f) => f.replace(/\.json$/, ""));
-  assert.deepEqual(Object.keys(memo).sort(), keys.sort());
-  for (const k of keys) assert.equal(memo[k].rec.key, `sha256:${k}`);
-  // A record rewritten (here marked incomplete) is read again, not served from the memo.
-  const first = join(actions, readdirSync(actions).sort()[0]);
+  const memo = JSON.parse(readFileSync(join(memoDir, memoFiles[0]), "utf8")) as {
+    v: number;
+    dir: string | null;
+    records: Record<string, { rec: Record<string, unknown> }>;
+  };
+  assert.equal(memo.v, 2);
+  // The folder's stat fields, taken before the run read a record.
+  const st = statSync(actions, { bigint: true });
+  assert.equal(memo.dir, `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`);
+  const keys = records().map((f) => f.replace(/\.json$/, ""));
+  assert.deepEqual(Object.keys(memo.records).sort(), keys);
+  for (const k of keys) {
+    // Only what a run uses: the key fields, timings and log stay in the record.
+    assert.deepEqual(Object.keys(memo.records[k].rec).sort(), ["key", "metrics", "outputs"]);
+    assert.equal(memo.records[k].rec.key, `sha256:${k}`);
+  }
+  assert.equal(runJson(dir).cached, 3);
+  // A record replaced the way the engine replaces one (written beside, renamed
+  // over; here marked incomplete) is read again, not served from the memo.
+  const first = join(actions, records()[0]);
   const rec = JSON.parse(readFileSync(first, "utf8")) as Record<string, unknown>;
-  writeFileSync(first, JSON.stringify({ ...rec, incomplete: "test: marked incomplete" }));
+  writeFileSync(first + ".tmp", JSON.stringify({ ...rec, incomplete: "test: marked incomplete" }));
+  renameSync(first + ".tmp", first);
   assert.deepEqual((({ executed, cached }) => ({ executed, cached }))(runJson(dir)), {
     executed: 1,
     cached: 2,
   });
-  // A record deleted (gc) is not served either.
+  // A record deleted (gc) is not served either, also when the memo was trusted.
   age();
   assert.equal(runJson(dir).cached, 3);
-  unlinkSync(join(actions, readdirSync(actions).sort()[1]));
+  assert.equal(runJson(dir).cached, 3);
+  unlinkSync(join(actions, records()[1]));
+  assert.equal(runJson(dir).executed, 1);
+  // While the folder is not to be trusted (it just changed), each record's own
+  // stat fields decide: one rewritten in place is read again.
+  const third = join(actions, records()[2]);
+  const r3 = JSON.parse(readFileSync(third, "utf8")) as Record<string, unknown>;
+  writeFileSync(third, JSON.stringify({ ...r3, incomplete: "test: rewritten in place" }));
   assert.equal(runJson(dir).executed, 1);
 });

@@ -57,7 +57,7 @@ async function buildOrReuse(): Promise<BuiltLlama> {
   const cache = testCache();
   await mkdir(cache, { recursive: true });
   const demo = join(projectRoot(), "pipelines", "demo.yaml");
-  const cli = join(projectRoot(), "dist", "engine", "cli.js");
+  const cli = join(projectRoot(), "dist", "bin", "valley.js");
   const env = { ...process.env, VALLEY_CACHE: cache };
   process.stderr.write(
     `# llama.cpp for the tests: the demo's llama stage in ${cache} (a first build takes ~7 min)\n`,

@@ -7,7 +7,7 @@
  */
 import { existsSync, mkdirSync, readdirSync, readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
-import type { ActionRecord } from "../../cache/store.js";
+import type { ActionRecord, StoredResult } from "../../cache/store.js";
 import { writeFileAtomic } from "../../cache/atomic.js";
 import type { Engine } from "../engine.js";
 import type { Instance, Pipeline } from "../pipeline/expand.js";
@@ -145,7 +145,7 @@ async function walk(
   opts: { executor: "local" | "slurm"; force?: string[]; only?: string[]; call: boolean },
 ): Promise<Walk> {
   const measured = measurements(engine);
-  const results = new Map<string, ActionRecord>();
+  const results = new Map<string, StoredResult>();
   const outputs = new Map<string, Record<string, unknown>>();
   const rows: EstimateRow[] = [];
   const contexts: Walk["contexts"] = new Map();
@@ -184,7 +184,7 @@ async function walk(
 async function contextFor(
   engine: Engine,
   inst: Instance,
-  results: Map<string, ActionRecord>,
+  results: Map<string, StoredResult>,
   outputs: Map<string, Record<string, unknown>>,
   measured: Map<string, Measurement[]>,
   executor: "local" | "slurm",

@@ -1,5 +1,5 @@
 import { cpus } from "node:os";
-import type { ActionRecord } from "../../cache/store.js";
+import type { StoredResult } from "../../cache/store.js";
 import { runInstances, selectInstances, type RunSummary } from "../scheduler.js";
 import { lockfilePath, registerRoot, writeLockfile } from "../lockfile.js";
 import { enterCache } from "../../cache/cache-lock.js";
@@ -176,7 +176,7 @@ async function runLocked(
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
   }
-  const results = new Map<string, ActionRecord>();
+  const results = new Map<string, StoredResult>();
   for (const [id, o] of summary.outcomes)
     if (o.status === "cached" || o.status === "executed") results.set(id, o.record);
   // The lockfile lists every instance with a result, including ones this run did not select.
@@ -286,7 +286,7 @@ export async function planRows(
   engine: Engine,
   force: string[] = [],
 ): Promise<PlanRow[]> {
-  const results = new Map<string, ActionRecord>();
+  const results = new Map<string, StoredResult>();
   const rows: PlanRow[] = [];
   const missing = new Set<string>();
   for (const inst of pl.instances) {

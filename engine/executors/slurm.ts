@@ -9,15 +9,15 @@ import {
 } from "node:fs";
 import { hostname } from "node:os";
 import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { digestHex, type Digest } from "../../cache/digest.js";
-import type { ActionRecord } from "../../cache/store.js";
+import type { StoredResult } from "../../cache/store.js";
 import { writeFileAtomic } from "../../cache/atomic.js";
 import type { Engine, ResolvedKey } from "../engine.js";
 import type { Instance, Pipeline } from "../pipeline/expand.js";
 import type { Executor } from "../scheduler.js";
 import { AttemptFailed, runAttempt, type AttemptOptions } from "./local.js";
 import { detectGpus } from "../resources.js";
+import { DIST_ROOT } from "../root.js";
 
 /** `executor.slurm` in a pipeline, merged with `--slurm-*` flags. */
 export interface SlurmConfig {
@@ -60,7 +60,7 @@ const FAILED_STATES = new Set([
   "SPECIAL_EXIT",
 ]);
 
-const CLI = fileURLToPath(new URL("../cli.js", import.meta.url));
+const CLI = join(DIST_ROOT, "engine", "cli.js");
 
 interface Exec {
   code: number;
@@ -280,7 +280,7 @@ export function slurmExecutor(cfg: SlurmConfig, sub: SlurmSubmitter): Executor {
       // the job never got to write it (cancelled while pending, killed, node lost)
     }
     // The action record is the truth: a job cancelled just after it stored its result succeeded.
-    const rec = engine.lookup(rk.key);
+    const rec = engine.store.lookupAction(rk.key);
     if (rec) {
       rmSync(script, { force: true });
       rmSync(resultOf(jobId), { force: true });
@@ -359,7 +359,7 @@ export async function runJob(
     for (const d of pl.byId.get(id)?.deps ?? []) add(d);
   };
   for (const d of inst.deps) add(d);
-  const results = new Map<string, ActionRecord>();
+  const results = new Map<string, StoredResult>();
   for (const up of pl.instances) {
     if (!need.has(up.id)) continue;
     const urk = await engine.resolveKey(up, results, { admit: false });

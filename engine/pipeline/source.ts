@@ -6,6 +6,7 @@ import { isDeepStrictEqual } from "node:util";
 import type { Document, LineCounter, Node } from "yaml";
 import { writeFileAtomic } from "../../cache/atomic.js";
 import { InvalidPipeline, type Problem, type SourceLocation } from "../errors.js";
+import { readText } from "../../cache/read-text.js";
 
 const isMapping = (v: unknown): v is Record<string, unknown> =>
   v !== null && typeof v === "object" && !Array.isArray(v);
@@ -79,7 +80,7 @@ export class Source {
       : undefined;
     if (memoFile) {
       try {
-        const data: unknown = JSON.parse(readFileSync(memoFile, "utf8"));
+        const data: unknown = JSON.parse(readText(memoFile));
         if (isMapping(data)) return new Source(file, src, data, undefined, memoFile);
       } catch {
         // no memo yet (or a broken one): parse

@@ -19,7 +19,7 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
-const cli = join(root, "dist", "engine", "cli.js");
+const cli = join(root, "dist", "bin", "valley.js");
 const demo = join(root, "pipelines", "demo.yaml");
 const arg = (name, dflt) => {
   const i = process.argv.indexOf(name);

@@ -30,7 +30,7 @@ import { setInterval, clearInterval } from "node:timers";
 import { ParquetWriter, fileWriter } from "hyparquet-writer";
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
-const CLI = join(ROOT, "dist", "engine", "cli.js");
+const CLI = join(ROOT, "dist", "bin", "valley.js");
 const args = process.argv.slice(2);
 const opt = (name, dflt) => {
   const i = args.indexOf(name);

@@ -13,7 +13,7 @@ import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
-const CLI = join(ROOT, "dist", "engine", "cli.js");
+const CLI = join(ROOT, "dist", "bin", "valley.js");
 const { startSshd } = await import(join(ROOT, "dist", "test", "helpers", "remote-servers.js"));
 const args = process.argv.slice(2);
 const opt = (name, dflt) => {

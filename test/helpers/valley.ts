@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { PACKAGE_ROOT } from "../../engine/root.js";
 
-export const CLI = join(PACKAGE_ROOT, "dist", "engine", "cli.js");
+export const CLI = join(PACKAGE_ROOT, "dist", "bin", "valley.js");
 
 export interface Result {
   code: number;
