@@ -39,7 +39,8 @@ interface MemoFile<T> {
 
 const RACY_NS = 2_000_000_000n;
 
-function statFields(st: BigIntStats): string {
+/** The stat fields that identify a version of a file: device, inode, size, mtime and ctime (ns). */
+export function statFields(st: BigIntStats): string {
   return `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
 }
 
@@ -50,12 +51,15 @@ export function memoMtimeNs(st: string): bigint {
 
 // Every change to a file or folder sets its mtime to the current tick: one
 // whose mtime is older than RACY_NS cannot change and keep its stat fields.
-const settled = (st: BigIntStats) => BigInt(Date.now()) * 1_000_000n - st.mtimeNs >= RACY_NS;
+export const settled = (st: BigIntStats) => BigInt(Date.now()) * 1_000_000n - st.mtimeNs >= RACY_NS;
 
 export class RecordMemo<T> {
   private memo?: { records: Record<string, Entry<T>>; trusted: boolean; dirAtLoad: string | null };
   private used = new Map<string, Entry<T>>();
   private changed = false;
+  /** A record was looked up other than by trust (read, stat'ed, or not memoised). */
+  private doubted = false;
+  private unchanged?: string;
 
   /** `file`: the memo; `folder`: the folder of the record files. */
   constructor(
@@ -101,9 +105,11 @@ export class RecordMemo<T> {
    * folder is unchanged since the memo was written: no stat needed.
    */
   trusted(name: string): { rec: T; mtimeNs: bigint } | undefined {
-    if (!this.loaded.trusted) return undefined;
-    const e = this.entry(name);
-    if (!e) return undefined;
+    const e = this.loaded.trusted ? this.entry(name) : undefined;
+    if (!e) {
+      this.doubted = true;
+      return undefined;
+    }
     this.used.set(name, e);
     return { rec: e.rec, mtimeNs: memoMtimeNs(e.st) };
   }
@@ -118,15 +124,30 @@ export class RecordMemo<T> {
 
   /** Remembers a record just read from a file with the stat fields `st`. */
   set(name: string, st: BigIntStats, rec: T): void {
+    this.doubted = true;
     if (!settled(st)) return;
     this.used.set(name, { st: statFields(st), rec });
     this.changed = true;
+  }
+
+  /**
+   * The records folder's stat fields at the start of this run if every record
+   * it looked up was served by trust: then all it used is exactly what the
+   * records were when that run began (engine/lockfile.ts skips rewriting
+   * what it wrote from them then).
+   */
+  unchangedSince(): string | undefined {
+    if (this.memo)
+      this.unchanged =
+        this.memo.trusted && !this.doubted ? (this.memo.dirAtLoad ?? undefined) : undefined;
+    return this.unchanged;
   }
 
   /** Writes the records this run used, unless that is exactly what was loaded. */
   save(): void {
     const m = this.memo;
     if (!m) return;
+    this.unchangedSince();
     if (!this.changed && m.trusted && this.used.size === Object.keys(m.records).length) return;
     if (!existsSync(dirname(this.file))) return;
     const out: MemoFile<T> = {

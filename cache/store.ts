@@ -501,6 +501,14 @@ export class Store {
     this.results?.save();
   }
 
+  /**
+   * The records folder's stat fields when this run began, if every result it
+   * looked up was served from the memo by trust (cache/record-memo.ts).
+   */
+  resultsUnchangedSince(): string | undefined {
+    return this.results?.unchangedSince();
+  }
+
   private readAction(key: ActionKey): { rec: ActionRecord; mtimeNs: bigint } | undefined {
     let fd: number | undefined;
     try {

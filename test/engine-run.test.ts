@@ -416,6 +416,78 @@ stages:
   assert.equal(seen.on.tail, "tail", "the failure shows the stage's last stderr lines");
 });
 
+test("a no-op run leaves an unchanged lockfile alone, and rewrites it when a record or the lockfile changed", () => {
+  const text = `version: 1\nname: lmemo\nstages:\n  gen:\n    uses: shell\n    matrix:\n      i: [1, 2]\n    with:\n      run: echo \${{ matrix.i }} > $OUT/x\n`;
+  const dir = project({ "p.yaml": text });
+  assert.equal(runJson(dir).executed, 2);
+  const actions = join(dir, ".valley", "actions");
+  const lock = join(dir, "p.lock");
+  const age = (opts = { lockfile: true }) => {
+    const past = new Date(Date.now() - 60_000);
+    for (const f of readdirSync(actions)) utimesSync(join(actions, f), past, past);
+    utimesSync(actions, past, past);
+    if (opts.lockfile) utimesSync(lock, past, past);
+  };
+  age();
+  runJson(dir); // memo written, with the records folder's stat fields
+  runJson(dir); // every result served by trust: the lockfile verified, and that remembered
+  const st = () => {
+    const s = statSync(lock, { bigint: true });
+    return `${s.ino}:${s.mtimeNs}:${s.ctimeNs}`;
+  };
+  const before = st();
+  const original = readFileSync(lock, "utf8");
+  runJson(dir);
+  assert.equal(st(), before, "an unchanged lockfile is not rewritten");
+  // Removed by hand: written again, with the same content.
+  unlinkSync(lock);
+  runJson(dir);
+  assert.equal(readFileSync(lock, "utf8"), original);
+  // A record replaced under the same key (the engine renames over it) with
+  // other metrics: the lockfile follows, though every key is the same.
+  age();
+  runJson(dir);
+  runJson(dir);
+  const rec = join(
+    actions,
+    readdirSync(actions)
+      .filter((f) => f.endsWith(".json"))
+      .sort()[0],
+  );
+  const r = JSON.parse(readFileSync(rec, "utf8")) as {
+    key: string;
+    metrics: Record<string, unknown>;
+  };
+  writeFileSync(rec + ".tmp", JSON.stringify({ ...r, metrics: { marker: 7 } }));
+  renameSync(rec + ".tmp", rec);
+  // A run that writes no lockfile (--only) reads the records, and leaves a
+  // memo the next run trusts: what the lockfile was written from is older.
+  age({ lockfile: false });
+  assert.equal(runJson(dir, ["--only", "gen"]).cached, 2);
+  assert.equal(runJson(dir).cached, 2);
+  const l = JSON.parse(readFileSync(lock, "utf8")) as {
+    instances: Record<string, { key: string; metrics: Record<string, unknown> }>;
+  };
+  const entry = Object.values(l.instances).find((e) => e.key === r.key);
+  assert.deepEqual(entry?.metrics, { marker: 7 });
+  // Edited by hand while everything else stayed: put back as the results say.
+  age();
+  runJson(dir);
+  runJson(dir);
+  const good = readFileSync(lock, "utf8");
+  writeFileSync(lock, good.replace('"marker": 7', '"marker": 8'));
+  runJson(dir);
+  assert.equal(readFileSync(lock, "utf8"), good);
+  // A matrix value dropped: the same records, fewer instances, fewer entries.
+  age();
+  runJson(dir);
+  runJson(dir);
+  writeFileSync(join(dir, "p.yaml"), text.replace("[1, 2]", "[1]"));
+  assert.equal(runJson(dir).cached, 1);
+  const after = JSON.parse(readFileSync(lock, "utf8")) as { instances: Record<string, unknown> };
+  assert.deepEqual(Object.keys(after.instances), ["gen@i=1"]);
+});
+
 test("a no-op run serves its results from the results memo, and never one whose record was replaced or removed", () => {
   const text = `version: 1\nname: rmemo\nstages:\n  gen:\n    uses: shell\n    matrix:\n      i: [1, 2, 3]\n    with:\n      run: echo \${{ matrix.i }} > $OUT/x\n`;
   const dir = project({ "p.yaml": text });

@@ -183,7 +183,8 @@ async function runLocked(
   // On a full disk the summary is still printed, then the disk-full message (exit 1).
   let lockError: unknown;
   try {
-    if (!values.only) writeLockfile(pl, results, engine.store.root);
+    if (!values.only)
+      writeLockfile(pl, results, engine.store.root, engine.store.resultsUnchangedSince());
   } catch (e) {
     lockError = asDiskFull(e, lockfilePath(pl.file));
     if (!(lockError instanceof DiskFull)) throw e;
