@@ -712,8 +712,9 @@ function expandStages(
       const id = instanceId(name, coords);
       const inputs: Record<string, InputSpec> = {};
       const deps: InstanceId[] = [];
-      const cell = rules.filter((rule) => matches(coords, rule.sel));
-      const effective = new Map(stageRefs);
+      const cell = rules.length ? rules.filter((rule) => matches(coords, rule.sel)) : rules;
+      // Copies only for an instance that an `include` cell gives inputs of its own.
+      const effective = cell.length ? new Map(stageRefs) : stageRefs;
       const origin = new Map<string, { at: YamlPath; text: string }>();
       for (const rule of cell) {
         rule.used = true;
@@ -724,8 +725,9 @@ function expandStages(
         }
       }
       for (const [input, r] of effective) {
-        const at: YamlPath = origin.get(input)?.at ?? [...base, "inputs", input];
-        const text = origin.get(input)?.text ?? st.inputs?.[input] ?? "";
+        const from = origin.get(input);
+        const text = from?.text ?? st.inputs?.[input] ?? "";
+        const inputAt = (): YamlPath => from?.at ?? [...base, "inputs", input];
         if (r.type === "path") {
           inputs[input] = { type: "path", path: resolve(dir, r.path), ref: text };
           continue;
@@ -735,7 +737,7 @@ function expandStages(
           if (!isMatrix(r.stage)) {
             report(
               src.problem(
-                at,
+                inputAt(),
                 `"${text}" gathers a stage that has no matrix; write "${r.stage}" instead`,
               ),
             );
@@ -754,7 +756,7 @@ function expandStages(
         if (r.type === "pick") {
           for (const k of Object.keys(r.where)) {
             if (!ups.some((u) => k in u.coords)) {
-              report(src.problem(at, `"${r.stage}" has no matrix key "${k}"`));
+              report(src.problem(inputAt(), `"${r.stage}" has no matrix key "${k}"`));
             }
           }
           match = ups.filter((u) =>
@@ -767,7 +769,7 @@ function expandStages(
         if (match.length !== 1) {
           report(
             src.problem(
-              at,
+              inputAt(),
               match.length === 0
                 ? `"${text}" matches no instance of "${r.stage}"`
                 : `"${text}" matches ${match.length} instances of "${r.stage}" (${match.map((m) => m.id).join(", ")}); pick one with ${r.stage}[key=value] or gather with ${r.stage}[*]`,
