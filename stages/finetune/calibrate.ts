@@ -12,7 +12,13 @@ import { modelInput, shapeRecord, tracesInput } from "../../data/estimate.js";
 import { llamaEnv, envStrings, resolveLlama } from "../../llama/toolchain.js";
 import { runCommand } from "../../engine/process.js";
 import { benchmarkModel } from "../../llama/calibration.js";
-import { plannedWindows, trainDevice, trainMeasurement } from "./estimate.js";
+import {
+  EXACT_LONGEST,
+  studentGguf,
+  trainDevice,
+  trainMeasurement,
+  windowsOf,
+} from "./estimate.js";
 import type { FinetuneParams } from "./index.js";
 
 export async function calibrateTrainer(
@@ -28,12 +34,18 @@ export async function calibrateTrainer(
     if (p.method !== "lora") continue;
     const dims = await modelInput(inst.inputs.from, inst.expected.from);
     if (!dims) continue;
-    const data = await tracesInput(inst.inputs.data, inst.expected.data, "train.jsonl");
+    const data = await tracesInput(
+      inst.inputs.data,
+      inst.expected.data,
+      "train.jsonl",
+      EXACT_LONGEST,
+    );
     const device = ctx.gpu ? "gpu" : "cpu";
     if (device === "gpu" && trainDevice(p, 1, undefined) === "cpu") continue;
     const threads = p.threads > 0 ? p.threads : Math.max(1, inst.resources.cpu);
-    // both candidate windows when the longest example is near a multiple of 256
-    for (const w of new Set(plannedWindows(p, data, dims))) {
+    // the window the estimate will use (both candidates when guessed near a multiple of 256)
+    const { windows } = await windowsOf(p, data, dims, studentGguf(inst.inputs.from));
+    for (const w of new Set(windows)) {
       const window = Math.min(w, device === "cpu" ? 2048 : 8192);
       const k = JSON.stringify([shapeRecord(dims), window, threads, device]);
       if (!plans.has(k)) plans.set(k, { inst, window, threads, device });
