@@ -330,9 +330,7 @@ export async function charsPerRecord(
     }
   }
   const longest = top.map((t) => t.value);
-  return records
-    ? { records, meanChars: total / records, maxChars, complete, longest }
-    : undefined;
+  return records ? { records, meanChars: total / records, maxChars, complete, longest } : undefined;
 }
 
 /** Characters per token of a model's vocabulary: 1 for a character-level one (valley's random models). */

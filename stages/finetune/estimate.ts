@@ -119,7 +119,9 @@ export async function longestTokens(
   try {
     counter = await trainerCounter(gguf);
   } catch (e) {
-    return { reason: `its vocabulary could not be loaded (${(e as Error).message.split("\n")[0]})` };
+    return {
+      reason: `its vocabulary could not be loaded (${(e as Error).message.split("\n")[0]})`,
+    };
   }
   try {
     if (!counter.template)

@@ -35,7 +35,8 @@ export function templateOf(tmpl: string | undefined): TrainerTemplate | undefine
   if (t === "chatml") return "chatml";
   if (t === "llama3") return "llama3";
   const has = (s: string) => t.includes(s);
-  if (has("<|im_start|>")) return has("<|im_sep|>") || has("<end_of_utterance>") ? undefined : "chatml";
+  if (has("<|im_start|>"))
+    return has("<|im_sep|>") || has("<end_of_utterance>") ? undefined : "chatml";
   const earlier =
     t.startsWith("mistral") ||
     has("[INST]") ||
@@ -73,7 +74,10 @@ function render(t: TrainerTemplate, msgs: [string, string][], n: number, addAss:
         ? `<|im_start|>${role}\n${content}<|im_end|>\n`
         : `<|start_header_id|>${role}<|end_header_id|>\n\n${trimC(content)}<|eot_id|>`;
   if (addAss)
-    s += t === "chatml" ? "<|im_start|>assistant\n" : "<|start_header_id|>assistant<|end_header_id|>\n\n";
+    s +=
+      t === "chatml"
+        ? "<|im_start|>assistant\n"
+        : "<|start_header_id|>assistant<|end_header_id|>\n\n";
   return s;
 }
 
