@@ -16,7 +16,7 @@
 import { before, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { project, valley, type Result } from "./helpers/valley.js";
@@ -24,6 +24,8 @@ import { testLlama, type BuiltLlama } from "./llama-fixture.js";
 import { kv, writeGguf } from "../llama/gguf-writer.js";
 import { randomModel, resolveRandomParams } from "../llama/random-model.js";
 import { trainerCounter } from "../stages/finetune/tokens.js";
+import { dimsFromGguf } from "../llama/dims.js";
+import { shapeRecord } from "../data/estimate.js";
 
 const out = (r: Result) => r.stdout + r.stderr;
 let llama: BuiltLlama;
@@ -134,7 +136,11 @@ function trainerLongest(model: string, data: string): number {
 type Row = {
   id: string;
   cached: boolean;
-  estimate: { basis: Record<string, string>; extra?: Record<string, unknown> } | null;
+  estimate: {
+    hours: number[];
+    basis: Record<string, string>;
+    extra?: Record<string, unknown>;
+  } | null;
 };
 function tuneEstimate(): NonNullable<Row["estimate"]> {
   const r = valley(["plan", "p.yaml", "--estimate", "--json"], { cwd: dir, env });
@@ -177,6 +183,47 @@ test(
         `^768 tokens: the longest example, ${counted} tokens as valley-lora counts them \\(chatml template`,
       ),
     );
+
+    // A rate calibrated on full windows, applied to this data's shorter examples
+    // (the rest of each window padding, whose attention flash attention skips):
+    // faster by the ratio of FLOPs, said in the basis. Without the fill it
+    // was measured at, the rate is taken as it is.
+    const tinyShape = shapeRecord(await dimsFromGguf(model));
+    const calibration = (fill?: number) => {
+      mkdirSync(join(env.VALLEY_CACHE, "calibration"), { recursive: true });
+      writeFileSync(
+        join(env.VALLEY_CACHE, "calibration", "finetune.json"),
+        JSON.stringify([
+          {
+            source: "calibrate",
+            what: "train",
+            tokens_per_s: 1000,
+            window: 768,
+            threads: 1,
+            device: "cpu",
+            shape: tinyShape,
+            overhead_s: 0,
+            ...(fill ? { fill_tokens: fill } : {}),
+            at: new Date().toISOString(),
+          },
+        ]),
+      );
+      return tuneEstimate();
+    };
+    const asIs = calibration();
+    assert.match(asIs.basis.hours, /^calibrated: 1000\.0 tokens\/s on this shape/);
+    assert.doesNotMatch(asIs.basis.hours, /tokens of examples/);
+    const scaled = calibration(767);
+    const m =
+      /its windows held 767 tokens of examples, these ~(\d+) \(the rest padding, whose attention flash attention skips\): ×([\d.]+) the rate/.exec(
+        scaled.basis.hours,
+      );
+    assert.ok(m, scaled.basis.hours);
+    const faster = Number(m[2]);
+    assert.ok(Number(m[1]) < 767 && faster > 1, scaled.basis.hours);
+    const mid = (e: { hours: number[] }) => (e.hours[0] + e.hours[1]) / 2;
+    assert.ok(Math.abs(mid(asIs as never) / mid(scaled as never) / faster - 1) < 0.01);
+    rmSync(join(env.VALLEY_CACHE, "calibration"), { recursive: true, force: true });
 
     // the fine-tune itself: the trainer's window is the estimate's
     const run = valley(["run", "p.yaml"], { cwd: dir, env, timeoutMs: 8 * 60_000 });

@@ -69,6 +69,7 @@ export async function calibrateTrainer(
       contextLength: window,
       signal: ctx.signal,
     });
+    let fill: number | undefined;
     const run = async (examples: number) => {
       // chats as long as the window (character-level vocabulary: a character a token)
       const text = "x = 1\n".repeat(Math.max(1, Math.floor((window - 64) / 6)));
@@ -82,6 +83,8 @@ export async function calibrateTrainer(
       );
       const data = join(dir, "train.jsonl");
       writeFileSync(data, rows.join("\n") + "\n");
+      // what the windows hold (the rest is padding): the estimate scales to its own examples' length
+      fill = await meanInputTokens(path, rows, window);
       const summary = join(dir, `summary-${examples}.json`);
       const p = inst.params;
       mkdirSync(join(dir, `ck-${examples}`), { recursive: true });
@@ -123,7 +126,31 @@ export async function calibrateTrainer(
     // the steps' seconds separate the first step's set-up (graph building,
     // paid once per run like loading the model) from the steady window rate
     const m = trainMeasurement(second.s, dims, device, threads, second.wall, second.steps);
-    if (m) out.push({ ...m, examples: n, source: "calibrate" });
+    if (m)
+      out.push({
+        ...m,
+        examples: n,
+        source: "calibrate",
+        ...(fill !== undefined ? { fill_tokens: fill } : {}),
+      });
   }
   return out;
+}
+
+/** Mean input tokens (every token but the last) of chats in a window, as valley-lora counts them. */
+async function meanInputTokens(
+  model: string,
+  rows: string[],
+  window: number,
+): Promise<number | undefined> {
+  const { trainerCounter } = await import("./tokens.js");
+  const counter = await trainerCounter(model).catch(() => undefined);
+  if (!counter) return undefined;
+  try {
+    const n = rows.map((r) => counter.count(JSON.parse(r) as unknown));
+    if (n.some((x) => x === undefined)) return undefined;
+    return n.reduce<number>((a, x) => a + Math.min(window, x! - 1), 0) / n.length;
+  } finally {
+    await counter.dispose();
+  }
 }

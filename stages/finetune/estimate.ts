@@ -98,6 +98,22 @@ export function trainDevice(
 export const windowFlops = (w: number) => (d: ModelDims, m?: Measurement) =>
   trainFlopsPerToken(d, typeof m?.window === "number" ? m.window : w);
 
+/**
+ * FLOPs of one window of `w` tokens holding `l` tokens of examples, the rest
+ * padding (one sequence of its own): the dense layers on every token, and,
+ * with flash attention (whose kernels skip what the mask rules out),
+ * attention on the causal pairs within each sequence only: l² + (w−l)² of
+ * the w² pairs for one example per window. Without flash attention every
+ * pair is computed. At l = w it is w × trainFlopsPerToken(d, w).
+ */
+export function filledWindowFlops(d: ModelDims, w: number, l: number, flash: boolean): number {
+  const full = trainFlopsPerToken(d, w) * w;
+  if (!flash) return full;
+  const k = Math.min(Math.max(l, 1), w);
+  const attention = 3 * 2 * d.nLayer * d.nEmbdQ; // per causal pair, forward and backward, as trainFlopsPerToken
+  return full - attention * w * w + attention * (k * k + (w - k) * (w - k));
+}
+
 /** How many of the longest examples (by characters) are counted in the student's tokens. */
 export const EXACT_LONGEST = 8;
 
@@ -263,11 +279,25 @@ export async function estimateFinetune(ctx: EstimateContext<FinetuneParams>): Pr
         prefer: { window: w },
       });
     const rates = [at(windows[0]), at(windows[1])];
+    // A rate measured on windows filled to another length (calibrate's chats fill
+    // theirs): scaled by the FLOPs of this fine-tune's windows, whose examples
+    // (mean length) leave the rest padding. A record without its fill: as measured.
+    const flash = flashAttentionAuto(device !== "cpu", dims);
+    const fills: number[] = [];
     const ends = rates.map((rate, i) => {
       let tps: Range;
       let overhead: Range = [0, 0];
       if (rate) {
         tps = rate.tokensPerS;
+        const ref = rate.measurement?.fill_tokens;
+        const w = windows[i];
+        if (typeof ref === "number" && ref > 0 && perExample && !p.packing) {
+          const f =
+            filledWindowFlops(dims, w, Math.min(w, perExample[i] - 1), flash) /
+            filledWindowFlops(dims, w, Math.min(w, ref), flash);
+          tps = [tps[0] / f, tps[1] / f];
+          fills[i] = f;
+        }
         const o = rate.measurement?.overhead_s;
         if (typeof o === "number") overhead = [o * 0.8, o * 1.25];
       } else {
@@ -282,7 +312,12 @@ export async function estimateFinetune(ctx: EstimateContext<FinetuneParams>): Pr
     });
     hours = [ends[0], ends[1]];
     const rate = rates[1];
-    if (rate) basis.hours = `${rate.basis}; ${windowTokens[1].toExponential(2)} window tokens`;
+    if (rate)
+      basis.hours =
+        `${rate.basis}; ${windowTokens[1].toExponential(2)} window tokens` +
+        (fills[1] !== undefined
+          ? `; its windows held ${Number(rate.measurement?.fill_tokens).toFixed(0)} tokens of examples, these ~${Math.min(window, (perExample?.[1] ?? 1) - 1).toFixed(0)} (the rest padding${flash ? ", whose attention flash attention skips" : ""}): ×${(1 / fills[1]).toPrecision(3)} the rate`
+          : "");
     else {
       const f = ASSUMED_FLOPS[device];
       const per = windowFlops(window)(dims);
