@@ -18,6 +18,8 @@ export interface Expected {
   chars?: Range;
   /** Characters of the longest record. */
   maxChars?: number;
+  /** The longest records by characters, longest first (when asked for: tracesInput's `longest`). */
+  longest?: unknown[];
   /** Words for the numbers above, carried into downstream bases. */
   basis?: string;
   /** A model output: its dimensions. */
@@ -289,14 +291,24 @@ export function fmtHours(h: number): string {
 export async function charsPerRecord(
   file: string,
   limit = 20000,
+  /** Keep this many of the longest records by characters (longest first). */
+  keepLongest = 0,
 ): Promise<
-  { records: number; meanChars: number; maxChars: number; complete: boolean } | undefined
+  | {
+      records: number;
+      meanChars: number;
+      maxChars: number;
+      complete: boolean;
+      longest: unknown[];
+    }
+  | undefined
 > {
   const { readJsonl } = await import("./jsonl.js");
   let records = 0;
   let total = 0;
   let maxChars = 0;
   let complete = true;
+  const top: { c: number; value: unknown }[] = [];
   for await (const { value } of readJsonl<{
     messages?: { content: string }[];
     text?: string;
@@ -311,8 +323,14 @@ export async function charsPerRecord(
       (value.text?.length ?? 0);
     total += c;
     maxChars = Math.max(maxChars, c);
+    if (keepLongest > 0 && (top.length < keepLongest || c > top[top.length - 1].c)) {
+      top.push({ c, value });
+      top.sort((a, b) => b.c - a.c);
+      if (top.length > keepLongest) top.pop();
+    }
   }
-  return records ? { records, meanChars: total / records, maxChars, complete } : undefined;
+  const longest = top.map((t) => t.value);
+  return records ? { records, meanChars: total / records, maxChars, complete, longest } : undefined;
 }
 
 /** Characters per token of a model's vocabulary: 1 for a character-level one (valley's random models). */
@@ -365,6 +383,8 @@ export async function tracesInput(
   input: StageInput | undefined,
   expected: Record<string, unknown> | Record<string, unknown>[] | undefined,
   file = "traces.jsonl",
+  /** Also keep this many of the longest records by characters (`Expected.longest`). */
+  longest = 0,
 ): Promise<Expected | undefined> {
   const dir = inputPath(input);
   if (dir) {
@@ -372,12 +392,13 @@ export async function tracesInput(
     const { join } = await import("node:path");
     const f = join(dir, file);
     if (!existsSync(f)) return undefined;
-    const m = await charsPerRecord(f);
+    const m = await charsPerRecord(f, 20000, longest);
     if (!m) return { records: [0, 0], basis: `measured: ${f} is empty` };
     return {
       records: m.complete ? [m.records, m.records] : [m.records, Infinity],
       chars: [m.meanChars, m.meanChars],
       maxChars: m.maxChars,
+      longest: longest > 0 ? m.longest : undefined,
       basis: `measured: mean ${m.meanChars.toFixed(0)} characters per record over ${m.complete ? "all" : "the first"} ${m.records} records of ${file}`,
     };
   }

@@ -316,6 +316,12 @@ export interface CalibrateContext<P> {
   /** Seconds the kind may spend (on the CPU, the whole calibration stays under a minute). */
   budgetSeconds: number;
   gpu: boolean;
+  /**
+   * Says that a measurement (`what`: "grade", "train", …) was not made, and
+   * why; `valley calibrate` prints it (and lists it under `skipped` with
+   * --json), so that a calibration that leaves a number to assumption says so.
+   */
+  skip(what: string, why: string): void;
 }
 
 /**

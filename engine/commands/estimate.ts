@@ -426,13 +426,25 @@ export async function calibratePipeline(
   pl: Pipeline,
   engine: Engine,
   opts: { gpu: boolean; budgetSeconds: number; out: (s: string) => void },
-): Promise<{ kind: string; measured: Measurement[]; error?: string }[]> {
+): Promise<
+  {
+    kind: string;
+    measured: Measurement[];
+    skipped?: { what: string; why: string }[];
+    error?: string;
+  }[]
+> {
   // Estimate first: a calibration benchmarks the shapes that the estimates
   // would need, and a model not made yet (merged, quantized) has its shape
   // only in its producer's estimate.
   const { contexts } = await walk(pl, engine, { executor: "local", call: true });
   const kinds = [...pl.kinds.values()].filter((k) => k.impl.calibrate);
-  const out: { kind: string; measured: Measurement[]; error?: string }[] = [];
+  const out: {
+    kind: string;
+    measured: Measurement[];
+    skipped?: { what: string; why: string }[];
+    error?: string;
+  }[] = [];
   // Loaded here, not at the top: `run` imports this module, and a no-op run logs nothing.
   const { pino } = await import("pino");
   const log = pino({ level: process.env.VALLEY_LOG_LEVEL ?? "warn" }, pino.destination(2));
@@ -458,6 +470,7 @@ export async function calibratePipeline(
         }
       }
       const t0 = Date.now();
+      const skipped: { what: string; why: string }[] = [];
       try {
         const measured = await k.impl.calibrate!({
           instances,
@@ -467,6 +480,7 @@ export async function calibratePipeline(
           signal: ac.signal,
           budgetSeconds: opts.budgetSeconds / kinds.length,
           gpu: opts.gpu,
+          skip: (what, why) => skipped.push({ what, why }),
         });
         const at = new Date().toISOString();
         const stamped: Measurement[] = measured.map((m) => ({ source: "calibrate", ...m, at }));
@@ -485,9 +499,10 @@ export async function calibratePipeline(
                   (m.shape ? ` (${m.shape.nLayer} layers × ${m.shape.nEmbd})` : ""),
               )
               .join("\n") +
-            "\n",
+            "\n" +
+            skipped.map((x) => `  ${x.what}: not calibrated: ${x.why}\n`).join(""),
         );
-        out.push({ kind: k.name, measured: stamped });
+        out.push({ kind: k.name, measured: stamped, ...(skipped.length ? { skipped } : {}) });
       } catch (e) {
         opts.out(`${k.name}: not calibrated: ${(e as Error).message}\n`);
         out.push({ kind: k.name, measured: [], error: (e as Error).message });

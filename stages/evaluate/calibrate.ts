@@ -181,11 +181,27 @@ export async function calibrateServer(
 async function calibrateGrading(
   ctx: CalibrateContext<EvaluateParams>,
 ): Promise<Measurement | undefined> {
+  if (ctx.signal.aborted) return undefined;
+  // the sandbox runs the instance's own problems' tests: they must exist (the
+  // problems stage cached under the key this pipeline gives it now)
   const inst = ctx.instances.find((i) => i.inputs.problems);
-  if (!inst || ctx.signal.aborted) return undefined;
+  if (!inst) {
+    ctx.skip(
+      "grade",
+      "no evaluate instance has its problems yet (their producer has no result in this cache: " +
+        "run it first, e.g. valley run --only <its stage>); estimates assume the grading time",
+    );
+    return undefined;
+  }
   const p: EvaluateParams = inst.params;
   const problems = await instanceProblems(inst, p);
-  if (!problems) return undefined;
+  if (!problems?.length) {
+    ctx.skip(
+      "grade",
+      `${inst.instanceId}: ${problems ? `no problem in split ${JSON.stringify(p.split)}` : "its problems input has no problems.jsonl"}; estimates assume the grading time`,
+    );
+    return undefined;
+  }
   const { gradeAnswers } = await import("./grading.js");
   const { gradeOptionsFrom } = await import("../../grader/grade.js");
   const n = Math.min(problems.length, 4 * Math.max(1, p.jobs));

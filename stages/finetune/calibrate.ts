@@ -12,7 +12,13 @@ import { modelInput, shapeRecord, tracesInput } from "../../data/estimate.js";
 import { llamaEnv, envStrings, resolveLlama } from "../../llama/toolchain.js";
 import { runCommand } from "../../engine/process.js";
 import { benchmarkModel } from "../../llama/calibration.js";
-import { plannedWindows, trainDevice, trainMeasurement } from "./estimate.js";
+import {
+  EXACT_LONGEST,
+  studentGguf,
+  trainDevice,
+  trainMeasurement,
+  windowsOf,
+} from "./estimate.js";
 import type { FinetuneParams } from "./index.js";
 
 export async function calibrateTrainer(
@@ -28,12 +34,18 @@ export async function calibrateTrainer(
     if (p.method !== "lora") continue;
     const dims = await modelInput(inst.inputs.from, inst.expected.from);
     if (!dims) continue;
-    const data = await tracesInput(inst.inputs.data, inst.expected.data, "train.jsonl");
+    const data = await tracesInput(
+      inst.inputs.data,
+      inst.expected.data,
+      "train.jsonl",
+      EXACT_LONGEST,
+    );
     const device = ctx.gpu ? "gpu" : "cpu";
     if (device === "gpu" && trainDevice(p, 1, undefined) === "cpu") continue;
     const threads = p.threads > 0 ? p.threads : Math.max(1, inst.resources.cpu);
-    // both candidate windows when the longest example is near a multiple of 256
-    for (const w of new Set(plannedWindows(p, data, dims))) {
+    // the window the estimate will use (both candidates when guessed near a multiple of 256)
+    const { windows } = await windowsOf(p, data, dims, studentGguf(inst.inputs.from));
+    for (const w of new Set(windows)) {
       const window = Math.min(w, device === "cpu" ? 2048 : 8192);
       const k = JSON.stringify([shapeRecord(dims), window, threads, device]);
       if (!plans.has(k)) plans.set(k, { inst, window, threads, device });
@@ -57,6 +69,7 @@ export async function calibrateTrainer(
       contextLength: window,
       signal: ctx.signal,
     });
+    let fill: number | undefined;
     const run = async (examples: number) => {
       // chats as long as the window (character-level vocabulary: a character a token)
       const text = "x = 1\n".repeat(Math.max(1, Math.floor((window - 64) / 6)));
@@ -70,6 +83,8 @@ export async function calibrateTrainer(
       );
       const data = join(dir, "train.jsonl");
       writeFileSync(data, rows.join("\n") + "\n");
+      // what the windows hold (the rest is padding): the estimate scales to its own examples' length
+      fill = await meanInputTokens(path, rows, window);
       const summary = join(dir, `summary-${examples}.json`);
       const p = inst.params;
       mkdirSync(join(dir, `ck-${examples}`), { recursive: true });
@@ -111,7 +126,31 @@ export async function calibrateTrainer(
     // the steps' seconds separate the first step's set-up (graph building,
     // paid once per run like loading the model) from the steady window rate
     const m = trainMeasurement(second.s, dims, device, threads, second.wall, second.steps);
-    if (m) out.push({ ...m, examples: n, source: "calibrate" });
+    if (m)
+      out.push({
+        ...m,
+        examples: n,
+        source: "calibrate",
+        ...(fill !== undefined ? { fill_tokens: fill } : {}),
+      });
   }
   return out;
+}
+
+/** Mean input tokens (every token but the last) of chats in a window, as valley-lora counts them. */
+async function meanInputTokens(
+  model: string,
+  rows: string[],
+  window: number,
+): Promise<number | undefined> {
+  const { trainerCounter } = await import("./tokens.js");
+  const counter = await trainerCounter(model).catch(() => undefined);
+  if (!counter) return undefined;
+  try {
+    const n = rows.map((r) => counter.count(JSON.parse(r) as unknown));
+    if (n.some((x) => x === undefined)) return undefined;
+    return n.reduce<number>((a, x) => a + Math.min(window, x! - 1), 0) / n.length;
+  } finally {
+    await counter.dispose();
+  }
 }

@@ -6,7 +6,7 @@
  * memory from the trainer's memory model (memory.ts) against the memory the
  * instance may use.
  */
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Estimate, EstimateContext, Measurement, Range } from "../../engine/stage-api.js";
 import {
@@ -18,6 +18,7 @@ import {
   shapeRecord,
   tracesInput,
   trainFlopsPerToken,
+  type Expected,
   type ModelDims,
 } from "../../data/estimate.js";
 import { estimateMemory, flashAttentionAuto, windowFor, type ModelShape } from "./memory.js";
@@ -67,6 +68,12 @@ export function shapeOf(d: ModelDims): ModelShape {
   };
 }
 
+/** The student's GGUF when its artifact exists. */
+export function studentGguf(input: Parameters<typeof inputPath>[0]): string | undefined {
+  const dir = inputPath(input);
+  return dir ? join(dir, "model.gguf") : undefined;
+}
+
 /** Where the trainer runs: the CPU for device: cpu, a CPU build, or no GPU reserved. */
 export function trainDevice(
   p: FinetuneParams,
@@ -92,18 +99,84 @@ export const windowFlops = (w: number) => (d: ModelDims, m?: Measurement) =>
   trainFlopsPerToken(d, typeof m?.window === "number" ? m.window : w);
 
 /**
+ * FLOPs of one window of `w` tokens holding `l` tokens of examples, the rest
+ * padding (one sequence of its own): the dense layers on every token, and,
+ * with flash attention (whose kernels skip what the mask rules out),
+ * attention on the causal pairs within each sequence only: l² + (w−l)² of
+ * the w² pairs for one example per window. Without flash attention every
+ * pair is computed. At l = w it is w × trainFlopsPerToken(d, w).
+ */
+export function filledWindowFlops(d: ModelDims, w: number, l: number, flash: boolean): number {
+  const full = trainFlopsPerToken(d, w) * w;
+  if (!flash) return full;
+  const k = Math.min(Math.max(l, 1), w);
+  const attention = 3 * 2 * d.nLayer * d.nEmbdQ; // per causal pair, forward and backward, as trainFlopsPerToken
+  return full - attention * w * w + attention * (k * k + (w - k) * (w - k));
+}
+
+/** How many of the longest examples (by characters) are counted in the student's tokens. */
+export const EXACT_LONGEST = 8;
+
+/**
+ * The longest example valley-lora will keep, in its own tokens: the
+ * EXACT_LONGEST longest examples by characters counted as the trainer counts
+ * them (tokens.ts), cut to maxSeqLen (overlong: truncate) or left out
+ * (overlong: drop). A reason instead when it cannot be counted.
+ */
+export async function longestTokens(
+  p: FinetuneParams,
+  data: { longest?: unknown[] } | undefined,
+  gguf: string | undefined,
+): Promise<{ tokens: number; counted: number; template: string } | { reason: string }> {
+  if (!data?.longest?.length) return { reason: "the training set is not there yet" };
+  if (!gguf || !existsSync(gguf)) return { reason: "the student model is not there yet" };
+  const { trainerCounter } = await import("./tokens.js");
+  let counter: Awaited<ReturnType<typeof trainerCounter>>;
+  try {
+    counter = await trainerCounter(gguf);
+  } catch (e) {
+    return {
+      reason: `its vocabulary could not be loaded (${(e as Error).message.split("\n")[0]})`,
+    };
+  }
+  try {
+    if (!counter.template)
+      return { reason: "the student's chat template is not one counted here (chatml, llama3)" };
+    let longest = 0;
+    let counted = 0;
+    for (const row of data.longest) {
+      const n = counter.count(row);
+      if (n === undefined) continue; // the trainer refuses it: the run fails anyway
+      counted++;
+      if (n > p.maxSeqLen && p.overlong === "drop") continue;
+      longest = Math.max(longest, Math.min(n, p.maxSeqLen));
+    }
+    if (!counted) return { reason: "none of the longest examples is one the trainer takes" };
+    // every counted example dropped: the kept ones are at most maxSeqLen
+    if (longest === 0) longest = p.maxSeqLen;
+    return { tokens: longest, counted, template: counter.template };
+  } finally {
+    await counter.dispose();
+  }
+}
+
+/**
  * The windows valley-lora may use, low and high: ctx, else the longest
  * example in tokens (less one: its last token is only a label) rounded up to
- * 256. The longest example's tokens are known to a few percent (single-token
- * specials such as <think>, byte-coded characters, the chat template), so an
- * example near a multiple of 256 gives two candidates.
+ * 256. `exact`: the longest example's tokens as the trainer counts them
+ * (longestTokens), which gives the window itself. Without it the longest
+ * example's tokens are guessed from its characters, known to a few percent
+ * (single-token specials such as <think>, byte-coded characters, the chat
+ * template), so an example near a multiple of 256 gives two candidates.
  */
 export function plannedWindows(
   p: FinetuneParams,
   data: { maxChars?: number } | undefined,
   dims: ModelDims | undefined,
+  exact?: number,
 ): [number, number] {
   if (p.ctx > 0) return [windowFor(p.ctx), windowFor(p.ctx)];
+  if (exact !== undefined) return [windowFor(exact - 1), windowFor(exact - 1)];
   if (!data?.maxChars) return [windowFor(p.maxSeqLen), windowFor(p.maxSeqLen)];
   const cpt = charsPerToken(dims).range;
   const cap = (t: number) => windowFor(Math.min(p.maxSeqLen, t) - 1);
@@ -113,6 +186,42 @@ export function plannedWindows(
   ];
 }
 
+/** The windows of a fine-tune and the words for them (estimate and calibrate share it). */
+export async function windowsOf(
+  p: FinetuneParams,
+  data: Expected | undefined,
+  dims: ModelDims | undefined,
+  gguf: string | undefined,
+): Promise<{ windows: [number, number]; basis: string; longestTokens?: number }> {
+  const layout = p.packing ? "examples packed" : "one example per window";
+  if (p.ctx > 0) {
+    const w = windowFor(p.ctx);
+    return { windows: [w, w], basis: `${w} tokens: ctx ${p.ctx} rounded up to 256, ${layout}` };
+  }
+  const exact = await longestTokens(p, data, gguf);
+  if ("tokens" in exact) {
+    const windows = plannedWindows(p, data, dims, exact.tokens);
+    const cut = exact.tokens >= p.maxSeqLen ? `, cut to maxSeqLen ${p.maxSeqLen}` : "";
+    return {
+      windows,
+      longestTokens: exact.tokens,
+      basis:
+        `${windows[0]} tokens: the longest example, ${exact.tokens} tokens as valley-lora counts them ` +
+        `(${exact.template} template, the student's vocabulary; the ${exact.counted} longest by characters counted${cut}), ` +
+        `less its last token, rounded up to 256, ${layout}`,
+    };
+  }
+  const windows = plannedWindows(p, data, dims);
+  const both = windows[0] === windows[1] ? `${windows[1]}` : `${windows[0]} or ${windows[1]}`;
+  const why = "reason" in exact ? `; not counted in tokens: ${exact.reason}` : "";
+  return {
+    windows,
+    basis: data?.maxChars
+      ? `${both} tokens: the longest example (${data.maxChars} characters) rounded up to 256, guessed from its characters${windows[0] === windows[1] ? "" : " (it is near a multiple of 256)"}${why}, ${layout}`
+      : `${windows[1]} tokens: maxSeqLen rounded up (the longest example is unknown), ${layout}`,
+  };
+}
+
 export async function estimateFinetune(ctx: EstimateContext<FinetuneParams>): Promise<Estimate> {
   const p = ctx.params;
   const basis: Record<string, string> = {};
@@ -120,7 +229,7 @@ export async function estimateFinetune(ctx: EstimateContext<FinetuneParams>): Pr
   basis.shape = dims
     ? `${dims.source}: ${dims.nLayer} layers × ${dims.nEmbd}, ${dims.weightType}`
     : "unknown: the base model's shape (give the model stage a shape: hint)";
-  const data = await tracesInput(ctx.inputs.data, ctx.expected.data, "train.jsonl");
+  const data = await tracesInput(ctx.inputs.data, ctx.expected.data, "train.jsonl", EXACT_LONGEST);
   const cpt = charsPerToken(dims);
   const examples = data?.records;
   if (!examples || !data?.chars) {
@@ -134,7 +243,8 @@ export async function estimateFinetune(ctx: EstimateContext<FinetuneParams>): Pr
         cut(data.chars[1] / cpt.range[0] + TEMPLATE_MID),
       ]
     : undefined;
-  const windows = plannedWindows(p, data, dims);
+  const planned = await windowsOf(p, data, dims, studentGguf(ctx.inputs.from));
+  const windows = planned.windows;
   const window = windows[1];
   const training: Range | undefined =
     examples && perExample
@@ -152,10 +262,7 @@ export async function estimateFinetune(ctx: EstimateContext<FinetuneParams>): Pr
   const windowTokens: Range | undefined = examples
     ? [tokensAt(windows[0], 0)!, tokensAt(windows[1], 1)!]
     : undefined;
-  const both = windows[0] === windows[1] ? `${window}` : `${windows[0]} or ${windows[1]}`;
-  basis.window = data?.maxChars
-    ? `${both} tokens: the longest example (${data.maxChars} characters) rounded up to 256${windows[0] === windows[1] ? "" : " (it is near a multiple of 256)"}, ${p.packing ? "examples packed" : "one example per window"}`
-    : `${window} tokens: maxSeqLen rounded up (the longest example is unknown)`;
+  basis.window = planned.basis;
 
   const device = trainDevice(p, ctx.resources.gpu, inputPath(ctx.inputs.llama));
   const threads = p.threads > 0 ? p.threads : Math.max(1, ctx.resources.cpu);
@@ -172,11 +279,25 @@ export async function estimateFinetune(ctx: EstimateContext<FinetuneParams>): Pr
         prefer: { window: w },
       });
     const rates = [at(windows[0]), at(windows[1])];
+    // A rate measured on windows filled to another length (calibrate's chats fill
+    // theirs): scaled by the FLOPs of this fine-tune's windows, whose examples
+    // (mean length) leave the rest padding. A record without its fill: as measured.
+    const flash = flashAttentionAuto(device !== "cpu", dims);
+    const fills: number[] = [];
     const ends = rates.map((rate, i) => {
       let tps: Range;
       let overhead: Range = [0, 0];
       if (rate) {
         tps = rate.tokensPerS;
+        const ref = rate.measurement?.fill_tokens;
+        const w = windows[i];
+        if (typeof ref === "number" && ref > 0 && perExample && !p.packing) {
+          const f =
+            filledWindowFlops(dims, w, Math.min(w, perExample[i] - 1), flash) /
+            filledWindowFlops(dims, w, Math.min(w, ref), flash);
+          tps = [tps[0] / f, tps[1] / f];
+          fills[i] = f;
+        }
         const o = rate.measurement?.overhead_s;
         if (typeof o === "number") overhead = [o * 0.8, o * 1.25];
       } else {
@@ -191,7 +312,12 @@ export async function estimateFinetune(ctx: EstimateContext<FinetuneParams>): Pr
     });
     hours = [ends[0], ends[1]];
     const rate = rates[1];
-    if (rate) basis.hours = `${rate.basis}; ${windowTokens[1].toExponential(2)} window tokens`;
+    if (rate)
+      basis.hours =
+        `${rate.basis}; ${windowTokens[1].toExponential(2)} window tokens` +
+        (fills[1] !== undefined
+          ? `; its windows held ${Number(rate.measurement?.fill_tokens).toFixed(0)} tokens of examples, these ~${Math.min(window, (perExample?.[1] ?? 1) - 1).toFixed(0)} (the rest padding${flash ? ", whose attention flash attention skips" : ""}): ×${(1 / fills[1]).toPrecision(3)} the rate`
+          : "");
     else {
       const f = ASSUMED_FLOPS[device];
       const per = windowFlops(window)(dims);
@@ -229,6 +355,7 @@ export async function estimateFinetune(ctx: EstimateContext<FinetuneParams>): Pr
   }
   if (windowTokens) extra.window_tokens = windowTokens;
   if (examples) extra.examples = examples;
+  if (planned.longestTokens !== undefined) extra.longest_example_tokens = planned.longestTokens;
   return {
     hours,
     device,

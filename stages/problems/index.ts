@@ -103,7 +103,11 @@ const kind: StageKind<ProblemsParams> = {
         out[p] = null; // missing or empty: the stage says so when it runs
         continue;
       }
-      for (const f of files) out[f] = tools.digestFile(f);
+      // a built-in set is named as valley names it, not by where valley is
+      // installed: the same problems get the same key from any checkout
+      for (const f of files)
+        out[params.format === "builtin" ? `builtin:${params.path ?? DEMO_PATH}` : f] =
+          tools.digestFile(f);
     }
     // The source datasets' files: a question's text and tests come from them.
     const sources: Record<string, unknown> = {};
