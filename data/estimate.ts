@@ -365,13 +365,16 @@ export async function modelInput(
 export function rewriteEstimate(d: ModelDims | undefined, out: ModelDims | undefined) {
   const bytes = d ? weightBytes(d) + (out ? weightBytes(out) : 0) : undefined;
   return {
-    // plus 0.2-5 s of starting the program and loading
-    hours: (bytes ? [(0.2 + bytes / 500e6) / 3600, (5 + bytes / 100e6) / 3600] : [0, 0.5]) as Range,
+    // plus 0.05-5 s of starting the program and loading (a small model's
+    // merge took 0.1 s in test/bench/estimate.mjs)
+    hours: (bytes
+      ? [(0.05 + bytes / 500e6) / 3600, (5 + bytes / 100e6) / 3600]
+      : [0, 0.5]) as Range,
     device: "cpu" as const,
     usd: null,
     basis: {
       hours: bytes
-        ? `assumed: ${(bytes / 1e9).toPrecision(3)} GB read and written at 100-500 MB/s, plus 0.2-5 s to start`
+        ? `assumed: ${(bytes / 1e9).toPrecision(3)} GB read and written at 100-500 MB/s, plus 0.05-5 s to start`
         : "assumed: up to half an hour (the model's size is unknown)",
     },
     output: { model: out } as Record<string, unknown>,
