@@ -2,6 +2,7 @@ import { existsSync, statSync, type BigIntStats } from "node:fs";
 import { dirname } from "node:path";
 import { writeFileAtomic } from "./atomic.js";
 import { readText } from "./read-text.js";
+import { settled } from "./stat-cache.js";
 
 /**
  * What a run needs of the action records it used (the stored result, not the
@@ -37,21 +38,15 @@ interface MemoFile<T> {
   records: Record<string, Entry<T>>;
 }
 
-const RACY_NS = 2_000_000_000n;
-
 /** The stat fields that identify a version of a file: device, inode, size, mtime and ctime (ns). */
 export function statFields(st: BigIntStats): string {
   return `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
 }
 
 /** The mtime in ns recorded in an entry's stat fields. */
-export function memoMtimeNs(st: string): bigint {
+function memoMtimeNs(st: string): bigint {
   return BigInt(st.split(":")[3]);
 }
-
-// Every change to a file or folder sets its mtime to the current tick: one
-// whose mtime is older than RACY_NS cannot change and keep its stat fields.
-export const settled = (st: BigIntStats) => BigInt(Date.now()) * 1_000_000n - st.mtimeNs >= RACY_NS;
 
 export class RecordMemo<T> {
   private memo?: { records: Record<string, Entry<T>>; trusted: boolean; dirAtLoad: string | null };

@@ -22,6 +22,14 @@ interface Entry {
 /** Younger files than this are not trusted by stat alone (coarse clocks, FAT's 2 s, NFS). */
 const RACY_NS = 2_000_000_000n;
 
+/**
+ * Whether a file or folder is old enough to be trusted by its stat fields:
+ * every change sets its mtime to the current tick, so one whose mtime is
+ * older than RACY_NS cannot change and keep them ("racily clean", git's term).
+ */
+export const settled = (st: BigIntStats): boolean =>
+  BigInt(Date.now()) * 1_000_000n - st.mtimeNs >= RACY_NS;
+
 export class StatCache {
   private entries = new Map<string, Entry>();
   private dirty = false;
@@ -82,8 +90,7 @@ export class StatCache {
    * not kept; the next run hashes it again.
    */
   private settle(path: string, digest: Digest, st: BigIntStats): void {
-    const ageNs = BigInt(Date.now()) * 1_000_000n - st.mtimeNs;
-    if (ageNs >= RACY_NS) this.remember(path, digest, st);
+    if (settled(st)) this.remember(path, digest, st);
     else this.forget(path);
   }
 

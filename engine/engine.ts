@@ -57,6 +57,8 @@ export class Engine {
   readonly store: Store;
   readonly leases: Leases;
   private toolCache = new Map<string, ToolInfo | undefined>();
+  /** The pipeline's name as a file name: its results memo and its history. */
+  private readonly pipelineHex: string;
 
   constructor(
     readonly pipeline: Pipeline,
@@ -65,7 +67,8 @@ export class Engine {
   ) {
     this.store = new Store(cacheRoot, { create: !opts.readOnly });
     this.leases = new Leases(this.store.dir("leases"));
-    this.store.memoResults(digestHex(hashJson(pipeline.name)));
+    this.pipelineHex = digestHex(hashJson(pipeline.name));
+    this.store.memoResults(this.pipelineHex);
   }
 
   /** A tool from `tools.<name>.path` or $VALLEY_<NAME>_BIN, hashed once per run. */
@@ -200,7 +203,7 @@ export class Engine {
   private historyDirty = new Map<string, ActionKey>();
 
   private historyPath(): string {
-    return join(this.store.dir("history"), digestHex(hashJson(this.pipeline.name)) + ".json");
+    return join(this.store.dir("history"), this.pipelineHex + ".json");
   }
 
   private historyAll(): Record<string, ActionKey> {

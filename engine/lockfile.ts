@@ -6,7 +6,8 @@ import { type Digest, digestHex, sha256Bytes, type ActionKey } from "../cache/di
 import type { StoredResult } from "../cache/store.js";
 import type { Pipeline } from "./pipeline/expand.js";
 import { readText } from "../cache/read-text.js";
-import { settled, statFields } from "../cache/record-memo.js";
+import { statFields } from "../cache/record-memo.js";
+import { settled } from "../cache/stat-cache.js";
 
 /** `<pipeline>.lock`: what each instance produced, for users to commit as provenance. */
 export interface Lockfile {
@@ -49,11 +50,11 @@ interface LockState {
   st: string;
 }
 
+/** A lockfile's name in the cache: for its gc root and its lock state. */
+const lockName = (abs: string) => digestHex(sha256Bytes(abs)).slice(0, 32);
+
 const lockStatePath = (cacheRoot: string, lock: string) =>
-  join(
-    cachePath(cacheRoot, "results"),
-    `${digestHex(sha256Bytes(lock)).slice(0, 32)}.lockfile.json`,
-  );
+  join(cachePath(cacheRoot, "results"), `${lockName(lock)}.lockfile.json`);
 
 /**
  * Writes the lockfile (only if its content changed), registering it as a gc
@@ -186,7 +187,7 @@ export function roots(cacheRoot: string): string[] {
  */
 export function registerRoot(cacheRoot: string, lock: string): void {
   const abs = resolve(lock);
-  const file = join(rootsDir(cacheRoot), digestHex(sha256Bytes(abs)).slice(0, 32));
+  const file = join(rootsDir(cacheRoot), lockName(abs));
   if (existsSync(file)) return;
   mkdirSync(rootsDir(cacheRoot), { recursive: true });
   writeFileAtomic(file, abs + "\n");
