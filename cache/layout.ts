@@ -15,7 +15,7 @@ export const CACHE_LAYOUT = {
   // The engine's bookkeeping.
   history: "the last key per (pipeline, instance id), for plan --why: history/<hex>.json",
   results:
-    "per pipeline: what its last run used of each action record, with the records' stat fields, so a no-op run reads one file (cache/record-memo.ts); per lockfile: what it was last written from, so an unchanged one is not rebuilt (engine/lockfile.ts)",
+    "per pipeline: what its last run used of each action record, with the records' stat fields, so a no-op run reads one file (cache/record-memo.ts); per lockfile: what it was last written from, so an unchanged one is not rebuilt (engine/lockfile.ts); per pipeline file: its last complete run's keys and what they were computed from, so a run with nothing to do does not expand the pipeline (engine/run-memo.ts)",
   leases: "one lock file per key being computed (cache/leases.ts)",
   pins: "named roots gc keeps: pins/<name>.json",
   work: "attempts' output folders and logs until admitted; <hex>.failed.log of a failed one",

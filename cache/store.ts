@@ -555,12 +555,17 @@ export class Store {
     const entries = outputs.entries;
     if (entries) {
       const root = this.treePath(outputs.tree);
+      // Plain (float) stats: a no-op run makes one per output file, and
+      // BigInt stats cost a quarter of that. An mtime in ms as a double is
+      // exact to well under a microsecond, and a write after the record
+      // moves it by at least a clock tick (milliseconds): 1 µs of slack.
+      const recordMs = Number(mtimeNs) / 1e6 + 0.001;
       let fresh = true;
       try {
         for (const e of entries) {
           if (!isFileEntry(e)) continue;
-          const st = statSync(`${root}${sep}${e.path}`, { bigint: true });
-          if (Number(st.size) !== e.size || st.mtimeNs > mtimeNs) {
+          const st = statSync(`${root}${sep}${e.path}`, { throwIfNoEntry: false });
+          if (!st || st.size !== e.size || st.mtimeMs > recordMs) {
             fresh = false;
             break;
           }

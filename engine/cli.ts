@@ -45,9 +45,9 @@ type Command = (argv: string[]) => Promise<number>;
 
 const commands: Record<string, () => Promise<Command>> = {
   run: async () => (await import("./commands/run.js")).run,
-  plan: async () => (await import("./commands/run.js")).plan,
+  plan: async () => (await import("./commands/plan.js")).plan,
   calibrate: async () => (await import("./commands/calibrate.js")).calibrate,
-  status: async () => (await import("./commands/run.js")).status,
+  status: async () => (await import("./commands/plan.js")).status,
   show: async () => (await import("./commands/inspect.js")).show,
   logs: async () => (await import("./commands/inspect.js")).logs,
   dag: async () => (await import("./commands/inspect.js")).dag,

@@ -1,11 +1,9 @@
-import { existsSync, readFileSync, statSync } from "node:fs";
+import { existsSync, statSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { hashJson, canonicalJson, digestHex, type ActionKey } from "../cache/digest.js";
 import { Store, isComplete, type StoredResult } from "../cache/store.js";
 import type { StatCache } from "../cache/stat-cache.js";
 import { Leases } from "../cache/leases.js";
-import { writeFileAtomic } from "../cache/atomic.js";
-import { readText } from "../cache/read-text.js";
 import type { Pipeline, Instance } from "./pipeline/expand.js";
 import type {
   FingerprintTools,
@@ -16,6 +14,8 @@ import type {
 } from "./stage-api.js";
 import { computeKey, hashToolDir, keyFields, type KeyFields } from "./key.js";
 import { UsageError } from "./errors.js";
+import { KeyHistory } from "./history.js";
+import { Consulted, toolEnv } from "./run-memo.js";
 
 export const ENGINE_VERSION = "0.1.0";
 
@@ -57,8 +57,12 @@ export class Engine {
   readonly store: Store;
   readonly leases: Leases;
   private toolCache = new Map<string, ToolInfo | undefined>();
+  /** What keys were computed from besides the pipeline's text (engine/run-memo.ts). */
+  readonly consulted = new Consulted();
   /** The pipeline's name as a file name: its results memo and its history. */
-  private readonly pipelineHex: string;
+  readonly pipelineHex: string;
+  /** The last key per instance id (plan --why). */
+  private readonly keys: KeyHistory;
 
   constructor(
     readonly pipeline: Pipeline,
@@ -69,6 +73,12 @@ export class Engine {
     this.leases = new Leases(this.store.dir("leases"));
     this.pipelineHex = digestHex(hashJson(pipeline.name));
     this.store.memoResults(this.pipelineHex);
+    this.keys = new KeyHistory(this.store.dir("history"), this.pipelineHex);
+  }
+
+  /** The tools looked up so far (undefined: none configured). */
+  toolsUsed(): Map<string, ToolInfo | undefined> {
+    return this.toolCache;
   }
 
   /** A tool from `tools.<name>.path` or $VALLEY_<NAME>_BIN, hashed once per run. */
@@ -76,8 +86,8 @@ export class Engine {
     if (this.toolCache.has(name)) return this.toolCache.get(name);
     const spec =
       this.pipeline.tools[name] ??
-      (process.env[`VALLEY_${name.toUpperCase()}_BIN`]
-        ? { path: resolve(process.env[`VALLEY_${name.toUpperCase()}_BIN`] as string) }
+      (process.env[toolEnv(name)]
+        ? { path: resolve(process.env[toolEnv(name)] as string) }
         : undefined);
     let info: ToolInfo | undefined;
     if (spec) {
@@ -132,6 +142,7 @@ export class Engine {
           path: this.store.treePath(d),
         };
         keyed[name] = d;
+        this.consulted.paths.set(resolve(spec.path), d);
       } else if (spec.type === "one") {
         const a = artifact(spec.id);
         if (!a) return undefined;
@@ -154,7 +165,10 @@ export class Engine {
       if (info) tools[t] = info;
     }
     const env: Record<string, string> = {};
-    for (const name of inst.env) env[name] = process.env[name] ?? "";
+    for (const name of inst.env) {
+      env[name] = process.env[name] ?? "";
+      this.consulted.env.set(name, process.env[name] ?? null);
+    }
     const fields = keyFields({
       inst,
       impl: kind.impl,
@@ -183,8 +197,15 @@ export class Engine {
       const kind = this.pipeline.kinds.get(inst.kind);
       if (!kind?.impl.fingerprint) continue;
       const k = inst.kind + canonicalJson(inst.params);
-      if (!this.fingerprints.has(k))
-        this.fingerprints.set(k, await kind.impl.fingerprint(inst.params, tools));
+      if (!this.fingerprints.has(k)) {
+        const result = await kind.impl.fingerprint(inst.params, tools);
+        this.fingerprints.set(k, result);
+        this.consulted.hooks.set(k, {
+          kind: inst.kind,
+          params: inst.params,
+          result: canonicalJson(result),
+        });
+      }
     }
   }
 
@@ -197,52 +218,19 @@ export class Engine {
     return isComplete(rec) ? rec : undefined;
   }
 
-  // History: the last key and key fields per instance id of this pipeline,
-  // one file per pipeline (read once, written once per run), for plan --why.
-  private historyCache: Record<string, ActionKey> | undefined;
-  private historyDirty = new Map<string, ActionKey>();
-
-  private historyPath(): string {
-    return join(this.store.dir("history"), this.pipelineHex + ".json");
-  }
-
-  private historyAll(): Record<string, ActionKey> {
-    if (!this.historyCache) {
-      try {
-        this.historyCache = JSON.parse(readText(this.historyPath())) as Record<string, ActionKey>;
-      } catch {
-        this.historyCache = {};
-      }
-    }
-    return this.historyCache;
-  }
-
   history(id: string): HistoryEntry | undefined {
-    const key = this.historyAll()[id];
+    const key = this.keys.get(id);
     if (!key) return undefined;
     const fields = this.store.getAction(key)?.fields as KeyFields | undefined;
     return { key, fields };
   }
 
   remember(id: string, key: ActionKey): void {
-    if (this.historyAll()[id] === key) return;
-    this.historyAll()[id] = key;
-    this.historyDirty.set(id, key);
+    this.keys.remember(id, key);
   }
 
-  /** Writes remembered keys, merging with what a concurrent run wrote meanwhile. */
   saveHistory(): void {
-    if (this.historyDirty.size === 0 || !existsSync(this.store.dir("history"))) return;
-    let onDisk: Record<string, ActionKey> = {};
-    try {
-      onDisk = JSON.parse(readFileSync(this.historyPath(), "utf8")) as Record<string, ActionKey>;
-    } catch {
-      // first write
-    }
-    for (const [id, e] of this.historyDirty) onDisk[id] = e;
-    writeFileAtomic(this.historyPath(), JSON.stringify(onDisk));
-    this.historyCache = onDisk;
-    this.historyDirty.clear();
+    this.keys.save();
   }
 
   /** Path of the log kept for the last failed attempt of a key. */

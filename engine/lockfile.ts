@@ -50,6 +50,13 @@ interface LockState {
   st: string;
 }
 
+/** What a lockfile is written about: a pipeline, or the instances a run memo lists (engine/run-memo.ts). */
+export interface LockSource {
+  file: Pipeline["file"];
+  name: Pipeline["name"];
+  instances: readonly { id: string; stage: string; kind: string }[];
+}
+
 /** A lockfile's name in the cache: for its gc root and its lock state. */
 const lockName = (abs: string) => digestHex(sha256Bytes(abs)).slice(0, 32);
 
@@ -68,7 +75,7 @@ const lockStatePath = (cacheRoot: string, lock: string) =>
  * no-op run of 2,001 instances, so it is skipped.
  */
 export function writeLockfile(
-  pl: Pipeline,
+  pl: LockSource,
   results: Map<string, StoredResult>,
   cacheRoot: string,
   unchangedSince?: string,

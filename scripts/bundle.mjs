@@ -14,7 +14,7 @@
 //   BadStageInput` in the engine would miss the class a stage throws;
 // - modules that locate files beside themselves, and what they reach.
 import { build } from "esbuild";
-import { readdirSync, readFileSync, existsSync, rmSync, chmodSync } from "node:fs";
+import { readdirSync, readFileSync, existsSync, rmSync, chmodSync, writeFileSync } from "node:fs";
 import { dirname, join, relative, resolve, sep } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -87,3 +87,30 @@ await build({
   ],
 });
 chmodSync(join(OUT, "valley.js"), 0o755);
+
+// The build id: a digest of everything valley's keys are computed with (the
+// compiled modules, the schemas and their defaults). The run memo
+// (engine/run-memo.ts) trusts a remembered run only under the same id, so a
+// new build never serves keys an old one computed.
+const { createHash } = await import("node:crypto");
+const id = createHash("sha256");
+const hashTree = (dir, skip = []) => {
+  for (const e of readdirSync(dir, { withFileTypes: true }).sort((a, b) =>
+    a.name < b.name ? -1 : a.name > b.name ? 1 : 0,
+  )) {
+    const p = join(dir, e.name);
+    if (e.isDirectory()) {
+      if (!skip.includes(e.name)) hashTree(p, skip);
+    } else if (/\.(js|json|cjs|mjs)$/.test(e.name)) {
+      id.update(relative(ROOT, p)).update("\0").update(readFileSync(p)).update("\0");
+    }
+  }
+};
+hashTree(DIST, ["test", ".schema-cache", ".bundle-probe"]);
+hashTree(join(ROOT, "schemas"));
+for (const k of readdirSync(join(ROOT, "stages")).sort()) {
+  const f = join(ROOT, "stages", k, "schema.json");
+  if (existsSync(f)) id.update(relative(ROOT, f)).update("\0").update(readFileSync(f)).update("\0");
+}
+id.update(readFileSync(join(ROOT, "package.json")));
+writeFileSync(join(OUT, "build-id"), id.digest("hex") + "\n");

@@ -2,7 +2,7 @@ import { existsSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import { UsageError } from "../errors.js";
-import { loadPipeline, type Pipeline } from "../pipeline/expand.js";
+import type { Pipeline } from "../pipeline/expand.js";
 import { yaml } from "../pipeline/source.js";
 import { PACKAGE_ROOT } from "../root.js";
 import { Engine, cacheRootFor } from "../engine.js";
@@ -53,6 +53,8 @@ export async function openPipeline(
   opts: { readOnly?: boolean } = {},
 ): Promise<{ pl: Pipeline; engine: Engine }> {
   const path = pipelineFile(file);
+  // Loaded here, not with this module: `run` with nothing to do never expands a pipeline.
+  const { loadPipeline } = await import("../pipeline/expand.js");
   const pl = await loadPipeline(path, {
     params: paramOverrides(params),
     // Parsed pipelines are remembered in the cache (see Source); reading costs nothing if absent.
