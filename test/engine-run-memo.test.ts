@@ -9,7 +9,7 @@ import {
   unlinkSync,
   existsSync,
 } from "node:fs";
-import { join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import { valley, project } from "./helpers/valley.js";
 import { PACKAGE_ROOT } from "../engine/root.js";
 
@@ -91,6 +91,13 @@ test("a run with nothing changed is found so from the run memo, writes nothing n
     readdirSync(join(dir, ".valley", "results")).filter((f) => f.endsWith(".run.json")).length,
     1,
   );
+  // Started from another folder: relative paths still mean beside the pipeline.
+  const up = valley(["run", join(basename(dir), "p.yaml"), "--json"], {
+    cwd: dirname(dir),
+    env: { MODE: "a" },
+  });
+  assert.equal(up.code, 0, up.stderr);
+  assert.deepEqual(counts(JSON.parse(up.stdout) as RunOut), { executed: 0, cached: 8, fast: true });
   // Human output says why nothing ran.
   const r = valley(["run", "p.yaml"], { cwd: dir, env: { MODE: "a" } });
   assert.equal(r.code, 0);

@@ -103,6 +103,9 @@ async function runUnchanged(values: RunValues, positionals: string[]): Promise<n
   const root = cacheRootFor(dirname(file));
   if (!existsSync(cachePath(root, "results"))) return undefined;
   const overrides = paramOverrides(values.param);
+  // Relative paths in params mean "beside the pipeline file" (as openPipeline
+  // has it): the kinds' fingerprint hooks run again from there.
+  process.chdir(dirname(file));
   const t0 = Date.now();
   const cacheLock = await enterCache(root, "run", { onWait: waitingForGc("run") });
   try {
