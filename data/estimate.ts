@@ -365,16 +365,16 @@ export async function modelInput(
 export function rewriteEstimate(d: ModelDims | undefined, out: ModelDims | undefined) {
   const bytes = d ? weightBytes(d) + (out ? weightBytes(out) : 0) : undefined;
   return {
-    // plus 0.05-5 s of starting the program and loading (a small model's
-    // merge took 0.1 s in test/bench/estimate.mjs)
+    // plus 0.02-5 s of starting the program and loading (a small model's
+    // merge took 0.1 s in test/bench/estimate.mjs, its quantization 0.05 s)
     hours: (bytes
-      ? [(0.05 + bytes / 500e6) / 3600, (5 + bytes / 100e6) / 3600]
+      ? [(0.02 + bytes / 500e6) / 3600, (5 + bytes / 100e6) / 3600]
       : [0, 0.5]) as Range,
     device: "cpu" as const,
     usd: null,
     basis: {
       hours: bytes
-        ? `assumed: ${(bytes / 1e9).toPrecision(3)} GB read and written at 100-500 MB/s, plus 0.05-5 s to start`
+        ? `assumed: ${(bytes / 1e9).toPrecision(3)} GB read and written at 100-500 MB/s, plus 0.02-5 s to start`
         : "assumed: up to half an hour (the model's size is unknown)",
     },
     output: { model: out } as Record<string, unknown>,

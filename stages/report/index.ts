@@ -62,10 +62,11 @@ const report: StageKind<ReportParams> = {
   // tables and plots from the inputs' metrics (samples files, a few MB): seconds,
   // plus the PNG renderer's start; nothing here scales with a model
   estimate: () => ({
-    hours: [1 / 3600, 60 / 3600],
+    // the demo's report took 0.8 s (test/bench/estimate.mjs, 2026-12-03)
+    hours: [0.5 / 3600, 60 / 3600],
     device: "cpu",
     usd: null,
-    basis: { hours: "assumed: 1-60 s (tables and plots from the inputs' metrics and samples)" },
+    basis: { hours: "assumed: 0.5-60 s (tables and plots from the inputs' metrics and samples)" },
     output: {},
   }),
   async run(ctx) {
