@@ -98,6 +98,18 @@ test("a run with nothing changed is found so from the run memo, writes nothing n
   });
   assert.equal(up.code, 0, up.stderr);
   assert.deepEqual(counts(JSON.parse(up.stdout) as RunOut), { executed: 0, cached: 8, fast: true });
+  // and when the check fails there, the full path still finds the file it was given
+  writeFileSync(join(dir, "p.yaml"), readFileSync(join(dir, "p.yaml"), "utf8") + "# edited\n");
+  const up2 = valley(["run", join(basename(dir), "p.yaml"), "--json"], {
+    cwd: dirname(dir),
+    env: { MODE: "a" },
+  });
+  assert.equal(up2.code, 0, up2.stderr);
+  assert.deepEqual(counts(JSON.parse(up2.stdout) as RunOut), {
+    executed: 0,
+    cached: 8,
+    fast: false,
+  });
   // Human output says why nothing ran.
   const r = valley(["run", "p.yaml"], { cwd: dir, env: { MODE: "a" } });
   assert.equal(r.code, 0);

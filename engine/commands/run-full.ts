@@ -19,9 +19,11 @@ import { printSummary } from "./run-summary.js";
 export async function runFull(
   values: RunValues,
   positionals: string[],
+  /** The pipeline file, absolute. */
+  file: string,
   budgets: { usd?: number; gpuHours?: number },
 ): Promise<number> {
-  const { pl, engine } = await openPipeline(values.file ?? positionals[0], values.param);
+  const { pl, engine } = await openPipeline(file, values.param);
   if (budgets.usd !== undefined || budgets.gpuHours !== undefined) {
     const refused = await refuseOverBudget(values, pl, engine, budgets);
     if (refused !== undefined) return refused;

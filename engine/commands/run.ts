@@ -83,11 +83,13 @@ export async function run(argv: string[]): Promise<number> {
     !values.pull &&
     values.remote === undefined &&
     (values.executor === undefined || values.executor === "local" || values.executor === "slurm");
+  // Absolute: the up-to-date check moves to the pipeline's folder, as the full path does.
+  const file = resolve(pipelineFile(values.file ?? positionals[0]));
   if (plain) {
-    const done = await runUnchanged(values, positionals);
+    const done = await runUnchanged(values, positionals, file);
     if (done !== undefined) return done;
   }
-  return (await import("./run-full.js")).runFull(values, positionals, budgets);
+  return (await import("./run-full.js")).runFull(values, positionals, file, budgets);
 }
 
 export type RunValues = ReturnType<typeof parseRun>["values"];
@@ -98,8 +100,11 @@ export type RunValues = ReturnType<typeof parseRun>["values"];
  * (engine/run-memo.ts). Does what the full path does for such a run (gc
  * root, memos, lockfile, summary); undefined: take the full path.
  */
-async function runUnchanged(values: RunValues, positionals: string[]): Promise<number | undefined> {
-  const file = resolve(pipelineFile(values.file ?? positionals[0]));
+async function runUnchanged(
+  values: RunValues,
+  positionals: string[],
+  file: string,
+): Promise<number | undefined> {
   const root = cacheRootFor(dirname(file));
   if (!existsSync(cachePath(root, "results"))) return undefined;
   const overrides = paramOverrides(values.param);
