@@ -60,7 +60,7 @@ export class Engine {
   /** What keys were computed from besides the pipeline's text (engine/run-memo.ts). */
   readonly consulted = new Consulted();
   /** The pipeline's name as a file name: its results memo and its history. */
-  readonly pipelineHex: string;
+  private readonly pipelineHex: string;
   /** The last key per instance id (plan --why). */
   private readonly keys: KeyHistory;
 

@@ -158,7 +158,18 @@ export interface Unchanged {
  * full path). `store` must have its results memo opened under the
  * pipeline's name, which the memo names: `openStore` does that.
  */
-export async function unchangedRun(a: {
+export async function unchangedRun(
+  a: UnchangedQuery,
+): Promise<{ run: Unchanged; store: Store } | undefined> {
+  try {
+    return await check(a);
+  } catch {
+    // a memo of another shape (hand-edited, a newer valley's): only a speed-up
+    return undefined;
+  }
+}
+
+interface UnchangedQuery {
   cacheRoot: string;
   file: string;
   overrides: Record<string, unknown>;
@@ -169,7 +180,9 @@ export async function unchangedRun(a: {
     params: Record<string, unknown>,
     store: Store,
   ) => Promise<Record<string, unknown> | undefined>;
-}): Promise<{ run: Unchanged; store: Store } | undefined> {
+}
+
+async function check(a: UnchangedQuery): Promise<{ run: Unchanged; store: Store } | undefined> {
   let memo: RunMemoFile;
   try {
     memo = JSON.parse(readText(memoPath(a.cacheRoot, a.file))) as RunMemoFile;
@@ -191,9 +204,12 @@ export async function unchangedRun(a: {
   const store = a.openStore(memo.name);
   for (const t of Object.values(memo.tools)) {
     if (!t) continue;
-    if (!existsSync(t.bin)) return undefined;
-    const dirs = [t.bin, ...(t.lib ? [t.lib] : [])];
-    if (hashToolDir(dirs, store.stat) !== t.digest) return undefined;
+    try {
+      const dirs = [t.bin, ...(t.lib ? [t.lib] : [])];
+      if (!existsSync(t.bin) || hashToolDir(dirs, store.stat) !== t.digest) return undefined;
+    } catch {
+      return undefined;
+    }
   }
   for (const [path, digest] of Object.entries(memo.paths)) {
     try {
@@ -203,7 +219,12 @@ export async function unchangedRun(a: {
     }
   }
   for (const h of memo.hooks) {
-    const got = await a.fingerprint(h.kind, h.params, store);
+    let got: Record<string, unknown> | undefined;
+    try {
+      got = await a.fingerprint(h.kind, h.params, store);
+    } catch {
+      return undefined; // the full path runs the hook again and reports what it throws
+    }
     if (!got || canonicalJson(got) !== h.result) return undefined;
   }
   const results = new Map<string, StoredResult>();
