@@ -6,7 +6,7 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { PACKAGE_ROOT } from "../engine/root.js";
@@ -247,6 +247,11 @@ test("run budgets: over --max-usd or --max-gpu-hours, or no price for --max-usd,
     assert.equal(unpriced.code, 2, out(unpriced));
     assert.match(unpriced.stderr, /no price .*give them a price/);
     assert.equal(server.received, 0, "a refused run sent requests");
+    // and wrote nothing: no cache folder, no lockfile
+    assert.deepEqual(
+      readdirSync(dir).filter((f) => f === ".valley" || f.endsWith(".lock")),
+      [],
+    );
     // within budget: it runs (the teacher's requests need no GPU)
     const ok = await valleyChild(
       ["run", "priced.yaml", "--max-usd", "100", "--max-gpu-hours", "0"],

@@ -9,7 +9,7 @@ import { runJob, slurmExecutor } from "../executors/slurm.js";
 import { openPipeline, paramOverrides, waitingForGc } from "./common.js";
 import { UsageError } from "../errors.js";
 import { stderrTail } from "../process.js";
-import type { Engine } from "../engine.js";
+import { Engine } from "../engine.js";
 import { saveRunMemo, type MemoInstance } from "../run-memo.js";
 import type { Pipeline } from "../pipeline/expand.js";
 import type { RunValues } from "./run.js";
@@ -23,10 +23,16 @@ export async function runFull(
   file: string,
   budgets: { usd?: number; gpuHours?: number },
 ): Promise<number> {
-  const { pl, engine } = await openPipeline(file, values.param);
-  if (budgets.usd !== undefined || budgets.gpuHours !== undefined) {
+  const budgeted = budgets.usd !== undefined || budgets.gpuHours !== undefined;
+  // Under a budget the estimate comes first, from a cache opened read-only: a
+  // refused run leaves no trace (not even an empty cache folder).
+  const opened = await openPipeline(file, values.param, { readOnly: budgeted });
+  const pl = opened.pl;
+  let engine = opened.engine;
+  if (budgeted) {
     const refused = await refuseOverBudget(values, pl, engine, budgets);
     if (refused !== undefined) return refused;
+    engine = new Engine(pl);
   }
   // The cache's lock for the whole run (a gc in progress finishes first), and
   // the lockfile a root before anything is computed: whatever this run
