@@ -164,7 +164,7 @@ export async function unchangedRun(
   try {
     return await check(a);
   } catch {
-    // a memo of another shape (hand-edited, a newer valley's): only a speed-up
+    // no memo, one of another shape, a path gone, a hook that throws: only a speed-up
     return undefined;
   }
 }
@@ -182,13 +182,9 @@ interface UnchangedQuery {
   ) => Promise<Record<string, unknown> | undefined>;
 }
 
+/** Throws on whatever it cannot read or run: `unchangedRun` takes that as "take the full path". */
 async function check(a: UnchangedQuery): Promise<{ run: Unchanged; store: Store } | undefined> {
-  let memo: RunMemoFile;
-  try {
-    memo = JSON.parse(readText(memoPath(a.cacheRoot, a.file))) as RunMemoFile;
-  } catch {
-    return undefined;
-  }
+  const memo = JSON.parse(readText(memoPath(a.cacheRoot, a.file))) as RunMemoFile;
   const build = currentBuild();
   if (
     memo.v !== 1 ||
@@ -204,27 +200,14 @@ async function check(a: UnchangedQuery): Promise<{ run: Unchanged; store: Store 
   const store = a.openStore(memo.name);
   for (const t of Object.values(memo.tools)) {
     if (!t) continue;
-    try {
-      const dirs = [t.bin, ...(t.lib ? [t.lib] : [])];
-      if (!existsSync(t.bin) || hashToolDir(dirs, store.stat) !== t.digest) return undefined;
-    } catch {
-      return undefined;
-    }
+    const dirs = [t.bin, ...(t.lib ? [t.lib] : [])];
+    if (!existsSync(t.bin) || hashToolDir(dirs, store.stat) !== t.digest) return undefined;
   }
-  for (const [path, digest] of Object.entries(memo.paths)) {
-    try {
-      if ((await store.pathDigest(path)) !== digest) return undefined;
-    } catch {
-      return undefined;
-    }
-  }
+  for (const [path, digest] of Object.entries(memo.paths))
+    if ((await store.pathDigest(path)) !== digest) return undefined;
+  // A hook that throws now is reported by the full path, which runs it again.
   for (const h of memo.hooks) {
-    let got: Record<string, unknown> | undefined;
-    try {
-      got = await a.fingerprint(h.kind, h.params, store);
-    } catch {
-      return undefined; // the full path runs the hook again and reports what it throws
-    }
+    const got = await a.fingerprint(h.kind, h.params, store);
     if (!got || canonicalJson(got) !== h.result) return undefined;
   }
   const results = new Map<string, StoredResult>();
