@@ -106,6 +106,8 @@ export interface MemoInstance {
 export function saveRunMemo(a: {
   cacheRoot: string;
   file: string;
+  /** The digest of the text the run's keys came from: an edit during the run is not theirs. */
+  text: Digest;
   overrides: Record<string, unknown>;
   name: string;
   consulted: Consulted;
@@ -113,8 +115,7 @@ export function saveRunMemo(a: {
   instances: MemoInstance[];
 }): void {
   const build = currentBuild();
-  const text = textDigest(a.file);
-  if (!build || !text) return;
+  if (!build) return;
   const env: Record<string, string | null> = Object.fromEntries(a.consulted.env);
   const tools: RunMemoFile["tools"] = {};
   for (const [name, info] of a.tools) {
@@ -125,7 +126,7 @@ export function saveRunMemo(a: {
     v: 1,
     build,
     file: a.file,
-    text,
+    text: a.text,
     overrides: canonicalJson(a.overrides),
     name: a.name,
     env,

@@ -222,3 +222,32 @@ stages:
   assert.equal(r3.code, 1);
   assert.equal((JSON.parse(r3.stdout) as RunOut).fast_path, false);
 });
+
+test("a pipeline edited while it runs: the memo holds the text the keys came from, not the edit", () => {
+  const dir = project({});
+  const file = join(dir, "p.yaml");
+  writeFileSync(
+    file,
+    `version: 1
+params:
+  word: first
+stages:
+  say:
+    uses: shell
+    with:
+      run: |
+        echo \${{ params.word }} > $OUT/w
+        sed -i 's/word: first/word: second/' ${file}
+`,
+  );
+  const run = () => {
+    const r = valley(["run", "p.yaml", "--json"], { cwd: dir });
+    assert.equal(r.code, 0, r.stderr);
+    return JSON.parse(r.stdout) as RunOut;
+  };
+  assert.deepEqual(counts(run()), { executed: 1, cached: 0, fast: false });
+  // The file now says "second": its key is new, so the next run must compute it.
+  assert.match(readFileSync(file, "utf8"), /word: second/);
+  assert.deepEqual(counts(run()), { executed: 1, cached: 0, fast: false });
+  assert.deepEqual(counts(run()), { executed: 0, cached: 1, fast: true });
+});

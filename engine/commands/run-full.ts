@@ -194,6 +194,7 @@ function rememberCompleteRun(
   saveRunMemo({
     cacheRoot: engine.store.root,
     file: pl.file,
+    text: pl.source.textDigest(),
     overrides: paramOverrides(values.param),
     name: pl.name,
     consulted: engine.consulted,

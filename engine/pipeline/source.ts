@@ -7,6 +7,7 @@ import type { Document, LineCounter, Node } from "yaml";
 import { writeFileAtomic } from "../../cache/atomic.js";
 import { InvalidPipeline, type Problem, type SourceLocation } from "../errors.js";
 import { readText } from "../../cache/read-text.js";
+import { sha256Bytes, type Digest } from "../../cache/digest.js";
 
 const isMapping = (v: unknown): v is Record<string, unknown> =>
   v !== null && typeof v === "object" && !Array.isArray(v);
@@ -113,6 +114,11 @@ export class Source {
     });
     if (problems.length) throw new InvalidPipeline(problems);
     return { doc, lines };
+  }
+
+  /** The digest of the text this pipeline was loaded from (not of the file as it is now). */
+  textDigest(): Digest {
+    return sha256Bytes(this.text);
   }
 
   /** The positions, parsed on first use when the data came from the memo. */
