@@ -13,6 +13,20 @@ export function isDiskFull(e: unknown): boolean {
   );
 }
 
+/**
+ * Saves memos (the stat cache, key history, results memo): each is only a
+ * speed-up, so on a full disk it is skipped and the run's results still stand.
+ */
+export function saveMemos(saves: (() => void)[]): void {
+  for (const save of saves) {
+    try {
+      save();
+    } catch (e) {
+      if (!isDiskFull(e)) throw e;
+    }
+  }
+}
+
 export interface Filesystem {
   mount: string;
   type: string;

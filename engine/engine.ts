@@ -34,6 +34,9 @@ export function cacheRootFor(pipelineDir: string): string {
   return resolve(env ?? join(pipelineDir, ".valley"));
 }
 
+/** A pipeline's name as the file name of its results memo and key history in the cache. */
+export const pipelineFileName = (name: string): string => digestHex(hashJson(name));
+
 export interface ResolvedKey {
   key: ActionKey;
   fields: KeyFields;
@@ -71,7 +74,7 @@ export class Engine {
   ) {
     this.store = new Store(cacheRoot, { create: !opts.readOnly });
     this.leases = new Leases(this.store.dir("leases"));
-    this.pipelineHex = digestHex(hashJson(pipeline.name));
+    this.pipelineHex = pipelineFileName(pipeline.name);
     this.store.memoResults(this.pipelineHex);
     this.keys = new KeyHistory(this.store.dir("history"), this.pipelineHex);
   }

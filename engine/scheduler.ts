@@ -1,7 +1,7 @@
 import { isComplete, type ActionRecord, type StoredResult } from "../cache/store.js";
 import type { ActionKey } from "../cache/digest.js";
 import type { LeaseInfo } from "../cache/leases.js";
-import { isDiskFull } from "../cache/disk.js";
+import { saveMemos } from "../cache/disk.js";
 import type { Engine, ResolvedKey } from "./engine.js";
 import type { Instance } from "./pipeline/expand.js";
 import { ResourcePool } from "./resources.js";
@@ -487,18 +487,11 @@ class Run {
   /** The stat cache and the key history: memos (re-hashing, plan --why), so on a full disk the run's results still stand. */
   saveMemos(): void {
     const store = this.engine.store;
-    const memos = [
+    saveMemos([
       () => store.stat.save(),
       () => this.engine.saveHistory(),
       () => store.saveResults(),
-    ];
-    for (const save of memos) {
-      try {
-        save();
-      } catch (e) {
-        if (!isDiskFull(e)) throw e;
-      }
-    }
+    ]);
   }
 
   summary(): RunSummary {

@@ -1,8 +1,7 @@
 import { cpus } from "node:os";
 import { runInstances, selectInstances, type RunSummary } from "../scheduler.js";
-import { lockfilePath, registerRoot, writeLockfile } from "../lockfile.js";
+import { lockfilePath, registerRoot } from "../lockfile.js";
 import { enterCache } from "../../cache/cache-lock.js";
-import { asDiskFull, DiskFull } from "../../cache/disk.js";
 import { isComplete, type StoredResult } from "../../cache/store.js";
 import { Progress } from "../progress.js";
 import { runJob, slurmExecutor } from "../executors/slurm.js";
@@ -13,7 +12,7 @@ import { Engine } from "../engine.js";
 import { saveRunMemo, type MemoInstance } from "../run-memo.js";
 import type { Pipeline } from "../pipeline/expand.js";
 import type { RunValues } from "./run.js";
-import { printSummary } from "./run-summary.js";
+import { printSummary, writeLockfileReporting } from "./run-summary.js";
 
 /** `valley run` the full way: the pipeline expanded, every key computed, what misses run. */
 export async function runFull(
@@ -145,14 +144,9 @@ async function runLocked(
     if (o.status === "cached" || o.status === "executed") results.set(id, o.record);
   // The lockfile lists every instance with a result, including ones this run did not select.
   // On a full disk the summary is still printed, then the disk-full message (exit 1).
-  let lockError: unknown;
-  try {
-    if (!values.only)
-      writeLockfile(pl, results, engine.store.root, engine.store.resultsUnchangedSince());
-  } catch (e) {
-    lockError = asDiskFull(e, lockfilePath(pl.file));
-    if (!(lockError instanceof DiskFull)) throw e;
-  }
+  const lockError = values.only
+    ? undefined
+    : writeLockfileReporting(pl, results, engine.store.root, engine.store.resultsUnchangedSince());
   const seconds = (Date.now() - t0) / 1000;
   const failures = [...summary.outcomes].flatMap(([id, o]) =>
     o.status === "failed"

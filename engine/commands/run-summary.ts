@@ -1,5 +1,24 @@
 import type { RunValues } from "./run.js";
 import type { RunSummary } from "../scheduler.js";
+import { lockfilePath, writeLockfile } from "../lockfile.js";
+import { asDiskFull, DiskFull } from "../../cache/disk.js";
+
+/**
+ * Writes the lockfile; a full disk is returned to be printed after the
+ * summary (exit 1), anything else is thrown.
+ */
+export function writeLockfileReporting(
+  ...args: Parameters<typeof writeLockfile>
+): DiskFull | undefined {
+  try {
+    writeLockfile(...args);
+    return undefined;
+  } catch (e) {
+    const full = asDiskFull(e, lockfilePath(args[0].file));
+    if (full instanceof DiskFull) return full;
+    throw e;
+  }
+}
 
 /** What a run did, as `valley run` prints it. */
 export interface Report extends Pick<

@@ -1,17 +1,16 @@
 import { existsSync } from "node:fs";
 import { dirname, resolve } from "node:path";
-import { lockfilePath, registerRoot, writeLockfile } from "../lockfile.js";
+import { lockfilePath, registerRoot } from "../lockfile.js";
 import { enterCache } from "../../cache/cache-lock.js";
 import { paramOverrides, parse, pipelineFile, waitingForGc } from "./common.js";
 import { UsageError } from "../errors.js";
-import { cacheRootFor, fingerprintTools } from "../engine.js";
+import { cacheRootFor, fingerprintTools, pipelineFileName } from "../engine.js";
 import { unchangedRun } from "../run-memo.js";
 import { KeyHistory } from "../history.js";
 import { Store } from "../../cache/store.js";
 import { cachePath } from "../../cache/layout.js";
-import { digestHex, hashJson } from "../../cache/digest.js";
-import { asDiskFull, DiskFull, isDiskFull } from "../../cache/disk.js";
-import { printSummary } from "./run-summary.js";
+import { saveMemos } from "../../cache/disk.js";
+import { printSummary, writeLockfileReporting } from "./run-summary.js";
 
 // The `run` command. What a run with nothing to do needs is loaded here; the
 // full path (expanding the pipeline, the scheduler, executors) is in
@@ -120,7 +119,7 @@ async function runUnchanged(
       overrides,
       openStore: (name) => {
         const store = new Store(root);
-        store.memoResults(digestHex(hashJson(name)));
+        store.memoResults(pipelineFileName(name));
         return store;
       },
       fingerprint: async (kind, params, store) => {
@@ -132,27 +131,15 @@ async function runUnchanged(
     if (!got) return undefined;
     const { run, store } = got;
     registerRoot(root, lockfilePath(file));
-    const history = new KeyHistory(store.dir("history"), digestHex(hashJson(run.name)));
+    const history = new KeyHistory(store.dir("history"), pipelineFileName(run.name));
     for (const i of run.instances) history.remember(i.id, i.key);
-    for (const save of [() => store.stat.save(), () => history.save(), () => store.saveResults()]) {
-      try {
-        save();
-      } catch (e) {
-        if (!isDiskFull(e)) throw e;
-      }
-    }
-    let lockError: unknown;
-    try {
-      writeLockfile(
-        { file, name: run.name, instances: run.instances },
-        run.results,
-        root,
-        store.resultsUnchangedSince(),
-      );
-    } catch (e) {
-      lockError = asDiskFull(e, lockfilePath(file));
-      if (!(lockError instanceof DiskFull)) throw e;
-    }
+    saveMemos([() => store.stat.save(), () => history.save(), () => store.saveResults()]);
+    const lockError = writeLockfileReporting(
+      { file, name: run.name, instances: run.instances },
+      run.results,
+      root,
+      store.resultsUnchangedSince(),
+    );
     const n = run.instances.length;
     printSummary(
       values,
