@@ -606,8 +606,11 @@ test("openai backend: failures within the budget are recorded; the next run send
 });
 
 test("openai backend: rpm counts every HTTP attempt, retries included; an abort says why", async () => {
-  // Every request fails twice, then succeeds: 2 requests are 6 attempts, over rpm 4.
-  const server = await startFakeServer({ plan: (_k, attempt) => (attempt < 2 ? "500" : "ok") });
+  // Every request fails four times, then succeeds: 2 requests are 10 attempts, over rpm 4.
+  // (Twice was flaky: which retry gets the last of the 4 slots depends on the
+  // backoff's jitter, and a request could be answered on its third attempt.
+  // Needing five, none can be answered within the four the limit lets through.)
+  const server = await startFakeServer({ plan: (_k, attempt) => (attempt < 4 ? "500" : "ok") });
   try {
     const ac = new AbortController();
     const scratch = tempDir();
