@@ -403,7 +403,7 @@ class Run {
             rk,
           );
         }
-        return await this.attempts(inst, rk, gpus, letGo);
+        return await this.attempts(inst, rk, gpus, need.cpu, letGo);
       } finally {
         this.engine.leases.release(got);
       }
@@ -417,6 +417,7 @@ class Run {
     inst: Instance,
     rk: ResolvedKey,
     gpus: string[],
+    cpus: number,
     letGo: () => void,
   ): Promise<void> {
     const opts = this.opts;
@@ -428,6 +429,7 @@ class Run {
           timeoutMs: inst.timeoutMs,
           attempt,
           gpus,
+          cpus,
           onProgress: (done, total, note) =>
             this.emit({ type: "progress", id: inst.id, done, total, note }),
           // Only the last attempt gives its slot back early: a retry must still hold one.

@@ -9,7 +9,7 @@
 import { before, test } from "node:test";
 import assert from "node:assert/strict";
 import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { cpus, tmpdir } from "node:os";
 import { join } from "node:path";
 import { project, valley, valleyChild, type Result } from "./helpers/valley.js";
 import { testLlama } from "./llama-fixture.js";
@@ -44,6 +44,19 @@ stages:
       parallel: 1
       threads: 1
       jobs: 1
+  # more threads than any test machine has cores: the server gets the cores
+  wide:
+    uses: evaluate
+    inputs: { model: student, problems: ./probs }
+    with:
+      samples: 1
+      max_tokens: 16
+      temperature: 0
+      split: eval
+      parallel: 1
+      threads: 4096
+      jobs: 1
+      seed: 5 # requests of its own: the request cache answers none of them
 `;
 
 before(async () => {
@@ -84,6 +97,8 @@ before(async () => {
   env = {
     VALLEY_CACHE: mkdtempSync(join(tmpdir(), "valley-measured-")),
     VALLEY_LLAMA_BIN: llama.bin,
+    // the servers' own output in the instances' logs (their thread counts)
+    VALLEY_LOG_LEVEL: "debug",
   };
 });
 
@@ -123,6 +138,16 @@ test(
     );
     const grade = ev.find((m) => m.what === "grade");
     assert.ok(grade && (grade.seconds_per_sample as number) > 0, JSON.stringify(ev));
+
+    // threads: 4096 ran llama-server with one thread per core of this machine
+    const wide = show("wide").measured.find((m) => m.what === "generate");
+    assert.equal(wide?.threads, cpus().length, JSON.stringify(wide));
+    // as llama-server itself reports it in the instance's log
+    const log = valley(["logs", "wide", "-f", "p.yaml"], { cwd: dir, env });
+    assert.equal(log.code, 0, out(log));
+    const threads = [...log.stdout.matchAll(/n_threads = (\d+)/g)].map((m) => Number(m[1]));
+    assert.ok(threads.length > 0, log.stdout.slice(0, 4000));
+    assert.deepEqual([...new Set(threads)], [cpus().length], log.stdout.slice(0, 4000));
 
     // two epochs is another key: the fine-tune would run again, estimated from the record above
     const est = valley(["plan", "p2.yaml", "--estimate", "--json"], { cwd: dir, env });

@@ -6,6 +6,7 @@
  * back. Cached instances cost nothing.
  */
 import { existsSync, mkdirSync, readdirSync, readFileSync } from "node:fs";
+import { cpus } from "node:os";
 import { join, resolve } from "node:path";
 import type { ActionRecord, StoredResult } from "../../cache/store.js";
 import { writeFileAtomic } from "../../cache/atomic.js";
@@ -244,7 +245,11 @@ async function contextFor(
     params: structuredClone(inst.params),
     inputs,
     expected,
-    resources: inst.resources,
+    // run here, an instance asking for more CPUs than the machine has is given them all
+    resources:
+      executor === "local"
+        ? { ...inst.resources, cpu: Math.min(inst.resources.cpu, cpus().length) }
+        : inst.resources,
     tools,
     requestCache: engine.store.dir("requests.sqlite"),
     measured: measured.get(inst.kind) ?? [],

@@ -65,6 +65,13 @@ export interface AttemptOptions {
   attempt: number;
   /** GPU device ids reserved for this attempt (given to its programs as CUDA_VISIBLE_DEVICES). */
   gpus?: string[];
+  /**
+   * CPUs reserved for this attempt when fewer than the instance asked for (a
+   * request larger than the machine runs alone, on all of it): what the stage
+   * sees in ctx.resources.cpu, so that it starts no more threads than there
+   * are cores.
+   */
+  cpus?: number;
   onProgress?: (done: number, total?: number, note?: string) => void;
   /**
    * Called once the stage's run() has resolved, before its output is stored:
@@ -141,7 +148,10 @@ export async function runAttempt(
     signal: ac.signal,
     tools: rk.tools,
     env,
-    resources: inst.resources,
+    resources:
+      opts.cpus !== undefined && opts.cpus < inst.resources.cpu
+        ? { ...inst.resources, cpu: opts.cpus }
+        : inst.resources,
     requestCache: store.dir("requests.sqlite"),
   };
   const start = new Date();

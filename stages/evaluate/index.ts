@@ -210,7 +210,7 @@ const kind: StageKind<EvaluateParams> = {
             lora: adapterGguf ? [{ path: adapterGguf, scale: p.loraScale }] : undefined,
             parallel: p.parallel,
             contextSize: (p.ctxSize ?? p.max_tokens + PROMPT_ROOM) * p.parallel,
-            threads: p.threads,
+            threads: serverThreads(p.threads, ctx.resources.cpu),
             gpuLayers: p.gpuLayers,
             alias: "student",
             // The trainer renders chats with llama_chat_apply_template; so
@@ -334,13 +334,31 @@ const kind: StageKind<EvaluateParams> = {
           // How this run got its answers (not an output: outputs depend on the key only).
           requests: { total: all.length, cached, sent: toSend.length },
         },
-        measured: await measuredOf(p, ctx.resources.gpu, gguf, toSend, all.length, cache, timing),
+        measured: await measuredOf(
+          { ...p, threads: serverThreads(p.threads, ctx.resources.cpu) },
+          ctx.resources.gpu,
+          gguf,
+          toSend,
+          all.length,
+          cache,
+          timing,
+        ),
       };
     } finally {
       cache.close();
     }
   },
 };
+
+/**
+ * llama-server's threads: `threads`, but no more than the CPUs the instance
+ * was given. More threads than cores make ggml's workers wait on each other:
+ * decoding ran 3-10× slower with 4 threads than with 2 on a 2-core machine
+ * (and its speed varied 3× from run to run).
+ */
+export function serverThreads(threads: number, cpus: number): number {
+  return Math.max(1, Math.min(threads, Math.floor(cpus) || threads));
+}
 
 /** Generation and grading throughput of this run, for later estimates. */
 async function measuredOf(

@@ -98,6 +98,8 @@ process.stdout.write(cal.stderr);
 
 // 4. estimate
 const est = JSON.parse(valley(["plan", demo, "--estimate", "--json"]).stdout);
+// kept for a closer look at each basis (--keep)
+writeFileSync(join(cache, "estimate.json"), JSON.stringify(est, null, 1));
 
 // 5. run
 const run = valley(["run", demo, "--json"]);
