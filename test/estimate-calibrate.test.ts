@@ -18,6 +18,7 @@ import { spawnSync } from "node:child_process";
 import { PACKAGE_ROOT } from "../engine/root.js";
 import { project, valley, type Result } from "./helpers/valley.js";
 import { testLlama } from "./llama-fixture.js";
+import { DEFAULT_PROMPT } from "../data/prompt.js";
 
 const out = (r: Result) => r.stdout + r.stderr;
 let dir = "";
@@ -122,3 +123,29 @@ test("the built-in problems have one key whichever checkout of valley plans them
   assert.equal(plan.status, 0, plan.stderr);
   assert.match(plan.stdout, /^cached\s+problems/m, plan.stdout);
 });
+
+test(
+  "the estimate counts the beginning every prompt shares once per server slot (llama-server keeps a slot's prompt)",
+  { timeout: 5 * 60_000 },
+  () => {
+    // after the first test: the problems exist and the server is calibrated
+    const r = valley(["plan", "p.yaml", "--estimate", "--json"], { cwd: dir, env });
+    assert.equal(r.code, 0, out(r));
+    const row = (
+      JSON.parse(r.stdout) as {
+        instances: { id: string; estimate: { basis: Record<string, string> } | null }[];
+      }
+    ).instances.find((i) => i.id === "evaluate");
+    assert.ok(row?.estimate, r.stdout);
+    // the default template's words before the statement, after the role; the
+    // tiny model's vocabulary is a character a token
+    const shared = ("user\n" + DEFAULT_PROMPT.user.split("{{statement}}")[0]).length;
+    const m =
+      /prompts: 47 × (\d+) tokens, less the (\d+) every prompt begins with after each slot's first/.exec(
+        row.estimate.basis.hours,
+      );
+    assert.ok(m, row.estimate.basis.hours);
+    assert.ok(Math.abs(Number(m[2]) - shared) <= 1, `${m[2]} vs ${shared}`);
+    assert.ok(Number(m[1]) > Number(m[2]), row.estimate.basis.hours);
+  },
+);

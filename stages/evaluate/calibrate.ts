@@ -188,8 +188,9 @@ export async function calibrateServer(
 }
 
 /**
- * The sandbox's cost per sample: a program that reads its input runs on the
- * first real problems' tests (every test runs, as for an answer with code).
+ * The sandbox's cost per sample with code: a program that reads its input and
+ * prints it runs on the first real problems' tests, as a wrong answer does
+ * (until its first failing test, or on every test with allTests).
  */
 async function calibrateGrading(
   ctx: CalibrateContext<EvaluateParams>,

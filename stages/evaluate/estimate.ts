@@ -59,6 +59,10 @@ export async function estimateEvaluate(ctx: EstimateContext<EvaluateParams>): Pr
   let total: number | undefined;
   let toSend: number | undefined;
   let promptChars = 0;
+  // characters every prompt begins with (the template's instructions): a slot
+  // of llama-server keeps its last prompt and processes only what differs
+  let sharedChars: number | undefined;
+  let firstPrompt = "";
   const cachedLengths: number[] = [];
   if (problems) {
     total = problems.length * p.samples;
@@ -78,6 +82,11 @@ export async function estimateEvaluate(ctx: EstimateContext<EvaluateParams>): Pr
           starter_code: problem.starter_code ?? "",
         } as never);
         promptChars += messages.reduce((a, m) => a + m.content.length, 0) * p.samples;
+        const text = messages.map((m) => `${m.role}\n${m.content}`).join("\n");
+        if (sharedChars === undefined) {
+          firstPrompt = text;
+          sharedChars = text.length;
+        } else sharedChars = commonPrefix(firstPrompt, text, sharedChars);
         if (!cache || !model || Array.isArray(model)) continue;
         // as evaluate's run() keys its requests
         const identity = {
@@ -179,9 +188,19 @@ export async function estimateEvaluate(ctx: EstimateContext<EvaluateParams>): Pr
     if (rate && typeof pps === "number" && pps > 0) {
       const r = rate.measurement!.tokens_per_s as number;
       const ppRange: Range = [(pps * tps[0]) / r, (pps * tps[1]) / r];
-      const prompted = toSend * promptTokens;
+      // llama-server reuses the prefix a slot's last prompt shares with the next
+      // (cache_prompt, on by default): after each slot's first request, only
+      // the rest of a prompt is processed
+      const shared = Math.min(promptTokens, (sharedChars ?? 0) / mid(cpt));
+      const reused = Math.max(0, toSend - Math.min(p.parallel, toSend)) * shared;
+      const prompted = toSend * promptTokens - reused;
       promptS = [prompted / ppRange[1], prompted / ppRange[0]];
-      basis.hours += `; prompts: ${toSend} × ${promptTokens.toFixed(0)} tokens at ${pps.toFixed(0)} tokens/s (calibrated)`;
+      basis.hours +=
+        `; prompts: ${toSend} × ${promptTokens.toFixed(0)} tokens` +
+        (reused > 0
+          ? `, less the ${shared.toFixed(0)} every prompt begins with after each slot's first (llama-server keeps a slot's prompt)`
+          : "") +
+        `, at ${pps.toFixed(0)} tokens/s (calibrated)`;
       extra.prompt_seconds = promptS;
     }
     extra.decode_tokens_per_s = tps;
@@ -199,7 +218,8 @@ export async function estimateEvaluate(ctx: EstimateContext<EvaluateParams>): Pr
       (m) => m.what === "grade" && typeof m.seconds_per_sample === "number",
     );
     const sps = g?.seconds_per_sample as number;
-    // calibrated on code that runs every test: the high end (an answer without code costs ~0)
+    // calibrated on code that is run (a wrong answer's): the high end, every answer having
+    // code (an answer without code costs ~0)
     const s: Range = g
       ? g.worst_case
         ? [sps * 0.05, sps]
@@ -212,7 +232,7 @@ export async function estimateEvaluate(ctx: EstimateContext<EvaluateParams>): Pr
     hours = [hours[0] + cpuHours[0] / jobs, hours[1] + cpuHours[1] / jobs];
     basis.grading = g
       ? g.worst_case
-        ? `calibrated: ${sps.toFixed(3)} s of sandbox per sample whose code runs every test (the high end; an answer without code costs ~0), ${jobs} at a time`
+        ? `calibrated: ${sps.toFixed(3)} s of sandbox per sample whose code is run as a wrong answer's is, ${p.allTests ? "on every test" : "to its first failing test"} (the high end: every answer with code; an answer without code costs ~0${p.allTests ? "" : ", one that passes runs every test"}), ${jobs} at a time`
         : `measured: ${sps.toFixed(3)} s of sandbox per sample (${g.source ?? "a past run"}), ${jobs} at a time`
       : `assumed: ${ASSUMED_GRADE_S[0]}-${ASSUMED_GRADE_S[1]} s of sandbox per sample, ${jobs} at a time`;
   }
@@ -226,6 +246,14 @@ export async function estimateEvaluate(ctx: EstimateContext<EvaluateParams>): Pr
     extra,
     output: {},
   };
+}
+
+/** Length of the common prefix of `a` and `b`, at most `upTo`. */
+function commonPrefix(a: string, b: string, upTo: number): number {
+  const n = Math.min(upTo, a.length, b.length);
+  let i = 0;
+  while (i < n && a.charCodeAt(i) === b.charCodeAt(i)) i++;
+  return i;
 }
 
 /** The measurements a finished evaluation leaves in its action record. */
