@@ -44,7 +44,16 @@ stages:
       parallel: 1
       threads: 1
       jobs: 1
-  # more threads than any test machine has cores: the server gets the cores
+  # more threads than any test machine has cores: the trainer and the server get the cores
+  widetune:
+    uses: finetune
+    inputs: { from: student, data: ./data }
+    with:
+      method: lora
+      lora: { rank: 2, alpha: 4 }
+      epochs: 1
+      maxSeqLen: 256
+      threads: 4096
   wide:
     uses: evaluate
     inputs: { model: student, problems: ./probs }
@@ -139,7 +148,9 @@ test(
     const grade = ev.find((m) => m.what === "grade");
     assert.ok(grade && (grade.seconds_per_sample as number) > 0, JSON.stringify(ev));
 
-    // threads: 4096 ran llama-server with one thread per core of this machine
+    // threads: 4096 ran valley-lora and llama-server with one thread per core of this machine
+    const wideTune = show("widetune").measured.find((m) => m.what === "train");
+    assert.equal(wideTune?.threads, cpus().length, JSON.stringify(wideTune));
     const wide = show("wide").measured.find((m) => m.what === "generate");
     assert.equal(wide?.threads, cpus().length, JSON.stringify(wide));
     // as llama-server itself reports it in the instance's log

@@ -19,7 +19,7 @@ import {
   trainMeasurement,
   windowsOf,
 } from "./estimate.js";
-import type { FinetuneParams } from "./index.js";
+import { trainerThreads, type FinetuneParams } from "./index.js";
 
 export async function calibrateTrainer(
   ctx: CalibrateContext<FinetuneParams>,
@@ -42,7 +42,7 @@ export async function calibrateTrainer(
     );
     const device = ctx.gpu ? "gpu" : "cpu";
     if (device === "gpu" && trainDevice(p, 1, undefined) === "cpu") continue;
-    const threads = p.threads > 0 ? p.threads : Math.max(1, inst.resources.cpu);
+    const threads = trainerThreads(p.threads, inst.resources.cpu);
     // the window the estimate will use (both candidates when guessed near a multiple of 256)
     const { windows } = await windowsOf(p, data, dims, studentGguf(inst.inputs.from));
     for (const w of new Set(windows)) {

@@ -58,6 +58,15 @@ export interface FinetuneParams {
 /** valley-lora's `--checkpointing auto` threshold (CHECKPOINT_FROM in native/valley-lora.cpp). */
 export const CHECKPOINT_FROM = 4096;
 
+/**
+ * valley-lora's threads: `threads`, or the instance's CPUs for 0, never more
+ * than the CPUs it was given (more threads than cores wait on each other).
+ */
+export function trainerThreads(threads: number, cpus: number): number {
+  const given = Math.max(1, Math.floor(cpus));
+  return threads > 0 ? Math.min(threads, given) : given;
+}
+
 /** Whether a run checkpoints, as valley-lora decides it: from the longest window the params allow. */
 export function checkpointingOn(
   p: Pick<FinetuneParams, "checkpointing" | "ctx" | "maxSeqLen">,
@@ -199,7 +208,7 @@ async function runLora(
   const ckpt = join(ctx.scratch, "checkpoints");
   mkdirSync(ckpt, { recursive: true });
   const summaryPath = join(ctx.out, "summary.json");
-  const threads = p.threads > 0 ? p.threads : Math.max(1, ctx.resources.cpu);
+  const threads = trainerThreads(p.threads, ctx.resources.cpu);
   const args = [
     "--model", model,
     "--data", data,
@@ -289,7 +298,7 @@ async function runFull(
     b,
   );
   const n = p.ctx > 0 ? p.ctx : 512;
-  const threads = p.threads > 0 ? p.threads : Math.max(1, ctx.resources.cpu);
+  const threads = trainerThreads(p.threads, ctx.resources.cpu);
   const rows: Record<string, number>[] = [];
   const t0 = Date.now();
   let last = t0;
