@@ -22,12 +22,7 @@ import {
   type ModelDims,
 } from "../../data/estimate.js";
 import { estimateMemory, flashAttentionAuto, windowFor, type ModelShape } from "./memory.js";
-import {
-  CHECKPOINT_FROM,
-  checkpointingOn,
-  trainerThreads,
-  type FinetuneParams,
-} from "./index.js";
+import { CHECKPOINT_FROM, checkpointingOn, trainerThreads, type FinetuneParams } from "./index.js";
 
 /** Tokens of chat scaffolding per example (role headers, BOS/EOS), beyond the text: ChatML's two turns are ~21. */
 const TEMPLATE_TOKENS: Range = [8, 24];
