@@ -116,6 +116,7 @@ for (const r of est.instances) {
   // evaluate: the same estimate with the answers' actual lengths in place of
   // the assumed 10-100% of max_tokens: the error of the rate model alone
   let given;
+  let graded;
   const x = r.estimate.extra ?? {};
   if (r.kind === "evaluate" && x.decode_tokens_per_s && show.metrics?.mean_completion_tokens) {
     const g = show.metrics.mean_completion_tokens * x.answers_to_generate;
@@ -126,8 +127,17 @@ for (const r of est.instances) {
       g / (i === 0 ? t1 : t0) +
       ((x.grading_cpu_hours?.[i] ?? 0) * 3600) / (x.grading_jobs ?? 1);
     given = (part(0) + part(1)) / 2;
+    // and the grading as the run measured it (the estimate's share assumes
+    // half the answers have code; the demo's students write almost none)
+    const grade = (show.measured ?? []).find((m) => m.what === "grade");
+    const gradeMid =
+      (((x.grading_cpu_hours?.[0] ?? 0) + (x.grading_cpu_hours?.[1] ?? 0)) / 2) * 3600;
+    const gradeRun = grade
+      ? (grade.seconds_per_sample * x.answers_to_generate) / (x.grading_jobs ?? 1)
+      : 0;
+    graded = given - gradeMid / (x.grading_jobs ?? 1) + gradeRun;
   }
-  rows.push({ id: r.id, kind: r.kind, lo, hi, mid, actual, err: mid / actual - 1, given });
+  rows.push({ id: r.id, kind: r.kind, lo, hi, mid, actual, err: mid / actual - 1, given, graded });
 }
 const pad = (s, n) => String(s).padEnd(n);
 console.log(
@@ -138,7 +148,7 @@ for (const r of rows)
     `${pad(r.id, 34)} ${pad(r.kind, 10)} ${pad(`${r.lo.toFixed(1)}–${r.hi.toFixed(1)}`, 18)} ${pad(r.mid.toFixed(1), 7)} ${pad(r.actual.toFixed(1), 7)} ${(r.err * 100).toFixed(0)}%` +
       (r.actual >= r.lo && r.actual <= r.hi ? "" : "  (outside the range)") +
       (r.given !== undefined
-        ? `  [with the actual answer lengths: ${r.given.toFixed(1)} s, ${((r.given / r.actual - 1) * 100).toFixed(0)}%]`
+        ? `  [with the actual answer lengths: ${r.given.toFixed(1)} s, ${((r.given / r.actual - 1) * 100).toFixed(0)}%; and the grading measured: ${r.graded.toFixed(1)} s, ${((r.graded / r.actual - 1) * 100).toFixed(0)}%]`
         : ""),
   );
 for (const kind of ["finetune", "evaluate"]) {
