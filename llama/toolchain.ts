@@ -49,6 +49,17 @@ export function llamaFromArtifact(a: InputArtifact): ToolInfo {
 }
 
 /** Path of one llama.cpp program, with an error naming the build if missing. */
+/**
+ * Threads for a llama.cpp program: `threads`, or for 0 the CPUs the instance
+ * was given, and never more than those. More threads than cores make ggml's
+ * workers wait on each other: llama-server decoded 3-10× slower with 4
+ * threads than with 2 on a 2-core machine, its speed varying 3× between runs.
+ */
+export function llamaThreads(threads: number, cpus: number): number {
+  const given = Math.max(1, Math.floor(cpus));
+  return threads > 0 ? Math.min(threads, given) : given;
+}
+
 export function llamaExe(tool: ToolInfo, name: string): string {
   const p = join(tool.bin, name);
   if (!existsSync(p)) {

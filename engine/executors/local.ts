@@ -66,10 +66,9 @@ export interface AttemptOptions {
   /** GPU device ids reserved for this attempt (given to its programs as CUDA_VISIBLE_DEVICES). */
   gpus?: string[];
   /**
-   * CPUs reserved for this attempt when fewer than the instance asked for (a
-   * request larger than the machine runs alone, on all of it): what the stage
-   * sees in ctx.resources.cpu, so that it starts no more threads than there
-   * are cores.
+   * CPUs reserved for this attempt: the instance's request, clamped to the
+   * machine (a larger one runs alone, on all of it). The stage sees them in
+   * ctx.resources.cpu, so that it starts no more threads than there are cores.
    */
   cpus?: number;
   onProgress?: (done: number, total?: number, note?: string) => void;
@@ -148,10 +147,7 @@ export async function runAttempt(
     signal: ac.signal,
     tools: rk.tools,
     env,
-    resources:
-      opts.cpus !== undefined && opts.cpus < inst.resources.cpu
-        ? { ...inst.resources, cpu: opts.cpus }
-        : inst.resources,
+    resources: opts.cpus === undefined ? inst.resources : { ...inst.resources, cpu: opts.cpus },
     requestCache: store.dir("requests.sqlite"),
   };
   const start = new Date();

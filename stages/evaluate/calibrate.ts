@@ -6,15 +6,14 @@
  * server's start-up time are kept.
  */
 import { existsSync, mkdirSync } from "node:fs";
-import { cpus } from "node:os";
 import { join } from "node:path";
 import { inputAccess, type CalibrateContext, type Measurement } from "../../engine/stage-api.js";
 import { modelInput, shapeRecord } from "../../data/estimate.js";
-import { resolveLlama, runLlama } from "../../llama/toolchain.js";
+import { llamaThreads, resolveLlama, runLlama } from "../../llama/toolchain.js";
 import { DEFAULT_PROMPT, renderPrompt } from "../../data/prompt.js";
 import type { Message } from "../../data/chat.js";
 import { benchmarkModel } from "../../llama/calibration.js";
-import { serverThreads, type EvaluateParams } from "./index.js";
+import type { EvaluateParams } from "./index.js";
 import { evalDevice, evalMeasurements } from "./estimate.js";
 
 /** Measured rounds of prompts alone (after one unmeasured warm-up round). */
@@ -25,10 +24,10 @@ export async function calibrateServer(
 ): Promise<Measurement[]> {
   const plans = new Map<string, { p: EvaluateParams; inst: (typeof ctx.instances)[number] }>();
   for (const inst of ctx.instances) {
-    // as the run will start the server: no more threads than this machine's cores
+    // as the run will start the server: no more threads than the CPUs it is given
     const p: EvaluateParams = {
       ...inst.params,
-      threads: serverThreads(inst.params.threads, cpus().length),
+      threads: llamaThreads(inst.params.threads, inst.resources.cpu),
     };
     const dims = await modelInput(inst.inputs.model, inst.expected.model);
     if (!dims) continue;

@@ -22,7 +22,8 @@ import {
 import { DEFAULT_PROMPT, renderPrompt } from "../../data/prompt.js";
 import type { ChatAnswer } from "../../data/chat.js";
 import type { Problem } from "../../grader/types.js";
-import { loadEvalProblems, serverThreads, type EvaluateParams } from "./index.js";
+import { loadEvalProblems, type EvaluateParams } from "./index.js";
+import { llamaThreads } from "../../llama/toolchain.js";
 
 /** Memory bandwidth a decoding step streams the weights at, when nothing is measured. */
 const ASSUMED_BANDWIDTH: Record<"cpu" | "gpu", Range> = { cpu: [5e9, 30e9], gpu: [1e12, 3e12] };
@@ -163,7 +164,7 @@ export async function estimateEvaluate(ctx: EstimateContext<EvaluateParams>): Pr
       device,
       dims,
       flops: genFlops(context),
-      threads: device === "cpu" ? serverThreads(p.threads, ctx.resources.cpu) : undefined,
+      threads: device === "cpu" ? llamaThreads(p.threads, ctx.resources.cpu) : undefined,
       prefer: { parallel: p.parallel },
     });
     let tps: Range;

@@ -141,6 +141,8 @@ const kind: StageKind<EvaluateParams> = {
   },
   async run(ctx: StageContext<EvaluateParams>) {
     const p = ctx.params;
+    const { llamaThreads } = await import("../../llama/toolchain.js");
+    const threads = llamaThreads(p.threads, ctx.resources.cpu);
     const model = ctx.input("model");
     const gguf = inputFile(model, "model.gguf", "model");
     const adapter = ctx.input("adapter", { optional: true });
@@ -210,7 +212,7 @@ const kind: StageKind<EvaluateParams> = {
             lora: adapterGguf ? [{ path: adapterGguf, scale: p.loraScale }] : undefined,
             parallel: p.parallel,
             contextSize: (p.ctxSize ?? p.max_tokens + PROMPT_ROOM) * p.parallel,
-            threads: serverThreads(p.threads, ctx.resources.cpu),
+            threads,
             gpuLayers: p.gpuLayers,
             alias: "student",
             // The trainer renders chats with llama_chat_apply_template; so
@@ -335,7 +337,7 @@ const kind: StageKind<EvaluateParams> = {
           requests: { total: all.length, cached, sent: toSend.length },
         },
         measured: await measuredOf(
-          { ...p, threads: serverThreads(p.threads, ctx.resources.cpu) },
+          { ...p, threads },
           ctx.resources.gpu,
           gguf,
           toSend,
@@ -349,16 +351,6 @@ const kind: StageKind<EvaluateParams> = {
     }
   },
 };
-
-/**
- * llama-server's threads: `threads`, but no more than the CPUs the instance
- * was given. More threads than cores make ggml's workers wait on each other:
- * decoding ran 3-10× slower with 4 threads than with 2 on a 2-core machine
- * (and its speed varied 3× from run to run).
- */
-export function serverThreads(threads: number, cpus: number): number {
-  return Math.max(1, Math.min(threads, Math.floor(cpus) || threads));
-}
 
 /** Generation and grading throughput of this run, for later estimates. */
 async function measuredOf(

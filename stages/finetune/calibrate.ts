@@ -9,7 +9,7 @@ import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { inputAccess, type CalibrateContext, type Measurement } from "../../engine/stage-api.js";
 import { modelInput, shapeRecord, tracesInput } from "../../data/estimate.js";
-import { llamaEnv, envStrings, resolveLlama } from "../../llama/toolchain.js";
+import { llamaEnv, envStrings, llamaThreads, resolveLlama } from "../../llama/toolchain.js";
 import { runCommand } from "../../engine/process.js";
 import { benchmarkModel } from "../../llama/calibration.js";
 import {
@@ -19,7 +19,7 @@ import {
   trainMeasurement,
   windowsOf,
 } from "./estimate.js";
-import { trainerThreads, type FinetuneParams } from "./index.js";
+import type { FinetuneParams } from "./index.js";
 
 export async function calibrateTrainer(
   ctx: CalibrateContext<FinetuneParams>,
@@ -42,7 +42,7 @@ export async function calibrateTrainer(
     );
     const device = ctx.gpu ? "gpu" : "cpu";
     if (device === "gpu" && trainDevice(p, 1, undefined) === "cpu") continue;
-    const threads = trainerThreads(p.threads, inst.resources.cpu);
+    const threads = llamaThreads(p.threads, inst.resources.cpu);
     // the window the estimate will use (both candidates when guessed near a multiple of 256)
     const { windows } = await windowsOf(p, data, dims, studentGguf(inst.inputs.from));
     for (const w of new Set(windows)) {

@@ -22,7 +22,8 @@ import {
   type ModelDims,
 } from "../../data/estimate.js";
 import { estimateMemory, flashAttentionAuto, windowFor, type ModelShape } from "./memory.js";
-import { CHECKPOINT_FROM, checkpointingOn, trainerThreads, type FinetuneParams } from "./index.js";
+import { CHECKPOINT_FROM, checkpointingOn, type FinetuneParams } from "./index.js";
+import { llamaThreads } from "../../llama/toolchain.js";
 
 /** Tokens of chat scaffolding per example (role headers, BOS/EOS), beyond the text: ChatML's two turns are ~21. */
 const TEMPLATE_TOKENS: Range = [8, 24];
@@ -265,7 +266,7 @@ export async function estimateFinetune(ctx: EstimateContext<FinetuneParams>): Pr
   basis.window = planned.basis;
 
   const device = trainDevice(p, ctx.resources.gpu, inputPath(ctx.inputs.llama));
-  const threads = trainerThreads(p.threads, ctx.resources.cpu);
+  const threads = llamaThreads(p.threads, ctx.resources.cpu);
   let hours: Range = [0, 0];
   if (dims && windowTokens) {
     // the low end at the low window, the high end at the high one, each at its own rate

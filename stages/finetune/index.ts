@@ -24,7 +24,7 @@ import type {
 } from "../../engine/stage-api.js";
 import { BadStageInput } from "../../engine/stage-api.js";
 import { CommandError, runCommand } from "../../engine/process.js";
-import { llamaEnv, llamaExe, resolveLlama } from "../../llama/toolchain.js";
+import { llamaEnv, llamaExe, llamaThreads, resolveLlama } from "../../llama/toolchain.js";
 import { inspectGguf } from "../../llama/gguf.js";
 import { fitProblem, flashAttentionAuto, shapeFromGguf, windowFor } from "./memory.js";
 
@@ -57,15 +57,6 @@ export interface FinetuneParams {
 
 /** valley-lora's `--checkpointing auto` threshold (CHECKPOINT_FROM in native/valley-lora.cpp). */
 export const CHECKPOINT_FROM = 4096;
-
-/**
- * valley-lora's threads: `threads`, or the instance's CPUs for 0, never more
- * than the CPUs it was given (more threads than cores wait on each other).
- */
-export function trainerThreads(threads: number, cpus: number): number {
-  const given = Math.max(1, Math.floor(cpus));
-  return threads > 0 ? Math.min(threads, given) : given;
-}
 
 /** Whether a run checkpoints, as valley-lora decides it: from the longest window the params allow. */
 export function checkpointingOn(
@@ -208,7 +199,7 @@ async function runLora(
   const ckpt = join(ctx.scratch, "checkpoints");
   mkdirSync(ckpt, { recursive: true });
   const summaryPath = join(ctx.out, "summary.json");
-  const threads = trainerThreads(p.threads, ctx.resources.cpu);
+  const threads = llamaThreads(p.threads, ctx.resources.cpu);
   const args = [
     "--model", model,
     "--data", data,
@@ -298,7 +289,7 @@ async function runFull(
     b,
   );
   const n = p.ctx > 0 ? p.ctx : 512;
-  const threads = trainerThreads(p.threads, ctx.resources.cpu);
+  const threads = llamaThreads(p.threads, ctx.resources.cpu);
   const rows: Record<string, number>[] = [];
   const t0 = Date.now();
   let last = t0;
