@@ -8,7 +8,7 @@
  */
 import { before, test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { cpus, tmpdir } from "node:os";
 import { join } from "node:path";
 import { project, valley, valleyChild, type Result } from "./helpers/valley.js";
@@ -18,7 +18,7 @@ const out = (r: Result) => r.stdout + r.stderr;
 let dir = "";
 let env: Record<string, string> = {};
 
-const pipeline = (epochs: number) => `version: 1
+const pipeline = (epochs: number, wideSeed = 5) => `version: 1
 stages:
   student:
     uses: model
@@ -65,7 +65,7 @@ stages:
       parallel: 1
       threads: 4096
       jobs: 1
-      seed: 5 # requests of its own: the request cache answers none of them
+      seed: ${wideSeed} # requests of its own: the request cache answers none of them
 `;
 
 before(async () => {
@@ -102,7 +102,7 @@ before(async () => {
       .join("\n") + "\n",
   );
   writeFileSync(join(dir, "p.yaml"), pipeline(1));
-  writeFileSync(join(dir, "p2.yaml"), pipeline(2));
+  writeFileSync(join(dir, "p2.yaml"), pipeline(2, 6));
   env = {
     VALLEY_CACHE: mkdtempSync(join(tmpdir(), "valley-measured-")),
     VALLEY_LLAMA_BIN: llama.bin,
@@ -147,6 +147,21 @@ test(
     );
     const grade = ev.find((m) => m.what === "grade");
     assert.ok(grade && (grade.seconds_per_sample as number) > 0, JSON.stringify(ev));
+    // how many of the answers had code the sandbox ran, as samples.jsonl says
+    const ranCode = (id: string) => {
+      const r = valley(["show", id, "-f", "p.yaml", "--json"], { cwd: dir, env });
+      assert.equal(r.code, 0, out(r));
+      const tree = (JSON.parse(r.stdout) as { tree: { path: string } }).tree.path;
+      const v = readFileSync(join(tree, "samples.jsonl"), "utf8")
+        .trim()
+        .split("\n")
+        .map((l) => JSON.parse(l).verdict as string);
+      return v.filter((x) => x !== "NO_CODE").length / v.length;
+    };
+    const fraction = ranCode("evaluate");
+    assert.equal(grade.code_fraction, fraction, JSON.stringify(grade));
+    // the cost per sample with code only when some had code
+    assert.equal(typeof grade.seconds_per_sample_with_code, fraction > 0 ? "number" : "undefined");
 
     // threads: 4096 ran valley-lora and llama-server with one thread per core of this machine
     const wideTune = show("widetune").measured.find((m) => m.what === "train");
@@ -179,6 +194,16 @@ test(
       /^measured: [\d.]+ tokens\/s on this shape \(cpu, 1 threads; run tune\)/,
     );
     assert.equal(rows.find((r) => r.id === "evaluate")?.cached, true);
+    // a new evaluation's grading: from the sandbox's cost per sample with code,
+    // never from a past model's share of answers with code (the random student
+    // writes none, and its runs graded in ~0 s); nothing calibrated here
+    const w2 = rows.find((r) => r.id === "wide");
+    assert.ok(w2 && !w2.cached && w2.estimate, JSON.stringify(rows));
+    const hadCode = fraction > 0 || ranCode("wide") > 0;
+    assert.match(
+      w2.estimate.basis.grading,
+      hadCode ? /^measured: [\d.]+ s of sandbox per sample with code/ : /^assumed: /,
+    );
   },
 );
 

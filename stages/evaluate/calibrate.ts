@@ -159,6 +159,7 @@ export async function calibrateServer(
         }
         const decodeRound = { seconds: (Date.now() - t1) / 1000, prompt: promptTokens, generated };
         const rates = splitRates(decodeRound, promptRound);
+        ctx.log.debug({ decodeRound, promptRound, rates }, "calibrate: server rounds");
         return evalMeasurements({
           dims,
           p: { ...p, max_tokens: maxTokens },
@@ -169,6 +170,7 @@ export async function calibrateServer(
           startSeconds: start,
           promptChars: long.reduce((a, m) => a + m.content.length, 0) * answers,
           graded: 0,
+          ranCode: 0,
           gradeSeconds: 0,
         }).map((x) => {
           // lengths of a random model say nothing of a student's: keep the rate only

@@ -214,27 +214,32 @@ export async function estimateEvaluate(ctx: EstimateContext<EvaluateParams>): Pr
   else basis.hours = "unknown: the model's shape or the number of problems is unknown";
 
   // Grading: every sample (cached answers too) runs in the sandbox, `jobs` at a time.
+  // The sandbox's cost per sample with code is measured (a calibration, or a
+  // past run's samples that had code); how many answers have code is not known
+  // before the model answers, so the range runs from nearly none (an answer
+  // without code costs ~0) to all of them.
   if (total !== undefined) {
     const g = ctx.measured.find(
-      (m) => m.what === "grade" && typeof m.seconds_per_sample === "number",
+      (m) =>
+        m.what === "grade" &&
+        typeof (m.worst_case ? m.seconds_per_sample : m.seconds_per_sample_with_code) === "number",
     );
-    const sps = g?.seconds_per_sample as number;
-    // calibrated on code that is run (a wrong answer's): the high end, every answer having
-    // code (an answer without code costs ~0)
+    const sps = (g?.worst_case ? g.seconds_per_sample : g?.seconds_per_sample_with_code) as number;
     const s: Range = g
       ? g.worst_case
         ? [sps * 0.05, sps]
-        : [sps * 0.7, sps * 1.5]
+        : [sps * 0.05, sps * 1.25]
       : ASSUMED_GRADE_S;
     const cpuHours: Range = [(total * s[0]) / 3600, (total * s[1]) / 3600];
     extra.grading_cpu_hours = cpuHours;
     extra.grading_jobs = Math.max(1, p.jobs);
     const jobs = Math.max(1, p.jobs);
     hours = [hours[0] + cpuHours[0] / jobs, hours[1] + cpuHours[1] / jobs];
+    const runs = p.allTests ? "on every test" : "to its first failing test";
     basis.grading = g
       ? g.worst_case
-        ? `calibrated: ${sps.toFixed(3)} s of sandbox per sample whose code is run as a wrong answer's is, ${p.allTests ? "on every test" : "to its first failing test"} (the high end: every answer with code; an answer without code costs ~0${p.allTests ? "" : ", one that passes runs every test"}), ${jobs} at a time`
-        : `measured: ${sps.toFixed(3)} s of sandbox per sample (${g.source ?? "a past run"}), ${jobs} at a time`
+        ? `calibrated: ${sps.toFixed(3)} s of sandbox per sample whose code is run as a wrong answer's is, ${runs} (the high end: every answer with code; an answer without code costs ~0${p.allTests ? "" : ", one that passes runs every test"}), ${jobs} at a time`
+        : `measured: ${sps.toFixed(3)} s of sandbox per sample with code (${g.source ?? "a past run"}); from 5% to every answer with code (one without costs ~0), ${jobs} at a time`
       : `assumed: ${ASSUMED_GRADE_S[0]}-${ASSUMED_GRADE_S[1]} s of sandbox per sample, ${jobs} at a time`;
   }
   return {
@@ -268,6 +273,8 @@ export function evalMeasurements(o: {
   startSeconds: number;
   promptChars: number;
   graded: number;
+  /** Of the graded samples, those with code the sandbox ran (not NO_CODE). */
+  ranCode: number;
   gradeSeconds: number;
 }): Measurement[] {
   const out: Measurement[] = [];
@@ -291,6 +298,12 @@ export function evalMeasurements(o: {
     out.push({
       what: "grade",
       seconds_per_sample: (o.gradeSeconds * Math.max(1, o.p.jobs)) / o.graded,
+      // what the sandbox costs is the samples it runs: how many of a model's
+      // answers have code is the model's own, and says nothing of the next one's
+      code_fraction: o.ranCode / o.graded,
+      ...(o.ranCode > 0
+        ? { seconds_per_sample_with_code: (o.gradeSeconds * Math.max(1, o.p.jobs)) / o.ranCode }
+        : {}),
       device: "cpu",
       jobs: o.p.jobs,
     });

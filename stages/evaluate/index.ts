@@ -243,6 +243,8 @@ const kind: StageKind<EvaluateParams> = {
       const stats: SampleStats[] = [];
       const fh = await open(join(ctx.out, "samples.jsonl"), "w");
       let graded = 0;
+      // samples whose code ran in the sandbox: grading costs them, not the rest
+      let ran = 0;
       try {
         for (let i = 0; i < all.length; i += GRADE_BATCH) {
           const batch = all.slice(i, i + GRADE_BATCH).map((r) => {
@@ -265,6 +267,7 @@ const kind: StageKind<EvaluateParams> = {
           );
           await fh.write(records.map((r) => JSON.stringify(r) + "\n").join(""));
           for (const r of records) {
+            if (r.verdict !== "NO_CODE") ran++;
             semanticsUsed[r.semantics] = (semanticsUsed[r.semantics] ?? 0) + 1;
             stats.push({
               problem_id: r.problem_id,
@@ -341,7 +344,7 @@ const kind: StageKind<EvaluateParams> = {
           ctx.resources.gpu,
           gguf,
           toSend,
-          all.length,
+          { graded: all.length, ran },
           cache,
           timing,
         ),
@@ -358,7 +361,7 @@ async function measuredOf(
   gpus: number,
   gguf: string,
   sent: Request[],
-  graded: number,
+  grading: { graded: number; ran: number },
   cache: RequestCache,
   timing: { start: number; generate: number; grade: number },
 ) {
@@ -379,7 +382,8 @@ async function measuredOf(
     generateSeconds: timing.generate,
     startSeconds: timing.start,
     promptChars,
-    graded,
+    graded: grading.graded,
+    ranCode: grading.ran,
     gradeSeconds: timing.grade,
   });
 }
