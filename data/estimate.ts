@@ -24,6 +24,14 @@ export interface Expected {
   basis?: string;
   /** A model output: its dimensions. */
   model?: ModelDims;
+  /**
+   * Mean characters of each record's answer (its last assistant turn, or a
+   * trace's text): for a model fine-tuned on the records, what it learnt to
+   * answer, carried through merge and quantize to an evaluation's estimate.
+   */
+  answerChars?: Range;
+  /** Words for answerChars, carried into downstream bases. */
+  answerBasis?: string;
 }
 
 /** A model's dimensions, enough for memory, FLOPs and bytes per token. */
@@ -297,6 +305,8 @@ export async function charsPerRecord(
   | {
       records: number;
       meanChars: number;
+      /** Mean characters of the answer: the last assistant turn, else `text`. */
+      meanAnswerChars: number;
       maxChars: number;
       complete: boolean;
       longest: unknown[];
@@ -306,11 +316,12 @@ export async function charsPerRecord(
   const { readJsonl } = await import("./jsonl.js");
   let records = 0;
   let total = 0;
+  let answers = 0;
   let maxChars = 0;
   let complete = true;
   const top: { c: number; value: unknown }[] = [];
   for await (const { value } of readJsonl<{
-    messages?: { content: string }[];
+    messages?: { role?: string; content: string }[];
     text?: string;
   }>(file)) {
     if (records >= limit) {
@@ -322,6 +333,8 @@ export async function charsPerRecord(
       (value.messages ?? []).reduce((a, m) => a + (m.content?.length ?? 0), 0) +
       (value.text?.length ?? 0);
     total += c;
+    const last = [...(value.messages ?? [])].reverse().find((m) => m.role === "assistant");
+    answers += last ? (last.content?.length ?? 0) : (value.text?.length ?? 0);
     maxChars = Math.max(maxChars, c);
     if (keepLongest > 0 && (top.length < keepLongest || c > top[top.length - 1].c)) {
       top.push({ c, value });
@@ -330,7 +343,16 @@ export async function charsPerRecord(
     }
   }
   const longest = top.map((t) => t.value);
-  return records ? { records, meanChars: total / records, maxChars, complete, longest } : undefined;
+  return records
+    ? {
+        records,
+        meanChars: total / records,
+        meanAnswerChars: answers / records,
+        maxChars,
+        complete,
+        longest,
+      }
+    : undefined;
 }
 
 /** Characters per token of a model's vocabulary: 1 for a character-level one (valley's random models). */
@@ -359,10 +381,31 @@ export async function modelInput(
 }
 
 /**
- * A stage that rewrites a model file (merge, quantize): reading and writing
- * its weights at an assumed 100-500 MB/s.
+ * What a model still to be made was fine-tuned to answer (`answerChars`), from
+ * its producer's expectation: one artifact's, or a list of exactly one (a
+ * merge of several adapters learnt several things).
  */
-export function rewriteEstimate(d: ModelDims | undefined, out: ModelDims | undefined) {
+export function trainedAnswers(
+  ...expected: (Record<string, unknown> | Record<string, unknown>[] | undefined)[]
+): Pick<Expected, "answerChars" | "answerBasis"> | undefined {
+  for (const e of expected) {
+    const one = (Array.isArray(e) ? (e.length === 1 ? e[0] : undefined) : e) as
+      Expected | undefined;
+    if (one?.answerChars) return { answerChars: one.answerChars, answerBasis: one.answerBasis };
+  }
+  return undefined;
+}
+
+/**
+ * A stage that rewrites a model file (merge, quantize): reading and writing
+ * its weights at an assumed 100-500 MB/s. `answers`: what the model was
+ * fine-tuned to answer, passed on to its evaluations' estimates.
+ */
+export function rewriteEstimate(
+  d: ModelDims | undefined,
+  out: ModelDims | undefined,
+  answers?: Pick<Expected, "answerChars" | "answerBasis">,
+) {
   const bytes = d ? weightBytes(d) + (out ? weightBytes(out) : 0) : undefined;
   return {
     // plus 0.02-5 s of starting the program and loading (a small model's
@@ -377,7 +420,7 @@ export function rewriteEstimate(d: ModelDims | undefined, out: ModelDims | undef
         ? `assumed: ${(bytes / 1e9).toPrecision(3)} GB read and written at 100-500 MB/s, plus 0.02-5 s to start`
         : "assumed: up to half an hour (the model's size is unknown)",
     },
-    output: { model: out } as Record<string, unknown>,
+    output: { model: out, ...answers } as Record<string, unknown>,
   };
 }
 
@@ -400,6 +443,8 @@ export async function tracesInput(
     return {
       records: m.complete ? [m.records, m.records] : [m.records, Infinity],
       chars: [m.meanChars, m.meanChars],
+      answerChars: [m.meanAnswerChars, m.meanAnswerChars],
+      answerBasis: `measured: mean ${m.meanAnswerChars.toFixed(0)} characters an answer over ${m.complete ? "all" : "the first"} ${m.records} records of ${file}`,
       maxChars: m.maxChars,
       longest: longest > 0 ? m.longest : undefined,
       basis: `measured: mean ${m.meanChars.toFixed(0)} characters per record over ${m.complete ? "all" : "the first"} ${m.records} records of ${file}`,

@@ -393,3 +393,92 @@ test("calibration arithmetic: prompt and decode rates from two rounds; a run's f
     1024 / 6,
   );
 });
+
+test("a fine-tuned student's evaluation: answers from half as long as its training answers to max_tokens, through merge and quantize", () => {
+  // answers of exactly 120 characters; the random model's vocabulary is character-level
+  const answer = "x".repeat(120);
+  const dir = project({
+    "data/train.jsonl":
+      Array.from({ length: 6 }, (_, i) =>
+        JSON.stringify({
+          messages: [
+            { role: "user", content: `question ${i} with a longer prompt than answer` },
+            { role: "assistant", content: answer },
+          ],
+        }),
+      ).join("\n") + "\n",
+    "probs/problems.jsonl":
+      Array.from({ length: 3 }, (_, i) =>
+        JSON.stringify({
+          id: `p${i}`,
+          source: "test",
+          title: `P${i}`,
+          statement: `Problem ${i}.`,
+          starter_code: "",
+          tests: [{ input: "1", output: "1", type: "stdin" }],
+          difficulty: "easy",
+          split: "eval",
+        }),
+      ).join("\n") + "\n",
+    "p.yaml": `version: 1
+stages:
+  student:
+    uses: model
+    with: { random: { preset: tiny } }
+  tune:
+    uses: finetune
+    inputs: { from: student, data: ./data }
+    with: { method: lora, maxSeqLen: 256 }
+  merged:
+    uses: merge
+    inputs: { base: student, adapters: tune }
+  quantized:
+    uses: quantize
+    inputs: { model: merged }
+    with: { type: Q8_0 }
+  evaluate:
+    uses: evaluate
+    inputs: { model: quantized, problems: ./probs }
+    with: { samples: 2, max_tokens: 500, split: eval }
+  runtime:
+    uses: evaluate
+    inputs: { model: student, adapter: tune, problems: ./probs }
+    with: { samples: 1, max_tokens: 500, split: eval }
+  base:
+    uses: evaluate
+    inputs: { model: student, problems: ./probs }
+    with: { samples: 1, max_tokens: 500, split: eval }
+  full:
+    uses: finetune
+    inputs: { from: student, data: ./data }
+    with: { method: full, maxSeqLen: 256 }
+  evalfull:
+    uses: evaluate
+    inputs: { model: full, problems: ./probs }
+    with: { samples: 1, max_tokens: 500, split: eval }
+`,
+  });
+  const r = valley(["plan", "p.yaml", "--estimate", "--json"], {
+    cwd: dir,
+    env: { VALLEY_CACHE: freshCache() },
+  });
+  assert.equal(r.code, 0, out(r));
+  const rep = JSON.parse(r.stdout) as Report;
+  // 120 characters and the end token: 121 tokens learnt, half of it the low end
+  const ev = row(rep, "evaluate").estimate!;
+  assert.deepEqual(ev.tokens?.generated, [3 * 2 * 60.5, 3 * 2 * 500]);
+  assert.match(
+    ev.basis.generated_tokens,
+    /^assumed: from half as long as the answers it was fine-tuned on \(~121 tokens: measured: mean 120 characters an answer over all 6 records of .*train\.jsonl\) to max_tokens \(500\)/,
+  );
+  // an adapter served at run time: the same
+  assert.deepEqual(row(rep, "runtime").estimate!.tokens?.generated, [3 * 60.5, 3 * 500]);
+  // a full fine-tune's model: its shape from the base's, and what it learnt
+  const full = row(rep, "evalfull").estimate!;
+  assert.match(full.basis.shape, /^fine-tuned from .*2 layers × 64/);
+  assert.deepEqual(full.tokens?.generated, [3 * 60.5, 3 * 500]);
+  // the untuned model learnt nothing of the kind
+  const base = row(rep, "base").estimate!;
+  assert.deepEqual(base.tokens?.generated, [3 * 50, 3 * 500]);
+  assert.match(base.basis.generated_tokens, /^assumed: 10% of max_tokens/);
+});

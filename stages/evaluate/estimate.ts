@@ -16,6 +16,7 @@ import {
   inputPath,
   modelInput,
   shapeRecord,
+  trainedAnswers,
   weightBytes,
   type ModelDims,
 } from "../../data/estimate.js";
@@ -126,7 +127,9 @@ export async function estimateEvaluate(ctx: EstimateContext<EvaluateParams>): Pr
     basis.requests = `${upstream.basis ?? "expected"} × ${p.samples} samples (every record assumed in the split)`;
   } else basis.requests = "unknown: the problems are not imported yet and their count is unknown";
 
-  // Generated tokens per answer: the answers already cached, else past evaluations of this shape, else up to max_tokens.
+  // Generated tokens per answer: the answers already cached, else what the
+  // model was fine-tuned to answer, else past evaluations of this shape, else up to max_tokens.
+  const trained = trainedAnswers(ctx.expected.model, ctx.expected.adapter);
   let perAnswer: Range;
   const past = ctx.measured.filter(
     (m) =>
@@ -139,6 +142,13 @@ export async function estimateEvaluate(ctx: EstimateContext<EvaluateParams>): Pr
     const m = mean(cachedLengths);
     perAnswer = [m * 0.9, Math.min(p.max_tokens, m * 1.1)];
     basis.generated_tokens = `measured: mean ${m.toFixed(0)} tokens over ${cachedLengths.length} cached answers`;
+  } else if (trained?.answerChars) {
+    // a student fine-tuned on answers of some length learns to answer about as
+    // long, or never learns to stop and runs to max_tokens
+    const cpt = charsPerToken(dims).range;
+    const learnt = mid(trained.answerChars) / mid(cpt) + 1;
+    perAnswer = [Math.min(p.max_tokens, learnt / 2), p.max_tokens];
+    basis.generated_tokens = `assumed: from half as long as the answers it was fine-tuned on (~${learnt.toFixed(0)} tokens: ${trained.answerBasis ?? "their mean length"}) to max_tokens (${p.max_tokens}), where a student that has not learnt to stop runs on`;
   } else if (past.length) {
     const means = past.map((m) => m.mean_completion_tokens as number);
     perAnswer = [Math.min(...means), p.max_tokens];

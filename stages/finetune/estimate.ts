@@ -367,7 +367,16 @@ export async function estimateFinetune(ctx: EstimateContext<FinetuneParams>): Pr
     fits,
     basis,
     extra,
-    output: {},
+    // what the student learns to answer, and (method full: a model) its shape,
+    // for its evaluations' estimates
+    output: {
+      ...(p.method === "full" && dims
+        ? { model: { ...dims, source: `fine-tuned from ${dims.source}` } }
+        : {}),
+      ...(data?.answerChars
+        ? { answerChars: data.answerChars, answerBasis: data.answerBasis }
+        : {}),
+    },
   };
 }
 

@@ -1,5 +1,5 @@
 /** `merge`: LoRA adapters folded into a base model (llama-export-lora). */
-import { modelInput, rewriteEstimate } from "../../data/estimate.js";
+import { modelInput, rewriteEstimate, trainedAnswers } from "../../data/estimate.js";
 import { mkdir, rm, symlink } from "node:fs/promises";
 import { join } from "node:path";
 import { BadStageInput, type InputArtifact, type StageKind } from "../../engine/stage-api.js";
@@ -41,7 +41,11 @@ const merge: StageKind<MergeParams> = {
   resources: (p) => ({ cpu: p.threads ?? 2 }),
   async estimate(ctx) {
     const d = await modelInput(ctx.inputs.base, ctx.expected.base);
-    return rewriteEstimate(d, d && { ...d, source: `merged onto ${d.source}` });
+    return rewriteEstimate(
+      d,
+      d && { ...d, source: `merged onto ${d.source}` },
+      trainedAnswers(ctx.expected.adapters, ctx.expected.base),
+    );
   },
   async run(ctx) {
     const llama = resolveLlama(ctx);

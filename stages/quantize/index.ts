@@ -1,5 +1,5 @@
 /** `quantize`: llama-quantize over a model artifact. */
-import { modelInput, rewriteEstimate } from "../../data/estimate.js";
+import { modelInput, rewriteEstimate, trainedAnswers } from "../../data/estimate.js";
 import { join } from "node:path";
 import { BadStageInput, type ParamIssue, type StageKind } from "../../engine/stage-api.js";
 import { checkGguf, recordModel } from "../../llama/model-info.js";
@@ -42,6 +42,7 @@ const quantize: StageKind<QuantizeParams> = {
     return rewriteEstimate(
       d,
       d && { ...d, weightType: ctx.params.type.toLowerCase(), source: `${d.source}, quantized` },
+      trainedAnswers(ctx.expected.model),
     );
   },
   check: typeIssues,

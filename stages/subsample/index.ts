@@ -154,9 +154,17 @@ const kind: StageKind<SubsampleParams> = {
     let chars = t?.chars;
     if (chars && p.maxTokens)
       chars = [chars[0], Math.min(chars[1], p.maxTokens * p.charsPerToken)] as [number, number];
+    let answerChars = t?.answerChars;
+    if (answerChars && p.maxTokens)
+      answerChars = [answerChars[0], Math.min(answerChars[1], p.maxTokens * p.charsPerToken)] as [
+        number,
+        number,
+      ];
     const output: Expected = {
       records,
       chars,
+      answerChars,
+      answerBasis: t?.answerBasis && `${t.answerBasis} (before the filters)`,
       basis:
         `${want !== undefined ? `${want} examples (n × scale)` : "every qualifying trace"}` +
         `${t?.basis ? `; lengths ${t.basis.replace(/^measured: /, "")} (before the filters)` : ""}`,
