@@ -157,9 +157,16 @@ for (const kind of ["finetune", "evaluate"]) {
   const inRange = k.filter((r) => r.actual >= r.lo && r.actual <= r.hi).length;
   const sumMid = k.reduce((a, r) => a + r.mid, 0);
   const sumActual = k.reduce((a, r) => a + r.actual, 0);
+  // what the estimate cannot know before the students answer (their lengths, and how
+  // many answers have code to run) taken from the run: the error of the rest
+  const known = k.filter((r) => r.graded !== undefined);
+  const knownWithin = known.filter((r) => Math.abs(r.graded / r.actual - 1) <= 0.3).length;
   console.log(
     `${kind}: ${within}/${k.length} within ±30% of the midpoint, ${inRange}/${k.length} inside the range; ` +
-      `total ${sumMid.toFixed(0)} s estimated vs ${sumActual.toFixed(0)} s actual (${((sumMid / sumActual - 1) * 100).toFixed(0)}%)`,
+      `total ${sumMid.toFixed(0)} s estimated vs ${sumActual.toFixed(0)} s actual (${((sumMid / sumActual - 1) * 100).toFixed(0)}%)` +
+      (known.length
+        ? `; with the answers' actual lengths and the grading as measured: ${knownWithin}/${known.length} within ±30%`
+        : ""),
   );
 }
 console.log(`${new Date().toISOString()} load average at the end: ${load()}`);
