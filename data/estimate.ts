@@ -32,6 +32,8 @@ export interface Expected {
   answerChars?: Range;
   /** Words for answerChars, carried into downstream bases. */
   answerBasis?: string;
+  /** A model output with random weights, never trained (the model stage's random source). */
+  untrained?: boolean;
 }
 
 /** A model's dimensions, enough for memory, FLOPs and bytes per token. */
@@ -405,6 +407,7 @@ export function rewriteEstimate(
   d: ModelDims | undefined,
   out: ModelDims | undefined,
   answers?: Pick<Expected, "answerChars" | "answerBasis">,
+  untrained?: boolean,
 ) {
   const bytes = d ? weightBytes(d) + (out ? weightBytes(out) : 0) : undefined;
   return {
@@ -420,7 +423,10 @@ export function rewriteEstimate(
         ? `assumed: ${(bytes / 1e9).toPrecision(3)} GB read and written at 100-500 MB/s, plus 0.02-5 s to start`
         : "assumed: up to half an hour (the model's size is unknown)",
     },
-    output: { model: out, ...answers } as Record<string, unknown>,
+    output: { model: out, ...answers, ...(untrained ? { untrained } : {}) } as Record<
+      string,
+      unknown
+    >,
   };
 }
 

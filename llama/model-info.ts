@@ -3,6 +3,7 @@
  * about itself, read back through node-llama-cpp's GGUF reader (the same
  * reader later stages use to load it), plus sizes from our structural check.
  */
+import { readFileSync } from "node:fs";
 import { stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { BadStageInput } from "../engine/stage-api.js";
@@ -98,10 +99,21 @@ export async function readModelInfo(path: string, summary?: GgufSummary): Promis
   };
 }
 
-/** Writes `model.json` next to `model.gguf` in `dir` and returns the headline metrics. */
-export async function recordModel(dir: string): Promise<Record<string, unknown>> {
+/**
+ * Writes `model.json` next to `model.gguf` in `dir` and returns the headline
+ * metrics. `weights: "random"` marks a model never trained (the model stage's
+ * random initialisation, and its quantizations): what it answers is known
+ * before it answers (estimates).
+ */
+export async function recordModel(
+  dir: string,
+  provenance: { weights?: "random" } = {},
+): Promise<Record<string, unknown>> {
   const info = await readModelInfo(join(dir, "model.gguf"));
-  await writeFile(join(dir, "model.json"), JSON.stringify(info, null, 2) + "\n");
+  await writeFile(
+    join(dir, "model.json"),
+    JSON.stringify({ ...info, ...provenance }, null, 2) + "\n",
+  );
   return {
     architecture: info.architecture,
     parameterCount: info.parameterCount,
@@ -110,4 +122,14 @@ export async function recordModel(dir: string): Promise<Record<string, unknown>>
     sizeBytes: info.sizeBytes,
     bitsPerWeight: info.bitsPerWeight,
   };
+}
+
+/** Whether the model artifact in `dir` has random weights, never trained (its model.json says so). */
+export function untrainedModel(dir: string): boolean {
+  try {
+    const j = JSON.parse(readFileSync(join(dir, "model.json"), "utf8")) as { weights?: unknown };
+    return j.weights === "random";
+  } catch {
+    return false;
+  }
 }

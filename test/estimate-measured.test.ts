@@ -18,7 +18,7 @@ const out = (r: Result) => r.stdout + r.stderr;
 let dir = "";
 let env: Record<string, string> = {};
 
-const pipeline = (epochs: number, wideSeed = 5) => `version: 1
+const pipeline = (epochs: number, wideSeed = 5, extra = "") => `version: 1
 stages:
   student:
     uses: model
@@ -66,7 +66,7 @@ stages:
       threads: 4096
       jobs: 1
       seed: ${wideSeed} # requests of its own: the request cache answers none of them
-`;
+${extra}`;
 
 before(async () => {
   const llama = await testLlama();
@@ -102,7 +102,19 @@ before(async () => {
       .join("\n") + "\n",
   );
   writeFileSync(join(dir, "p.yaml"), pipeline(1));
-  writeFileSync(join(dir, "p2.yaml"), pipeline(2, 6));
+  writeFileSync(
+    join(dir, "p2.yaml"),
+    pipeline(
+      2,
+      6,
+      // the student with the (new) adapter: a trained model, whose answers may have code
+      `  tuned:
+    uses: evaluate
+    inputs: { model: student, adapter: tune, problems: ./probs }
+    with: { samples: 1, max_tokens: 16, temperature: 0, split: eval, parallel: 1, threads: 1, jobs: 1 }
+`,
+    ),
+  );
   env = {
     VALLEY_CACHE: mkdtempSync(join(tmpdir(), "valley-measured-")),
     VALLEY_LLAMA_BIN: llama.bin,
@@ -194,15 +206,21 @@ test(
       /^measured: [\d.]+ tokens\/s on this shape \(cpu, 1 threads; run tune\)/,
     );
     assert.equal(rows.find((r) => r.id === "evaluate")?.cached, true);
-    // a new evaluation's grading: from the sandbox's cost per sample with code,
-    // never from a past model's share of answers with code (the random student
-    // writes none, and its runs graded in ~0 s); nothing calibrated here
+    // the random student again (cached; its model.json says so): greedy, it runs
+    // to max_tokens and writes no code
     const w2 = rows.find((r) => r.id === "wide");
     assert.ok(w2 && !w2.cached && w2.estimate, JSON.stringify(rows));
+    assert.match(w2.estimate.basis.generated_tokens, /^assumed: random weights, never trained/);
+    assert.match(w2.estimate.basis.grading, /^assumed: random weights, never trained/);
+    // a trained model's grading: from the sandbox's cost per sample with code,
+    // never from a past model's share of answers with code (the random student
+    // writes none, and its runs graded in ~0 s); nothing calibrated here
+    const tuned = rows.find((r) => r.id === "tuned");
+    assert.ok(tuned && !tuned.cached && tuned.estimate, JSON.stringify(rows));
     const hadCode = fraction > 0 || ranCode("wide") > 0;
     assert.match(
-      w2.estimate.basis.grading,
-      hadCode ? /^measured: [\d.]+ s of sandbox per sample with code/ : /^assumed: /,
+      tuned.estimate.basis.grading,
+      hadCode ? /^measured: [\d.]+ s of sandbox per sample with code/ : /^assumed: 0.05-2 s/,
     );
   },
 );

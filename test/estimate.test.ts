@@ -448,6 +448,18 @@ stages:
     uses: evaluate
     inputs: { model: student, problems: ./probs }
     with: { samples: 1, max_tokens: 500, split: eval }
+  greedy:
+    uses: evaluate
+    inputs: { model: student, problems: ./probs }
+    with: { samples: 1, max_tokens: 500, split: eval, temperature: 0 }
+  qstudent:
+    uses: quantize
+    inputs: { model: student }
+    with: { type: Q8_0 }
+  qgreedy:
+    uses: evaluate
+    inputs: { model: qstudent, problems: ./probs }
+    with: { samples: 1, max_tokens: 500, split: eval, temperature: 0 }
   full:
     uses: finetune
     inputs: { from: student, data: ./data }
@@ -477,8 +489,18 @@ stages:
   const full = row(rep, "evalfull").estimate!;
   assert.match(full.basis.shape, /^fine-tuned from .*2 layers × 64/);
   assert.deepEqual(full.tokens?.generated, [3 * 60.5, 3 * 500]);
-  // the untuned model learnt nothing of the kind
+  // the untuned model learnt nothing of the kind: sampled, its answers end at random
   const base = row(rep, "base").estimate!;
   assert.deepEqual(base.tokens?.generated, [3 * 50, 3 * 500]);
   assert.match(base.basis.generated_tokens, /^assumed: 10% of max_tokens/);
+  // greedy, random weights run every answer to max_tokens and write no code,
+  // quantized or not
+  for (const id of ["greedy", "qgreedy"]) {
+    const g = row(rep, id).estimate!;
+    assert.deepEqual(g.tokens?.generated, [3 * 450, 3 * 500], id);
+    assert.match(g.basis.generated_tokens, /^assumed: random weights, never trained/, id);
+    assert.match(g.basis.grading, /^assumed: random weights, never trained, write no fenced code/);
+    assert.deepEqual(g.extra?.grading_cpu_hours, [0, 0], id);
+  }
+  assert.match(base.basis.grading, /^assumed: random weights/);
 });

@@ -25,6 +25,7 @@ import type { ChatAnswer } from "../../data/chat.js";
 import type { Problem } from "../../grader/types.js";
 import { loadEvalProblems, type EvaluateParams } from "./index.js";
 import { llamaThreads } from "../../llama/toolchain.js";
+import { untrainedModel } from "../../llama/model-info.js";
 
 /** Memory bandwidth a decoding step streams the weights at, when nothing is measured. */
 const ASSUMED_BANDWIDTH: Record<"cpu" | "gpu", Range> = { cpu: [5e9, 30e9], gpu: [1e12, 3e12] };
@@ -130,6 +131,12 @@ export async function estimateEvaluate(ctx: EstimateContext<EvaluateParams>): Pr
   // Generated tokens per answer: the answers already cached, else what the
   // model was fine-tuned to answer, else past evaluations of this shape, else up to max_tokens.
   const trained = trainedAnswers(ctx.expected.model, ctx.expected.adapter);
+  // random weights, never trained (and no adapter): what they answer is known
+  const modelDir = inputPath(ctx.inputs.model);
+  const untrained =
+    ctx.inputs.adapter === undefined &&
+    ctx.expected.adapter === undefined &&
+    (modelDir ? untrainedModel(modelDir) : expectedOf(ctx.expected.model)?.untrained === true);
   let perAnswer: Range;
   const past = ctx.measured.filter(
     (m) =>
@@ -142,6 +149,9 @@ export async function estimateEvaluate(ctx: EstimateContext<EvaluateParams>): Pr
     const m = mean(cachedLengths);
     perAnswer = [m * 0.9, Math.min(p.max_tokens, m * 1.1)];
     basis.generated_tokens = `measured: mean ${m.toFixed(0)} tokens over ${cachedLengths.length} cached answers`;
+  } else if (untrained && p.temperature === 0) {
+    perAnswer = [p.max_tokens * 0.9, p.max_tokens];
+    basis.generated_tokens = `assumed: random weights, never trained, decoded greedily have no learnt reason to end an answer: to max_tokens (${p.max_tokens}), at least 90% of it`;
   } else if (trained?.answerChars) {
     // a student fine-tuned on answers of some length learns to answer about as
     // long, or never learns to stop and runs to max_tokens
@@ -235,22 +245,26 @@ export async function estimateEvaluate(ctx: EstimateContext<EvaluateParams>): Pr
         typeof (m.worst_case ? m.seconds_per_sample : m.seconds_per_sample_with_code) === "number",
     );
     const sps = (g?.worst_case ? g.seconds_per_sample : g?.seconds_per_sample_with_code) as number;
-    const s: Range = g
-      ? g.worst_case
-        ? [sps * 0.05, sps]
-        : [sps * 0.05, sps * 1.25]
-      : ASSUMED_GRADE_S;
+    const s: Range = untrained
+      ? [0, 0]
+      : g
+        ? g.worst_case
+          ? [sps * 0.05, sps]
+          : [sps * 0.05, sps * 1.25]
+        : ASSUMED_GRADE_S;
     const cpuHours: Range = [(total * s[0]) / 3600, (total * s[1]) / 3600];
     extra.grading_cpu_hours = cpuHours;
     extra.grading_jobs = Math.max(1, p.jobs);
     const jobs = Math.max(1, p.jobs);
     hours = [hours[0] + cpuHours[0] / jobs, hours[1] + cpuHours[1] / jobs];
     const runs = p.allTests ? "on every test" : "to its first failing test";
-    basis.grading = g
-      ? g.worst_case
-        ? `calibrated: ${sps.toFixed(3)} s of sandbox per sample whose code is run as a wrong answer's is, ${runs} (the high end: every answer with code; an answer without code costs ~0${p.allTests ? "" : ", one that passes runs every test"}), ${jobs} at a time`
-        : `measured: ${sps.toFixed(3)} s of sandbox per sample with code (${g.source ?? "a past run"}); from 5% to every answer with code (one without costs ~0), ${jobs} at a time`
-      : `assumed: ${ASSUMED_GRADE_S[0]}-${ASSUMED_GRADE_S[1]} s of sandbox per sample, ${jobs} at a time`;
+    basis.grading = untrained
+      ? "assumed: random weights, never trained, write no fenced code block: nothing runs in the sandbox"
+      : g
+        ? g.worst_case
+          ? `calibrated: ${sps.toFixed(3)} s of sandbox per sample whose code is run as a wrong answer's is, ${runs} (the high end: every answer with code; an answer without code costs ~0${p.allTests ? "" : ", one that passes runs every test"}), ${jobs} at a time`
+          : `measured: ${sps.toFixed(3)} s of sandbox per sample with code (${g.source ?? "a past run"}); from 5% to every answer with code (one without costs ~0), ${jobs} at a time`
+        : `assumed: ${ASSUMED_GRADE_S[0]}-${ASSUMED_GRADE_S[1]} s of sandbox per sample, ${jobs} at a time`;
   }
   return {
     hours,

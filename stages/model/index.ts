@@ -142,7 +142,7 @@ const model: StageKind<ModelParams> = {
       if (p.shape !== undefined) dims = dimsFromHint(p.shape);
       else dims = knownModel(p.path ?? p.hf ?? "");
     }
-    const output: Expected = { model: dims };
+    const output: Expected = { model: dims, untrained: p.random !== undefined || undefined };
     const bytes = dims ? weightBytes(dims) : undefined;
     const basis: Record<string, string> = {
       shape: dims
@@ -189,7 +189,7 @@ const model: StageKind<ModelParams> = {
       }
       source = "random";
     }
-    const metrics = await recordModel(ctx.out);
+    const metrics = await recordModel(ctx.out, source === "random" ? { weights: "random" } : {});
     ctx.log.info({ source, ...metrics }, "model ready");
     return { metrics: { source, ...metrics } };
   },

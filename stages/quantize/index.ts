@@ -1,8 +1,8 @@
 /** `quantize`: llama-quantize over a model artifact. */
-import { modelInput, rewriteEstimate, trainedAnswers } from "../../data/estimate.js";
+import { expectedOf, modelInput, rewriteEstimate, trainedAnswers } from "../../data/estimate.js";
 import { join } from "node:path";
 import { BadStageInput, type ParamIssue, type StageKind } from "../../engine/stage-api.js";
-import { checkGguf, recordModel } from "../../llama/model-info.js";
+import { checkGguf, recordModel, untrainedModel } from "../../llama/model-info.js";
 import { inputFile } from "../../llama/inputs.js";
 import { resolveLlama, runLlama } from "../../llama/toolchain.js";
 
@@ -43,6 +43,7 @@ const quantize: StageKind<QuantizeParams> = {
       d,
       d && { ...d, weightType: ctx.params.type.toLowerCase(), source: `${d.source}, quantized` },
       trainedAnswers(ctx.expected.model),
+      expectedOf(ctx.expected.model)?.untrained,
     );
   },
   check: typeIssues,
@@ -64,7 +65,11 @@ const quantize: StageKind<QuantizeParams> = {
     ];
     ctx.log.info({ type: p.type, threads }, "quantizing");
     await runLlama(llama, "llama-quantize", args, { signal: ctx.signal, log: ctx.log });
-    const metrics = await recordModel(ctx.out);
+    // a quantized random model is still untrained
+    const metrics = await recordModel(
+      ctx.out,
+      untrainedModel(ctx.input("model").path) ? { weights: "random" } : {},
+    );
     return { metrics: { type: p.type, ...metrics } };
   },
 };
