@@ -400,14 +400,13 @@ export function trainedAnswers(
 
 /**
  * A stage that rewrites a model file (merge, quantize): reading and writing
- * its weights at an assumed 100-500 MB/s. `answers`: what the model was
- * fine-tuned to answer, passed on to its evaluations' estimates.
+ * its weights at an assumed 100-500 MB/s. `carry`: what the input model was
+ * (fine-tuned to answer, or never trained), passed on to its evaluations' estimates.
  */
 export function rewriteEstimate(
   d: ModelDims | undefined,
   out: ModelDims | undefined,
-  answers?: Pick<Expected, "answerChars" | "answerBasis">,
-  untrained?: boolean,
+  carry: Pick<Expected, "answerChars" | "answerBasis" | "untrained"> = {},
 ) {
   const bytes = d ? weightBytes(d) + (out ? weightBytes(out) : 0) : undefined;
   return {
@@ -423,10 +422,7 @@ export function rewriteEstimate(
         ? `assumed: ${(bytes / 1e9).toPrecision(3)} GB read and written at 100-500 MB/s, plus 0.02-5 s to start`
         : "assumed: up to half an hour (the model's size is unknown)",
     },
-    output: { model: out, ...answers, ...(untrained ? { untrained } : {}) } as Record<
-      string,
-      unknown
-    >,
+    output: { model: out, ...carry } as Record<string, unknown>,
   };
 }
 

@@ -48,7 +48,6 @@ export function llamaFromArtifact(a: InputArtifact): ToolInfo {
   return { bin, lib: existsSync(lib) ? lib : undefined, digest: a.digest };
 }
 
-/** Path of one llama.cpp program, with an error naming the build if missing. */
 /**
  * Threads for a llama.cpp program: `threads`, or for 0 the CPUs the instance
  * was given, and never more than those. More threads than cores make ggml's
@@ -60,6 +59,7 @@ export function llamaThreads(threads: number, cpus: number): number {
   return threads > 0 ? Math.min(threads, given) : given;
 }
 
+/** Path of one llama.cpp program, with an error naming the build if missing. */
 export function llamaExe(tool: ToolInfo, name: string): string {
   const p = join(tool.bin, name);
   if (!existsSync(p)) {

@@ -225,16 +225,14 @@ async function calibrateGrading(
   // samples share, is not priced into every sample: with 4 per sandbox the
   // measured cost was twice what 47 samples paid each (0.050 s against 0.026 s).
   const n = SAMPLES_PER_JOB * Math.max(1, p.jobs);
-  const answers = Array.from({ length: n }, (_, i) => problems[i % problems.length]).map(
-    (problem) => ({
-      problem,
-      sample: 0,
-      text: "```python\nimport sys\nprint(sys.stdin.read())\n```",
-      finish_reason: "stop",
-      prompt_tokens: null,
-      completion_tokens: null,
-    }),
-  );
+  const answers = Array.from({ length: n }, (_, i) => ({
+    problem: problems[i % problems.length],
+    sample: 0,
+    text: "```python\nimport sys\nprint(sys.stdin.read())\n```",
+    finish_reason: "stop",
+    prompt_tokens: null,
+    completion_tokens: null,
+  }));
   const t0 = Date.now();
   await gradeAnswers(answers, gradeOptionsFrom(p, ctx.signal, "evaluate"));
   const seconds = (Date.now() - t0) / 1000;

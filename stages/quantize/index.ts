@@ -42,8 +42,10 @@ const quantize: StageKind<QuantizeParams> = {
     return rewriteEstimate(
       d,
       d && { ...d, weightType: ctx.params.type.toLowerCase(), source: `${d.source}, quantized` },
-      trainedAnswers(ctx.expected.model),
-      expectedOf(ctx.expected.model)?.untrained,
+      {
+        ...trainedAnswers(ctx.expected.model),
+        untrained: expectedOf(ctx.expected.model)?.untrained,
+      },
     );
   },
   check: typeIssues,

@@ -151,19 +151,12 @@ const kind: StageKind<SubsampleParams> = {
     const want = p.n === undefined ? undefined : Math.max(1, Math.round(p.n * p.scale));
     const records: [number, number] | undefined = want !== undefined ? [want, want] : t?.records;
     // lengths of the traces before the filters: the draw keeps at most maxTokens of them
-    let chars = t?.chars;
-    if (chars && p.maxTokens)
-      chars = [chars[0], Math.min(chars[1], p.maxTokens * p.charsPerToken)] as [number, number];
-    let answerChars = t?.answerChars;
-    if (answerChars && p.maxTokens)
-      answerChars = [answerChars[0], Math.min(answerChars[1], p.maxTokens * p.charsPerToken)] as [
-        number,
-        number,
-      ];
+    const cap = (r: [number, number] | undefined): [number, number] | undefined =>
+      r && p.maxTokens ? [r[0], Math.min(r[1], p.maxTokens * p.charsPerToken)] : r;
     const output: Expected = {
       records,
-      chars,
-      answerChars,
+      chars: cap(t?.chars),
+      answerChars: cap(t?.answerChars),
       answerBasis: t?.answerBasis && `${t.answerBasis} (before the filters)`,
       basis:
         `${want !== undefined ? `${want} examples (n × scale)` : "every qualifying trace"}` +
